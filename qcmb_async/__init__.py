@@ -1,0 +1,38 @@
+"""qcmb_async: run the fragments of a QCManyBody many-body expansion concurrently.
+
+>>> from qcmb_async import run_manybody, run
+>>> result = await run_manybody(mbe_input, ncores=8, memory=16)   # async apps, notebooks
+>>> result = run(mbe_input, ncores=8, memory=16)                  # scripts
+
+The result is the ``ManyBodyResult`` QCManyBody's sequential computer returns for the same
+input. See docs/architecture.md for how it works.
+"""
+
+from __future__ import annotations
+
+from ._core import events
+from ._core.plan import Fragment, Plan
+from ._core.qcengine_seams import prime_qcengine
+from ._core.runner import plan_manybody, run, run_manybody
+from .errors import FailureReport, FragmentError, InputError, QCMBAsyncError, RunFailed
+from .executors.base import Executor, FragmentJob, JobOutcome
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Executor",
+    "FailureReport",
+    "Fragment",
+    "FragmentError",
+    "FragmentJob",
+    "InputError",
+    "JobOutcome",
+    "Plan",
+    "QCMBAsyncError",
+    "RunFailed",
+    "events",
+    "plan_manybody",
+    "prime_qcengine",
+    "run",
+    "run_manybody",
+]

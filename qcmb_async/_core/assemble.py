@@ -1,0 +1,49 @@
+"""Assemble stage: QCManyBody does all the many-body arithmetic from our fragment results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .plan import Plan
+
+_PROPERTIES = ("energy", "gradient", "hessian")
+
+
+def component_properties(result: Any, driver: str) -> dict[str, Any]:
+    """The ``return_<p>`` values QCManyBody's own loop collects from one ``AtomicResult``.
+
+    MOPAC's harness leaves ``properties.return_gradient`` empty but puts the gradient in
+    ``return_result``; the driver's quantity is taken from there when the property is missing.
+    """
+    props: dict[str, Any] = {}
+    for p in _PROPERTIES:
+        value = getattr(result.properties, f"return_{p}", None)
+        if value is not None:
+            props[p] = value
+    if driver in _PROPERTIES and driver not in props and result.return_result is not None:
+        props[driver] = result.return_result
+    if "energy" in props:
+        props["energy"] = float(props["energy"])  # analyze() rejects ints
+    return props
+
+
+def assemble(plan: Plan, results: dict[str, Any], extras: dict[str, Any] | None = None) -> Any:
+    """Build the ``ManyBodyResult`` (v2) from ``{label: AtomicResult}`` exactly as QCManyBody would.
+
+    ``results`` must hold every fragment of ``plan``. ``extras`` lands in
+    ``result.extras["qcmb_async"]``.
+    """
+    computer = plan.computer
+    driver = computer.driver.value if hasattr(computer.driver, "value") else str(computer.driver)
+    missing = [f.label for f in plan.fragments if f.label not in results]
+    if missing:
+        raise ValueError(f"cannot assemble: {len(missing)} fragment result(s) missing, e.g. {missing[0]}")
+    # Same label order as QCManyBody's sequential loop (iterate_molecules order).
+    ordered = {f.label: results[f.label] for f in plan.fragments}
+    props = {label: component_properties(res, driver) for label, res in ordered.items()}
+    analyzed = computer.qcmb_core.analyze(props)
+    analyzed["nbody_number"] = len(props)
+    mbres = computer.get_results(external_results=analyzed, component_results=ordered)
+    if extras is not None:
+        mbres = mbres.model_copy(update={"extras": {**mbres.extras, "qcmb_async": extras}})
+    return mbres

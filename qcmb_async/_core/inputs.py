@@ -1,0 +1,224 @@
+"""Input stage: accept what users have, check everything checkable, compute nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from qcmanybody.models.v2 import ManyBodyInput
+
+from ..errors import InputError
+from .resources import default_memory, default_ncores
+
+OnError = Literal["raise", "continue"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Validated run options (see :func:`qcmb_async.run_manybody` for their meaning)."""
+
+    ncores: int
+    memory: float
+    fragment_ncores: int
+    fragment_memory: float
+    level_barrier: bool = False
+    scratch_directory: str | None = None
+    retries: int = 0
+    timeout: float | None = None
+    on_error: OnError = "raise"
+    on_event: Callable[[Any], Any] | None = None
+
+    @property
+    def slots(self) -> int:
+        """How many fragments can run at once."""
+        return max(1, min(self.ncores // self.fragment_ncores, int(self.memory / self.fragment_memory + 1e-9)))
+
+
+def _pydantic_message(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    lines = []
+    for err in errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        if err.get("type") == "extra_forbidden":
+            lines.append(f"unknown field '{loc}': remove it or check its spelling")
+        else:
+            lines.append(f"{loc or '(input)'}: {err.get('msg')}")
+    return "; ".join(lines) or str(exc)
+
+
+def _from_dict(data: Mapping[str, Any], source: str) -> ManyBodyInput:
+    from pydantic import ValidationError
+
+    data = dict(data)
+    if data.get("schema_version") == 1 or data.get("schema_name") == "qcschema_manybodyinput":
+        try:
+            from qcmanybody.models.v1 import ManyBodyInput as ManyBodyInputV1
+
+            return ManyBodyInputV1(**data).convert_v(2)
+        except Exception as exc:
+            raise InputError(f"{source} is not a valid ManyBodyInput (QCSchema v1): {_pydantic_message(exc)}") from exc
+    try:
+        return ManyBodyInput(**data)
+    except ValidationError as exc:
+        raise InputError(
+            f"{source} is not a valid ManyBodyInput: {_pydantic_message(exc)}. "
+            "See qcmanybody.models.v2.ManyBodyInput for the expected layout."
+        ) from exc
+
+
+def _read_file(path: Path) -> ManyBodyInput:
+    if not path.exists():
+        raise InputError(f"input file {str(path)!r} does not exist: check the path")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        kind = "YAML" if suffix in (".yaml", ".yml") else "JSON"
+        raise InputError(f"input file {str(path)!r} is not valid {kind}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"input file {str(path)!r} must hold one ManyBodyInput object, found {type(data).__name__}")
+    return _from_dict(data, f"input file {str(path)!r}")
+
+
+def load_input(obj: Any) -> ManyBodyInput:
+    """Convert a v2/v1 ``ManyBodyInput``, a dict, a JSON string or a JSON/YAML path to v2."""
+    if isinstance(obj, ManyBodyInput):
+        return obj
+    if hasattr(obj, "convert_v") and type(obj).__name__ == "ManyBodyInput":
+        return obj.convert_v(2)
+    if isinstance(obj, Path):
+        return _read_file(obj)
+    if isinstance(obj, str):
+        if obj.lstrip().startswith("{"):
+            try:
+                data = json.loads(obj)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"input string is not valid JSON: {exc}") from exc
+            return _from_dict(data, "input JSON")
+        return _read_file(Path(obj))
+    if isinstance(obj, Mapping):
+        return _from_dict(obj, "input dict")
+    raise InputError(
+        f"cannot use a {type(obj).__name__} as input: pass a qcmanybody ManyBodyInput (v2 or v1), "
+        "a dict, a JSON string, or the path of a JSON/YAML file"
+    )
+
+
+def _positive(name: str, value: Any, integer: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
+        raise InputError(f"{name} must be a positive number, got {value!r}")
+    if value <= 0:
+        raise InputError(f"{name} must be positive, got {value!r}")
+    if integer and int(value) != value:
+        raise InputError(f"{name} must be a whole number of cores, got {value!r}")
+    return float(value)
+
+
+def check_programs(programs: set[str]) -> None:
+    """Every program must be known to QCEngine and found on this machine."""
+    import qcengine
+    from qcengine.exceptions import InputError as QCEngineInputError
+
+    from ..harnesses import register_harnesses
+
+    register_harnesses()
+    for name in sorted(programs):
+        try:
+            harness = qcengine.get_program(name, check=False)
+        except (QCEngineInputError, KeyError):
+            raise InputError(
+                f"unknown program {name!r}: QCEngine has no harness of that name. "
+                f"Programs available here: {', '.join(sorted(qcengine.list_available_programs())) or 'none'}"
+            ) from None
+        if not harness.found():
+            raise InputError(
+                f"program {name!r} is not available on this machine: install it (e.g. apt-get install {name}, "
+                f"or pip install {name}). Programs available here: "
+                f"{', '.join(sorted(qcengine.list_available_programs())) or 'none'}"
+            )
+
+
+def check_input(inp: ManyBodyInput) -> None:
+    """Structural checks QCManyBody would only fail on later (or not at all)."""
+    nfrag = len(inp.molecule.fragments) if inp.molecule.fragments is not None else 0
+    if nfrag < 2:
+        raise InputError(
+            f"the molecule has {nfrag} fragment(s); a many-body expansion needs at least two. "
+            "Separate fragments with '--' lines in the geometry string or set 'fragments'."
+        )
+    max_nbody = inp.specification.keywords.max_nbody
+    if max_nbody is not None and max_nbody > nfrag:
+        raise InputError(
+            f"max_nbody={max_nbody} is larger than the number of fragments ({nfrag}): "
+            f"use max_nbody <= {nfrag}"
+        )
+    check_programs({spec.program for spec in inp.specification.specification.values()})
+
+
+def make_options(
+    *,
+    ncores: Any = None,
+    memory: Any = None,
+    fragment_ncores: Any = None,
+    fragment_memory: Any = None,
+    level_barrier: bool = False,
+    scratch_directory: str | os.PathLike[str] | None = None,
+    retries: Any = 0,
+    timeout: Any = None,
+    on_error: str = "raise",
+    on_event: Callable[[Any], Any] | None = None,
+) -> RunOptions:
+    """Validate run options and fill the defaults."""
+    total_cores = int(_positive("ncores", ncores, True)) if ncores is not None else default_ncores()
+    total_mem = _positive("memory", memory, False) if memory is not None else default_memory()
+    frag_cores = int(_positive("fragment_ncores", fragment_ncores, True)) if fragment_ncores is not None else 1
+    if frag_cores > total_cores:
+        raise InputError(
+            f"fragment_ncores={frag_cores} is more than the run's total ncores={total_cores}: "
+            "lower fragment_ncores or raise ncores"
+        )
+    if fragment_memory is not None:
+        frag_mem = _positive("fragment_memory", fragment_memory, False)
+        if frag_mem > total_mem + 1e-9:
+            raise InputError(
+                f"fragment_memory={frag_mem} GiB is more than the run's total memory={total_mem} GiB: "
+                "lower fragment_memory or raise memory"
+            )
+    else:
+        frag_mem = round(total_mem / max(1, total_cores // frag_cores), 6)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise InputError(f"retries must be a whole number >= 0, got {retries!r}")
+    tmo = _positive("timeout", timeout, False) if timeout is not None else None
+    if on_error not in ("raise", "continue"):
+        raise InputError(f"on_error must be 'raise' or 'continue', got {on_error!r}")
+    scratch = None
+    if scratch_directory is not None:
+        scratch = str(scratch_directory)
+        if not Path(scratch).is_dir():
+            raise InputError(f"scratch_directory {scratch!r} does not exist or is not a directory")
+    return RunOptions(
+        ncores=total_cores,
+        memory=total_mem,
+        fragment_ncores=frag_cores,
+        fragment_memory=frag_mem,
+        level_barrier=bool(level_barrier),
+        scratch_directory=scratch,
+        retries=retries,
+        timeout=tmo,
+        on_error=on_error,  # type: ignore[arg-type]
+        on_event=on_event,
+    )

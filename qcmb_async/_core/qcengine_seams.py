@@ -1,0 +1,252 @@
+"""Runtime seams into QCEngine that make it safe under concurrency.
+
+QCEngine's files are never edited. Two problems are fixed from outside:
+
+* **Global config race.** ``qcengine.config.get_global()`` publishes an empty dict and
+  fills it over ~1 s without a lock, so concurrent first calls raise ``KeyError``.
+  :func:`prime_qcengine` builds it once, under a lock, before any fragment runs, verifies
+  every key and rebuilds it with safe fallbacks when it was left half-filled.
+* **Process environment.** ``qcengine.compute`` wraps every call in
+  ``util.environ_context``, which writes ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` into the
+  process-wide ``os.environ``. Inside a qcmb_async fragment that context manager is
+  replaced by one that keeps the values in a context variable, and ``util.popen`` is
+  wrapped so a program process gets ``os.environ`` plus its own fragment's values. Outside
+  a fragment both behave exactly as QCEngine's originals. The wrapper also records every
+  program process a fragment starts, so timeouts and cancellation can kill them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+REQUIRED_GLOBAL_KEYS = ("hostname", "memory", "username", "ncores", "nnodes", "cpuinfo", "cpu_brand")
+
+_prime_lock = threading.Lock()
+_install_lock = threading.Lock()
+_installed = False
+_originals: dict[str, Any] = {}
+
+
+def _unsafe(name: str) -> bool:
+    """Test-only switches that turn a fix off, so the tests can show it is needed."""
+    return os.environ.get(name) == "1"
+
+
+# --------------------------------------------------------------------------- priming
+
+
+def _fallback_username() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # a uid with no passwd entry and no USER/LOGNAME
+        return f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+def _build_globals() -> dict[str, Any]:
+    """Rebuild QCEngine's global dict the way ``get_global`` does, never raising."""
+    import psutil
+
+    values: dict[str, Any] = {}
+    try:
+        values["hostname"] = socket.gethostname()
+    except Exception:
+        values["hostname"] = "localhost"
+    values["memory"] = round(psutil.virtual_memory().available / (1024**3), 3)
+    values["username"] = _fallback_username()
+    proc = psutil.Process()
+    if hasattr(proc, "cpu_affinity"):
+        cpu_cnt = len(proc.cpu_affinity())
+        physical = psutil.cpu_count(logical=False)
+        if cpu_cnt == psutil.cpu_count(logical=True) and physical is not None:
+            cpu_cnt = physical
+    else:
+        cpu_cnt = psutil.cpu_count(logical=False) or psutil.cpu_count(logical=True) or 1
+    values["ncores"] = cpu_cnt
+    values["nnodes"] = 1
+    try:
+        import cpuinfo
+
+        values["cpuinfo"] = cpuinfo.get_cpu_info()
+    except Exception:
+        values["cpuinfo"] = {}
+    values["cpu_brand"] = values["cpuinfo"].get("brand_raw", values["cpuinfo"].get("brand", "(unknown)"))
+    return values
+
+
+def _complete(values: dict[str, Any] | None) -> bool:
+    return values is not None and all(k in values for k in REQUIRED_GLOBAL_KEYS)
+
+
+def prime_qcengine() -> dict[str, Any]:
+    """Build QCEngine's global config once, thread-safely, and make sure it is complete.
+
+    Idempotent and cheap after the first call. Returns a copy of the global values.
+    """
+    import qcengine.config as qcng_config
+
+    if _unsafe("QCMB_ASYNC_UNSAFE_NO_PRIME"):
+        return {}
+    with _prime_lock:
+        if _complete(qcng_config._global_values):
+            return dict(qcng_config._global_values)
+        # A half-filled dict (an earlier call raised part way) would fail every later call.
+        qcng_config._global_values = None
+        try:
+            qcng_config.get_global()
+        except Exception:
+            qcng_config._global_values = None
+        if not _complete(qcng_config._global_values):
+            qcng_config._global_values = _build_globals()
+        return dict(qcng_config._global_values)
+
+
+# ------------------------------------------------------------------ per-fragment state
+
+
+@dataclass
+class FragmentContext:
+    """Per-fragment state that travels into the worker in :data:`FRAGMENT` (a ContextVar)."""
+
+    label: str
+    task_config: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+    processes: set[subprocess.Popen[bytes]] = field(default_factory=set)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def thread_env(self) -> dict[str, str]:
+        """The thread settings this fragment's programs must start with."""
+        ncores = str(self.task_config.get("ncores", 1))
+        return {"OMP_NUM_THREADS": ncores, "MKL_NUM_THREADS": ncores, **self.env}
+
+    def kill_processes(self) -> int:
+        """SIGKILL every program process group this fragment started; returns how many."""
+        with self.lock:
+            self.cancelled.set()
+            procs = list(self.processes)
+        killed = 0
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    killed += 1
+        return killed
+
+
+FRAGMENT: ContextVar[FragmentContext | None] = ContextVar("qcmb_async_fragment", default=None)
+"""Set by the executor around each fragment; read by the worker and the QCEngine seams."""
+
+_ENV_OVERLAY: ContextVar[dict[str, str] | None] = ContextVar("qcmb_async_env_overlay", default=None)
+
+
+def current_thread_env() -> dict[str, str]:
+    """Environment overlay of the fragment running in this context (for in-process harnesses)."""
+    overlay = _ENV_OVERLAY.get()
+    if overlay is not None:
+        return dict(overlay)
+    frag = FRAGMENT.get()
+    return frag.thread_env() if frag is not None else {}
+
+
+@contextlib.contextmanager
+def _fragment_environ_context(config: Any = None, env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """Drop-in for ``qcengine.util.environ_context`` that never touches ``os.environ`` in a fragment."""
+    if FRAGMENT.get() is None:
+        with _originals["environ_context"](config=config, env=env) as temp:
+            yield temp
+        return
+    overlay = dict(_ENV_OVERLAY.get() or {})
+    if config is not None:
+        overlay["OMP_NUM_THREADS"] = str(config.ncores)
+        overlay["MKL_NUM_THREADS"] = str(config.ncores)
+    if env:
+        overlay.update(env)
+    token = _ENV_OVERLAY.set(overlay)
+    try:
+        yield dict(overlay)
+    finally:
+        _ENV_OVERLAY.reset(token)
+
+
+def _program_env(given: dict[str, str] | None) -> dict[str, str]:
+    """The environment a program process of the current fragment must start with."""
+    overlay = current_thread_env()
+    base = dict(os.environ)
+    if given is None:
+        return {**base, **overlay}
+    env = dict(given)
+    for key, value in overlay.items():
+        # A harness that copied os.environ meant "the process environment inside
+        # environ_context": substitute the fragment's value for the untouched process one.
+        if key not in env or env[key] == base.get(key):
+            env[key] = value
+    return env
+
+
+@contextlib.contextmanager
+def _fragment_popen(
+    args: list[str],
+    append_prefix: bool = False,
+    popen_kwargs: dict[str, Any] | None = None,
+    pass_output_forward: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Wrap ``qcengine.util.popen``: own environment, own process group, and registration."""
+    frag = FRAGMENT.get()
+    original = _originals["popen"]
+    if frag is None:
+        with original(args, append_prefix, popen_kwargs, pass_output_forward) as ret:
+            yield ret
+        return
+    if frag.cancelled.is_set():
+        raise RuntimeError(f"fragment {frag.label} was cancelled before its program started")
+    kwargs = dict(popen_kwargs or {})
+    kwargs["env"] = _program_env(kwargs.get("env"))
+    # Own session: a timeout or cancellation kills the program with all its children.
+    kwargs.setdefault("start_new_session", True)
+    with original(args, append_prefix, kwargs, pass_output_forward) as ret:
+        with frag.lock:
+            frag.processes.add(ret["proc"])
+            late = frag.cancelled.is_set()
+        if late:
+            frag.kill_processes()
+        try:
+            yield ret
+        finally:
+            with frag.lock:
+                frag.processes.discard(ret["proc"])
+
+
+def install_seams() -> None:
+    """Install the environment-isolation seams into QCEngine (idempotent, thread-safe)."""
+    global _installed
+    if _installed or _unsafe("QCMB_ASYNC_UNSAFE_NO_ENV_ISOLATION"):
+        return
+    with _install_lock:
+        if _installed:
+            return
+        import qcengine.compute as qcng_compute
+        import qcengine.util as qcng_util
+
+        _originals["environ_context"] = qcng_util.environ_context
+        _originals["popen"] = qcng_util.popen
+        # compute() looks the name up in its own module globals; util.execute looks up popen.
+        qcng_compute.environ_context = _fragment_environ_context
+        qcng_util.popen = _fragment_popen
+        _installed = True
+
+
+def seams_installed() -> bool:
+    """Whether :func:`install_seams` has patched QCEngine in this process."""
+    return _installed

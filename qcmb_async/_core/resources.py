@@ -1,0 +1,74 @@
+"""Run-wide resources: defaults from this process's limits, and an all-or-nothing pool."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import anyio
+
+#: Share of currently available memory a run takes by default; the rest is left to the OS.
+SAFE_MEMORY_SHARE = 0.8
+_EPS = 1e-9
+
+
+def default_ncores() -> int:
+    """Cores this process may use (CPU affinity, which honours taskset and cgroup cpusets)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def default_memory() -> float:
+    """A safe share of the memory available now, in GiB."""
+    import psutil
+
+    return round(psutil.virtual_memory().available / 1024**3 * SAFE_MEMORY_SHARE, 3)
+
+
+@dataclass
+class Usage:
+    """Peak usage seen by a :class:`ResourcePool` (for tests and reports)."""
+
+    peak_cores: int = 0
+    peak_memory: float = 0.0
+    waits: int = 0
+
+
+class ResourcePool:
+    """Cores and memory (GiB), acquired together or not at all.
+
+    Only whole requests are granted, so no borrower ever holds part of what it needs.
+    """
+
+    def __init__(self, ncores: int, memory: float) -> None:
+        self.ncores = ncores
+        self.memory = memory
+        self._free_cores = ncores
+        self._free_memory = memory
+        self._cond = anyio.Condition()
+        self.usage = Usage()
+
+    def fits(self, cores: int, memory: float) -> bool:
+        return cores <= self._free_cores and memory <= self._free_memory + _EPS
+
+    async def acquire(self, cores: int, memory: float) -> None:
+        """Wait until ``cores`` and ``memory`` are both free, then take them."""
+        if cores > self.ncores or memory > self.memory + _EPS:
+            raise ValueError(f"request ({cores} cores, {memory} GiB) exceeds the pool ({self.ncores}, {self.memory})")
+        async with self._cond:
+            if not self.fits(cores, memory):
+                self.usage.waits += 1
+            while not self.fits(cores, memory):
+                await self._cond.wait()
+            self._free_cores -= cores
+            self._free_memory -= memory
+            self.usage.peak_cores = max(self.usage.peak_cores, self.ncores - self._free_cores)
+            self.usage.peak_memory = max(self.usage.peak_memory, self.memory - self._free_memory)
+
+    async def release(self, cores: int, memory: float) -> None:
+        """Give back what :meth:`acquire` took and wake waiting borrowers."""
+        async with self._cond:
+            self._free_cores += cores
+            self._free_memory += memory
+            self._cond.notify_all()

@@ -1,0 +1,116 @@
+"""The one function that touches QCEngine, the same in every executor."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import threading
+import time
+import traceback
+from typing import Any
+
+from ..executors.base import FragmentJob, JobOutcome
+from .qcengine_seams import FRAGMENT, FragmentContext, install_seams, prime_qcengine
+
+
+def prepare_worker() -> None:
+    """Make this process ready to run fragments: PySCF harness registered, seams in, QCEngine primed."""
+    from ..harnesses import register_harnesses
+
+    register_harnesses()
+    install_seams()
+    prime_qcengine()
+
+
+_warm_lock = threading.Lock()
+_warmed: set[str] = set()
+
+
+def warm_program(name: str) -> None:
+    """Run a harness's one-off checks (``found``, ``get_version``) once per process.
+
+    Harnesses cache the version, but concurrent first fragments would each start the
+    program to ask for it; one warm-up under a lock costs one program start, not N.
+    """
+    if name in _warmed:
+        return
+    with _warm_lock:
+        if name in _warmed:
+            return
+        import qcengine
+
+        try:
+            qcengine.get_program(name).get_version()
+        except Exception:  # the fragment's own compute() reports the real error
+            pass
+        _warmed.add(name)
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+
+
+def execute_job(job: FragmentJob) -> JobOutcome:
+    """Run one fragment with QCEngine and return its outcome (never raises for QCEngine errors).
+
+    Reads the fragment's configuration from :data:`FRAGMENT` when the executor set it (threads
+    inherit it from the scheduler task's context); otherwise sets it here (processes, Dask).
+    """
+    import qcengine
+    from qcelemental.models.v2 import AtomicInput
+
+    ctx = FRAGMENT.get()
+    token = None
+    if ctx is None or ctx.label != job.label:
+        ctx = FragmentContext(label=job.label, task_config=dict(job.task_config))
+        token = FRAGMENT.set(ctx)
+    ctx.started.set()
+    prepare_worker()
+    warm_program(job.program)
+    host = socket.gethostname()
+    start = time.time()
+    try:
+        if ctx.cancelled.is_set():
+            raise RuntimeError(f"fragment {job.label} was cancelled before it started")
+        # QCEngine pops keys from the caller's input and harnesses edit shallow copies.
+        inp = AtomicInput(**copy.deepcopy(job.atomic_input))
+        out: Any = qcengine.compute(
+            inp, job.program, raise_error=False, task_config=dict(ctx.task_config), return_version=2
+        )
+        end = time.time()
+        data = out.model_dump() if hasattr(out, "model_dump") else dict(out)
+        success = bool(data.get("success"))
+        err = data.get("error") or {}
+        if ctx.cancelled.is_set() and not success:
+            err = {"error_type": "CancelledError", "error_message": f"fragment {job.label} was cancelled"}
+        return JobOutcome(
+            label=job.label,
+            result=data,
+            success=success,
+            start=start,
+            end=end,
+            host=host,
+            worker=_worker_name(),
+            pid=os.getpid(),
+            error_type=None if success else err.get("error_type", "UnknownError"),
+            error_message=None if success else err.get("error_message", ""),
+        )
+    except Exception as exc:  # anything QCEngine let escape (e.g. outside its error wrapper)
+        end = time.time()
+        return JobOutcome(
+            label=job.label,
+            result={},
+            success=False,
+            start=start,
+            end=end,
+            host=host,
+            worker=_worker_name(),
+            pid=os.getpid(),
+            error_type=type(exc).__name__,
+            error_message=f"{exc}\n{traceback.format_exc()}",
+        )
+    finally:
+        ctx.done.set()
+        if token is not None:
+            FRAGMENT.reset(token)

@@ -1,0 +1,71 @@
+"""Exceptions raised by qcmb_async."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class QCMBAsyncError(Exception):
+    """Base class of every qcmb_async error."""
+
+
+class InputError(QCMBAsyncError, ValueError):
+    """Bad input, found before anything was computed. The message says what to change."""
+
+
+class FragmentError(QCMBAsyncError, RuntimeError):
+    """A fragment calculation failed.
+
+    Names the fragment and keeps QCEngine's original error type and message unchanged in
+    :attr:`error_type` and :attr:`error_message`; :attr:`result` is QCEngine's
+    ``FailedOperation`` as a dict when there was one.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        level: int,
+        program: str,
+        error_type: str,
+        error_message: str,
+        attempts: int = 1,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        self.label = label
+        self.level = level
+        self.program = program
+        self.error_type = error_type
+        self.error_message = error_message
+        self.attempts = attempts
+        self.result = result
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(
+            f"fragment {label} (n-body level {level}, program {program}) failed{tries}: "
+            f"{error_type}: {error_message}"
+        )
+
+
+@dataclass
+class FailureReport:
+    """What an ``on_error="continue"`` run could and could not compute."""
+
+    failed: list[FragmentError] = field(default_factory=list)
+    complete_levels: list[int] = field(default_factory=list)
+    """n-body levels all of whose fragments (and all lower levels') succeeded."""
+    partial_result: Any = None
+    """``ManyBodyResult`` through the highest complete level, when one could be assembled."""
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.failed)} fragment(s) failed:"]
+        lines += [f"  - {err}" for err in self.failed]
+        lines.append(f"complete n-body levels: {self.complete_levels or 'none'}")
+        return "\n".join(lines)
+
+
+class RunFailed(QCMBAsyncError, RuntimeError):
+    """Raised after an ``on_error="continue"`` run in which some fragments failed."""
+
+    def __init__(self, report: FailureReport) -> None:
+        self.report = report
+        super().__init__(str(report))

@@ -1,0 +1,88 @@
+"""Scheduler behaviour on the FAKE sleep harness: limits, level order, barrier, events."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from qcmb_async import events, run_manybody
+from tests.fakes import CALLS
+from tests.helpers import intervals, max_overlap, mbe_input, waters
+
+pytestmark = pytest.mark.asyncio
+
+
+def fake_input(n: int = 4, max_nbody: int = 2, sleep: float = 0.1, **kw: object):
+    return mbe_input("qcmb-fake-sleep", "fake", "none", molecule=waters(n), bsse="nocp", max_nbody=max_nbody,
+                     keywords={"sleep": sleep, **kw})
+
+
+async def test_never_more_fragments_than_cores() -> None:
+    result = await run_manybody(fake_input(4, 2, 0.1), ncores=2, memory=2)
+    spans = intervals(result)
+    assert len(spans) == 4 + 6
+    assert max_overlap(spans) == 2  # both cores used, never a third fragment
+    assert result.extras["qcmb_async"]["peak_cores"] == 2
+
+
+async def test_fragment_waits_for_memory() -> None:
+    # Four cores but memory for only two fragments at a time.
+    result = await run_manybody(fake_input(4, 2, 0.1), ncores=4, memory=2, fragment_memory=1)
+    assert max_overlap(intervals(result)) == 2
+    assert result.extras["qcmb_async"]["peak_memory"] <= 2 + 1e-9
+
+
+async def test_task_config_is_complete_and_per_fragment() -> None:
+    CALLS.clear()
+    await run_manybody(fake_input(3, 1, 0.01), ncores=3, memory=6, fragment_memory=1.5)
+    assert {c["ncores"] for c in CALLS} == {1}
+    assert {c["memory"] for c in CALLS} == {1.5}
+
+
+async def test_no_barrier_lets_next_level_fill_idle_cores() -> None:
+    # 3 monomers on 2 cores: the third monomer runs alone unless a dimer fills the other core.
+    result = await run_manybody(fake_input(3, 2, 0.2), ncores=2, memory=2)
+    frags = result.extras["qcmb_async"]["fragments"]
+    last_monomer_end = max(f["end"] for f in frags if f["level"] == 1)
+    first_dimer_start = min(f["start"] for f in frags if f["level"] == 2)
+    assert first_dimer_start < last_monomer_end - 0.1
+
+
+async def test_level_barrier_waits_for_the_level() -> None:
+    result = await run_manybody(fake_input(3, 2, 0.2), ncores=2, memory=2, level_barrier=True)
+    frags = result.extras["qcmb_async"]["fragments"]
+    last_monomer_end = max(f["end"] for f in frags if f["level"] == 1)
+    first_dimer_start = min(f["start"] for f in frags if f["level"] == 2)
+    assert first_dimer_start >= last_monomer_end
+
+
+async def test_levels_dispatched_in_order() -> None:
+    result = await run_manybody(fake_input(4, 3, 0.02), ncores=1, memory=1)
+    frags = sorted(result.extras["qcmb_async"]["fragments"], key=lambda f: f["start"])
+    levels = [f["level"] for f in frags]
+    assert levels == sorted(levels)
+
+
+async def test_events_in_order_and_counted() -> None:
+    seen: list[object] = []
+    await run_manybody(fake_input(3, 2, 0.01), ncores=2, memory=2, on_event=seen.append)
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds[0] == "RunStarted" and kinds[-1] == "RunFinished"
+    assert kinds.count("FragmentStarted") == kinds.count("FragmentFinished") == 6
+    done = [e for e in seen if isinstance(e, events.LevelComplete)]
+    assert [e.level for e in done] == [1, 2]
+    for ev in seen:
+        if isinstance(ev, events.FragmentFinished):
+            started = [i for i, e in enumerate(seen) if isinstance(e, events.FragmentStarted) and e.label == ev.label]
+            assert started and started[0] < seen.index(ev)
+
+
+async def test_async_event_callback() -> None:
+    got: list[object] = []
+
+    async def cb(ev: object) -> None:
+        await anyio.sleep(0)
+        got.append(ev)
+
+    await run_manybody(fake_input(2, 2, 0.01), ncores=2, memory=2, on_event=cb)
+    assert sum(isinstance(e, events.FragmentFinished) for e in got) == 3
