@@ -96,7 +96,8 @@ class FakeProbeHarness(ProgramHarness):
 
     def compute(self, input_model: Any, config: Any) -> AtomicResult:
         time.sleep(float(input_model.specification.keywords.get("delay", 0.2)))
-        code = "import json, os; print(json.dumps({k: os.environ.get(k) for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}))"
+        keys = "('OMP_NUM_THREADS', 'MKL_NUM_THREADS')"
+        code = f"import json, os; print(json.dumps({{k: os.environ.get(k) for k in {keys}}}))"
         ok, out = execute([sys.executable, "-c", code], scratch_directory=config.scratch_directory)
         if not ok:
             raise RandomError(out["stderr"])

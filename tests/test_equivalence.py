@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import qcengine
+from qcengine.programs.mopac import MopacHarness
 from qcmanybody.models.v2 import ManyBodyInput
 from qcmanybody.v2 import ManyBodyComputer
-from qcengine.programs.mopac import MopacHarness
 
 from qcmb_async import run
 from tests.helpers import mbe_input, require_program, trimer

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import importlib
 import os
 import signal
 import socket
@@ -236,8 +237,9 @@ def install_seams() -> None:
     with _install_lock:
         if _installed:
             return
-        import qcengine.compute as qcng_compute
-        import qcengine.util as qcng_util
+        # sys.modules, not attribute access: ``qcengine.compute`` is shadowed by the function.
+        qcng_compute = importlib.import_module("qcengine.compute")
+        qcng_util = importlib.import_module("qcengine.util")
 
         _originals["environ_context"] = qcng_util.environ_context
         _originals["popen"] = qcng_util.popen

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from .logs import get_logger
 
 from ..errors import FailureReport, InputError, RunFailed
 from ..executors import resolve_executor
 from ..executors.base import Executor
 from .assemble import assemble
 from .inputs import check_input, load_input, make_options
+from .logs import get_logger
 from .plan import Plan, make_plan
 from .schedule import ScheduleOutcome, schedule
 

@@ -9,19 +9,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
-from .logs import get_logger
 
 from ..errors import FragmentError
 from ..executors.base import Executor, FragmentJob, JobOutcome
 from . import events as ev
 from .inputs import RunOptions
+from .logs import get_logger
 from .plan import Fragment, Plan
 from .resources import ResourcePool, Usage
 
 log = get_logger()
 
-#: QCEngine error types worth another attempt: the next try may well succeed.
-TRANSIENT_ERRORS = frozenset({"RandomError", "TimeoutError", "WorkerDied", "KilledWorker"})
+#: Error types worth another attempt: QCEngine's ``RandomError`` (error_type
+#: ``random_error``), a fragment that timed out, a worker process or Dask worker that died.
+TRANSIENT_ERRORS = frozenset({"random_error", "RandomError", "TimeoutError", "WorkerDied", "KilledWorker"})
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 
@@ -128,7 +129,7 @@ async def schedule(plan: Plan, options: RunOptions, executor: Executor, *, run_i
     async def run_one(frag: Fragment) -> None:
         rec = records[frag.label]
         cores, memory = options.fragment_ncores, options.fragment_memory
-        flog = log.bind(run_id=run_id, label=frag.label, level=frag.level, program=frag.program,
+        flog = log.bind(run_id=run_id, label=frag.label, nbody=frag.level, program=frag.program,
                         cores=cores, memory=memory)
         try:
             for attempt in range(1, options.retries + 2):

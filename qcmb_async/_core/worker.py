@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import socket
@@ -40,10 +41,9 @@ def warm_program(name: str) -> None:
             return
         import qcengine
 
-        try:
+        # On failure the fragment's own compute() reports the real error.
+        with contextlib.suppress(Exception):
             qcengine.get_program(name).get_version()
-        except Exception:  # the fragment's own compute() reports the real error
-            pass
         _warmed.add(name)
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from .._core.logs import get_logger
-
 from ..errors import InputError
 from .base import Executor, FragmentJob, JobOutcome
 
-__all__ = ["Executor", "FragmentJob", "JobOutcome", "resolve_executor", "EXECUTORS"]
+__all__ = ["EXECUTORS", "Executor", "FragmentJob", "JobOutcome", "resolve_executor"]
 
 log = get_logger()
 
@@ -29,7 +28,7 @@ def resolve_executor(choice: str | Executor, programs: set[str], options: Any) -
 
     if not isinstance(choice, str):
         if not isinstance(choice, Executor):
-            raise InputError(f"executor must be one of {EXECUTORS + ('auto',)} or an Executor, got {choice!r}")
+            raise InputError(f"executor must be one of {(*EXECUTORS, 'auto')} or an Executor, got {choice!r}")
         return choice
     name = choice.lower()
     if name == "auto":
@@ -38,4 +37,4 @@ def resolve_executor(choice: str | Executor, programs: set[str], options: Any) -
         return ThreadExecutor(max_workers=options.slots)
     if name == "threads":
         return ThreadExecutor(max_workers=options.slots)
-    raise InputError(f"unknown executor {choice!r}: use one of {', '.join(EXECUTORS + ('auto',))}")
+    raise InputError(f"unknown executor {choice!r}: use one of {', '.join((*EXECUTORS, 'auto'))}")

@@ -1,0 +1,363 @@
+"""QCEngine program harness for PySCF (qcengine 0.52 ships none).
+
+Runs PySCF in-process. PySCF's thread count (``pyscf.lib.num_threads``) is process-global, so
+two fragments in one process would fight over it: run this harness in worker processes, one
+fragment per process at a time (``thread_safe = False``).
+
+Methods (``specification.model.method``, case-insensitive):
+    * ``hf`` / ``scf``: RHF for singlets, UHF otherwise;
+    * ``mp2``: (U)MP2 on top of the (R/U)HF reference, all electrons correlated;
+    * any PySCF/libxc functional name (``b3lyp``, ``pbe``, ``pbe0``, ``wb97x-v``...): RKS/UKS.
+      Dispersion suffixes (``-d3bj``, ``-d4``) need the ``pyscf-dispersion`` package.
+
+Drivers: energy; gradient (HF, DFT, conventional MP2); hessian (HF, DFT).
+
+Keywords (``specification.keywords``): ``conv_tol`` (default 1e-10), ``conv_tol_grad``,
+``max_cycle``, ``xc_grid`` (``grids.level``, DFT only), ``density_fit`` (bool; DF-SCF and DF-MP2,
+no DF-MP2 gradient).
+
+Ghost atoms (``molecule.real`` False) become PySCF ``ghost-<El>`` atoms: basis functions, no
+nuclear charge, no electrons, no ECP. PySCF returns gradient and Hessian entries for them too (the
+Pulay terms of their basis functions), so ``return_result`` always has one row per input atom,
+ghosts included, in input order.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from qcelemental.models.v2 import AtomicResult, Provenance
+from qcelemental.util import safe_version, which_import
+from qcengine.exceptions import ConvergenceError, InputError
+from qcengine.programs.model import ProgramHarness
+
+if TYPE_CHECKING:
+    from qcelemental.models.v2 import AtomicInput
+    from qcengine.config import TaskConfig
+
+#: Supported keywords and a one-line description of each (shown in error messages).
+SUPPORTED_KEYWORDS: dict[str, str] = {
+    "conv_tol": "SCF energy convergence threshold (float, default 1e-10)",
+    "conv_tol_grad": "SCF orbital-gradient convergence threshold (float, default sqrt(conv_tol))",
+    "max_cycle": "maximum number of SCF iterations (int, default 50)",
+    "xc_grid": "DFT integration grid level, 0-9 (int, PySCF default 3)",
+    "density_fit": "density fitting for SCF and MP2 (bool, default False)",
+}
+
+_HF_NAMES = frozenset({"hf", "scf"})
+_MP2_NAMES = frozenset({"mp2"})
+_HEAVY_Z = 36  # def2-style ECPs start at Rb; only real atoms beyond Kr are given an ECP
+
+
+def _parse_keywords(keywords: dict[str, Any]) -> dict[str, Any]:
+    """Validate keywords (case-insensitive names) and return them with defaults filled in."""
+    kw = {str(k).lower(): v for k, v in (keywords or {}).items()}
+    unknown = sorted(set(kw) - set(SUPPORTED_KEYWORDS))
+    if unknown:
+        listing = "; ".join(f"{k}: {d}" for k, d in SUPPORTED_KEYWORDS.items())
+        raise InputError(f"PySCF harness: unknown keyword(s) {unknown}. Supported keywords are: {listing}.")
+    out: dict[str, Any] = {"conv_tol": 1e-10, "conv_tol_grad": None, "max_cycle": None, "xc_grid": None}
+    for name in ("conv_tol", "conv_tol_grad"):
+        if kw.get(name) is not None:
+            value = kw[name]
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+                raise InputError(f"PySCF harness: keyword {name}={value!r} must be a positive number.")
+            out[name] = float(value)
+    for name, low, high in (("max_cycle", 1, None), ("xc_grid", 0, 9)):
+        if kw.get(name) is not None:
+            value = kw[name]
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and int(value) == value
+            if not ok or value < low or (high is not None and value > high):
+                bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+                raise InputError(f"PySCF harness: keyword {name}={value!r} must be an integer {bounds}.")
+            out[name] = int(value)
+    density_fit = kw.get("density_fit", False)
+    if not isinstance(density_fit, bool):
+        raise InputError(f"PySCF harness: keyword density_fit={density_fit!r} must be true or false.")
+    out["density_fit"] = density_fit
+    return out
+
+
+def _classify_method(method: str) -> tuple[str, str | None]:
+    """Return ("hf" | "mp2" | "dft", xc) for a method name; InputError if PySCF cannot run it."""
+    name = (method or "").strip().lower()
+    if name in _HF_NAMES:
+        return "hf", None
+    if name in _MP2_NAMES:
+        return "mp2", None
+
+    from pyscf.dft import libxc
+    from pyscf.scf.dispersion import parse_dft
+
+    supported = "HF ('hf'/'scf'), 'mp2', or a DFT functional known to PySCF/libxc (e.g. 'b3lyp', 'pbe')"
+    try:
+        xc, _, disp = parse_dft(name)
+        libxc.parse_xc(xc)
+    except (KeyError, ValueError, NotImplementedError) as err:
+        msg = f"PySCF harness: unknown method {method!r} ({err}). Supported: {supported}."
+        raise InputError(msg) from None
+    if disp is not None and not which_import("pyscf.dispersion", return_bool=True):
+        raise InputError(
+            f"PySCF harness: method {method!r} has a dispersion correction ({disp}), which needs the "
+            "pyscf-dispersion package: `pip install pyscf-dispersion`."
+        )
+    return "dft", name
+
+
+class PySCFHarness(ProgramHarness):
+    """QCEngine harness for PySCF: HF, DFT and MP2 energies, gradients and (HF/DFT) Hessians.
+
+    Resources: ``config.ncores`` sets ``pyscf.lib.num_threads`` -- process-global state, restored
+    after the calculation, which is why in-process harnesses belong in worker processes (one
+    fragment per process); ``config.memory`` (GiB) sets ``mol.max_memory`` (MB).
+    """
+
+    _defaults: ClassVar[dict[str, Any]] = {
+        "name": "PySCF",
+        "scratch": False,
+        "thread_safe": False,
+        "thread_parallel": True,
+        "node_parallel": False,
+        "managed_memory": True,
+    }
+
+    @staticmethod
+    def found(raise_error: bool = False) -> bool:
+        """True if pyscf is importable (``ModuleNotFoundError`` with install hint if raise_error)."""
+        return which_import(
+            "pyscf",
+            return_bool=True,
+            raise_error=raise_error,
+            raise_msg="Please install via `pip install pyscf`.",
+        )
+
+    def get_version(self) -> str:
+        """The version of the importable pyscf."""
+        self.found(raise_error=True)
+        import pyscf
+
+        return safe_version(pyscf.__version__)
+
+    # -- building blocks --------------------------------------------------------------
+
+    @staticmethod
+    def _build_mol(input_data: AtomicInput, config: TaskConfig) -> Any:
+        """A built ``pyscf.gto.Mole`` in bohr: ghosts as ``ghost-El``, charge/spin from the molecule."""
+        from pyscf import gto
+
+        qmol = input_data.molecule
+        basis = input_data.specification.model.basis
+        if not basis or not isinstance(basis, str):
+            raise InputError("PySCF harness: specification.model.basis must name a basis set, e.g. 'sto-3g'.")
+        basis = basis.strip().lower()
+
+        charge = float(qmol.molecular_charge)
+        mult = float(qmol.molecular_multiplicity)
+        if abs(charge - round(charge)) > 1e-6 or abs(mult - round(mult)) > 1e-6 or round(mult) < 1:
+            raise InputError(
+                f"PySCF harness: needs an integer charge and multiplicity >= 1, got {charge} and {mult}."
+            )
+
+        geometry = np.asarray(qmol.geometry, dtype=float).reshape(-1, 3)
+        atoms = []
+        ecp: dict[str, str] = {}
+        for symbol, real, z, xyz in zip(qmol.symbols, qmol.real, qmol.atomic_numbers, geometry, strict=True):
+            symbol = symbol.capitalize()
+            atoms.append((symbol if real else f"ghost-{symbol}", tuple(float(c) for c in xyz)))
+            if real and int(z) > _HEAVY_Z:
+                ecp[symbol] = basis
+
+        mol = gto.Mole()
+        mol.atom = atoms
+        mol.unit = "Bohr"
+        mol.basis = basis
+        mol.ecp = ecp
+        mol.charge = round(charge)
+        mol.spin = round(mult) - 1
+        mol.verbose = 0
+        if config.memory:
+            mol.max_memory = float(config.memory) * 1024  # GiB -> MB
+        try:
+            mol.build(dump_input=False, parse_arg=False)
+        except (RuntimeError, KeyError, ValueError) as err:  # BasisNotFoundError is a RuntimeError
+            msg = f"PySCF harness: cannot build the molecule with basis {basis!r}: {err}"
+            raise InputError(msg) from None
+        return mol
+
+    @staticmethod
+    def _build_scf(mol: Any, kind: str, xc: str | None, kw: dict[str, Any]) -> Any:
+        """An unconverged SCF object: (R/U)HF or (R/U)KS from the multiplicity, options applied."""
+        from pyscf import dft, scf
+
+        restricted = mol.spin == 0
+        if kind == "dft":
+            mf = dft.RKS(mol) if restricted else dft.UKS(mol)
+            mf.xc = xc
+            if kw["xc_grid"] is not None:
+                mf.grids.level = kw["xc_grid"]
+        else:
+            mf = scf.RHF(mol) if restricted else scf.UHF(mol)
+        mf.conv_tol = kw["conv_tol"]
+        if kw["conv_tol_grad"] is not None:
+            mf.conv_tol_grad = kw["conv_tol_grad"]
+        if kw["max_cycle"] is not None:
+            mf.max_cycle = kw["max_cycle"]
+        if kw["density_fit"]:
+            mf = mf.density_fit()
+        mf.verbose = 0
+        return mf
+
+    # -- compute ----------------------------------------------------------------------
+
+    def compute(self, input_data: AtomicInput, config: TaskConfig) -> AtomicResult:
+        """Run one PySCF calculation and return a QCSchema v2 ``AtomicResult``."""
+        self.found(raise_error=True)
+        import pyscf
+        from pyscf import lib
+
+        spec = input_data.specification
+        driver = getattr(spec.driver, "value", spec.driver)
+        method = spec.model.method
+        kw = _parse_keywords(spec.keywords)
+        kind, xc = _classify_method(method)
+
+        if driver not in ("energy", "gradient", "hessian"):
+            raise InputError(f"PySCF harness: driver {driver!r} is not supported (energy/gradient/hessian).")
+        if driver == "hessian" and kind == "mp2":
+            raise InputError("PySCF harness: hessian is not supported for MP2 (only HF and DFT).")
+        if driver == "gradient" and kind == "mp2" and kw["density_fit"]:
+            raise InputError("PySCF harness: density-fitted MP2 gradients are not available in PySCF.")
+
+        previous_threads = lib.num_threads()
+        if config.ncores:
+            lib.num_threads(int(config.ncores))
+        try:
+            mol = self._build_mol(input_data, config)
+            props, return_result, extras = self._run(mol, kind, xc, kw, driver, method)
+        finally:
+            lib.num_threads(previous_threads)
+
+        natom = len(input_data.molecule.symbols)
+        props["calcinfo_natom"] = natom
+        stdout = self._summary(input_data, mol, props, driver, kw, extras)
+
+        ret_data: dict[str, Any] = {
+            "input_data": input_data,
+            "molecule": input_data.molecule,
+            "properties": props,
+            "return_result": return_result,
+            "stdout": stdout,
+            "provenance": Provenance(creator="PySCF", version=pyscf.__version__, routine="pyscf"),
+            "extras": {"pyscf": extras},
+            "success": True,
+        }
+        return AtomicResult(**ret_data)
+
+    def _run(
+        self, mol: Any, kind: str, xc: str | None, kw: dict[str, Any], driver: str, method: str
+    ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        """Do the calculation; return (properties, return_result, extras)."""
+        from pyscf import lib, mp
+
+        mf = self._build_scf(mol, kind, xc, kw)
+        mf.kernel()  # PySCF errors propagate: QCEngine reports them as unknown_error with the traceback
+        cycles = getattr(mf, "cycles", None)
+        if not mf.converged:
+            raise ConvergenceError(
+                f"PySCF {type(mf).__name__} for {method!r} did not converge in {mf.max_cycle} cycles "
+                f"(conv_tol={mf.conv_tol}); try a larger max_cycle or a looser conv_tol."
+            )
+
+        nalpha, nbeta = mol.nelec
+        props: dict[str, Any] = {
+            "nuclear_repulsion_energy": float(mol.energy_nuc()),
+            "calcinfo_nbasis": int(mol.nao_nr()),
+            "calcinfo_nmo": int(np.asarray(mf.mo_energy).shape[-1]),
+            "calcinfo_nalpha": int(nalpha),
+            "calcinfo_nbeta": int(nbeta),
+            "scf_total_energy": float(mf.e_tot),
+            "scf_dipole_moment": np.asarray(mf.dip_moment(unit="AU", verbose=0), dtype=float),
+        }
+        if cycles is not None:
+            props["scf_iterations"] = int(cycles)
+        summary = getattr(mf, "scf_summary", {})
+        if "e1" in summary:
+            props["scf_one_electron_energy"] = float(summary["e1"])
+        if kind == "hf" and "e2" in summary:  # for DFT PySCF lumps exact exchange into exc: not split here
+            props["scf_two_electron_energy"] = float(summary["e2"])
+        extras: dict[str, Any] = {"scf_class": type(mf).__name__, "xc": xc, "threads": int(lib.num_threads())}
+
+        solver = mf
+        props["return_energy"] = float(mf.e_tot)
+        if kind == "mp2":
+            pt = mp.MP2(mf)
+            pt.verbose = 0
+            pt.kernel()
+            solver = pt
+            extras["mp2_class"] = type(pt).__name__
+            props["mp2_correlation_energy"] = float(pt.e_corr)
+            props["mp2_doubles_energy"] = float(pt.e_corr)
+            props["mp2_singles_energy"] = 0.0
+            props["mp2_total_energy"] = float(pt.e_tot)
+            for attr, field in (
+                ("e_corr_ss", "mp2_same_spin_correlation_energy"),
+                ("e_corr_os", "mp2_opposite_spin_correlation_energy"),
+            ):
+                value = getattr(pt, attr, None)
+                if value is not None:
+                    props[field] = float(value)
+            props["return_energy"] = props["mp2_total_energy"]
+
+        natom = mol.natm
+        if driver == "energy":
+            return_result: Any = props["return_energy"]
+        elif driver == "gradient":
+            grad = np.asarray(solver.nuc_grad_method().kernel(), dtype=float).reshape(natom, 3)
+            props["return_gradient"] = grad
+            if kind != "mp2":
+                props["scf_total_gradient"] = grad
+            return_result = grad
+        else:  # hessian, HF/DFT only
+            hess4 = np.asarray(mf.Hessian().kernel(), dtype=float)  # (natom, natom, 3, 3)
+            hess = hess4.transpose(0, 2, 1, 3).reshape(3 * natom, 3 * natom)
+            props["return_hessian"] = hess
+            props["scf_total_hessian"] = hess
+            return_result = hess
+        return props, return_result, extras
+
+    @staticmethod
+    def _summary(
+        input_data: AtomicInput,
+        mol: Any,
+        props: dict[str, Any],
+        driver: str,
+        kw: dict[str, Any],
+        extras: dict[str, Any],
+    ) -> str:
+        """A short human-readable account of the calculation."""
+        model = input_data.specification.model
+        natom = mol.natm
+        nghost = natom - int(sum(bool(r) for r in input_data.molecule.real))
+        lines = [
+            f"PySCF {model.method}/{model.basis} {driver} ({extras['scf_class']}"
+            + (", density fitting" if kw["density_fit"] else "")
+            + ")",
+            f"atoms {natom} (ghost {nghost}), charge {mol.charge}, multiplicity {mol.spin + 1}, "
+            f"basis functions {props['calcinfo_nbasis']}, threads {extras['threads']}, "
+            f"max_memory {mol.max_memory:.0f} MB",
+            f"SCF converged in {props.get('scf_iterations', '?')} iterations: E(SCF) = "
+            f"{props['scf_total_energy']:.10f} Eh",
+        ]
+        if "mp2_total_energy" in props:
+            lines.append(
+                f"MP2 correlation = {props['mp2_correlation_energy']:.10f} Eh, "
+                f"E(MP2) = {props['mp2_total_energy']:.10f} Eh"
+            )
+        lines.append(f"return_energy = {props['return_energy']:.10f} Eh")
+        if "return_gradient" in props:
+            rms = math.sqrt(float(np.mean(np.square(props["return_gradient"]))))
+            lines.append(f"gradient rms = {rms:.3e} Eh/bohr")
+        return "\n".join(lines) + "\n"

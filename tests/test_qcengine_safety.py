@@ -1,0 +1,100 @@
+"""QCEngine under threads: the global-config race and the process-environment leak.
+
+Each fix is switched off in one test to show that the test can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import require_program
+
+ROOT = Path(__file__).resolve().parents[1]
+COLD_START_RUNS = 30
+
+
+def run_script(name: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    for key in ("QCMB_ASYNC_UNSAFE_NO_PRIME", "QCMB_ASYNC_UNSAFE_NO_ENV_ISOLATION"):
+        if key not in env:
+            full_env.pop(key, None)
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / name)], capture_output=True, text=True,
+                          env=full_env, cwd=ROOT, timeout=300)
+
+
+def test_each_program_starts_with_its_own_thread_settings() -> None:
+    proc = run_script("env_probe.py")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["errors"] == []
+    assert report["mismatches"] == []
+    assert report["environ_changed"] is False
+
+
+def test_env_probe_fails_without_isolation() -> None:
+    proc = run_script("env_probe.py", QCMB_ASYNC_UNSAFE_NO_ENV_ISOLATION="1")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    # QCEngine's own environ_context: programs see another fragment's value.
+    assert report["mismatches"], report
+
+
+def test_os_environ_unchanged_by_a_real_run() -> None:
+    require_program("mopac")
+    from qcmb_async import run
+    from tests.helpers import mbe_input
+
+    before = dict(os.environ)
+    run(mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=3), ncores=2, memory=2)
+    assert dict(os.environ) == before
+
+
+@pytest.mark.slow
+def test_cold_start_race_never_fails_when_primed() -> None:
+    require_program("mopac")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        procs = list(pool.map(lambda _: run_script("cold_start.py"), range(COLD_START_RUNS)))
+    failures = [p.stdout + p.stderr[-500:] for p in procs if p.returncode != 0]
+    assert failures == []
+    assert all(p.stdout.startswith("OK 16 fragments") for p in procs)
+
+
+@pytest.mark.slow
+def test_cold_start_race_fails_without_priming() -> None:
+    require_program("mopac")
+    outputs = []
+    for _ in range(5):
+        proc = run_script("cold_start.py", QCMB_ASYNC_UNSAFE_NO_PRIME="1")
+        outputs.append(proc.stdout)
+        if proc.returncode != 0:
+            assert "KeyError" in proc.stdout, proc.stdout
+            return
+    pytest.fail(f"the race did not show up without priming in 5 fresh processes: {outputs}")
+
+
+def test_recovers_from_half_filled_global_config() -> None:
+    require_program("mopac")
+    proc = run_script("half_filled_globals.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "ncores" not in report["half_filled_keys"]  # the failure mode is real...
+    assert report["broken_before"].startswith("KeyError")
+    assert report["username"]  # ...and priming rebuilt a complete config
+    assert isinstance(report["energy"], float)
+
+
+def test_priming_is_idempotent_and_thread_safe() -> None:
+    from qcmb_async import prime_qcengine
+    from qcmb_async._core.qcengine_seams import REQUIRED_GLOBAL_KEYS
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        values = list(pool.map(lambda _: prime_qcengine(), range(32)))
+    assert all(set(REQUIRED_GLOBAL_KEYS) <= set(v) for v in values)
+    assert all(v == values[0] for v in values)
