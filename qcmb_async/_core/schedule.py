@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
+import structlog
 
 from ..errors import FragmentError
 from ..executors.base import Executor, FragmentJob, JobOutcome
@@ -129,8 +130,11 @@ async def schedule(plan: Plan, options: RunOptions, executor: Executor, *, run_i
     async def run_one(frag: Fragment) -> None:
         rec = records[frag.label]
         cores, memory = options.fragment_ncores, options.fragment_memory
-        flog = log.bind(run_id=run_id, label=frag.label, nbody=frag.level, program=frag.program,
-                        cores=cores, memory=memory)
+        # Each task runs in its own copy of the context, and to_thread copies it again, so
+        # these fields reach every log line of this fragment, worker threads included.
+        structlog.contextvars.bind_contextvars(run_id=run_id, label=frag.label, nbody=frag.level,
+                                               program=frag.program, cores=cores, memory=memory)
+        flog = log
         try:
             for attempt in range(1, options.retries + 2):
                 job = FragmentJob(label=frag.label, level=frag.level, program=frag.program,

@@ -12,6 +12,7 @@ import traceback
 from typing import Any
 
 from ..executors.base import FragmentJob, JobOutcome
+from .logs import get_logger
 from .qcengine_seams import FRAGMENT, FragmentContext, install_seams, prime_qcengine
 
 
@@ -23,6 +24,8 @@ def prepare_worker() -> None:
     install_seams()
     prime_qcengine()
 
+
+log = get_logger()
 
 _warm_lock = threading.Lock()
 _warmed: set[str] = set()
@@ -82,6 +85,8 @@ def execute_job(job: FragmentJob) -> JobOutcome:
         data = out.model_dump() if hasattr(out, "model_dump") else dict(out)
         success = bool(data.get("success"))
         err = data.get("error") or {}
+        log.debug("qcengine compute returned", worker=_worker_name(), wall_time=round(end - start, 4),
+                  success=success)
         if ctx.cancelled.is_set() and not success:
             err = {"error_type": "CancelledError", "error_message": f"fragment {job.label} was cancelled"}
         return JobOutcome(
