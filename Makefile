@@ -6,7 +6,8 @@ PIP ?= $(PYTHON) -m pip
 install:
 	$(PIP) install -q -e '.[test]'
 
-example: install
+example:
+	$(PIP) install -q -e '.[pyscf]'
 	$(PYTHON) scripts/example.py
 
 test: install

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ._core import events
 from ._core.plan import Fragment, Plan
 from ._core.qcengine_seams import prime_qcengine
-from ._core.runner import plan_manybody, run, run_manybody
+from ._core.runner import RunHandle, open_run, plan_manybody, run, run_manybody
 from .errors import FailureReport, FragmentError, InputError, QCMBAsyncError, RunFailed
 from .executors.base import Executor, FragmentJob, JobOutcome
 
@@ -30,7 +30,9 @@ __all__ = [
     "Plan",
     "QCMBAsyncError",
     "RunFailed",
+    "RunHandle",
     "events",
+    "open_run",
     "plan_manybody",
     "prime_qcengine",
     "run",

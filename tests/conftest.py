@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.fakes import register_fakes
+
+# Tests opt in to a result store explicitly; a shared default store would make runs reuse
+# each other's fragments and hide what a test means to measure.
+os.environ.setdefault("QCMB_ASYNC_STORE", "none")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -86,3 +86,31 @@ async def test_async_event_callback() -> None:
 
     await run_manybody(fake_input(2, 2, 0.01), ncores=2, memory=2, on_event=cb)
     assert sum(isinstance(e, events.FragmentFinished) for e in got) == 3
+
+
+async def test_open_run_streams_events_and_partial_results() -> None:
+    from qcmb_async import open_run
+
+    seen: list[object] = []
+    async with open_run(fake_input(3, 3, 0.01), ncores=2, memory=2) as handle:
+        async for event in handle:
+            seen.append(event)
+        result = await handle.result()
+    levels = [e for e in seen if isinstance(e, events.LevelComplete)]
+    assert [e.level for e in levels] == [1, 2, 3]
+    # MBE(1) and MBE(2) arrive while the run goes on; the final result is the return value.
+    mbe2 = levels[1].partial_result
+    assert mbe2 is not None and levels[2].partial_result is None
+    assert mbe2.properties.nocp_corrected_total_energy_through_2_body == pytest.approx(
+        result.properties.nocp_corrected_total_energy_through_2_body, abs=1e-12)
+    assert isinstance(seen[-1], events.RunFinished)
+
+
+async def test_open_run_reraises_errors() -> None:
+    from qcmb_async import FragmentError, open_run
+
+    async with open_run(fake_input(3, 2, 0.01, fail_real_atoms=[6]), ncores=2, memory=2) as handle:
+        kinds = [type(e).__name__ async for e in handle]
+        with pytest.raises(FragmentError):
+            await handle.result()
+    assert "FragmentFailed" in kinds

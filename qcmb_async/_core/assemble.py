@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plan import Plan
+from .plan import Plan, make_plan
 
 _PROPERTIES = ("energy", "gradient", "hessian")
 
@@ -47,3 +47,21 @@ def assemble(plan: Plan, results: dict[str, Any], extras: dict[str, Any] | None 
     if extras is not None:
         mbres = mbres.model_copy(update={"extras": {**mbres.extras, "qcmb_async": extras}})
     return mbres
+
+
+def assemble_through(plan: Plan, nbody: int, results: dict[str, Any], extras: dict[str, Any] | None = None) -> Any:
+    """MBE(``nbody``) result from the results of a larger plan, or ``None`` when it cannot be built.
+
+    Re-plans the same input with ``max_nbody=nbody`` (QCManyBody decides which fragments that
+    needs) and assembles it if every one of them is in ``results``. Multilevel inputs whose
+    ``levels`` fix the n-body range cannot be truncated and give ``None``.
+    """
+    try:
+        data = plan.input.model_dump()
+        data["specification"]["keywords"]["max_nbody"] = nbody
+        sub = make_plan(type(plan.input)(**data))
+    except Exception:
+        return None
+    if not all(f.label in results for f in sub.fragments):
+        return None
+    return assemble(sub, results, extras)

@@ -65,10 +65,15 @@ class FragmentFailed:
 
 @dataclass(frozen=True)
 class LevelComplete:
+    """Every fragment of n-body level ``level`` finished."""
+
     run_id: str
     level: int
     done: int
     total: int
+    partial_result: Any = None
+    """MBE(level) ``ManyBodyResult`` when this and all lower levels succeeded and a higher level
+    is still to come (built only when someone listens to events); ``None`` otherwise."""
 
 
 @dataclass(frozen=True)

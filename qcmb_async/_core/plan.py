@@ -54,6 +54,11 @@ class Plan:
     """``qcmanybody.v2.ManyBodyComputer`` built with ``build_tasks=False``."""
     fragments: list[Fragment] = field(default_factory=list)
 
+    @property
+    def input_hash(self) -> str:
+        """Content hash of the ManyBodyInput (identifies 'the same run' in the result store)."""
+        return hashlib.sha256(self.input.model_dump_json().encode()).hexdigest()
+
     def by_level(self) -> dict[int, list[Fragment]]:
         """Fragments grouped by n-body level, levels ascending."""
         out: dict[int, list[Fragment]] = {}

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import math
 import os
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,7 +18,7 @@ import anyio
 from ..errors import FailureReport, InputError, RunFailed
 from ..executors import resolve_executor
 from ..executors.base import Executor
-from .assemble import assemble
+from .assemble import assemble, assemble_through
 from .inputs import check_input, load_input, make_options
 from .logs import get_logger
 from .plan import Plan, make_plan
@@ -53,6 +57,7 @@ async def run_manybody(
     timeout: float | None = None,
     on_error: str = "raise",
     on_event: Callable[[Any], Any] | None = None,
+    store: str | os.PathLike[str] | None = "default",
 ) -> Any:
     """Run a many-body expansion with its fragments in parallel; return QCManyBody's result.
 
@@ -73,6 +78,10 @@ async def run_manybody(
         on_error: ``"raise"`` stops at the first failed fragment (others are cancelled);
             ``"continue"`` computes everything it can, then raises :class:`RunFailed`.
         on_event: Sync or async callable receiving :mod:`qcmb_async.events` progress events.
+        store: SQLite result store path. Finished fragments are committed there at once and
+            reused by any later run (resume after a crash: run the same input again).
+            ``"default"``: ``$QCMB_ASYNC_STORE`` if set (``none`` disables), else a store in
+            the user cache directory. ``None`` disables the store.
 
     Returns:
         The ``qcmanybody.models.v2.ManyBodyResult`` QCManyBody's sequential computer returns for
@@ -93,16 +102,52 @@ async def run_manybody(
     await anyio.to_thread.run_sync(check_input, inp)
     plan = await anyio.to_thread.run_sync(_plan, inp)
     exe = resolve_executor(executor, plan.programs, options)
+    result_store = await anyio.to_thread.run_sync(open_store, store)
     run_id = uuid.uuid4().hex[:12]
     log.info("run planned", run_id=run_id, fragments=len(plan.fragments), executor=exe.name,
-             ncores=options.ncores, memory=options.memory, slots=options.slots)
-    async with exe:
-        outcome = await schedule(plan, options, exe, run_id=run_id)
-    extras = _extras(run_id, exe.name, options, outcome)
+             ncores=options.ncores, memory=options.memory, slots=options.slots,
+             store=str(result_store.path) if result_store is not None else None)
+    try:
+        if result_store is not None:
+            await anyio.to_thread.run_sync(functools.partial(
+                result_store.record_run, run_id, input_hash=plan.input_hash, started=time.time()))
+        async with exe:
+            outcome = await schedule(plan, options, exe, run_id=run_id, store=result_store,
+                                     partial_result=functools.partial(assemble_through, plan))
+        extras = _extras(run_id, exe.name, options, outcome)
+        if result_store is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(functools.partial(
+                    result_store.record_run, run_id, input_hash=plan.input_hash, started=outcome.started,
+                    finished=outcome.finished, status="failed" if outcome.failures else "ok",
+                    summary={k: v for k, v in extras.items() if k != "fragments"}))
+    finally:
+        if result_store is not None:
+            result_store.close()
     if outcome.failures:
         report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
         raise RunFailed(report)
     return await anyio.to_thread.run_sync(assemble, plan, outcome.results, extras)
+
+
+def open_store(store: str | os.PathLike[str] | None) -> Any:
+    """Open the result store selected by ``store=`` (see :func:`run_manybody`), or ``None``."""
+    if store is None:
+        return None
+    if isinstance(store, str) and store == "default":
+        env = os.environ.get("QCMB_ASYNC_STORE", "").strip()
+        if env.lower() in ("none", "off", "0", "false"):
+            return None
+    from .store import ResultStore, StoreError, default_store_path
+
+    if isinstance(store, str) and store == "default":
+        path = Path(env) if env else default_store_path()
+    else:
+        path = Path(store)
+    try:
+        return ResultStore(path)
+    except StoreError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def _extras(run_id: str, executor: str, options: Any, outcome: ScheduleOutcome) -> dict[str, Any]:
@@ -129,14 +174,9 @@ def _failure_report(plan: Plan, outcome: ScheduleOutcome, extras: dict[str, Any]
     complete = [lv for lv in levels if lv < min(failed_levels)]
     report = FailureReport(failed=list(outcome.failures), complete_levels=complete)
     if complete:
-        try:
-            data = plan.input.model_dump()
-            data["specification"]["keywords"]["max_nbody"] = max(complete)
-            partial_plan = make_plan(type(plan.input)(**data))
-            if all(f.label in outcome.results for f in partial_plan.fragments):
-                report.partial_result = assemble(partial_plan, outcome.results, extras)
-        except Exception as exc:  # e.g. a multilevel input whose levels fix max_nbody
-            log.warning("partial result not assembled", reason=str(exc))
+        report.partial_result = assemble_through(plan, max(complete), outcome.results, extras)
+        if report.partial_result is None:
+            log.warning("partial result not assembled", through=max(complete))
     return report
 
 
@@ -159,3 +199,56 @@ def run(mbe_input: Any, **options: Any) -> Any:
         except KeyboardInterrupt:
             future.cancel()
             raise
+
+
+class RunHandle:
+    """A run started by :func:`open_run`: iterate its events, then await its result."""
+
+    def __init__(self, receive: Any, done: anyio.Event, box: dict[str, Any]) -> None:
+        self._receive = receive
+        self._done = done
+        self._box = box
+
+    def __aiter__(self) -> Any:
+        return self._receive.__aiter__()
+
+    async def result(self) -> Any:
+        """The ``ManyBodyResult``; raises what :func:`run_manybody` raised."""
+        await self._done.wait()
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["result"]
+
+
+@contextlib.asynccontextmanager
+async def open_run(mbe_input: Any, **options: Any) -> AsyncIterator[RunHandle]:
+    """Start :func:`run_manybody` and stream its progress events as an async iterator.
+
+    >>> async with open_run(inp, ncores=8) as handle:
+    ...     async for event in handle:
+    ...         print(event)
+    ...     result = await handle.result()
+
+    Leaving the block before the run ended cancels it.
+    """
+    if "on_event" in options:
+        raise InputError("open_run streams the events itself: do not pass on_event")
+    send, receive = anyio.create_memory_object_stream[Any](max_buffer_size=math.inf)
+    done = anyio.Event()
+    box: dict[str, Any] = {}
+
+    async def worker() -> None:
+        async with send:
+            try:
+                box["result"] = await run_manybody(mbe_input, on_event=send.send, **options)
+            except Exception as exc:
+                box["error"] = exc
+            finally:
+                done.set()
+
+    async with anyio.create_task_group() as tg, receive:
+        tg.start_soon(worker)
+        try:
+            yield RunHandle(receive, done, box)
+        finally:
+            tg.cancel_scope.cancel()

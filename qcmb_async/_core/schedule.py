@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -107,8 +108,21 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
     return group
 
 
-async def schedule(plan: Plan, options: RunOptions, executor: Executor, *, run_id: str) -> ScheduleOutcome:
-    """Run every fragment of ``plan`` on ``executor``; see docs/architecture.md."""
+async def schedule(
+    plan: Plan,
+    options: RunOptions,
+    executor: Executor,
+    *,
+    run_id: str,
+    store: Any = None,
+    partial_result: Callable[[int, dict[str, Any]], Any] | None = None,
+) -> ScheduleOutcome:
+    """Run every fragment of ``plan`` on ``executor``; see docs/architecture.md.
+
+    ``store`` (a :class:`~qcmb_async._core.store.ResultStore`) supplies finished fragments and
+    receives each new result as soon as it exists. ``partial_result(n, results)`` (blocking,
+    run on a thread) builds the MBE(n) result carried by :class:`~qcmb_async.events.LevelComplete`.
+    """
     pool = ResourcePool(options.ncores, options.memory)
     order = dispatch_order(plan.fragments)
     task_config = _task_config(options)
@@ -118,14 +132,36 @@ async def schedule(plan: Plan, options: RunOptions, executor: Executor, *, run_i
                for f in order}
     remaining = Counter(f.level for f in order)
     per_level = dict(sorted(remaining.items()))
+    top_level = max(per_level) if per_level else 0
+    failed_levels: set[int] = set()
     started = time.time()
     await ev.emit(options.on_event, ev.RunStarted(run_id, len(order), per_level, options.ncores, options.memory))
 
     async def finish_level(frag: Fragment) -> None:
         remaining[frag.level] -= 1
-        if remaining[frag.level] == 0:
-            await ev.emit(options.on_event, ev.LevelComplete(run_id, frag.level, per_level[frag.level],
-                                                             per_level[frag.level]))
+        if remaining[frag.level] != 0:
+            return
+        partial = None
+        lower_done = all(remaining[lv] == 0 for lv in per_level if lv <= frag.level)
+        if (partial_result is not None and options.on_event is not None and lower_done
+                and frag.level < top_level and not any(lv <= frag.level for lv in failed_levels)):
+            partial = await anyio.to_thread.run_sync(partial_result, frag.level, dict(results))
+        await ev.emit(options.on_event, ev.LevelComplete(run_id, frag.level, per_level[frag.level],
+                                                         per_level[frag.level], partial))
+
+    if store is not None:
+        cached = await anyio.to_thread.run_sync(_lookup, store, order)
+        for frag in order:
+            if frag.key in cached:
+                results[frag.label] = cached[frag.key]
+                records[frag.label].status = "cached"
+        for frag in order:
+            if frag.label in results:
+                await ev.emit(options.on_event, ev.FragmentFinished(run_id, frag.label, frag.level, frag.program,
+                                                                    0.0, "store", cached=True))
+                await finish_level(frag)
+        order = [f for f in order if f.label not in results]
+        log.info("result store consulted", run_id=run_id, reused=len(cached), to_compute=len(order))
 
     async def run_one(frag: Fragment) -> None:
         rec = records[frag.label]
@@ -151,7 +187,12 @@ async def schedule(plan: Plan, options: RunOptions, executor: Executor, *, run_i
                 rec.start, rec.end = outcome.start, outcome.end
                 rec.host, rec.worker, rec.pid = outcome.host, outcome.worker, outcome.pid
                 if outcome.success:
-                    results[frag.label] = _atomic_result(outcome.result)
+                    result = _atomic_result(outcome.result)
+                    if store is not None:
+                        # Shielded: a finished fragment is committed even if the run is being cancelled.
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(_store_put, store, frag, result, rec, run_id)
+                    results[frag.label] = result
                     rec.status = "ok"
                     flog.info("fragment finished", wall_time=round(outcome.wall_time, 4), worker=outcome.worker)
                     await ev.emit(options.on_event, ev.FragmentFinished(run_id, frag.label, frag.level,
@@ -167,6 +208,10 @@ async def schedule(plan: Plan, options: RunOptions, executor: Executor, *, run_i
                     await anyio.sleep(delay)
                     continue
                 rec.status, rec.error_type, rec.error_message = "failed", etype, emsg
+                failed_levels.add(frag.level)
+                if store is not None:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(_store_failure, store, frag, rec, run_id)
                 err = FragmentError(frag.label, frag.level, frag.program, etype, emsg, attempt, outcome.result)
                 flog.error("fragment failed", attempts=attempt, error_type=etype)
                 await ev.emit(options.on_event, ev.FragmentFailed(run_id, frag.label, frag.level, frag.program,
@@ -201,6 +246,28 @@ async def schedule(plan: Plan, options: RunOptions, executor: Executor, *, run_i
     finished = time.time()
     await ev.emit(options.on_event, ev.RunFinished(run_id, len(results), len(failures), finished - started))
     return ScheduleOutcome(results, list(records.values()), failures, pool.usage, started, finished)
+
+
+def _lookup(store: Any, fragments: list[Fragment]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for frag in fragments:
+        data = store.get(frag.key)
+        if data is not None:
+            found[frag.key] = _atomic_result(data)
+    return found
+
+
+def _store_put(store: Any, frag: Fragment, result: Any, rec: FragmentRecord, run_id: str) -> None:
+    last = rec.history[-1] if rec.history else {}
+    wall = (last["end"] - last["start"]) if last.get("end") and last.get("start") else None
+    store.put(frag.key, label=frag.label, level=frag.level, program=frag.program, result_json=result.model_dump_json(),
+              run_id=run_id, attempts=rec.history, host=last.get("host", ""), worker=last.get("worker", ""),
+              wall_time=wall)
+
+
+def _store_failure(store: Any, frag: Fragment, rec: FragmentRecord, run_id: str) -> None:
+    store.record_failure(frag.key, label=frag.label, level=frag.level, program=frag.program, run_id=run_id,
+                         attempts=rec.history, error_type=rec.error_type or "", error_message=rec.error_message or "")
 
 
 def _atomic_result(data: dict[str, Any]) -> Any:
