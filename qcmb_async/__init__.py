@@ -10,7 +10,7 @@ input. See docs/architecture.md for how it works.
 
 from __future__ import annotations
 
-from ._core import events
+from . import events
 from ._core.plan import Fragment, Plan
 from ._core.qcengine_seams import prime_qcengine
 from ._core.runner import RunHandle, open_run, plan_manybody, run, run_manybody

@@ -34,6 +34,15 @@ REQUIRED_GLOBAL_KEYS = ("hostname", "memory", "username", "ncores", "nnodes", "c
 
 _prime_lock = threading.Lock()
 _install_lock = threading.Lock()
+
+# --- program process grouping (switch for executors/processes.py workers) -----------------
+#: Start every program process in its own session, so a timeout or cancellation can kill it
+#: with its children (``os.killpg``). Worker processes of the process executor set this to
+#: False: their programs stay in the worker's process group, and the executor kills worker
+#: and programs together with one ``os.killpg(worker_pid, SIGKILL)`` -- even after the worker
+#: itself died and its programs were orphaned.
+PROGRAMS_IN_OWN_SESSION = True
+# --- end program process grouping ------------------------------------------------------------
 _installed = False
 _originals: dict[str, Any] = {}
 
@@ -141,7 +150,10 @@ class FragmentContext:
         for proc in procs:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    if PROGRAMS_IN_OWN_SESSION:  # program grouping switch (see top of module)
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    else:
+                        proc.kill()
                     killed += 1
         return killed
 
@@ -215,7 +227,8 @@ def _fragment_popen(
     kwargs = dict(popen_kwargs or {})
     kwargs["env"] = _program_env(kwargs.get("env"))
     # Own session: a timeout or cancellation kills the program with all its children.
-    kwargs.setdefault("start_new_session", True)
+    if PROGRAMS_IN_OWN_SESSION:  # program grouping switch (see top of module)
+        kwargs.setdefault("start_new_session", True)
     with original(args, append_prefix, kwargs, pass_output_forward) as ret:
         with frag.lock:
             frag.processes.add(ret["proc"])

@@ -58,6 +58,7 @@ async def run_manybody(
     on_error: str = "raise",
     on_event: Callable[[Any], Any] | None = None,
     store: str | os.PathLike[str] | None = "default",
+    scheduler: Any = None,
 ) -> Any:
     """Run a many-body expansion with its fragments in parallel; return QCManyBody's result.
 
@@ -69,7 +70,11 @@ async def run_manybody(
         fragment_ncores: Cores per fragment (default 1).
         fragment_memory: GiB per fragment (default: an even share, ``memory / (ncores //
             fragment_ncores)``).
-        executor: ``"auto"``, ``"threads"`` or an :class:`~qcmb_async.executors.base.Executor`.
+        executor: ``"auto"`` (processes for in-process programs such as PySCF, threads for
+            subprocess programs, Dask when ``scheduler`` is given), ``"threads"``,
+            ``"processes"``, ``"dask"``, or an :class:`~qcmb_async.executors.base.Executor`.
+        scheduler: Dask scheduler address or ``distributed.Client`` (default
+            ``$QCMB_DASK_SCHEDULER``) for ``executor="dask"``.
         level_barrier: Finish every n-body level before starting the next. Off by default:
             fragments do not depend on each other, and a barrier leaves cores idle.
         scratch_directory: Parent directory for programs' scratch files.
@@ -101,7 +106,7 @@ async def run_manybody(
     # Program checks start subprocesses and planning takes seconds: keep both off the loop.
     await anyio.to_thread.run_sync(check_input, inp)
     plan = await anyio.to_thread.run_sync(_plan, inp)
-    exe = resolve_executor(executor, plan.programs, options)
+    exe = resolve_executor(executor, plan, options, scheduler)
     result_store = await anyio.to_thread.run_sync(open_store, store)
     run_id = uuid.uuid4().hex[:12]
     log.info("run planned", run_id=run_id, fragments=len(plan.fragments), executor=exe.name,

@@ -137,17 +137,26 @@ async def schedule(
     started = time.time()
     await ev.emit(options.on_event, ev.RunStarted(run_id, len(order), per_level, options.ncores, options.memory))
 
+    announced: list[int] = []
+    announce_lock = anyio.Lock()
+
     async def finish_level(frag: Fragment) -> None:
         remaining[frag.level] -= 1
         if remaining[frag.level] != 0:
             return
-        partial = None
-        lower_done = all(remaining[lv] == 0 for lv in per_level if lv <= frag.level)
-        if (partial_result is not None and options.on_event is not None and lower_done
-                and frag.level < top_level and not any(lv <= frag.level for lv in failed_levels)):
-            partial = await anyio.to_thread.run_sync(partial_result, frag.level, dict(results))
-        await ev.emit(options.on_event, ev.LevelComplete(run_id, frag.level, per_level[frag.level],
-                                                         per_level[frag.level], partial))
+        # LevelComplete(n) goes out in level order, once n and every lower level are done.
+        async with announce_lock:
+            for lv in per_level:
+                if lv in announced:
+                    continue
+                if remaining[lv] != 0:
+                    break
+                announced.append(lv)
+                partial = None
+                if (partial_result is not None and options.on_event is not None and lv < top_level
+                        and not any(f <= lv for f in failed_levels)):
+                    partial = await anyio.to_thread.run_sync(partial_result, lv, dict(results))
+                await ev.emit(options.on_event, ev.LevelComplete(run_id, lv, per_level[lv], per_level[lv], partial))
 
     if store is not None:
         cached = await anyio.to_thread.run_sync(_lookup, store, order)

@@ -1,6 +1,8 @@
 """Executors: where fragments run, behind one protocol (:class:`~qcmb_async.executors.base.Executor`).
 
-Built in: ``"threads"`` (:class:`~qcmb_async.executors.threads.ThreadExecutor`).
+Built in: ``"threads"`` (:class:`~qcmb_async.executors.threads.ThreadExecutor`),
+``"processes"`` (:class:`~qcmb_async.executors.processes.ProcessExecutor`) and ``"dask"``
+(:class:`~qcmb_async.executors.dask.DaskExecutor`, extra ``qcmb_async[dask]``).
 ``"auto"`` chooses per program and logs the choice.
 """
 
@@ -12,29 +14,58 @@ from .._core.logs import get_logger
 from ..errors import InputError
 from .base import Executor, FragmentJob, JobOutcome
 
-__all__ = ["EXECUTORS", "Executor", "FragmentJob", "JobOutcome", "resolve_executor"]
+__all__ = ["EXECUTORS", "IN_PROCESS_PROGRAMS", "Executor", "FragmentJob", "JobOutcome", "resolve_executor"]
 
 log = get_logger()
 
 #: Programs QCEngine runs inside the Python process (GIL-bound, process-global state).
-IN_PROCESS_PROGRAMS = frozenset({"pyscf", "rdkit", "torchani", "xtb", "openmm", "mace", "aimnet2", "psi4-api"})
+IN_PROCESS_PROGRAMS = frozenset({"pyscf", "rdkit", "torchani", "xtb", "openmm", "mace", "aimnet2"})
 
-EXECUTORS = ("threads",)
+EXECUTORS = ("threads", "processes", "dask")
 
 
-def resolve_executor(choice: str | Executor, programs: set[str], options: Any) -> Executor:
-    """Turn ``executor=`` into an :class:`Executor` instance, refusing unsafe explicit choices."""
-    from .threads import ThreadExecutor
+def _psiapi(plan: Any) -> bool:
+    return any(f.program == "psi4" and (f.atomic_input.get("specification", {}).get("extras") or {}).get("psiapi")
+               for f in plan.fragments)
 
+
+def resolve_executor(choice: str | Executor, plan: Any, options: Any, scheduler: Any = None) -> Executor:
+    """Turn ``executor=`` into an :class:`Executor`, refusing unsafe explicit choices."""
+    programs: set[str] = plan.programs
+    in_process = sorted(p for p in programs if p in IN_PROCESS_PROGRAMS or (p == "psi4" and _psiapi(plan)))
     if not isinstance(choice, str):
         if not isinstance(choice, Executor):
             raise InputError(f"executor must be one of {(*EXECUTORS, 'auto')} or an Executor, got {choice!r}")
         return choice
     name = choice.lower()
+    if scheduler is not None and name not in ("dask", "auto"):
+        raise InputError(f"scheduler= is only used by executor='dask', not {choice!r}")
     if name == "auto":
-        log.info("executor chosen", executor="threads", programs=sorted(programs),
-                 reason="only the thread executor is available in this version")
-        return ThreadExecutor(max_workers=options.slots)
+        name = "dask" if scheduler is not None else "processes" if in_process else "threads"
+        log.info("executor chosen", executor=name, programs=sorted(programs),
+                 reason=("a Dask scheduler was given" if scheduler is not None else
+                         f"in-process program(s) {in_process}: GIL and process-global state" if in_process else
+                         "programs run as subprocesses: threads are enough"))
     if name == "threads":
+        if _psiapi(plan):
+            raise InputError(
+                "executor='threads' cannot run Psi4's in-process mode (extras psiapi=True): Psi4's C++ state is "
+                "global to the process, so concurrent fragments would corrupt each other. Use "
+                "executor='processes' (or 'auto'), or drop psiapi to run Psi4 as a subprocess."
+            )
+        from .threads import ThreadExecutor
+
         return ThreadExecutor(max_workers=options.slots)
+    if name == "processes":
+        from .processes import ProcessExecutor
+
+        return ProcessExecutor(max_workers=options.slots, warm=[p for p in programs if p in IN_PROCESS_PROGRAMS])
+    if name == "dask":
+        try:
+            from .dask import DaskExecutor
+        except ImportError as exc:
+            raise InputError(
+                "executor='dask' needs dask.distributed: pip install 'qcmb_async[dask]'"
+            ) from exc
+        return DaskExecutor(scheduler)
     raise InputError(f"unknown executor {choice!r}: use one of {', '.join((*EXECUTORS, 'auto'))}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import anyio
-from anyio.abc import CapacityLimiter
 
 from .._core.qcengine_seams import FRAGMENT, FragmentContext
 from .._core.worker import execute_job, prepare_worker
@@ -27,7 +26,7 @@ class ThreadExecutor:
 
     def __init__(self, max_workers: int = 64) -> None:
         self._max_workers = max_workers
-        self._limiter: CapacityLimiter | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
 
     async def __aenter__(self) -> ThreadExecutor:
         # Our own limiter: anyio's default (40 threads) must not cap a large machine.

@@ -1,0 +1,201 @@
+"""XYZ files with fragments separated by ``--`` lines, turned into a v2 ``ManyBodyInput``.
+
+The format is standard XYZ (atom count line, comment line, then ``Symbol x y z`` in Å) with a
+line holding only ``--`` between fragments. A fragment may start with a ``charge multiplicity``
+line (two integers, Psi4 style); otherwise it is neutral and a singlet. The header is optional.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+BSSE_TYPES = ("cp", "nocp", "vmfc")
+DRIVERS = ("energy", "gradient", "hessian")
+
+
+@dataclass
+class XYZFragment:
+    """Atoms of one fragment, with its charge and multiplicity when the file gave them."""
+
+    atoms: list[tuple[str, float, float, float]] = field(default_factory=list)
+    charge: int | None = None
+    multiplicity: int | None = None
+
+
+def _is_int(token: str) -> bool:
+    try:
+        int(token)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_xyz(text: str, source: str = "XYZ input") -> list[XYZFragment]:
+    """Split XYZ text into fragments; raises :class:`InputError` with the offending line."""
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        raise InputError(f"{source} is empty")
+    count: int | None = None
+    tokens = lines[first].split()
+    if len(tokens) == 1 and _is_int(tokens[0]):
+        count = int(tokens[0])
+        body = list(enumerate(lines[first + 2:], start=first + 3))  # skip the comment line
+    else:
+        body = list(enumerate(lines[first:], start=first + 1))
+    frags = [XYZFragment()]
+    for lineno, raw in body:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line == "--":
+            frags.append(XYZFragment())
+            continue
+        parts = line.split()
+        frag = frags[-1]
+        if len(parts) == 2 and all(_is_int(p) for p in parts) and not frag.atoms and frag.charge is None:
+            frag.charge, frag.multiplicity = int(parts[0]), int(parts[1])
+            continue
+        if len(parts) < 4:
+            raise InputError(f"{source}, line {lineno}: expected 'Symbol x y z', got {line!r}")
+        try:
+            x, y, z = (float(v) for v in parts[1:4])
+        except ValueError:
+            raise InputError(f"{source}, line {lineno}: coordinates are not numbers in {line!r}") from None
+        frag.atoms.append((parts[0], x, y, z))
+    for i, frag in enumerate(frags, start=1):
+        if not frag.atoms:
+            raise InputError(f"{source}: fragment {i} has no atoms (two '--' lines in a row, or one at the start "
+                             "or end of the file?)")
+    natoms = sum(len(f.atoms) for f in frags)
+    if count is not None and count != natoms:
+        raise InputError(f"{source}: the header says {count} atoms but the file lists {natoms}")
+    if len(frags) < 2:
+        raise InputError(
+            f"{source} has a single fragment: a many-body expansion needs at least two. Put a line holding "
+            "only '--' between the fragments (e.g. between the water molecules of a cluster)."
+        )
+    return frags
+
+
+def _per_fragment(name: str, values: list[int] | None, n: int) -> list[int] | None:
+    if values is None:
+        return None
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise InputError(f"--{name} got {len(values)} values for {n} fragments: give one per fragment "
+                         "(comma separated) or one for all")
+    return list(values)
+
+
+def build_molecule(frags: list[XYZFragment], charges: list[int] | None = None,
+                   multiplicities: list[int] | None = None, source: str = "XYZ input") -> Any:
+    """A QCElemental v2 ``Molecule`` in the file's frame, with explicit fragment charges/multiplicities."""
+    from qcelemental import constants
+    from qcelemental.models.v2 import Molecule
+
+    n = len(frags)
+    chg = _per_fragment("charge", charges, n) or [f.charge if f.charge is not None else 0 for f in frags]
+    mult = _per_fragment("multiplicity", multiplicities, n) or [
+        f.multiplicity if f.multiplicity is not None else 1 for f in frags]
+    if any(m < 1 for m in mult):
+        raise InputError(f"multiplicities must be >= 1, got {mult}")
+    # Converted here to bohr: QCElemental's own unit conversion loads pint (a second or two).
+    to_bohr = 1.0 / constants.bohr2angstroms
+    blocks = []
+    for frag, c, m in zip(frags, chg, mult, strict=True):
+        atoms = "\n".join(f"{sym} {x * to_bohr!r} {y * to_bohr!r} {z * to_bohr!r}" for sym, x, y, z in frag.atoms)
+        blocks.append(f"{c} {m}\n{atoms}")
+    text = "units bohr\nno_com\nno_reorient\n" + "\n--\n".join(blocks)
+    try:
+        return Molecule.from_data(text)
+    except Exception as exc:
+        raise InputError(f"{source} is not a valid molecule: {type(exc).__name__}: {exc}. Fragment charges {chg}, "
+                         f"multiplicities {mult} (set them with --charge/--multiplicity)") from None
+
+
+def parse_bsse(values: list[str] | None) -> list[str]:
+    """``["cp,nocp", "vmfc"]`` -> ``["cp", "nocp", "vmfc"]``, each checked; default ``["cp"]``."""
+    out: list[str] = []
+    for value in values or ["cp"]:
+        for item in value.split(","):
+            item = item.strip().lower()
+            if not item:
+                continue
+            if item not in BSSE_TYPES:
+                raise InputError(f"unknown BSSE treatment {item!r}: use one or more of {', '.join(BSSE_TYPES)}")
+            if item not in out:
+                out.append(item)
+    return out or ["cp"]
+
+
+def parse_keywords(text: str | None) -> dict[str, Any]:
+    """``--keywords`` JSON object -> dict."""
+    if text is None:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--keywords is not valid JSON ({exc}): give a JSON object such as '{{\"scf_type\": "
+                         "\"df\"}'") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--keywords must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def xyz_input(
+    path: str | Path,
+    *,
+    method: str,
+    program: str,
+    basis: str | None = None,
+    bsse: list[str] | None = None,
+    max_nbody: int | None = None,
+    keywords: dict[str, Any] | None = None,
+    driver: str = "energy",
+    charges: list[int] | None = None,
+    multiplicities: list[int] | None = None,
+) -> Any:
+    """Read an XYZ file with ``--`` fragment separators and build a v2 ``ManyBodyInput``."""
+    from pydantic import ValidationError
+    from qcmanybody.models.v2 import ManyBodyInput
+
+    from .inputs import _pydantic_message
+
+    path = Path(path)
+    source = f"XYZ file {str(path)!r}"
+    if not path.is_file():
+        raise InputError(f"input file {str(path)!r} does not exist: check the path")
+    if driver not in DRIVERS:
+        raise InputError(f"unknown driver {driver!r}: use one of {', '.join(DRIVERS)}")
+    if max_nbody is not None and max_nbody < 1:
+        raise InputError(f"--max-nbody must be >= 1, got {max_nbody}")
+    frags = parse_xyz(path.read_text(), source)
+    molecule = build_molecule(frags, charges, multiplicities, source)
+    mb_keywords: dict[str, Any] = {"bsse_type": parse_bsse(bsse)}
+    if max_nbody is not None:
+        mb_keywords["max_nbody"] = max_nbody
+    try:
+        return ManyBodyInput(
+            molecule=molecule,
+            specification={
+                "driver": driver,
+                "keywords": mb_keywords,
+                "specification": {
+                    "(auto)": {
+                        "program": program,
+                        "model": {"method": method, "basis": basis},
+                        "driver": driver,
+                        "keywords": keywords or {},
+                    }
+                },
+            },
+        )
+    except ValidationError as exc:
+        raise InputError(f"cannot build a ManyBodyInput from {source}: {_pydantic_message(exc)}") from None
