@@ -1,0 +1,163 @@
+"""Dask overhead: MOPAC water hexamer (CP, 3-body, PM7) on a 2-worker Dask cluster vs the thread executor.
+
+Starts a `dask scheduler` and two `dask worker` processes on 127.0.0.1 (each ``--nthreads 1 --resources
+"cores=1,memory=2"``), runs the same MBE with ``executor=DaskExecutor(address)`` and ``executor="threads"``
+(both ``ncores=2, memory=4``), checks both equal QCManyBody's sequential result, and prints wall times and
+the per-fragment overhead ``(Dask wall - threads wall) / fragments``.
+
+    PYTHONPATH=. python scripts/bench_dask.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+from qcelemental.models.v2 import Molecule
+from qcmanybody.models.v2 import ManyBodyInput
+from qcmanybody.v2 import ManyBodyComputer
+
+from qcmb_async import run_manybody
+from qcmb_async.executors.dask import DaskExecutor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def water_hexamer(radius: float = 2.9) -> Molecule:
+    """Six waters on a planar ring (O-O 2.9 A), each donating an H to its neighbour, the other H out of plane."""
+    blocks = []
+    for i in range(6):
+        a, b = 2 * math.pi * i / 6, 2 * math.pi * (i + 1) / 6
+        ox, oy = radius * math.cos(a), radius * math.sin(a)
+        nx, ny = radius * math.cos(b) - ox, radius * math.sin(b) - oy
+        norm = math.hypot(nx, ny)
+        h1 = (ox + 0.96 * nx / norm, oy + 0.96 * ny / norm, 0.0)
+        h2 = (ox + 0.30 * math.cos(a), oy + 0.30 * math.sin(a), 0.91 * (1 if i % 2 else -1))
+        blocks.append(f"O {ox:.5f} {oy:.5f} 0.0\nH {h1[0]:.5f} {h1[1]:.5f} {h1[2]:.5f}\n"
+                      f"H {h2[0]:.5f} {h2[1]:.5f} {h2[2]:.5f}")
+    mol = Molecule.from_data("\n--\n".join(blocks))
+    return Molecule(**{**mol.model_dump(), "fragment_charges": [0.0] * 6, "fragment_multiplicities": [1] * 6})
+
+
+def hexamer_input() -> ManyBodyInput:
+    return ManyBodyInput(
+        molecule=water_hexamer(),
+        specification={
+            "driver": "energy",
+            "keywords": {"bsse_type": ["cp"], "max_nbody": 3},
+            "specification": {"(auto)": {"program": "mopac", "model": {"method": "pm7"}, "driver": "energy"}},
+        },
+    )
+
+
+@contextlib.contextmanager
+def dask_cluster(workdir: Path, nworkers: int = 2) -> Iterator[str]:
+    """A scheduler and ``nworkers`` single-core workers as subprocesses, each in its own session."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(name: str, args: list[str]) -> None:
+        log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        procs.append(subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+
+    sched_file = workdir / "scheduler.json"
+    try:
+        spawn("scheduler", ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                            "--scheduler-file", str(sched_file)])
+        deadline = time.time() + 60
+        while not sched_file.exists() or not sched_file.read_text().strip():
+            if time.time() > deadline:
+                raise RuntimeError("dask scheduler did not start; see " + str(workdir / "scheduler.log"))
+            time.sleep(0.1)
+        time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        for i in range(nworkers):
+            spawn(f"worker-{i}", ["distributed.cli.dask_worker", address, "--name", f"worker-{i}", "--host",
+                                  "127.0.0.1", "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                                  "--resources", "cores=1,memory=2", "--local-directory", str(workdir / f"w{i}")])
+        yield address
+    finally:
+        for group in (procs[1:], procs[:1]):  # workers first: without a scheduler they retry for a while
+            for proc in group:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+
+
+async def wait_for_workers(address: str, n: int) -> None:
+    from distributed import Client
+
+    async with Client(address, asynchronous=True, set_as_default=False) as client:
+        await client.wait_for_workers(n, timeout=120)
+
+
+async def timed(inp: ManyBodyInput, executor: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    result = await run_manybody(inp, ncores=2, memory=4, executor=executor, store=None)
+    return time.perf_counter() - t0, result
+
+
+async def main(repeats: int) -> None:
+    inp = hexamer_input()
+    t0 = time.perf_counter()
+    ref = ManyBodyComputer.from_manybodyinput(inp)
+    sequential = time.perf_counter() - t0
+    walls: dict[str, list[float]] = {"threads": [], "dask": []}
+    sched: dict[str, list[float]] = {"threads": [], "dask": []}
+    nfrag = 0
+    with tempfile.TemporaryDirectory(prefix="qcmb-bench-dask-") as tmp, dask_cluster(Path(tmp)) as address:
+        await wait_for_workers(address, 2)
+        for name in ("threads", "dask"):  # warm-up: program version checks, worker priming
+            await timed(inp, "threads" if name == "threads" else DaskExecutor(address))
+        for _ in range(repeats):
+            for name in ("threads", "dask"):
+                wall, result = await timed(inp, "threads" if name == "threads" else DaskExecutor(address))
+                diff = abs(float(result.return_result) - float(ref.return_result))
+                assert diff < 1e-9, f"{name} differs from the sequential result by {diff}"
+                meta = result.extras["qcmb_async"]
+                if name == "dask":
+                    assert {f["worker"] for f in meta["fragments"]} and all(
+                        f["worker"].startswith("tcp://") for f in meta["fragments"])
+                walls[name].append(wall)
+                sched[name].append(meta["wall_time"])
+                nfrag = len(meta["fragments"])
+
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    med_sched = {k: statistics.median(v) for k, v in sched.items()}
+    print(f"MOPAC PM7 water hexamer, CP, 3-body: {nfrag} fragments; ncores=2; medians of {repeats} runs")
+    print(f"  sequential (QCManyBody)           {sequential:8.3f} s")
+    for name, label in (("threads", "threads (ncores=2)"), ("dask", "dask (2 workers x cores=1)")):
+        runs = ", ".join(f"{w:.3f}" for w in walls[name])
+        print(f"  {label:<33} {med[name]:8.3f} s   schedule stage {med_sched[name]:.3f} s   [{runs}]")
+    print(f"  per-fragment overhead (dask - threads) / fragments: "
+          f"{1000 * (med['dask'] - med['threads']) / nfrag:.2f} ms (whole run), "
+          f"{1000 * (med_sched['dask'] - med_sched['threads']) / nfrag:.2f} ms (schedule stage)")
+    print("  results equal QCManyBody's sequential result to 1e-9 Eh")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.setdefault("QCMB_ASYNC_STORE", "none")
+    anyio.run(main, args.repeats)
