@@ -105,7 +105,7 @@ def test_concurrent_writers(tmp_path: Path) -> None:
 def test_bad_files_are_refused(tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.sqlite"
     corrupt.write_bytes(os.urandom(4096))
-    with pytest.raises(StoreError, match="corrupt or not an SQLite database.*Move it away"):
+    with pytest.raises(StoreError, match=r"corrupt or not an SQLite database.*Move it away"):
         ResultStore(corrupt)
     foreign = tmp_path / "foreign.sqlite"
     con = sqlite3.connect(foreign)
@@ -129,10 +129,9 @@ def test_bad_files_are_refused(tmp_path: Path) -> None:
             _put(store, str(i))
     data = half.read_bytes()
     half.write_bytes(data[: len(data) // 2])
-    with pytest.raises(StoreError):
-        with ResultStore(half) as store:
-            for i in range(300):
-                store.get(str(i))
+    with pytest.raises(StoreError), ResultStore(half) as store:
+        for i in range(300):
+            store.get(str(i))
 
 
 def test_default_path_in_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
