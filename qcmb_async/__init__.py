@@ -10,6 +10,8 @@ input. See docs/architecture.md for how it works.
 
 from __future__ import annotations
 
+import logging
+
 from . import events
 from ._core.plan import Fragment, Plan
 from ._core.qcengine_seams import prime_qcengine
@@ -18,6 +20,10 @@ from .errors import FailureReport, FragmentError, InputError, QCMBAsyncError, Ru
 from .executors.base import Executor, FragmentJob, JobOutcome
 
 __version__ = "0.1.0"
+
+# A library configures no logging; NullHandler keeps Python's last-resort handler from
+# printing our structured events as raw dicts when the application configured nothing.
+logging.getLogger("qcmb_async").addHandler(logging.NullHandler())
 
 __all__ = [
     "Executor",

@@ -227,7 +227,7 @@ def test_corrupt_and_future_stores_give_clear_errors(tmp_path: Path) -> None:
     bad = tmp_path / "corrupt.sqlite"
     bad.write_bytes(os.urandom(8192))
     inp = mbe_input("qcmb-fake-sleep", "fake", "none", bsse="nocp", max_nbody=2, keywords={"sleep": 0})
-    with pytest.raises(InputError, match="corrupt.sqlite"):
+    with pytest.raises(InputError, match=r"corrupt\.sqlite"):
         run(inp, store=bad)
     future = tmp_path / "future.sqlite"
     ResultStore(future).close()

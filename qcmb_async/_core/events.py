@@ -96,6 +96,6 @@ async def emit(callback: Callable[[Any], Any] | None, event: Event) -> None:
         if inspect.isawaitable(out):
             await out
     except Exception:  # progress display bugs must not lose computed work
-        import structlog
+        from .logs import get_logger
 
-        structlog.get_logger("qcmb_async").exception("event callback failed", event=type(event).__name__)
+        get_logger().exception("event callback failed", event_type=type(event).__name__)

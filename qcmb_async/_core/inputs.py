@@ -128,8 +128,12 @@ def _positive(name: str, value: Any, integer: bool) -> float:
     return float(value)
 
 
-def check_programs(programs: set[str]) -> None:
-    """Every program must be known to QCEngine and found on this machine."""
+def check_programs(programs: set[str], *, local: bool = True) -> None:
+    """Every program must be known to QCEngine and (``local``) found on this machine.
+
+    With ``local=False`` (fragments run on remote workers) availability is checked where
+    each fragment runs instead.
+    """
     import qcengine
     from qcengine.exceptions import InputError as QCEngineInputError
 
@@ -144,7 +148,7 @@ def check_programs(programs: set[str]) -> None:
                 f"unknown program {name!r}: QCEngine has no harness of that name. "
                 f"Programs available here: {', '.join(sorted(qcengine.list_available_programs())) or 'none'}"
             ) from None
-        if not harness.found():
+        if local and not harness.found():
             raise InputError(
                 f"program {name!r} is not available on this machine: install it (e.g. apt-get install {name}, "
                 f"or pip install {name}). Programs available here: "
@@ -152,7 +156,7 @@ def check_programs(programs: set[str]) -> None:
             )
 
 
-def check_input(inp: ManyBodyInput) -> None:
+def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
     """Structural checks QCManyBody would only fail on later (or not at all)."""
     nfrag = len(inp.molecule.fragments) if inp.molecule.fragments is not None else 0
     if nfrag < 2:
@@ -166,7 +170,14 @@ def check_input(inp: ManyBodyInput) -> None:
             f"max_nbody={max_nbody} is larger than the number of fragments ({nfrag}): "
             f"use max_nbody <= {nfrag}"
         )
-    check_programs({spec.program for spec in inp.specification.specification.values()})
+    check_programs({spec.program for spec in inp.specification.specification.values()}, local=local)
+    bsse = {str(getattr(b, "value", b)) for b in (inp.specification.keywords.bsse_type or [])}
+    if bsse & {"cp", "vmfc"} and any(s.program == "mopac" for s in inp.specification.specification.values()):
+        from .logs import get_logger
+
+        # Same numbers as QCManyBody's own computer, but physically meaningless: say so.
+        get_logger().warning("MOPAC ignores ghost atoms: counterpoise (cp/vmfc) energies equal uncorrected ones "
+                             "fragment by fragment and are not a BSSE correction", bsse=sorted(bsse))
 
 
 def make_options(

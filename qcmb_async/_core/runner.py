@@ -65,8 +65,10 @@ async def run_manybody(
     Args:
         mbe_input: ``qcmanybody.models.v2.ManyBodyInput`` (v1 models, dicts, JSON strings and
             JSON/YAML file paths are converted).
-        ncores: Total cores the run may use. Default: this process's CPU affinity.
-        memory: Total memory in GiB. Default: 80 % of the memory available now.
+        ncores: Total cores the run may use. Default: this process's CPU affinity (Dask: the
+            cores the cluster's workers declare).
+        memory: Total memory in GiB. Default: 80 % of the memory available now (Dask: the
+            workers' declared memory).
         fragment_ncores: Cores per fragment (default 1).
         fragment_memory: GiB per fragment (default: an even share, ``memory / (ncores //
             fragment_ncores)``).
@@ -103,8 +105,9 @@ async def run_manybody(
         level_barrier=level_barrier, scratch_directory=scratch_directory, retries=retries, timeout=timeout,
         on_error=on_error, on_event=on_event,
     )
+    remote = scheduler is not None or executor == "dask" or getattr(executor, "name", None) == "dask"
     # Program checks start subprocesses and planning takes seconds: keep both off the loop.
-    await anyio.to_thread.run_sync(check_input, inp)
+    await anyio.to_thread.run_sync(functools.partial(check_input, inp, local=not remote))
     plan = await anyio.to_thread.run_sync(_plan, inp)
     exe = resolve_executor(executor, plan, options, scheduler)
     result_store = await anyio.to_thread.run_sync(open_store, store)
@@ -117,6 +120,16 @@ async def run_manybody(
             await anyio.to_thread.run_sync(functools.partial(
                 result_store.record_run, run_id, input_hash=plan.input_hash, started=time.time()))
         async with exe:
+            capacity = getattr(exe, "capacity", None)
+            if capacity is not None and (ncores is None or memory is None):
+                # A cluster's size, not this machine's, bounds a distributed run.
+                options = make_options(
+                    ncores=ncores if ncores is not None else max(1, int(capacity[0])),
+                    memory=memory if memory is not None else capacity[1],
+                    fragment_ncores=fragment_ncores, fragment_memory=fragment_memory, level_barrier=level_barrier,
+                    scratch_directory=scratch_directory, retries=retries, timeout=timeout, on_error=on_error,
+                    on_event=on_event,
+                )
             outcome = await schedule(plan, options, exe, run_id=run_id, store=result_store,
                                      partial_result=functools.partial(assemble_through, plan))
         extras = _extras(run_id, exe.name, options, outcome)

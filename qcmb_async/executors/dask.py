@@ -1,0 +1,435 @@
+"""Dask executor: each fragment is a task on a ``distributed`` cluster, sized by worker resources.
+
+Workers declare what they offer, e.g. ``dask worker tcp://head:8786 --resources "cores=16,memory=64"``
+(memory in GiB); every fragment asks for ``{"cores": ncores, "memory": memory}`` of its ``task_config``,
+so Dask never runs more fragments on a worker than its declared cores and memory allow.
+Workers need qcmb_async (same version) and the programs importable/on their ``PATH``.
+
+Timing, cancellation and lost workers:
+
+* A fragment's ``timeout`` is enforced on the worker, from the moment the fragment starts there: its
+  program processes are killed and a ``TimeoutError`` outcome comes back. The client also stops waiting
+  after ``timeout + timeout_grace`` (queueing, transfer, a stuck in-process program), cancels the task
+  and returns ``TimeoutError`` itself.
+* Cancelling the awaiting task cancels the Dask future and, best effort, kills the fragment's program
+  processes on whichever worker runs it (``client.run``). Dask cannot stop a worker thread: an
+  in-process program (PySCF, ...) runs to its end, only its result is dropped.
+* A worker lost mid-run: Dask reschedules its tasks elsewhere (``distributed.scheduler.allowed-failures``);
+  if Dask gives up, the outcome's ``error_type`` is ``KilledWorker``, which the scheduler retries.
+  Program processes run in their own sessions: those of a worker killed by SIGKILL run to their end.
+  A fragment that no current worker could ever run fails at once (``ResourcesUnavailable``); one whose
+  fitting workers all left after submission waits for a new one (a ``timeout`` bounds that wait).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import InputError
+from .base import FragmentJob, JobOutcome
+
+if TYPE_CHECKING:
+    import distributed
+
+#: Environment variable naming the scheduler when none is passed.
+SCHEDULER_ENV = "QCMB_DASK_SCHEDULER"
+_WORKER_SYNTAX = 'dask worker tcp://<scheduler>:8786 --resources "cores=16,memory=64"'
+_THREE_WAYS = (
+    f"DaskExecutor(scheduler='tcp://host:8786'), DaskExecutor(scheduler=<distributed.Client>), "
+    f"or the environment variable {SCHEDULER_ENV}=tcp://host:8786"
+)
+#: Seconds allowed for remote kills and for closing the client.
+_REMOTE_CALL_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class _WorkerInfo:
+    address: str
+    name: str
+    resources: dict[str, float]
+
+
+class DaskExecutor:
+    """Runs fragments as tasks on a Dask ``distributed`` cluster (asyncio backend only).
+
+    Args:
+        scheduler: Scheduler address (``"tcp://host:8786"``), a ``distributed.Client``, or ``None`` to
+            read ``$QCMB_DASK_SCHEDULER``. An asynchronous Client on the running event loop is used as
+            it is and left open. A synchronous Client (or one bound to another event loop, e.g. when
+            :func:`qcmb_async.run` runs the core on its private loop) cannot be awaited here: the
+            executor connects its own asynchronous Client to the same scheduler and closes it on exit;
+            the given Client is not touched.
+        cores_resource: Name of the worker resource counting cores.
+        memory_resource: Name of the worker resource counting memory in GiB.
+        program_resources: Also ask for ``{program: ncores}``, so fragments only run on workers that
+            declare the program, e.g. ``--resources "cores=16,memory=64,nwchem=16"``.
+        connect_timeout: Seconds to connect to the scheduler and to wait for a first worker.
+        timeout_grace: Seconds the client waits beyond a fragment's ``timeout`` before giving up on it.
+    """
+
+    name = "dask"
+
+    def __init__(
+        self,
+        scheduler: str | distributed.Client | None = None,
+        *,
+        cores_resource: str = "cores",
+        memory_resource: str = "memory",
+        program_resources: bool = False,
+        connect_timeout: float = 30.0,
+        timeout_grace: float = 30.0,
+    ) -> None:
+        self._given_client: Any = None
+        self._address: str | None = None
+        if scheduler is None:
+            scheduler = os.environ.get(SCHEDULER_ENV, "").strip() or None
+            if scheduler is None:
+                raise InputError(f"the Dask executor needs a scheduler: pass one of {_THREE_WAYS}")
+        if isinstance(scheduler, str):
+            if not scheduler.strip():
+                raise InputError(f"empty Dask scheduler address: pass one of {_THREE_WAYS}")
+            self._address = scheduler.strip()
+        elif _is_client(scheduler):
+            self._given_client = scheduler
+        else:
+            raise InputError(f"scheduler must be an address string or a distributed.Client, got {scheduler!r}")
+        self.cores_resource = cores_resource
+        self.memory_resource = memory_resource
+        self.program_resources = program_resources
+        self.connect_timeout = connect_timeout
+        self.timeout_grace = timeout_grace
+        self._client: Any = None
+        self._owns_client = False
+        self._workers: dict[str, _WorkerInfo] = {}
+        self._inflight: set[str] = set()
+
+    @property
+    def client(self) -> distributed.Client:
+        """The asynchronous Client in use (inside ``async with`` only)."""
+        if self._client is None:
+            raise RuntimeError("DaskExecutor is not entered: use `async with DaskExecutor(...) as exe`")
+        return self._client
+
+    @property
+    def capacity(self) -> tuple[float, float]:
+        """Total declared ``(cores, memory GiB)`` of the workers seen last (inside ``async with``)."""
+        cores = sum(w.resources.get(self.cores_resource, 0.0) for w in self._workers.values())
+        memory = sum(w.resources.get(self.memory_resource, 0.0) for w in self._workers.values())
+        return cores, memory
+
+    async def __aenter__(self) -> DaskExecutor:
+        """Connect, check workers and their resources, and prepare QCEngine on every worker."""
+        import asyncio
+
+        try:
+            import distributed
+        except ImportError as exc:
+            raise InputError(f"the Dask executor needs `pip install qcmb_async[dask]`: {exc}") from exc
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise InputError("the Dask executor needs anyio's asyncio backend (distributed runs on asyncio)") from None
+        given = self._given_client
+        if given is not None and given.asynchronous and _client_loop(given) is loop:
+            self._client, self._owns_client = await given, False
+        else:
+            address = self._address if given is None else _client_address(given)
+            client = None
+            try:
+                client = distributed.Client(address, asynchronous=True, timeout=self.connect_timeout,
+                                            set_as_default=False)
+                with anyio.fail_after(self.connect_timeout + 5):
+                    self._client = await client
+            except BaseException as exc:
+                # Closed here, or its __del__ complains later about a closed event loop.
+                if client is not None:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(Exception), anyio.move_on_after(5):
+                        await client.close()
+                if not isinstance(exc, (OSError, TimeoutError, ValueError)):
+                    raise
+                raise InputError(
+                    f"could not connect to the Dask scheduler at {address!r} within {self.connect_timeout} s: {exc}. "
+                    f"Start one with `dask scheduler` and pass its address ({_THREE_WAYS})"
+                ) from exc
+            self._owns_client = True
+        try:
+            await self._check_workers()
+            await self._prepare_workers()
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Kill programs of fragments still in flight, then close the Client if this executor opened it."""
+        with anyio.CancelScope(shield=True):
+            if self._inflight and self._client is not None:
+                await self._kill_remote(sorted(self._inflight))
+            await self._close()
+
+    async def run(self, job: FragmentJob) -> JobOutcome:
+        """Submit ``job`` to the cluster and await its outcome (see the module docstring for failures)."""
+        from distributed.scheduler import KilledWorker
+
+        client = self.client
+        resources = self._resources(job)
+        unmet = await self._unsatisfiable(resources)
+        if unmet:
+            return _failed(job, "ResourcesUnavailable", unmet)
+        digest = hashlib.sha1(job.label.encode()).hexdigest()[:10]
+        # The nonce keeps keys unique when the same job is submitted twice (direct use, reruns).
+        key = f"qcmb-{job.run_id or 'direct'}-{digest}-{job.attempt}-{secrets.token_hex(3)}"
+        future = client.submit(_run_on_worker, job, key, resources=resources, pure=False, key=key)
+        self._inflight.add(key)
+        submitted = time.time()
+        try:
+            wait = None if job.timeout is None else job.timeout + self.timeout_grace
+            with anyio.move_on_after(wait):
+                try:
+                    return await future
+                except KilledWorker as exc:
+                    return _failed(job, "KilledWorker", f"Dask gave up on fragment {job.label}: {exc}", submitted)
+                except anyio.get_cancelled_exc_class():
+                    # Our own deadline or the caller cancelling: either way the task must go.
+                    await self._abandon(future, key)
+                    raise
+                except Exception as exc:
+                    return _failed(job, type(exc).__name__, f"Dask task {key} failed: {exc}", submitted)
+            return _failed(
+                job, "TimeoutError",
+                f"fragment {job.label} gave no result within its timeout of {job.timeout} s "
+                f"(+{self.timeout_grace} s grace for queueing on the cluster); Dask task cancelled, programs killed",
+                submitted,
+            )
+        finally:
+            self._inflight.discard(key)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _resources(self, job: FragmentJob) -> dict[str, float]:
+        # Floored to 1e-6 GiB: shares like 8/3 GiB must not sum to a hair more than the worker declares.
+        memory = math.floor(job.memory * 1e6) / 1e6
+        res: dict[str, float] = {self.cores_resource: job.ncores, self.memory_resource: memory}
+        if self.program_resources:
+            res[job.program] = job.ncores
+        return res
+
+    async def _refresh_workers(self) -> dict[str, _WorkerInfo]:
+        # An asynchronous Client's scheduler_info() is a cached summary without workers: ask the scheduler.
+        try:
+            info = await self.client.scheduler.identity(n_workers=-1)
+        except TypeError:  # distributed before n_workers existed: identity() lists every worker
+            info = await self.client.scheduler.identity()
+        self._workers = {
+            addr: _WorkerInfo(addr, str(w.get("name", addr)), dict(w.get("resources") or {}))
+            for addr, w in info.get("workers", {}).items()
+        }
+        return self._workers
+
+    async def _check_workers(self) -> None:
+        client = self.client
+        with contextlib.suppress(TimeoutError):
+            await client.wait_for_workers(1, timeout=self.connect_timeout)
+        workers = await self._refresh_workers()
+        where = client.scheduler.address
+        if not workers:
+            raise InputError(
+                f"the Dask cluster at {where} has no workers (waited {self.connect_timeout} s): start some with "
+                f"`{_WORKER_SYNTAX}`"
+            )
+        needed = (self.cores_resource, self.memory_resource)
+        if not any(all(r in w.resources for r in needed) for w in workers.values()):
+            declared = {w.name: w.resources for w in workers.values()}
+            raise InputError(
+                f"no worker of the Dask cluster at {where} declares the resources {needed[0]!r} and {needed[1]!r} "
+                f"(memory in GiB) that every fragment requests; declared: {declared}. Start workers with "
+                f"`{_WORKER_SYNTAX}` (or LocalCluster(..., resources={{'{needed[0]}': 16, '{needed[1]}': 64}}))"
+            )
+
+    async def _prepare_workers(self) -> None:
+        replies = await self.client.run(_prepare_dask_worker, on_error="return")
+        broken = {addr: reply for addr, reply in replies.items() if isinstance(reply, BaseException)}
+        if broken:
+            detail = "; ".join(f"{addr}: {type(e).__name__}: {e}" for addr, e in broken.items())
+            raise InputError(
+                f"could not prepare QCEngine on Dask worker(s) ({detail}). Every worker needs qcmb_async "
+                "and qcengine installed in the Python environment that runs `dask worker`"
+            )
+
+    async def _unsatisfiable(self, resources: dict[str, float]) -> str | None:
+        """Why no current worker could ever run a task asking for ``resources`` (``None``: some can)."""
+
+        def fits(w: _WorkerInfo) -> bool:
+            return all(w.resources.get(r, 0.0) >= amount - 1e-9 for r, amount in resources.items())
+
+        if any(fits(w) for w in self._workers.values()):
+            return None
+        workers = await self._refresh_workers()  # workers may have joined since
+        if any(fits(w) for w in workers.values()):
+            return None
+        declared = {w.name: w.resources for w in workers.values()}
+        return (
+            f"no worker of the Dask cluster can run a fragment asking for {resources} (memory in GiB); "
+            f"workers declare {declared}. Lower fragment_ncores/fragment_memory (or ncores/memory), or start "
+            f"workers with enough, e.g. `{_WORKER_SYNTAX}`"
+        )
+
+    async def _abandon(self, future: Any, key: str) -> None:
+        """Cancel the task and kill its program processes wherever it runs (shielded, best effort)."""
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception), anyio.move_on_after(_REMOTE_CALL_TIMEOUT):
+                await self.client.cancel([future], reason="qcmb_async: fragment cancelled or timed out")
+            await self._kill_remote([key])
+
+    async def _kill_remote(self, keys: list[str]) -> None:
+        with contextlib.suppress(Exception), anyio.move_on_after(_REMOTE_CALL_TIMEOUT):
+            await self.client.run(_kill_on_worker, keys, on_error="ignore")
+
+    async def _close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception), \
+                    anyio.move_on_after(_REMOTE_CALL_TIMEOUT):
+                await client.close()
+
+
+def _is_client(obj: object) -> bool:
+    try:
+        import distributed
+    except ImportError:
+        return False
+    return isinstance(obj, distributed.Client)
+
+
+def _client_loop(client: Any) -> Any:
+    loop = getattr(client, "loop", None)
+    return getattr(loop, "asyncio_loop", None)
+
+
+def _client_address(client: Any) -> str:
+    scheduler = getattr(client, "scheduler", None)
+    address = getattr(scheduler, "address", None)
+    if not address:
+        raise InputError(f"the given Dask Client {client!r} is not connected to a scheduler")
+    return str(address)
+
+
+def _failed(job: FragmentJob, error_type: str, message: str, start: float | None = None) -> JobOutcome:
+    now = time.time()
+    return JobOutcome(
+        label=job.label, result={}, success=False, start=start if start is not None else now, end=now,
+        host="", worker="dask", pid=0, error_type=error_type, error_message=message,
+    )
+
+
+# ----------------------------------------------------------- runs on the Dask workers
+
+_worker_lock = threading.Lock()
+_running: dict[str, Any] = {}
+"""Task key -> FragmentContext of fragments running in this worker process."""
+_killed: set[str] = set()
+"""Keys killed before they started here (so they never start)."""
+_found: set[str] = set()
+
+
+def _prepare_dask_worker() -> int:
+    """``client.run`` target: harnesses, QCEngine seams and priming, once per worker process."""
+    from .._core.worker import prepare_worker
+
+    prepare_worker()
+    return os.getpid()
+
+
+def _kill_on_worker(keys: list[str]) -> int:
+    """``client.run`` target: kill the program processes of the fragments ``keys`` in this worker."""
+    killed = 0
+    with _worker_lock:
+        contexts = [_running[k] for k in keys if k in _running]
+        if len(_killed) > 10_000:  # keys of tasks that never came here; keep the set bounded
+            _killed.clear()
+        _killed.update(k for k in keys if k not in _running)
+    for ctx in contexts:
+        killed += ctx.kill_processes()
+    return killed
+
+
+def _program_found(program: str) -> bool:
+    if program in _found:
+        return True
+    import qcengine
+
+    try:
+        found = bool(qcengine.get_program(program, check=False).found())
+    except Exception:
+        found = False
+    if found:
+        _found.add(program)
+    return found
+
+
+def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
+    """The Dask task: check the program, run :func:`execute_job` under a timeout watchdog, tag the worker."""
+    from distributed import get_worker
+
+    from .._core.qcengine_seams import FRAGMENT, FragmentContext
+    from .._core.worker import execute_job, prepare_worker
+
+    worker = get_worker()
+    address, wname = worker.address, str(worker.name)
+    extras = {"dask_worker": address, "dask_worker_name": wname, "dask_key": key}
+    prepare_worker()
+    if not _program_found(job.program):
+        outcome = _failed(
+            job, "ProgramNotAvailable",
+            f"program {job.program!r} is not available on Dask worker {address} (name {wname}, host "
+            f"{socket.gethostname()}): install it there (on the PATH of the `dask worker` process), or keep "
+            f"{job.program} fragments off workers without it: declare it as a resource where it is installed "
+            f'(`dask worker ... --resources "cores=16,memory=64,{job.program}=16"`) and use '
+            "DaskExecutor(..., program_resources=True)",
+        )
+        outcome.host, outcome.worker, outcome.pid, outcome.extras = socket.gethostname(), address, os.getpid(), extras
+        return outcome
+    ctx = FragmentContext(label=job.label, task_config=dict(job.task_config))
+    with _worker_lock:
+        if key in _killed:
+            _killed.discard(key)
+            ctx.kill_processes()  # cancelled before it started: execute_job will not start a program
+        _running[key] = ctx
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        ctx.kill_processes()
+
+    timer = threading.Timer(job.timeout, expire) if job.timeout is not None else None
+    token = FRAGMENT.set(ctx)
+    try:
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        outcome = execute_job(job)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        FRAGMENT.reset(token)
+        with _worker_lock:
+            _running.pop(key, None)
+    if expired.is_set() and not outcome.success:
+        outcome.error_type = "TimeoutError"
+        outcome.error_message = (f"fragment {job.label} exceeded its timeout of {job.timeout} s on Dask worker "
+                                 f"{address}; program killed")
+    extras["thread"] = outcome.worker
+    outcome.worker = address
+    outcome.extras = {**outcome.extras, **extras}
+    return outcome
