@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install example test lint bench
+.PHONY: install example test docs bench
 
 install:
 	$(PIP) install -q -e '.[test]'
@@ -12,7 +12,13 @@ example:
 
 test: install
 	$(PYTHON) -m ruff check qcmb_async tests scripts
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict -q
 	$(PYTHON) -m pytest -q -rs
+
+docs: install
+	$(PYTHON) -m mkdocs build --strict
 
 bench: install
 	$(PYTHON) scripts/bench_threads.py
+	$(PYTHON) scripts/bench_executors.py
+	$(PYTHON) scripts/bench_dask.py
