@@ -416,6 +416,9 @@ def run(
         for name in ("store", "scheduler"):
             if name in options and not _supported(name):
                 raise Usage(f"--{name.replace('_', '-')} is not supported by this version of qcmb_async")
+        if quiet and log_format is LogFormat.console and logging.getLogger("qcmb_async").level == logging.WARNING:
+            # --quiet: only the final lines; advisories (e.g. MOPAC and ghost atoms) stay out of it.
+            logging.getLogger("qcmb_async").setLevel(logging.ERROR)
         _run(mbe, options, output=output, timeline=timeline, quiet=quiet, json_logs=log_format is LogFormat.json)
 
 
