@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import importlib
+import json
 import os
 import signal
 import socket
@@ -97,6 +98,23 @@ def _complete(values: dict[str, Any] | None) -> bool:
     return values is not None and all(k in values for k in REQUIRED_GLOBAL_KEYS)
 
 
+#: Environment variable through which a parent hands its primed values to worker processes.
+INHERIT_ENV = "QCMB_ASYNC_QCENGINE_GLOBALS"
+
+
+def _inherited_globals() -> dict[str, Any] | None:
+    raw = os.environ.get(INHERIT_ENV)
+    if not raw:
+        return None
+    try:
+        values = json.loads(raw)
+    except ValueError:
+        return None
+    if not _complete(values) or values.get("hostname") != socket.gethostname():
+        return None
+    return values
+
+
 def prime_qcengine() -> dict[str, Any]:
     """Build QCEngine's global config once, thread-safely, and make sure it is complete.
 
@@ -109,6 +127,11 @@ def prime_qcengine() -> dict[str, Any]:
     with _prime_lock:
         if _complete(qcng_config._global_values):
             return dict(qcng_config._global_values)
+        inherited = _inherited_globals()
+        if inherited is not None:
+            # A worker process on the parent's machine: reuse its values, skip the ~1 s CPU probe.
+            qcng_config._global_values = inherited
+            return dict(inherited)
         # A half-filled dict (an earlier call raised part way) would fail every later call.
         qcng_config._global_values = None
         try:
