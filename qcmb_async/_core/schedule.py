@@ -258,25 +258,32 @@ async def schedule(
 
 
 def _lookup(store: Any, fragments: list[Fragment]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for frag in fragments:
-        data = store.get(frag.key)
-        if data is not None:
-            found[frag.key] = _atomic_result(data)
-    return found
+    return {key: _atomic_result(data) for key, data in store.get_many([f.key for f in fragments]).items()}
 
 
 def _store_put(store: Any, frag: Fragment, result: Any, rec: FragmentRecord, run_id: str) -> None:
+    from .store import StoreError
+
     last = rec.history[-1] if rec.history else {}
     wall = (last["end"] - last["start"]) if last.get("end") and last.get("start") else None
-    store.put(frag.key, label=frag.label, level=frag.level, program=frag.program, result_json=result.model_dump_json(),
-              run_id=run_id, attempts=rec.history, host=last.get("host", ""), worker=last.get("worker", ""),
-              wall_time=wall)
+    try:
+        store.put(frag.key, label=frag.label, level=frag.level, program=frag.program,
+                  result_json=result.model_dump_json(), run_id=run_id, attempts=rec.history,
+                  host=last.get("host", ""), worker=last.get("worker", ""), wall_time=wall)
+    except StoreError as exc:
+        # The result is still in memory and the run goes on; only resumability of this fragment is lost.
+        log.error("result not stored", label=frag.label, reason=str(exc))
 
 
 def _store_failure(store: Any, frag: Fragment, rec: FragmentRecord, run_id: str) -> None:
-    store.record_failure(frag.key, label=frag.label, level=frag.level, program=frag.program, run_id=run_id,
-                         attempts=rec.history, error_type=rec.error_type or "", error_message=rec.error_message or "")
+    from .store import StoreError
+
+    try:
+        store.record_failure(frag.key, label=frag.label, level=frag.level, program=frag.program, run_id=run_id,
+                             attempts=rec.history, error_type=rec.error_type or "",
+                             error_message=rec.error_message or "")
+    except StoreError as exc:
+        log.error("failure not recorded in the store", label=frag.label, reason=str(exc))
 
 
 def _atomic_result(data: dict[str, Any]) -> Any:

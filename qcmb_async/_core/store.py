@@ -1,209 +1,419 @@
 """The result store: one SQLite row per fragment result, committed the moment it exists.
 
-WAL mode with ``synchronous=FULL``: a committed row survives the runner being SIGKILLed
-and an OS crash. Results are QCSchema JSON (never pickle); the file is created owner-only.
+Results are QCSchema JSON (never pickle), each with a SHA-256 of its text that :meth:`ResultStore.get`
+verifies, so a damaged row raises instead of feeding wrong numbers into the expansion. The file is
+created owner-only (0o600), runs in WAL mode with ``synchronous=FULL`` and can be shared by several
+processes and threads at once. Every failure to use the file is a :class:`StoreError` that names the
+file and says what to do.
+
+WAL needs shared memory between the processes using the file, so it must live on a local file
+system (SQLite's WAL does not work over NFS and similar network file systems).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import QCMBAsyncError
 
-STORE_FORMAT_VERSION = 1
-#: PRAGMA application_id of qcmb_async stores ("QCMB" in ASCII), so foreign SQLite files are recognised.
-APPLICATION_ID = 0x51434D42
+STORE_FORMAT_VERSION: int = 1
+"""Layout version written to ``meta.format_version``; a store with another version is refused."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS fragments (
-    key TEXT PRIMARY KEY,
-    label TEXT NOT NULL,
-    level INTEGER NOT NULL,
-    program TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
-    result_json TEXT,
-    run_id TEXT NOT NULL,
-    attempts TEXT NOT NULL,
-    host TEXT NOT NULL DEFAULT '',
-    worker TEXT NOT NULL DEFAULT '',
-    wall_time REAL,
-    error_type TEXT,
-    error_message TEXT,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS fragments_run ON fragments (run_id);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    input_hash TEXT NOT NULL,
-    started REAL NOT NULL,
-    finished REAL,
-    status TEXT NOT NULL,
-    summary TEXT
-);
-"""
+APPLICATION_ID: int = 0x51434D42
+"""``PRAGMA application_id`` of qcmb_async stores ("QCMB" in ASCII), so foreign SQLite files are recognised."""
+
+DEFAULT_TIMEOUT: float = 30.0
+"""Seconds an operation waits for another process's write lock before giving up (SQLite busy timeout)."""
+
+_FRAGMENT_COLUMNS = ("key", "label", "level", "program", "status", "attempts", "host", "worker", "wall_time",
+                     "run_id", "created_at", "error_type", "error_message")
+_RUN_COLUMNS = ("run_id", "input_hash", "started", "finished", "status", "summary")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS fragments (
+        key TEXT PRIMARY KEY,
+        label TEXT NOT NULL,
+        level INTEGER NOT NULL,
+        program TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+        result_json TEXT,
+        result_sha256 TEXT,
+        run_id TEXT NOT NULL,
+        attempts TEXT NOT NULL,
+        host TEXT NOT NULL DEFAULT '',
+        worker TEXT NOT NULL DEFAULT '',
+        wall_time REAL,
+        error_type TEXT,
+        error_message TEXT,
+        created_at REAL NOT NULL,
+        CHECK (status = 'failed' OR result_json IS NOT NULL)
+    )""",
+    "CREATE INDEX IF NOT EXISTS fragments_run ON fragments (run_id)",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        input_hash TEXT NOT NULL,
+        started REAL NOT NULL,
+        finished REAL,
+        status TEXT NOT NULL,
+        summary TEXT
+    )""",
+)
+
+_MOVE_AWAY = "Move it away (a new store is created on the next run) or pass another store path."
 
 
 class StoreError(QCMBAsyncError):
-    """The result store cannot be used (corrupt, foreign, or from an incompatible version)."""
+    """The result store cannot be used (corrupt, foreign, locked, unreadable, or from an incompatible version)."""
 
 
 def default_store_path() -> Path:
-    """``<user cache dir>/qcmb_async/results.sqlite`` (directory created owner-only)."""
+    """``<user cache dir>/qcmb_async/results.sqlite``; creates the directory owner-only (0o700)."""
     import platformdirs
 
     directory = Path(platformdirs.user_cache_dir("qcmb_async"))
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(OSError):
+            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
     return directory / "results.sqlite"
 
 
 class ResultStore:
-    """SQLite store of fragment results, safe to share between threads and processes."""
+    """SQLite store of fragment results, safe to share between threads and processes.
 
-    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
+    One connection per store object (``check_same_thread=False``) serialised by a
+    :class:`threading.Lock`, so any thread (e.g. ``anyio.to_thread`` workers) may call any
+    method. Other processes coordinate through SQLite's own locks; a write waits up to
+    ``timeout`` seconds for another process's write to finish.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.timeout = timeout
+        self.created_by = ""
         self._lock = threading.Lock()
+        self._closed = False
+        self._sha_column = "result_sha256"
+        if self.path.is_dir():
+            raise StoreError(f"result store {self._name} is a directory: pass the path of a file")
         if readonly and not self.path.exists():
-            raise StoreError(f"result store {str(self.path)!r} does not exist")
+            raise StoreError(f"result store {self._name} does not exist")
         if not readonly and not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Create it owner-only before SQLite touches it; SQLite keeps the mode for -wal/-shm.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Owner-only from the first byte: create the file before SQLite touches it. SQLite
+                # creates its -wal/-shm files with the mode of the database file.
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            except OSError as exc:
+                raise StoreError(f"cannot create result store {self._name}: {exc}") from exc
+        # mode=rw: SQLite never creates the file itself (it would not be owner-only). as_uri()
+        # percent-encodes '?', '#' and '%' in the path.
+        uri = self.path.absolute().as_uri() + ("?mode=ro" if readonly else "?mode=rw")
         try:
-            uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
-            self._con = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False,
+            self._con = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False,
                                         isolation_level=None)
-            self._check_and_init()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"result store {str(self.path)!r} is corrupt or not an SQLite database ({exc}). "
-                "Move it away; a new store is created on the next run (or pass another store path)."
-            ) from exc
+        except sqlite3.Error as exc:
+            raise self._error(exc, "open") from exc
+        try:
+            self._open()
+        except sqlite3.Error as exc:
+            self._con.close()
+            raise self._error(exc, "open") from exc
+        except BaseException:
+            self._con.close()
+            raise
 
-    def _check_and_init(self) -> None:
+    # -- opening -----------------------------------------------------------------------------
+
+    @property
+    def _name(self) -> str:
+        return repr(str(self.path))
+
+    def _open(self) -> None:
         con = self._con
-        con.execute("PRAGMA busy_timeout = 30000")
-        app_id = con.execute("PRAGMA application_id").fetchone()[0]
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        con.execute("PRAGMA trusted_schema = OFF")  # we may be looking at someone else's file
+        # One snapshot for both reads: another process may be creating this store right now, and
+        # its commit must not fall between them (it would look like tables without our id).
+        con.execute("BEGIN")
+        try:
+            app_id = con.execute("PRAGMA application_id").fetchone()[0]  # NOTADB for non-SQLite files
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
         if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables):
-            raise StoreError(
-                f"{str(self.path)!r} is an SQLite database but not a qcmb_async store: "
-                "pass another store path (or move the file away)"
-            )
-        check = con.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise StoreError(f"result store {str(self.path)!r} is corrupt ({check}): move it away and run again")
-        if app_id == 0 and not self.readonly:
+            raise StoreError(f"{self._name} is an SQLite database but not a qcmb_async store "
+                             f"(application_id {app_id:#x}, tables {sorted(tables)}): pass another store path")
+        if app_id == 0 and self.readonly:
+            raise StoreError(f"{self._name} is an empty file, not a qcmb_async store (yet): nothing to read")
+        check = [r[0] for r in con.execute("PRAGMA quick_check(5)")]
+        if check != ["ok"]:
+            raise StoreError(f"result store {self._name} is corrupt ({'; '.join(check)}). {_MOVE_AWAY}")
+        if app_id == 0:
+            self._set_wal()  # before the first write, so even the creation is journaled in WAL
             with self._transaction():
+                # Idempotent: another process may be creating the same store at the same moment.
                 con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                for statement in _split(_SCHEMA):  # executescript would commit mid-transaction
+                for statement in _SCHEMA:
                     con.execute(statement)
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)", (str(STORE_FORMAT_VERSION),))
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('created_by', ?)", (_creator(),))
+                con.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (repr(time.time()),))
+        self._check_version()
         if not self.readonly:
-            con.execute("PRAGMA journal_mode = WAL")
-            # FULL: a committed fragment survives even an OS crash, not only a killed process.
-            con.execute("PRAGMA synchronous = FULL")
-        row = con.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
-        version = int(row[0]) if row else -1
-        if version != STORE_FORMAT_VERSION:
+            self._set_wal()
+            self._migrate()
+            self._restrict_sidecars()
+        elif "result_sha256" not in {r[1] for r in con.execute("PRAGMA table_info(fragments)")}:
+            self._sha_column = "NULL"  # an early store, read-only: its rows carry no checksum
+        # Durability: "lose no finished work". In WAL mode NORMAL already keeps every committed
+        # row when the runner process is SIGKILLed (the WAL is in the OS page cache); only an OS
+        # crash or power loss could drop the last commits. FULL fsyncs the WAL at each commit, so
+        # a row committed by put() also survives those. It costs one fsync per fragment
+        # (milliseconds), nothing next to a quantum-chemistry calculation.
+        con.execute("PRAGMA synchronous = FULL")
+
+    def _check_version(self) -> None:
+        meta = dict(self._con.execute("SELECT key, value FROM meta").fetchall())
+        self.created_by = meta.get("created_by", "")
+        raw = meta.get("format_version")
+        try:
+            version = int(raw) if raw is not None else None
+        except ValueError:
+            version = None
+        if version is None:
+            raise StoreError(f"result store {self._name} has no valid format version ({raw!r}): it is damaged. "
+                             f"{_MOVE_AWAY}")
+        if version > STORE_FORMAT_VERSION:
+            by = f" (written by {self.created_by})" if self.created_by else ""
             raise StoreError(
-                f"result store {str(self.path)!r} has format version {version}, but this qcmb_async reads "
-                f"version {STORE_FORMAT_VERSION}: upgrade qcmb_async, or use another store path"
-            )
+                f"result store {self._name} has format version {version}{by}, but this qcmb_async reads "
+                f"version {STORE_FORMAT_VERSION}: upgrade qcmb_async, or use another store path")
+        if version < STORE_FORMAT_VERSION:  # no older version exists yet; kept for when one does
+            raise StoreError(
+                f"result store {self._name} has the old format version {version}, but this qcmb_async reads "
+                f"version {STORE_FORMAT_VERSION}. {_MOVE_AWAY}")
 
-    def _transaction(self) -> Any:
-        store = self
+    def _set_wal(self) -> None:
+        """Switch to WAL (persistent in the file), retrying while another process holds a lock."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                mode = str(self._con.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+                break
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        if mode != "wal":
+            raise StoreError(f"cannot put result store {self._name} in WAL mode (journal mode stays {mode!r}); "
+                             "put the store on a local file system")
 
-        class _Tx:
-            def __enter__(self) -> None:
-                store._con.execute("BEGIN IMMEDIATE")
+    def _migrate(self) -> None:
+        # Stores written before result_sha256 existed (same format version; their rows stay unverified).
+        columns = {r[1] for r in self._con.execute("PRAGMA table_info(fragments)")}
+        if "result_sha256" not in columns:
+            with self._transaction():
+                columns = {r[1] for r in self._con.execute("PRAGMA table_info(fragments)")}
+                if "result_sha256" not in columns:
+                    self._con.execute("ALTER TABLE fragments ADD COLUMN result_sha256 TEXT")
 
-            def __exit__(self, exc_type: Any, *rest: Any) -> None:
-                store._con.execute("ROLLBACK" if exc_type else "COMMIT")
+    def _restrict_sidecars(self) -> None:
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):  # absent, or another user's (then not ours to change)
+                side = Path(f"{self.path}{suffix}")
+                if side.stat().st_mode & 0o077:
+                    os.chmod(side, 0o600)
 
-        return _Tx()
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error, including a failed commit."""
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def _using(self, doing: str, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """The locked connection; sqlite3 errors become :class:`StoreError`."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"result store {self._name} is closed")
+            if write and self.readonly:
+                raise StoreError(f"result store {self._name} is open read-only: cannot {doing}")
+            try:
+                yield self._con
+            except sqlite3.Error as exc:
+                raise self._error(exc, doing) from exc
+
+    def _error(self, exc: sqlite3.Error, doing: str) -> StoreError:
+        name = str(getattr(exc, "sqlite_errorname", ""))
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            return StoreError(f"result store {self._name} is corrupt or not an SQLite database ({exc}). {_MOVE_AWAY}")
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return StoreError(f"result store {self._name} stayed locked by another process for {self.timeout:g} s "
+                              f"({exc}); cannot {doing}. The file is not damaged: retry, or pass another store path.")
+        if name.startswith(("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_READONLY", "SQLITE_AUTH")):
+            return StoreError(f"cannot {doing} result store {self._name} ({exc}): check that the file and its "
+                              "directory exist and are readable and writable by you, or pass another store path")
+        if name.startswith(("SQLITE_IOERR", "SQLITE_FULL")):
+            return StoreError(f"I/O error on result store {self._name} ({exc}) while trying to {doing}: "
+                              "check the disk (free space, file system), or pass another store path")
+        return StoreError(f"result store {self._name}: cannot {doing} ({type(exc).__name__}: {exc})")
+
+    # -- results -----------------------------------------------------------------------------
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The stored ``AtomicResult`` (as a dict) of a successful fragment, or ``None``."""
-        with self._lock:
-            row = self._con.execute("SELECT result_json FROM fragments WHERE key = ? AND status = 'ok'",
-                                    (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        """The stored ``AtomicResult`` (QCSchema dict) of a successful fragment, or ``None``."""
+        with self._using("read a result") as con:
+            row = con.execute(f"SELECT result_json, {self._sha_column} FROM fragments WHERE key = ? AND status = 'ok'",
+                              (key,)).fetchone()
+        return self._decode(key, *row) if row else None
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """``{key: AtomicResult dict}`` for those of ``keys`` that have a successful result (one lock, one read)."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, dict[str, Any]] = {}
+        with self._using("read results") as con:
+            rows = []
+            for start in range(0, len(wanted), 500):  # stay below SQLite's bound-parameter limit
+                chunk = wanted[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += con.execute(f"SELECT key, result_json, {self._sha_column} FROM fragments "
+                                    f"WHERE status = 'ok' AND key IN ({marks})", chunk).fetchall()
+        for key, text, digest in rows:
+            found[key] = self._decode(key, text, digest)
+        return found
+
+    def _decode(self, key: str, text: str, digest: str | None) -> dict[str, Any]:
+        if digest is not None and _sha256(text) != digest:
+            raise StoreError(f"the stored result of fragment {key!r} in {self._name} fails its checksum: the file "
+                             f"is damaged. {_MOVE_AWAY}")
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"the stored result of fragment {key!r} in {self._name} is not valid JSON ({exc}): "
+                             f"the file is damaged. {_MOVE_AWAY}") from exc
+        if not isinstance(data, dict):
+            raise StoreError(f"the stored result of fragment {key!r} in {self._name} is not a JSON object: "
+                             f"the file is damaged. {_MOVE_AWAY}")
+        return data
 
     def put(self, key: str, *, label: str, level: int, program: str, result_json: str, run_id: str,
             attempts: list[dict[str, Any]], host: str = "", worker: str = "", wall_time: float | None = None) -> None:
-        """Store a successful result; committed before returning."""
-        with self._lock, self._transaction():
-            self._con.execute(
-                "INSERT OR REPLACE INTO fragments VALUES (?,?,?,?, 'ok', ?,?,?,?,?,?, NULL, NULL, ?)",
-                (key, label, level, program, result_json, run_id, json.dumps(attempts), host, worker, wall_time,
-                 time.time()),
-            )
+        """Store a successful result (``AtomicResult.model_dump_json()``); committed before returning.
+
+        Replaces whatever the key held (an earlier failure, or an earlier result).
+        """
+        try:
+            data = json.loads(result_json)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"result_json of fragment {key!r} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict) or data.get("success", True) is not True:
+            raise ValueError(f"result_json of fragment {key!r} is not a successful AtomicResult: "
+                             "use record_failure() for failures")
+        row = (key, label, int(level), program, result_json, _sha256(result_json), run_id, json.dumps(attempts),
+               host, worker, wall_time, time.time())
+        with self._using(f"store the result of fragment {key!r}", write=True) as con, self._transaction():
+            con.execute(
+                "INSERT OR REPLACE INTO fragments (key, label, level, program, status, result_json, result_sha256, "
+                "run_id, attempts, host, worker, wall_time, error_type, error_message, created_at) "
+                "VALUES (?, ?, ?, ?, 'ok', ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)", row)
 
     def record_failure(self, key: str, *, label: str, level: int, program: str, run_id: str,
                        attempts: list[dict[str, Any]], error_type: str, error_message: str) -> None:
-        """Record a failed fragment (never returned by :meth:`get`; a later success replaces it)."""
-        with self._lock, self._transaction():
-            self._con.execute(
-                "INSERT INTO fragments VALUES (?,?,?,?, 'failed', NULL, ?,?, '', '', NULL, ?,?,?) "
-                "ON CONFLICT(key) DO UPDATE SET run_id=excluded.run_id, attempts=excluded.attempts, "
-                "error_type=excluded.error_type, error_message=excluded.error_message, created_at=excluded.created_at "
-                "WHERE fragments.status = 'failed'",
-                (key, label, level, program, run_id, json.dumps(attempts), error_type, error_message, time.time()),
-            )
+        """Record a failed fragment; committed before returning.
+
+        :meth:`get` never returns it, a later :meth:`put` replaces it, and it never replaces a
+        stored success. Host and worker are taken from the last attempt.
+        """
+        last = attempts[-1] if attempts else {}
+        host, worker = str(last.get("host") or ""), str(last.get("worker") or "")
+        start, end = last.get("start"), last.get("end")
+        wall = end - start if isinstance(start, int | float) and isinstance(end, int | float) else None
+        row = (key, label, int(level), program, run_id, json.dumps(attempts), host, worker, wall, error_type,
+               error_message, time.time())
+        with self._using(f"record the failure of fragment {key!r}", write=True) as con, self._transaction():
+            con.execute(
+                "INSERT INTO fragments (key, label, level, program, status, result_json, result_sha256, run_id, "
+                "attempts, host, worker, wall_time, error_type, error_message, created_at) "
+                "VALUES (?, ?, ?, ?, 'failed', NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET run_id = excluded.run_id, attempts = excluded.attempts, "
+                "host = excluded.host, worker = excluded.worker, wall_time = excluded.wall_time, "
+                "error_type = excluded.error_type, error_message = excluded.error_message, "
+                "created_at = excluded.created_at WHERE fragments.status = 'failed'", row)
+
+    # -- runs and reports --------------------------------------------------------------------
 
     def record_run(self, run_id: str, *, input_hash: str, started: float, finished: float | None = None,
                    status: str = "running", summary: dict[str, Any] | None = None) -> None:
-        """Insert or update one run's row."""
-        with self._lock, self._transaction():
-            self._con.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)",
-                (run_id, input_hash, started, finished, status, json.dumps(summary) if summary else None),
-            )
+        """Insert or update (upsert) one run's row; committed before returning."""
+        row = (run_id, input_hash, started, finished, status, json.dumps(summary) if summary is not None else None)
+        with self._using(f"record run {run_id!r}", write=True) as con, self._transaction():
+            con.execute(
+                "INSERT INTO runs (run_id, input_hash, started, finished, status, summary) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (run_id) DO UPDATE SET input_hash = excluded.input_hash, started = excluded.started, "
+                "finished = excluded.finished, status = excluded.status, summary = excluded.summary", row)
 
     def fragments(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        """Fragment rows for reports (without the result JSON)."""
-        sql = ("SELECT key, label, level, program, status, attempts, host, worker, wall_time, run_id, created_at, "
-               "error_type, error_message FROM fragments")
+        """Fragment rows for reports, oldest first, without the result JSON (``attempts`` parsed)."""
+        sql = f"SELECT {', '.join(_FRAGMENT_COLUMNS)} FROM fragments"
         args: tuple[Any, ...] = ()
         if run_id is not None:
             sql += " WHERE run_id = ?"
             args = (run_id,)
-        with self._lock:
-            cur = self._con.execute(sql + " ORDER BY created_at", args)
-            names = [d[0] for d in cur.description]
-            rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        with self._using("list fragments") as con:
+            rows = [dict(zip(_FRAGMENT_COLUMNS, r, strict=True))
+                    for r in con.execute(sql + " ORDER BY created_at, key", args).fetchall()]
         for row in rows:
-            row["attempts"] = json.loads(row["attempts"])
+            row["attempts"] = _loads_or(row["attempts"], [])
         return rows
 
     def runs(self) -> list[dict[str, Any]]:
-        """One row per run, oldest first."""
-        with self._lock:
-            cur = self._con.execute("SELECT * FROM runs ORDER BY started")
-            names = [d[0] for d in cur.description]
-            rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        """One row per run, oldest first (``summary`` parsed)."""
+        with self._using("list runs") as con:
+            rows = [dict(zip(_RUN_COLUMNS, r, strict=True))
+                    for r in con.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs ORDER BY started, run_id")]
         for row in rows:
-            row["summary"] = json.loads(row["summary"]) if row["summary"] else None
+            row["summary"] = _loads_or(row["summary"], None)
         return rows
 
     def integrity_check(self) -> str:
-        """``PRAGMA integrity_check`` (``'ok'`` when intact)."""
-        with self._lock:
-            return str(self._con.execute("PRAGMA integrity_check").fetchone()[0])
+        """``PRAGMA integrity_check`` (``'ok'`` when intact; otherwise its findings, one per line)."""
+        with self._using("check the integrity of") as con:
+            return "\n".join(str(r[0]) for r in con.execute("PRAGMA integrity_check"))
+
+    # -- lifetime ----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection (idempotent); later calls raise :class:`StoreError`."""
         with self._lock:
-            self._con.close()
+            if not self._closed:
+                self._closed = True
+                self._con.close()
 
     def __enter__(self) -> ResultStore:
         return self
@@ -211,12 +421,32 @@ class ResultStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("read-only" if self.readonly else "open")
+        return f"ResultStore({str(self.path)!r}, {state})"
 
-def _split(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _loads_or(text: str | None, default: Any) -> Any:
+    if text is None:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
 
 
 def _creator() -> str:
-    from .. import __version__
-
+    try:
+        from .. import __version__
+    except ImportError:  # partially imported package
+        __version__ = "unknown"
     return f"qcmb_async {__version__}"
