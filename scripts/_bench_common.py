@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -133,6 +134,53 @@ def warm_up(program: str, method: str, basis: str | None) -> float:
     return time.perf_counter() - t0
 
 
+def _busy_seconds() -> tuple[float, float]:
+    """System-wide CPU seconds (all processes) spent busy, and stolen by the hypervisor, since boot."""
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return busy, getattr(t, "steal", 0.0)
+
+
+def _own_seconds() -> float:
+    """CPU seconds of this process and of its children that have been waited for (program runs)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class CpuMeter:
+    """Average busy cores over a ``with`` block: the whole machine's, and the part not ours.
+
+    ``other_cores`` (machine busy minus this process and its finished children) shows other
+    processes competing for the CPU: then the timings are not trustworthy.
+    """
+
+    busy_cores: float = float("nan")
+    other_cores: float = float("nan")
+    steal_cores: float = float("nan")
+
+    def __enter__(self) -> CpuMeter:
+        self._t0 = time.perf_counter()
+        self._b0, self._s0 = _busy_seconds()
+        self._o0 = _own_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = max(time.perf_counter() - self._t0, 1e-9)
+        busy, steal = _busy_seconds()
+        self.busy_cores = (busy - self._b0) / wall
+        self.other_cores = max(0.0, busy - self._b0 - (_own_seconds() - self._o0)) / wall
+        self.steal_cores = (steal - self._s0) / wall
+
+
+def machine_busy(seconds: float = 1.0) -> float:
+    """Busy cores of the whole machine while this process sleeps ``seconds``: other processes' load."""
+    with CpuMeter() as meter:
+        time.sleep(seconds)
+    return meter.busy_cores
+
+
 @dataclass
 class Timed:
     """One timed MBE run."""
@@ -141,19 +189,22 @@ class Timed:
     wall: float  # end to end around the call, s
     fragment_times: dict[str, float]  # label -> s
     record: dict[str, Any] = field(default_factory=dict)  # result.extras["qcmb_async"] (qcmb_async runs)
+    busy_cores: float = float("nan")  # machine-wide busy cores during the run (CpuMeter)
+    other_cores: float = float("nan")  # of which not this process or its programs
 
 
 def time_sequential(inp: ManyBodyInput) -> Timed:
     """QCManyBody's own sequential computer; per-fragment times from each ``provenance.wall_time``."""
     from qcmanybody.v2 import ManyBodyComputer
 
-    t0 = time.perf_counter()
-    res = ManyBodyComputer.from_manybodyinput(inp)
-    wall = time.perf_counter() - t0
+    with CpuMeter() as meter:
+        t0 = time.perf_counter()
+        res = ManyBodyComputer.from_manybodyinput(inp)
+        wall = time.perf_counter() - t0
     if not res.cluster_results:
         raise RuntimeError("sequential result has no cluster_results: build the input with hexamer_input()")
     times = {label: float(r.provenance.wall_time) for label, r in res.cluster_results.items()}
-    return Timed(res, wall, times)
+    return Timed(res, wall, times, busy_cores=meter.busy_cores, other_cores=meter.other_cores)
 
 
 def time_qcmb_async(inp: ManyBodyInput, **options: Any) -> Timed:
@@ -165,13 +216,14 @@ def time_qcmb_async(inp: ManyBodyInput, **options: Any) -> Timed:
     from qcmb_async import run
 
     options.setdefault("store", None)
-    t0 = time.perf_counter()
-    res = run(inp, **options)
-    wall = time.perf_counter() - t0
+    with CpuMeter() as meter:
+        t0 = time.perf_counter()
+        res = run(inp, **options)
+        wall = time.perf_counter() - t0
     rec = res.extras["qcmb_async"]
     times = {f["label"]: f["end"] - f["start"] for f in rec["fragments"]
              if f.get("start") is not None and f.get("end") is not None}
-    return Timed(res, wall, times, rec)
+    return Timed(res, wall, times, rec, meter.busy_cores, meter.other_cores)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -206,9 +258,9 @@ def figures(seq: Timed, par: Timed, ncores: int) -> dict[str, float]:
     makespan = rec["finished"] - rec["started"]
     par_prov = [float(r.provenance.wall_time) for r in par.result.cluster_results.values()]
     seq_times = list(seq.fragment_times.values())
-    first_per_worker: dict[str, float] = {}
-    for f in sorted(frags, key=lambda f: f["start"]):
-        first_per_worker.setdefault(f["worker"], f["end"] - f["start"])
+    first_wave = sorted(frags, key=lambda f: f["start"])[:ncores]
+    energies = {round(float(r.return_result), 10) for r in seq.result.cluster_results.values()
+                if np.ndim(r.return_result) == 0}
     return {
         "n_seq": len(seq_times),
         "n_par": len(frags),
@@ -231,13 +283,34 @@ def figures(seq: Timed, par: Timed, ncores: int) -> dict[str, float]:
         "first_dispatch": min(f["start"] for f in frags) - rec["started"],
         "tail": _tail(frags, ncores, rec["finished"]),
         "idle": ncores * makespan - busy,
-        "first_fragment": max(first_per_worker.values()),
+        "first_wave": max(f["end"] - f["start"] for f in first_wave),
         "outside_schedule": par.wall - rec["wall_time"],
         "seq_outside": seq.wall - sum(seq_times),
         "max_diff": max_abs_diff(seq.result, par.result),
-        "workers": len(first_per_worker),
-        "peak_cores": rec.get("peak_cores", float("nan")),
+        "distinct_energies": len(energies),
+        "seq_busy": seq.busy_cores,
+        "par_busy": par.busy_cores,
+        "seq_other": seq.other_cores,
+        "par_other": par.other_cores,
     }
+
+
+def aggregate(figs: list[dict[str, float]]) -> dict[str, float]:
+    """Figures of repeated (sequential, qcmb_async) pairs: the median of each, the max of ``max_diff``.
+
+    Adds ``repeats`` and the spread (``<key>_min``/``<key>_max``) of the two ratios.
+    """
+    if len(figs) == 1:
+        return {**figs[0], "repeats": 1}
+    out: dict[str, float] = {k: statistics.median(f[k] for f in figs) for k in figs[0]}
+    out["max_diff"] = max(f["max_diff"] for f in figs)
+    for key in ("n_seq", "n_par", "distinct_energies"):
+        out[key] = figs[0][key] if all(f[key] == figs[0][key] for f in figs) else -1
+    for key in ("ratio", "median_ratio"):
+        out[f"{key}_min"] = min(f[key] for f in figs)
+        out[f"{key}_max"] = max(f[key] for f in figs)
+    out["repeats"] = len(figs)
+    return out
 
 
 # ----------------------------------------------------------------------------- printing
@@ -250,6 +323,11 @@ def _row(name: str, seq: str = "", par: str = "", note: str = "") -> str:
 def print_comparison(title: str, fig: dict[str, float], ncores: int, label: str = "qcmb_async") -> None:
     """Side-by-side table of one program's sequential and qcmb_async runs, then where the time went."""
     print(f"\n== {title} ==")
+    if fig.get("repeats", 1) > 1:
+        print(f"  median of {fig['repeats']} repeats (sequential then {label}, alternating); "
+              f"makespan/lower bound {fig['ratio_min']:.3f}-{fig['ratio_max']:.3f}, "
+              f"median fragment ratio {fig['median_ratio_min']:.3f}-{fig['median_ratio_max']:.3f} across repeats; "
+              "max |difference| is the largest of all")
     print(_row("", "sequential", label))
     print(_row("fragments", f"{fig['n_seq']:d}", f"{fig['n_par']:d}"))
     print(_row("wall, end to end [s]", f"{fig['seq_wall']:.2f}", f"{fig['par_wall']:.2f}"))
@@ -266,7 +344,15 @@ def print_comparison(title: str, fig: dict[str, float], ncores: int, label: str 
     print(_row("lower bound max(longest, sum/ncores) [s]", "", f"{fig['lower_bound']:.2f}", f"ncores {ncores}"))
     print(_row("makespan finished - started [s]", "", f"{fig['makespan']:.2f}",
                f"ratio to lower bound {fig['ratio']:.3f}"))
+    print(_row("machine CPU busy during the run [cores]", f"{fig['seq_busy']:.2f}", f"{fig['par_busy']:.2f}",
+               "all processes"))
+    print(_row("  of which other processes [cores]", f"{fig['seq_other']:.2f}", f"{fig['par_other']:.2f}",
+               "should be ~0"))
     print(_row("max |return_result difference| [Eh]", "", f"{fig['max_diff']:.1e}", f"limit {DIFF_LIMIT:.0e}"))
+    if fig["n_seq"] > 1 and fig["distinct_energies"] == 1:
+        print(f"  NOTE: all {fig['n_seq']} fragment energies are identical: the harness ignored the ghost atoms and"
+              " computed the whole cluster every time (QCEngine's MOPAC harness writes ghosts as real atoms). The"
+              " timings stand; the CP energies are not physical.")
     print("  where the time goes:")
     print(f"    sequential: {fig['seq_sum']:.2f} s in fragments (QCEngine provenance), "
           f"{fig['seq_outside']:.2f} s elsewhere (planning, QCEngine/QCManyBody overhead per fragment, analysis)")
@@ -274,9 +360,26 @@ def print_comparison(title: str, fig: dict[str, float], ncores: int, label: str 
           f"assembly); in it {fig['first_dispatch'] * 1e3:.0f} ms to first dispatch, "
           f"{fig['idle']:.2f} core-s idle of {ncores * fig['makespan']:.2f}, "
           f"{fig['tail']:.2f} s tail with < {ncores} cores busy; "
-          f"slowest first fragment of a worker {fig['first_fragment']:.3f} s ({fig['workers']:d} workers); "
+          f"slowest of the first {ncores} fragments {fig['first_wave']:.3f} s (median {fig['median_par']:.3f} s); "
           f"fragment time outside QCEngine's own timer "
           f"{(fig['median_par'] - fig['median_par_prov']) * 1e3:.1f} ms (median)")
+
+
+def interference_warning(before: float, fig: dict[str, float], limit: float = 0.25) -> str | None:
+    """A warning when other processes were using the CPU, or ``None``.
+
+    ``before``: busy cores while idle just before the runs (:func:`machine_busy`); then the cores
+    used by other processes during each run (:class:`CpuMeter`), each against ``limit``.
+    """
+    reasons = []
+    if before > limit:
+        reasons.append(f"{before:.2f} cores busy before the runs")
+    for key, name in (("seq_other", "sequential"), ("par_other", "qcmb_async")):
+        if fig[key] > limit:
+            reasons.append(f"{fig[key]:.2f} cores used by other processes during the {name} run")
+    if not reasons:
+        return None
+    return "WARNING: other processes were using the CPU (" + "; ".join(reasons) + "): timings are not reliable"
 
 
 def target_line(fig: dict[str, float], makespan_applies: bool = True) -> tuple[str, bool]:

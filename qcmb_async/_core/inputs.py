@@ -176,8 +176,9 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
         from .logs import get_logger
 
         # Same numbers as QCManyBody's own computer, but physically meaningless: say so.
-        get_logger().warning("MOPAC ignores ghost atoms: counterpoise (cp/vmfc) energies equal uncorrected ones "
-                             "fragment by fragment and are not a BSSE correction", bsse=sorted(bsse))
+        get_logger().warning("QCEngine's MOPAC harness writes ghost atoms as real atoms: cp/vmfc fragments are "
+                             "computed with every ghost as a real atom, so these energies are not a BSSE "
+                             "correction (use nocp with MOPAC)", bsse=sorted(bsse))
 
 
 def make_options(

@@ -51,7 +51,8 @@ def warm_program(name: str) -> None:
 
 
 def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+    thread = threading.current_thread()
+    return f"{socket.gethostname()}:{os.getpid()}:{thread.name}:{thread.native_id}"
 
 
 def execute_job(job: FragmentJob) -> JobOutcome:
