@@ -166,15 +166,10 @@ def test_auto_executor_choice_per_program() -> None:
     from qcmb_async.executors import resolve_executor
 
     opts = SimpleNamespace(slots=2)
-
-    def plan(program: str, extras: dict[str, object] | None = None) -> SimpleNamespace:
-        frag = SimpleNamespace(program=program, atomic_input={"specification": {"extras": extras or {}}})
-        return SimpleNamespace(programs={program}, fragments=[frag])
-
-    assert resolve_executor("auto", plan("nwchem"), opts).name == "threads"
-    assert resolve_executor("auto", plan("pyscf"), opts).name == "processes"
-    assert resolve_executor("auto", plan("psi4", {"psiapi": True}), opts).name == "processes"
+    assert resolve_executor("auto", {"nwchem"}, opts).name == "threads"
+    assert resolve_executor("auto", {"pyscf"}, opts).name == "processes"
+    assert resolve_executor("auto", {"psi4"}, opts, psiapi=True).name == "processes"
     with pytest.raises(InputError, match=r"cannot run Psi4's in-process mode.*executor='processes'"):
-        resolve_executor("threads", plan("psi4", {"psiapi": True}), opts)
+        resolve_executor("threads", {"psi4"}, opts, psiapi=True)
     with pytest.raises(InputError, match="scheduler= is only used by executor='dask'"):
-        resolve_executor("threads", plan("nwchem"), opts, scheduler="tcp://127.0.0.1:1")
+        resolve_executor("threads", {"nwchem"}, opts, scheduler="tcp://127.0.0.1:1")

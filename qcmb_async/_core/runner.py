@@ -22,7 +22,7 @@ from .assemble import assemble, assemble_through
 from .inputs import check_input, load_input, make_options
 from .logs import get_logger
 from .plan import Plan, make_plan
-from .schedule import ScheduleOutcome, schedule
+from .schedule import ScheduleOutcome, schedule, unwrap_group
 
 log = get_logger()
 
@@ -108,10 +108,42 @@ async def run_manybody(
     remote = scheduler is not None or executor == "dask" or getattr(executor, "name", None) == "dask"
     # Program checks start subprocesses and planning takes seconds: keep both off the loop.
     await anyio.to_thread.run_sync(functools.partial(check_input, inp, local=not remote))
-    plan = await anyio.to_thread.run_sync(_plan, inp)
-    exe = resolve_executor(executor, plan, options, scheduler)
+    specs = inp.specification.specification.values()
+    exe = resolve_executor(executor, {s.program for s in specs}, options, scheduler,
+                           psiapi=any(s.program == "psi4" and (s.extras or {}).get("psiapi") for s in specs))
+    resize = functools.partial(
+        make_options, fragment_ncores=fragment_ncores, fragment_memory=fragment_memory, level_barrier=level_barrier,
+        scratch_directory=scratch_directory, retries=retries, timeout=timeout, on_error=on_error, on_event=on_event)
+    async with contextlib.AsyncExitStack() as stack:
+        # Worker start-up (seconds for processes) overlaps QCManyBody's enumeration. The executor
+        # is entered in this task (its exit runs here too); only planning runs in a child task.
+        box: dict[str, Plan] = {}
+
+        async def make() -> None:
+            box["plan"] = await anyio.to_thread.run_sync(_plan, inp)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(make)
+                await stack.enter_async_context(exe)
+        except BaseExceptionGroup as group:
+            raise unwrap_group(group) from None
+        plan = box["plan"]
+        if (capacity := getattr(exe, "capacity", None)) is not None and (ncores is None or memory is None):
+            # A cluster's size, not this machine's, bounds a distributed run.
+            options = resize(ncores=ncores if ncores is not None else max(1, int(capacity[0])),
+                             memory=memory if memory is not None else capacity[1])
+        outcome, extras = await _execute(plan, options, exe, store, run_id=uuid.uuid4().hex[:12])
+    if outcome.failures:
+        report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
+        raise RunFailed(report)
+    return await anyio.to_thread.run_sync(assemble, plan, outcome.results, extras)
+
+
+async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
+                   run_id: str) -> tuple[ScheduleOutcome, dict[str, Any]]:
+    """Schedule ``plan`` on the entered executor ``exe``, with the result store open around it."""
     result_store = await anyio.to_thread.run_sync(open_store, store)
-    run_id = uuid.uuid4().hex[:12]
     log.info("run planned", run_id=run_id, fragments=len(plan.fragments), executor=exe.name,
              ncores=options.ncores, memory=options.memory, slots=options.slots,
              store=str(result_store.path) if result_store is not None else None)
@@ -119,19 +151,8 @@ async def run_manybody(
         if result_store is not None:
             await anyio.to_thread.run_sync(functools.partial(
                 result_store.record_run, run_id, input_hash=plan.input_hash, started=time.time()))
-        async with exe:
-            capacity = getattr(exe, "capacity", None)
-            if capacity is not None and (ncores is None or memory is None):
-                # A cluster's size, not this machine's, bounds a distributed run.
-                options = make_options(
-                    ncores=ncores if ncores is not None else max(1, int(capacity[0])),
-                    memory=memory if memory is not None else capacity[1],
-                    fragment_ncores=fragment_ncores, fragment_memory=fragment_memory, level_barrier=level_barrier,
-                    scratch_directory=scratch_directory, retries=retries, timeout=timeout, on_error=on_error,
-                    on_event=on_event,
-                )
-            outcome = await schedule(plan, options, exe, run_id=run_id, store=result_store,
-                                     partial_result=functools.partial(assemble_through, plan))
+        outcome = await schedule(plan, options, exe, run_id=run_id, store=result_store,
+                                 partial_result=functools.partial(assemble_through, plan))
         extras = _extras(run_id, exe.name, options, outcome)
         if result_store is not None:
             with anyio.CancelScope(shield=True):
@@ -142,10 +163,7 @@ async def run_manybody(
     finally:
         if result_store is not None:
             result_store.close()
-    if outcome.failures:
-        report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
-        raise RunFailed(report)
-    return await anyio.to_thread.run_sync(assemble, plan, outcome.results, extras)
+    return outcome, extras
 
 
 def open_store(store: str | os.PathLike[str] | None) -> Any:

@@ -87,7 +87,7 @@ def _backoff(attempt: int) -> float:
     return min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
 
 
-def _unwrap(group: BaseExceptionGroup) -> BaseException:
+def unwrap_group(group: BaseExceptionGroup) -> BaseException:
     """The exception a user should see from a task group's exception group."""
     leaves: list[BaseException] = []
 
@@ -251,7 +251,7 @@ async def schedule(
             else:
                 await dispatch(tg, order)
     except BaseExceptionGroup as group:
-        raise _unwrap(group) from None
+        raise unwrap_group(group) from None
     finished = time.time()
     await ev.emit(options.on_event, ev.RunFinished(run_id, len(results), len(failures), finished - started))
     return ScheduleOutcome(results, list(records.values()), failures, pool.usage, started, finished)

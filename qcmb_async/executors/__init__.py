@@ -24,15 +24,13 @@ IN_PROCESS_PROGRAMS = frozenset({"pyscf", "rdkit", "torchani", "xtb", "openmm", 
 EXECUTORS = ("threads", "processes", "dask")
 
 
-def _psiapi(plan: Any) -> bool:
-    return any(f.program == "psi4" and (f.atomic_input.get("specification", {}).get("extras") or {}).get("psiapi")
-               for f in plan.fragments)
+def resolve_executor(choice: str | Executor, programs: set[str], options: Any, scheduler: Any = None, *,
+                     psiapi: bool = False) -> Executor:
+    """Turn ``executor=`` into an :class:`Executor`, refusing unsafe explicit choices.
 
-
-def resolve_executor(choice: str | Executor, plan: Any, options: Any, scheduler: Any = None) -> Executor:
-    """Turn ``executor=`` into an :class:`Executor`, refusing unsafe explicit choices."""
-    programs: set[str] = plan.programs
-    in_process = sorted(p for p in programs if p in IN_PROCESS_PROGRAMS or (p == "psi4" and _psiapi(plan)))
+    ``programs`` are the input's programs; ``psiapi`` says whether Psi4 runs in-process.
+    """
+    in_process = sorted(p for p in programs if p in IN_PROCESS_PROGRAMS or (p == "psi4" and psiapi))
     if not isinstance(choice, str):
         if not isinstance(choice, Executor):
             raise InputError(f"executor must be one of {(*EXECUTORS, 'auto')} or an Executor, got {choice!r}")
@@ -47,7 +45,7 @@ def resolve_executor(choice: str | Executor, plan: Any, options: Any, scheduler:
                          f"in-process program(s) {in_process}: GIL and process-global state" if in_process else
                          "programs run as subprocesses: threads are enough"))
     if name == "threads":
-        if _psiapi(plan):
+        if psiapi:
             raise InputError(
                 "executor='threads' cannot run Psi4's in-process mode (extras psiapi=True): Psi4's C++ state is "
                 "global to the process, so concurrent fragments would corrupt each other. Use "

@@ -24,6 +24,7 @@ ghosts included, in input order.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -234,9 +235,13 @@ class PySCFHarness(ProgramHarness):
         previous_threads = lib.num_threads()
         if config.ncores:
             lib.num_threads(int(config.ncores))
+        # numpy's own BLAS ignores lib.num_threads: without a limit a "1-core" fragment runs
+        # BLAS on every core, and concurrent fragments oversubscribe the machine.
+        limits = _blas_limits(int(config.ncores)) if config.ncores else contextlib.nullcontext()
         try:
-            mol = self._build_mol(input_data, config)
-            props, return_result, extras = self._run(mol, kind, xc, kw, driver, method)
+            with limits:
+                mol = self._build_mol(input_data, config)
+                props, return_result, extras = self._run(mol, kind, xc, kw, driver, method)
         finally:
             lib.num_threads(previous_threads)
 
@@ -361,3 +366,12 @@ class PySCFHarness(ProgramHarness):
             rms = math.sqrt(float(np.mean(np.square(props["return_gradient"]))))
             lines.append(f"gradient rms = {rms:.3e} Eh/bohr")
         return "\n".join(lines) + "\n"
+
+
+def _blas_limits(ncores: int) -> Any:
+    """Limit every BLAS/OpenMP pool in the process to ``ncores`` (threadpoolctl), if available."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # an optional speed-up, never a requirement
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=ncores)
