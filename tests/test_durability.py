@@ -102,6 +102,7 @@ def test_sigkill_at_random_moments_loses_no_finished_fragment(tmp_path: Path) ->
 def test_transient_failures_are_retried(tmp_path: Path) -> None:
     require_program("mopac")
     FlakyMopac.attempts.clear()
+    FlakyMopac._seen.clear()
     os.environ["QCMB_TEST_FAIL_RATE"] = "0.2"
     try:
         inp = mbe_input("mopac-flaky", "pm7", None, bsse="cp", max_nbody=3, molecule=waters(5))
