@@ -122,3 +122,18 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 def intervals(result: Any) -> list[tuple[float, float]]:
     return [(f["start"], f["end"]) for f in result.extras["qcmb_async"]["fragments"] if f["start"] is not None]
+
+
+def multilevel_input(molecule: Molecule | None = None) -> ManyBodyInput:
+    """MOPAC multilevel input over the water trimer: PM7 monomers, AM1 dimers, PM6 supersystem."""
+    return ManyBodyInput(
+        molecule=molecule or trimer(),
+        specification={
+            "driver": "energy",
+            "keywords": {"bsse_type": ["nocp"], "levels": {1: "pm7", 2: "am1", "supersystem": "pm6"}},
+            "specification": {
+                name: {"program": "mopac", "model": {"method": name}, "driver": "energy", "keywords": {}}
+                for name in ("pm7", "am1", "pm6")
+            },
+        },
+    )

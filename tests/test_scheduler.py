@@ -56,11 +56,26 @@ async def test_level_barrier_waits_for_the_level() -> None:
     assert first_dimer_start >= last_monomer_end
 
 
-async def test_levels_dispatched_in_order() -> None:
+async def test_largest_fragments_first_across_levels() -> None:
+    # Longest-processing-time first: trimers, then dimers, then monomers (sizes 9, 6, 3 atoms).
     result = await run_manybody(fake_input(4, 3, 0.02), ncores=1, memory=1)
     frags = sorted(result.extras["qcmb_async"]["fragments"], key=lambda f: f["start"])
     levels = [f["level"] for f in frags]
-    assert levels == sorted(levels)
+    assert levels == sorted(levels, reverse=True)
+
+
+async def test_fifo_order_keeps_qcmanybodys_order() -> None:
+    from qcmb_async._core.inputs import make_options
+    from qcmb_async._core.plan import make_plan
+    from qcmb_async._core.schedule import schedule
+    from qcmb_async.executors.threads import ThreadExecutor
+
+    inp = fake_input(4, 3, 0.005)
+    plan = make_plan(inp)
+    async with ThreadExecutor() as exe:
+        outcome = await schedule(plan, make_options(ncores=1, memory=1, order="fifo"), exe, run_id="fifo")
+    started = [r.label for r in sorted(outcome.records, key=lambda r: r.start)]
+    assert started == [f.label for f in plan.fragments]
 
 
 async def test_events_in_order_and_counted() -> None:

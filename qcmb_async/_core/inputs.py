@@ -33,6 +33,12 @@ class RunOptions:
     timeout: float | None = None
     on_error: OnError = "raise"
     on_event: Callable[[Any], Any] | None = None
+    order: str = "cost"
+    """``"cost"``: largest estimated fragment first; ``"fifo"``: QCManyBody's order (baselines)."""
+    auto_cores: bool = True
+    """Cores per fragment left to the scheduler (``fragment_ncores`` not given)."""
+    auto_memory: bool = True
+    """Memory per fragment is a per-core share (``fragment_memory`` not given)."""
 
     @property
     def slots(self) -> int:
@@ -193,8 +199,11 @@ def make_options(
     timeout: Any = None,
     on_error: str = "raise",
     on_event: Callable[[Any], Any] | None = None,
+    order: str = "cost",
 ) -> RunOptions:
     """Validate run options and fill the defaults."""
+    if order not in ("cost", "fifo"):
+        raise InputError(f"order must be 'cost' or 'fifo', got {order!r}")
     total_cores = int(_positive("ncores", ncores, True)) if ncores is not None else default_ncores()
     total_mem = _positive("memory", memory, False) if memory is not None else default_memory()
     frag_cores = int(_positive("fragment_ncores", fragment_ncores, True)) if fragment_ncores is not None else 1
@@ -233,4 +242,7 @@ def make_options(
         timeout=tmo,
         on_error=on_error,  # type: ignore[arg-type]
         on_event=on_event,
+        order=order,
+        auto_cores=fragment_ncores is None,
+        auto_memory=fragment_memory is None,
     )

@@ -1,4 +1,11 @@
-"""Plan stage: QCManyBody enumerates the fragments; we turn each into a runnable job."""
+"""Plan stage: QCManyBody enumerates the fragments; each becomes a cheap, lazily built job.
+
+Enumerating labels from QCManyBody's ``compute_map`` takes milliseconds even for thousands of
+fragments; building each fragment's ``Molecule`` and ``AtomicInput`` is what costs (about a
+millisecond each). So a :class:`Plan` holds light :class:`Fragment` records, and the schedule
+stage calls :meth:`Plan.materialise` just before a fragment runs: the first fragments start
+while the rest are not built yet, and memory grows with fragments in flight, not with the plan.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qcmanybody.models.v2 import ManyBodyInput
-from qcmanybody.utils import delabeler
+from qcmanybody.utils import delabeler, labeler
+
+from .cost import fragment_size, method_exponent
 
 #: Bumped when the way fragment keys are computed changes (keys index the result store).
 KEY_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fragment:
-    """One QC calculation of the expansion."""
+    """One QC calculation of the expansion, before its molecule is built."""
 
     label: str
     """QCManyBody's label: ``'["<model chem>", [real fragments], [basis fragments]]'``."""
@@ -27,22 +36,26 @@ class Fragment:
     mc: str
     """Model-chemistry key of ``specification.specification`` (``"(auto)"`` for one level)."""
     program: str
-    molecule: Any
-    """The fragment's QCElemental ``Molecule`` (v2); ghost atoms have ``real=False``."""
+    real: tuple[int, ...]
+    """Real fragments (1-based)."""
+    basis: tuple[int, ...]
+    """Fragments carrying basis functions, real or ghost (1-based)."""
+    size: float
+    """Size for the cost model: basis functions of real and ghost atoms, or electrons."""
+    cost: float
+    """A-priori relative cost, ``size ** exponent(method)``; the cost model calibrates it."""
+    group: str = ""
+    """Cost-model group: fragments of one program and model chemistry share a calibration."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A materialised fragment: what the worker runs and what the result store is keyed by."""
+
     atomic_input: dict[str, Any]
     """QCSchema v2 ``AtomicInput`` as a dict, exactly what QCManyBody's own loop would run."""
     key: str
     """Content hash of program + input: identical fragments share it across runs."""
-    cost: float
-    """Relative cost estimate (see :func:`estimate_cost`)."""
-
-    @property
-    def real(self) -> list[int]:
-        return list(delabeler(self.label)[1])
-
-    @property
-    def basis(self) -> list[int]:
-        return list(delabeler(self.label)[2])
 
 
 @dataclass
@@ -53,6 +66,11 @@ class Plan:
     computer: Any
     """``qcmanybody.v2.ManyBodyComputer`` built with ``build_tasks=False``."""
     fragments: list[Fragment] = field(default_factory=list)
+    """In QCManyBody's own order (``iterate_molecules``), which assembly keeps."""
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per model chemistry: ``{"program": ..., "specification": {...}}``."""
+    inline: bool = False
+    """Materialise on the event loop (only for plans whose fragments cost nothing to build)."""
 
     @property
     def input_hash(self) -> str:
@@ -74,19 +92,52 @@ class Plan:
     def programs(self) -> set[str]:
         return {f.program for f in self.fragments}
 
+    def molecule(self, frag: Fragment) -> Any:
+        """The fragment's ``Molecule``, built exactly as ``ManyBodyCore.iterate_molecules`` does."""
+        core = self.computer.qcmb_core
+        real0 = [x - 1 for x in frag.real]
+        ghost0 = [x - 1 for x in set(frag.basis) - set(frag.real)]
+        mol = core.molecule.get_fragment(real0, ghost0, orient=False, group_fragments=False)
+        updates: dict[str, Any] = {"fix_com": True, "fix_orientation": True}
+        if core.molecule.fix_symmetry == "c1":
+            updates["fix_symmetry"] = "c1"
+        mol = mol.model_copy(update=updates)
+        if core.embedding_charges:
+            charges = []
+            for ifr in sorted(set(range(1, core.nfragments + 1)) - set(frag.basis)):
+                positions = core.molecule.get_fragment(ifr - 1).geometry.tolist()
+                charges.extend([[chg, i] for i, chg in zip(positions, core.embedding_charges[ifr], strict=False)])
+            mol.extras["embedding_charges"] = charges
+        return mol
 
-def estimate_cost(natoms_with_basis: int) -> float:
-    """SCF-like cost: cubic in the number of atoms that carry basis functions (real or ghost)."""
-    return float(natoms_with_basis) ** 3
+    def materialise(self, frag: Fragment) -> Job:
+        """Build the fragment's ``AtomicInput`` and store key (CPU-bound: about a millisecond)."""
+        from qcelemental.models.v2 import AtomicInput
+
+        mol = self.molecule(frag)
+        spec = self.specs[frag.mc]
+        atomic = AtomicInput(molecule=mol, specification=copy.deepcopy(spec["specification"]))
+        if mol.extras.get("embedding_charges"):
+            if frag.program != "psi4":
+                raise RuntimeError(f"Don't know how to handle external charges in {frag.program}")
+            fkw = atomic.specification.keywords.get("function_kwargs", {})
+            fkw.update({"external_potentials": mol.extras["embedding_charges"]})
+            atomic.specification.keywords["function_kwargs"] = fkw
+        return Job(atomic_input=atomic.model_dump(), key=_key(frag.program, atomic))
+
+
+def _key(program: str, atomic: Any) -> str:
+    canonical = atomic.model_dump_json(exclude={"id", "provenance"})
+    payload = json.dumps({"v": KEY_VERSION, "program": program.lower(), "input": json.loads(canonical)},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def fragment_key(program: str, atomic_input: dict[str, Any]) -> str:
     """Canonical content hash of a fragment calculation (geometry, ghosts, charge, spec...)."""
     from qcelemental.models.v2 import AtomicInput
 
-    canonical = AtomicInput(**copy.deepcopy(atomic_input)).model_dump_json(exclude={"id", "provenance"})
-    payload = json.dumps({"v": KEY_VERSION, "program": program.lower(), "input": json.loads(canonical)}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return _key(program, AtomicInput(**copy.deepcopy(atomic_input)))
 
 
 def _specifications(computer: Any) -> dict[str, dict[str, Any]]:
@@ -101,35 +152,63 @@ def _specifications(computer: Any) -> dict[str, dict[str, Any]]:
     return specs
 
 
+def iterate_labels(core: Any) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """``(mc, real, basis)`` of every fragment, de-duplicated, in ``iterate_molecules`` order."""
+    seen: set[str] = set()
+    out: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+    for mc, compute_dict in core.compute_map.items():
+        for compute_list in compute_dict["all"].values():
+            for real, basis in compute_list:
+                label = labeler(mc, real, basis)
+                if label not in seen:
+                    seen.add(label)
+                    out.append((mc, tuple(real), tuple(basis)))
+    return out
+
+
 def make_plan(inp: ManyBodyInput) -> Plan:
-    """Plan ``inp`` with QCManyBody (CPU-bound: call it off the event loop)."""
-    from qcelemental.models.v2 import AtomicInput
+    """Plan ``inp`` with QCManyBody: enumerate fragments and estimate their cost; build nothing."""
     from qcmanybody.v2 import ManyBodyComputer
 
     computer = ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
     specs = _specifications(computer)
+    core = computer.qcmb_core
+    parent = core.molecule
+    frag_atoms = [list(map(int, f)) for f in parent.fragments]
+    symbols = list(parent.symbols)
+    charges = list(parent.fragment_charges)
+    sizes: dict[tuple[str, int], float] = {}  # (mc, fragment) -> size of that fragment's atoms
     fragments: list[Fragment] = []
-    for mc, label, mol in computer.qcmb_core.iterate_molecules():
+    for mc, real, basis in iterate_labels(core):
+        spec = specs[mc]["specification"]
+        model = spec["model"]
+        method, basis_name = str(model["method"]), model.get("basis")
+        size = 0.0
+        for ifr in basis:
+            k = (mc, ifr)
+            if k not in sizes:
+                # Ghost atoms carry basis functions; their electrons are not counted.
+                sizes[k] = fragment_size([symbols[a] for a in frag_atoms[ifr - 1]], basis_name,
+                                         charge=charges[ifr - 1])
+            size += sizes[k]
         program = specs[mc]["program"]
-        atomic = AtomicInput(molecule=mol, specification=copy.deepcopy(specs[mc]["specification"]))
-        if mol.extras.get("embedding_charges"):
-            if program != "psi4":
-                raise RuntimeError(f"Don't know how to handle external charges in {program}")
-            fkw = atomic.specification.keywords.get("function_kwargs", {})
-            fkw.update({"external_potentials": mol.extras["embedding_charges"]})
-            atomic.specification.keywords["function_kwargs"] = fkw
-        data = atomic.model_dump()
-        _, real, _basis = delabeler(label)
         fragments.append(
             Fragment(
-                label=label,
+                label=labeler(mc, real, basis),
                 level=len(real),
                 mc=mc,
                 program=program,
-                molecule=mol,
-                atomic_input=data,
-                key=fragment_key(program, data),
-                cost=estimate_cost(len(mol.symbols)),
+                real=real,
+                basis=basis,
+                size=size,
+                cost=size ** method_exponent(method, program),
+                group=f"{program}:{mc}",
             )
         )
-    return Plan(input=inp, computer=computer, fragments=fragments)
+    return Plan(input=inp, computer=computer, fragments=fragments, specs=specs)
+
+
+def delabel(label: str) -> tuple[str, list[int], list[int]]:
+    """``(mc, real, basis)`` of a QCManyBody label."""
+    mc, real, basis = delabeler(label)
+    return str(mc), list(real), list(basis)

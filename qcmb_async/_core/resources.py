@@ -47,7 +47,34 @@ class ResourcePool:
         self._free_cores = ncores
         self._free_memory = memory
         self._cond = anyio.Condition()
+        self._released = anyio.Event()
         self.usage = Usage()
+
+    @property
+    def free_cores(self) -> int:
+        return self._free_cores
+
+    def take(self, cores: int, memory: float) -> bool:
+        """Take ``cores`` and ``memory`` now if both are free; never waits."""
+        if not self.fits(cores, memory):
+            return False
+        self._free_cores -= cores
+        self._free_memory -= memory
+        self.usage.peak_cores = max(self.usage.peak_cores, self.ncores - self._free_cores)
+        self.usage.peak_memory = max(self.usage.peak_memory, self.memory - self._free_memory)
+        return True
+
+    def give(self, cores: int, memory: float) -> None:
+        """Return what :meth:`take` took and wake :meth:`wait_release`."""
+        self._free_cores += cores
+        self._free_memory += memory
+        self._released.set()
+
+    async def wait_release(self) -> None:
+        """Wait until something is given back."""
+        self.usage.waits += 1
+        await self._released.wait()
+        self._released = anyio.Event()
 
     def fits(self, cores: int, memory: float) -> bool:
         return cores <= self._free_cores and memory <= self._free_memory + _EPS

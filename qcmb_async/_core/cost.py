@@ -1,0 +1,223 @@
+"""Cost model: how long a fragment will take, before it runs and better as fragments finish.
+
+A fragment's a-priori cost is ``size ** p``: ``size`` counts basis functions of its real and
+ghost atoms (electrons when the basis is unknown, valence orbitals for semi-empirical methods)
+and ``p`` is the method's scaling. Online, every finished fragment refits ``seconds = a *
+size ** p`` for its group (one program and model chemistry): ``a`` from the first result, and
+``p`` too once two sizes have been seen. The scheduler orders by these estimates and uses them
+to decide whether a large fragment should get more than one core.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from qcelemental import periodictable
+
+# Contracted basis functions per element row (H-He, Li-Ne, Na-Ar) for common basis sets
+# (spherical d/f except for Pople *, which are Cartesian as most programs run them).
+_BASIS_FUNCTIONS: dict[str, tuple[int, int, int]] = {
+    "sto-3g": (1, 5, 9),
+    "3-21g": (2, 9, 13),
+    "6-31g": (2, 9, 13),
+    "6-31g*": (2, 15, 19),
+    "6-31g(d)": (2, 15, 19),
+    "6-31g**": (5, 15, 19),
+    "6-31g(d,p)": (5, 15, 19),
+    "6-31+g*": (2, 19, 23),
+    "6-311g**": (6, 18, 22),
+    "cc-pvdz": (5, 14, 18),
+    "cc-pvtz": (14, 30, 34),
+    "cc-pvqz": (30, 55, 59),
+    "aug-cc-pvdz": (9, 23, 27),
+    "aug-cc-pvtz": (23, 46, 50),
+    "jun-cc-pvdz": (5, 18, 22),
+    "def2-svp": (5, 14, 18),
+    "def2-svpd": (8, 20, 24),
+    "def2-tzvp": (6, 31, 37),
+    "def2-tzvpp": (14, 31, 37),
+    "def2-qzvp": (30, 57, 64),
+}
+_SEMIEMPIRICAL = ("pm3", "pm6", "pm7", "am1", "mndo", "rm1", "gfn", "xtb", "dftb", "zindo")
+_FORCE_FIELDS = ("uff", "mmff", "gaff", "amber", "charmm", "openff")
+
+
+def _row(z: int) -> int:
+    return 0 if z <= 2 else 1 if z <= 10 else 2
+
+
+def fragment_size(symbols: Sequence[str], basis: str | None, *, charge: float = 0.0) -> float:
+    """Size of a set of atoms for the cost model: basis functions, else valence orbitals/electrons."""
+    zs = [periodictable.to_Z(s) for s in symbols]
+    table = _BASIS_FUNCTIONS.get((basis or "").lower().replace(" ", ""))
+    if table is not None:
+        # Beyond argon the table is only a rough guide: scale the third row by the atom's size.
+        return float(sum(table[_row(z)] * (1.0 if z <= 18 else z / 18) for z in zs))
+    if not basis:
+        # Semi-empirical and force fields: minimal valence basis (1 for H, 4 for heavier atoms).
+        return float(sum(1 if z <= 2 else 4 for z in zs))
+    return max(1.0, float(sum(zs) - charge))  # unknown basis: electrons track its size
+
+
+def method_exponent(method: str, program: str = "") -> float:
+    """How the method's cost grows with size (HF/DFT ~3.5, MP2 5, CCSD 6, CCSD(T) 7, ...)."""
+    m = method.lower()
+    if any(m.startswith(x) for x in _FORCE_FIELDS) or program.lower() in ("rdkit", "openmm"):
+        return 1.0
+    if any(x in m for x in _SEMIEMPIRICAL) or program.lower() in ("mopac", "xtb"):
+        return 2.5
+    if "ccsdt" in m or "(t)" in m or "cc3" in m:
+        return 7.0
+    if "ccsd" in m or "cisd" in m or "eom" in m:
+        return 6.0
+    if "mp3" in m or "mp4" in m:
+        return 6.0
+    if "mp2" in m or "ri-" in m or "dlpno" in m or "sapt" in m:
+        return 5.0
+    return 3.5  # HF and DFT
+
+
+@dataclass
+class _Fit:
+    """Observations of one group: (log size, log seconds)."""
+
+    xs: list[float] = field(default_factory=list)
+    ys: list[float] = field(default_factory=list)
+    a: float = 0.0
+    p: float = 0.0
+
+
+class CostModel:
+    """Predicts fragment wall times in seconds; calibrates online per group."""
+
+    #: Observations kept per group (a sliding window keeps refits O(1) on huge runs).
+    WINDOW = 256
+
+    def __init__(self, exponents: dict[str, float] | None = None) -> None:
+        self._exponents = dict(exponents or {})
+        self._fits: dict[str, _Fit] = {}
+        self.version = 0
+        """Bumped whenever an estimate changes enough to be worth re-ordering for."""
+
+    def exponent(self, group: str) -> float:
+        fit = self._fits.get(group)
+        return fit.p if fit is not None and fit.p else self._exponents.get(group, 3.5)
+
+    def set_exponent(self, group: str, p: float) -> None:
+        self._exponents.setdefault(group, p)
+
+    def calibrated(self, group: str) -> bool:
+        return group in self._fits
+
+    def seconds_per_unit(self, group: str) -> float:
+        """``a`` of ``seconds = a * size ** p`` for ``group``; the median of calibrated groups when unseen."""
+        fit = self._fits.get(group)
+        if fit is not None:
+            return fit.a
+        known = sorted(f.a * 1.0 for f in self._fits.values())
+        return known[len(known) // 2] if known else 1.0
+
+    def estimate(self, group: str, size: float) -> float:
+        """Predicted seconds (relative units until some fragment of any group has finished)."""
+        p = self.exponent(group)
+        return self.seconds_per_unit(group) * max(size, 1e-9) ** p
+
+    def observe(self, group: str, size: float, seconds: float) -> None:
+        """Record one finished fragment and refit its group."""
+        if seconds <= 0 or size <= 0:
+            return
+        fit = self._fits.setdefault(group, _Fit(p=self._exponents.get(group, 3.5)))
+        old = fit.a
+        fit.xs.append(math.log(size))
+        fit.ys.append(math.log(seconds))
+        if len(fit.xs) > self.WINDOW:
+            del fit.xs[0], fit.ys[0]
+        n = len(fit.xs)
+        mx, my = sum(fit.xs) / n, sum(fit.ys) / n
+        sxx = sum((x - mx) ** 2 for x in fit.xs)
+        if sxx > 0.05 and n >= 3:
+            slope = sum((x - mx) * (y - my) for x, y in zip(fit.xs, fit.ys, strict=True)) / sxx
+            fit.p = min(8.0, max(0.5, slope))  # keep a noisy fit physical
+        # Geometric mean of the ratios: robust to the odd slow fragment.
+        fit.a = math.exp(my - fit.p * mx)
+        if old == 0.0 or abs(fit.a / old - 1) > 0.1:
+            self.version += 1
+
+
+def speedup(cores: int, parallel_fraction: float) -> float:
+    """Amdahl's law: how much faster one fragment runs on ``cores`` cores."""
+    return 1.0 / ((1.0 - parallel_fraction) + parallel_fraction / cores)
+
+
+#: Share of a program's run time that its own threads parallelise, when it gets its cores
+#: through QCEngine's task_config. NWChem takes cores only through MPI, which we do not launch.
+PARALLEL_FRACTION: dict[str, float] = {"pyscf": 0.85, "psi4": 0.85, "mopac": 0.6, "nwchem": 0.0, "cfour": 0.8}
+
+
+def predict_makespan(durations: Sequence[float], cores: Sequence[int], ncores: int) -> float:
+    """Greedy list schedule (longest first, first fit) of rigid jobs on ``ncores`` cores."""
+    order = sorted(range(len(durations)), key=lambda i: -durations[i])
+    free = ncores
+    now = 0.0
+    running: list[tuple[float, int]] = []
+    waiting = list(order)
+    end = 0.0
+    while waiting:
+        placed = False
+        for idx, i in enumerate(waiting):
+            if cores[i] <= free:
+                free -= cores[i]
+                heapq.heappush(running, (now + durations[i], cores[i]))
+                end = max(end, now + durations[i])
+                del waiting[idx]
+                placed = True
+                break
+        if not placed:
+            now, c = heapq.heappop(running)
+            free += c
+    return end
+
+
+def allot_cores(durations: Sequence[float], ncores: int, parallel_fraction: Iterable[float],
+                max_cores: int | None = None) -> list[int]:
+    """Cores per fragment: more than one only where that lowers the predicted makespan.
+
+    ``durations`` are one-core estimates. Starting from one core each, the fragment that
+    ends last in the predicted schedule gets twice its cores while that shortens the schedule
+    by more than 2 % (and its program can use them). Costs O(n log n) per step; skipped (all
+    ones) unless the largest fragment is comparable to the work per core.
+    """
+    fractions = list(parallel_fraction)
+    n = len(durations)
+    cores = [1] * n
+    if n == 0 or ncores <= 1:
+        return cores
+    cap = min(ncores, max_cores or ncores)
+    total = sum(durations)
+    longest = max(durations)
+    if longest < 0.5 * total / ncores:
+        return cores  # many small fragments: one core each already packs the cores
+    current = list(durations)
+    best = predict_makespan(current, cores, ncores)
+    best_cores = list(cores)
+    span = best
+    # Greedy with plateau moves: equal fragments only pay off once all of them have more cores.
+    for _ in range(n * max(1, cap.bit_length())):
+        grow = [i for i in range(n) if fractions[i] > 0 and cores[i] < cap]
+        if not grow:
+            break
+        i = max(grow, key=lambda k: current[k])
+        trial_cores = list(cores)
+        trial_cores[i] = min(cap, cores[i] * 2)
+        trial = list(current)
+        trial[i] = durations[i] / speedup(trial_cores[i], fractions[i])
+        trial_span = predict_makespan(trial, trial_cores, ncores)
+        if trial_span > span * 1.0001:
+            break
+        cores, current, span = trial_cores, trial, trial_span
+        if span < best * 0.98:
+            best, best_cores = span, list(cores)
+    return best_cores
