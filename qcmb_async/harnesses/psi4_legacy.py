@@ -1,0 +1,436 @@
+"""QCEngine harness for Psi4 before 1.4 (e.g. Debian's and Ubuntu's ``psi4`` 1.3.2 package).
+
+QCEngine 0.50+ picks ``psi4 --json`` for these versions but sends a QCSchema v2 input, which
+they reject (``KeyError: "Schema name of 'qcschema_atomic_input' not understood"``), and its
+availability check starts ``psi4 --module`` two or three times per calculation, each leaving a
+``timer.dat`` in the caller's working directory. This harness:
+
+* converts the v2 ``AtomicInput`` to a QCSchema v1 document, runs ``psi4 --json`` on it and
+  builds the v2 ``AtomicResult`` from what psi4 writes back (``properties.return_energy`` always,
+  ``return_gradient`` (natom x 3, ghost atoms included) / ``return_hessian`` for those drivers);
+* passes the fragment's cores (``--nthread`` and ``nthreads``) and memory (``memory``, 95 % of
+  ``config.memory``, as QCEngine does) to psi4;
+* runs psi4 with its working directory, ``--scratch``, ``PSI_SCRATCH`` and ``TMPDIR`` all set to
+  one private scratch directory (under ``config.scratch_directory`` if given), so ``timer.dat``,
+  ``psi.*.clean`` and psi4's output files never land anywhere else; the directory is removed
+  afterwards unless ``config.scratch_messy``;
+* starts psi4 through ``qcengine.util.execute``, so qcmb_async's popen seam gives it the
+  fragment's environment and kills it on timeout or cancellation;
+* looks for ``psi4`` and asks its version once per process (``psi4 --version``, in a throw-away
+  directory) and never runs ``psi4 --module``.
+
+Psi4 keywords (``specification.keywords``) go to psi4 unchanged (``scf_type``, ``mp2_type``,
+``e_convergence``...); ``keywords["function_kwargs"]`` goes to psi4's driver call, e.g.
+``{"dertype": 0}`` for a finite-difference gradient. Open-shell molecules get
+``reference uhf`` unless a reference is given (QCEngine's rule).
+
+Which harness runs: :func:`install` (called by ``register_harnesses()`` when a ``psi4`` executable
+is on ``PATH``) puts a :class:`Psi4LegacyHarness` under the name ``"psi4"``. The first time it
+is used it asks psi4 for its version; for versions QCEngine runs through ``psi4 --json``
+(``< 1.4a2.dev160``) it runs them itself, for newer ones it puts QCEngine's own harness back in
+the registry and hands every call to it. The choice is logged once per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from qcelemental.models.v2 import AtomicProperties, AtomicResult, BasisSet, Provenance
+from qcelemental.util import parse_version, safe_version
+from qcengine.exceptions import ConvergenceError, InputError, RandomError, ResourceError, UnknownError
+from qcengine.programs.model import ProgramHarness
+
+from .._core.logs import get_logger
+
+if TYPE_CHECKING:
+    from qcelemental.models.v2 import AtomicInput
+    from qcengine.config import TaskConfig
+
+__all__ = ["LEGACY_BEFORE", "OLDEST", "Psi4LegacyHarness", "Psi4Probe", "chosen_harness", "install", "probe_psi4"]
+
+#: QCEngine runs ``psi4 --json`` below this version and ``psi4 --qcschema`` from it on.
+LEGACY_BEFORE = "1.4a2.dev160"
+#: QCEngine refuses Psi4 older than this; so does this harness.
+OLDEST = "1.2"
+#: Seconds ``psi4 --version`` may take before the probe gives up.
+PROBE_TIMEOUT = 120
+#: Share of ``config.memory`` given to psi4 (the Python interpreter around it needs the rest).
+MEMORY_SHARE = 0.95
+#: psi4 1.3 refuses less memory than this (bytes).
+PSI4_MIN_MEMORY = 250 * 1024**2
+
+log = get_logger()
+
+_lock = threading.RLock()
+_probes: dict[str, Psi4Probe] = {}
+_state: dict[str, Any] = {"original": None, "choice": None, "logged": False}
+
+
+@dataclass(frozen=True)
+class Psi4Probe:
+    """What ``psi4 --version`` said about one executable (cached per process)."""
+
+    path: str
+    version: str | None
+    error: str | None
+    seconds: float
+
+    @property
+    def legacy(self) -> bool:
+        """True when QCEngine would run this psi4 through ``psi4 --json`` (so this harness must)."""
+        return self.version is not None and parse_version(self.version) < parse_version(LEGACY_BEFORE)
+
+
+def psi4_executable() -> str | None:
+    """The ``psi4`` on ``PATH``, or None."""
+    return shutil.which("psi4")
+
+
+def probe_psi4(path: str | None = None) -> Psi4Probe | None:
+    """Ask ``psi4 --version`` once per process and executable; None when there is no psi4.
+
+    Runs in a throw-away directory (psi4 writes ``timer.dat`` into its working directory even
+    for ``--version``), through ``qcengine.util.execute``.
+    """
+    path = path or psi4_executable()
+    if path is None:
+        return None
+    probe = _probes.get(path)
+    if probe is not None:
+        return probe
+    with _lock:
+        probe = _probes.get(path)
+        if probe is not None:
+            return probe
+        from qcengine.util import execute
+
+        start = time.perf_counter()
+        version: str | None = None
+        error: str | None = None
+        try:
+            ok, out = execute([path, "--version"], timeout=PROBE_TIMEOUT, scratch_suffix="_psi4_version")
+            stdout, stderr = (out.get("stdout") or "").strip(), (out.get("stderr") or "").strip()
+            if ok and stdout:
+                version = safe_version(stdout.split()[-1])
+            else:
+                error = f"`{path} --version` failed: stdout {stdout[-500:]!r}, stderr {stderr[-2000:]!r}"
+        except Exception as exc:  # timeout, permissions, a broken installation
+            error = f"`{path} --version` failed: {type(exc).__name__}: {exc}"
+        probe = Psi4Probe(path=path, version=version, error=error, seconds=time.perf_counter() - start)
+        _probes[path] = probe
+        return probe
+
+
+def install() -> None:
+    """Put a :class:`Psi4LegacyHarness` under the name ``"psi4"`` (idempotent, thread-safe, no psi4 start).
+
+    Shadows only QCEngine's own Psi4 harness (or an empty slot): a ``"psi4"`` harness someone
+    else registered is left alone.
+    """
+    from qcengine.programs.base import programs
+    from qcengine.programs.psi4 import Psi4Harness
+
+    with _lock:
+        current = programs.get("psi4")
+        if isinstance(current, Psi4LegacyHarness) or _state["choice"] == "qcengine":
+            return
+        if current is not None and type(current) is not Psi4Harness:
+            log.info("psi4 harness left alone", harness=type(current).__qualname__,
+                     reason="not QCEngine's own Psi4 harness")
+            return
+        _state["original"] = current
+        programs["psi4"] = Psi4LegacyHarness()
+
+
+def chosen_harness() -> str | None:
+    """``"legacy"``, ``"qcengine"``, or None while no psi4 call has been made in this process."""
+    return _state["choice"]
+
+
+def _choose() -> Psi4Probe | None:
+    """Decide once per process between this harness and QCEngine's; log the choice.
+
+    Returns the probe when this harness runs psi4, None when QCEngine's harness does (after
+    putting it back into QCEngine's registry).
+    """
+    probe = probe_psi4()
+    with _lock:
+        if _state["choice"] is None:
+            if probe is not None and probe.error is not None:
+                # A broken psi4 stays ours, so the error says why; nothing is decided yet.
+                return probe
+            _state["choice"] = "legacy" if probe is not None and probe.legacy else "qcengine"
+            if _state["choice"] == "qcengine":
+                _restore_original()
+            log.info(
+                "psi4 harness chosen",
+                harness=("qcmb_async legacy harness: psi4 --json with QCSchema v1" if _state["choice"] == "legacy"
+                         else "QCEngine's own Psi4 harness"),
+                psi4=probe.path if probe else None,
+                version=probe.version if probe else None,
+                probe_seconds=round(probe.seconds, 3) if probe else None,
+                reason=(f"psi4 {probe.version} < {LEGACY_BEFORE}: QCEngine would send it QCSchema v2, which it "
+                        "cannot read" if _state["choice"] == "legacy" else
+                        "no psi4 executable on PATH" if probe is None else
+                        f"psi4 {probe.version} >= {LEGACY_BEFORE} speaks QCSchema v2"),
+            )
+        return probe if _state["choice"] == "legacy" else None
+
+
+def _restore_original() -> None:
+    from qcengine.programs.base import programs
+
+    original = _state["original"]
+    if isinstance(programs.get("psi4"), Psi4LegacyHarness):
+        if original is None:
+            programs.pop("psi4", None)
+        else:
+            programs["psi4"] = original
+
+
+def _original() -> ProgramHarness:
+    original = _state["original"]
+    if original is None:
+        from qcengine.programs.psi4 import Psi4Harness
+
+        original = _state["original"] = Psi4Harness()
+    return original
+
+
+class Psi4LegacyHarness(ProgramHarness):
+    """Psi4 < 1.4 through ``psi4 --json`` (QCSchema v1), one subprocess per calculation.
+
+    Thread-safe: every call is its own psi4 process in its own scratch directory.
+    """
+
+    _defaults: ClassVar[dict[str, Any]] = {
+        "name": "Psi4",
+        "scratch": True,
+        "thread_safe": True,
+        "thread_parallel": True,
+        "node_parallel": False,
+        "managed_memory": True,
+    }
+
+    def found(self, raise_error: bool = False) -> bool:  # type: ignore[override]
+        """True if a psi4 executable answers ``--version`` (asked once per process)."""
+        probe = _choose()
+        if probe is None and _state["choice"] == "qcengine":
+            return bool(_original().found(raise_error=raise_error))
+        if probe is not None and probe.error is None:
+            return True
+        if raise_error:
+            detail = probe.error if probe is not None else "no `psi4` on PATH"
+            raise ModuleNotFoundError(
+                f"Psi4 cannot be used: {detail}. Install it with `apt-get install psi4` (Debian/Ubuntu, psi4 1.3.2) "
+                "or `conda install psi4 -c conda-forge`, and check `which psi4`."
+            )
+        return False
+
+    def get_version(self) -> str:
+        """psi4's version (asked once per process)."""
+        self.found(raise_error=True)
+        probe = _choose()
+        if probe is None:
+            return str(_original().get_version())
+        assert probe.version is not None
+        return probe.version
+
+    def compute(self, input_data: AtomicInput, config: TaskConfig) -> AtomicResult:
+        """Run one psi4 calculation (or hand it to QCEngine's harness for psi4 >= 1.4)."""
+        self.found(raise_error=True)
+        probe = _choose()
+        if probe is None:
+            return _original().compute(input_data, config)
+        assert probe.version is not None
+        if parse_version(probe.version) < parse_version(OLDEST):
+            raise ResourceError(f"Psi4 {probe.version} is too old: QCEngine and qcmb_async need psi4 >= {OLDEST}.")
+        return _run_legacy(probe, input_data, config)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def psi4_command(path: str, scratch: str, ncores: int) -> list[str]:
+    """``psi4 --json data.json`` with ``scratch`` as psi4's scratch directory and ``ncores`` threads."""
+    return [path, "--scratch", scratch, "--nthread", str(ncores), "--json", "data.json"]
+
+
+def v1_document(input_data: AtomicInput, config: TaskConfig) -> dict[str, Any]:
+    """The QCSchema v1 JSON document ``psi4 --json`` (< 1.4) reads, with cores and memory."""
+    spec = input_data.specification
+    if isinstance(spec.model.basis, BasisSet):
+        raise InputError("Psi4 legacy harness: a QCSchema BasisSet is not supported; name the basis, e.g. 'sto-3g'.")
+    doc: dict[str, Any] = json.loads(input_data.convert_v(1).json())
+    doc["schema_name"] = "qcschema_input"
+    doc["schema_version"] = 1
+    doc["model"]["basis"] = doc["model"].get("basis") or ""  # e.g. HF-3c names no basis
+    # psi4 moves and turns unfixed molecules: gradients would come back in psi4's frame.
+    doc["molecule"]["fix_com"] = True
+    doc["molecule"]["fix_orientation"] = True
+    keywords = dict(doc.get("keywords") or {})
+    if "external_potentials" in (keywords.get("function_kwargs") or {}):
+        # psi4 < 1.6 has no such driver argument and would silently ignore the charges.
+        raise InputError("Psi4 legacy harness: external point charges (function_kwargs external_potentials, "
+                         "e.g. QCManyBody's embedding_charges) need psi4 >= 1.6; this psi4 would ignore them.")
+    if input_data.molecule.molecular_multiplicity != 1 and "reference" not in {k.lower() for k in keywords}:
+        keywords["reference"] = "uhf"
+    doc["keywords"] = keywords
+    ncores = int(config.ncores or 1)
+    doc["nthreads"] = ncores
+    doc["memory"] = psi4_memory(float(config.memory))
+    doc["return_output"] = True
+    return doc
+
+
+def psi4_memory(gib: float) -> int:
+    """Bytes psi4 may use out of a fragment's ``gib``: 95 %, but at least psi4's minimum of 250 MiB."""
+    total = int(gib * 1024**3)
+    if total < PSI4_MIN_MEMORY:
+        raise InputError(f"Psi4 needs at least 250 MiB per calculation; this fragment has {gib:g} GiB. "
+                         "Give it more (fragment_memory >= 0.25).")
+    return max(int(total * MEMORY_SHARE), PSI4_MIN_MEMORY)
+
+
+def _environment(scratch: str, ncores: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if v is not None}
+    env.update({
+        "PSI_SCRATCH": scratch,
+        "TMPDIR": scratch,
+        "OMP_NUM_THREADS": str(ncores),
+        "MKL_NUM_THREADS": str(ncores),
+    })
+    return env
+
+
+def _run_legacy(probe: Psi4Probe, input_data: AtomicInput, config: TaskConfig) -> AtomicResult:
+    from qcengine.util import execute, temporary_directory
+
+    doc = v1_document(input_data, config)
+    ncores = doc["nthreads"]
+    with temporary_directory(parent=config.scratch_directory, suffix="_psi_scratch",
+                             messy=config.scratch_messy) as tmpdir:
+        scratch = str(Path(tmpdir).resolve())
+        start = time.perf_counter()
+        ok, out = execute(
+            psi4_command(probe.path, scratch, ncores),
+            {"data.json": json.dumps(doc)},
+            ["data.json"],
+            scratch_directory=str(Path(scratch).parent),
+            scratch_name=Path(scratch).name,
+            scratch_exist_ok=True,
+            scratch_messy=True,  # the enclosing temporary_directory cleans up (or keeps, if messy)
+            environment=_environment(scratch, ncores),
+        )
+        wall = time.perf_counter() - start
+    if not ok:
+        stderr = (out.get("stderr") or "").strip()
+        stdout = (out.get("stdout") or "").strip()
+        message = f"psi4 exited with code {out['proc'].returncode}:\n{stderr[-4000:] or stdout[-4000:]}"
+        raise _classify(message, "execution_error")
+    raw = (out.get("outfiles") or {}).get("data.json")
+    try:
+        result = json.loads(raw) if raw else {}
+    except ValueError:
+        result = {}
+    if "success" not in result:
+        raise UnknownError(f"psi4 did not write its result back to data.json; stderr: {out.get('stderr', '')[-4000:]}")
+    if not result["success"]:
+        error = result.get("error") or {}
+        if isinstance(error, dict):
+            message, etype = str(error.get("error_message", error)), str(error.get("error_type", "unknown_error"))
+        else:
+            message, etype = str(error), "internal_error"
+        raw_output = result.get("raw_output") or ""
+        if raw_output and "Traceback" not in message:
+            message += "\n" + raw_output[-3000:]
+        raise _classify(message, etype)
+    return _to_v2(input_data, result, probe, doc, wall, config.memory)
+
+
+#: psi4 exception names (``error_type`` in its output) that mean the input asked for something impossible.
+INPUT_ERROR_TYPES = frozenset({"ValidationError", "BasisSetNotFound", "MissingMethodError", "ManagedMethodError",
+                               "UpgradeHelper"})
+#: psi4 exception names that mean an iterative procedure did not converge.
+CONVERGENCE_ERROR_TYPES = frozenset({"SCFConvergenceError", "ConvergenceError", "TDSCFConvergenceError",
+                                     "OptimizationConvergenceError"})
+
+
+def _classify(message: str, error_type: str) -> Exception:
+    """QCEngine's error categories for a psi4 failure (QCEngine's rules, plus input and convergence types)."""
+    if "PSIO Error" in message:
+        return ResourceError(message) if "scratch directory" in message else RandomError(message)
+    if any(s in message for s in ("SIGSEV", "SIGSEGV", "segmentation fault")):
+        return RandomError(message)
+    if (error_type in INPUT_ERROR_TYPES or "TypeError: set_global_option" in message
+            or "RHF reference is only for singlets" in message):
+        return InputError(message)
+    if error_type in CONVERGENCE_ERROR_TYPES:
+        return ConvergenceError(message)
+    return UnknownError(message)
+
+
+def _to_v2(input_data: AtomicInput, result: dict[str, Any], probe: Psi4Probe, doc: dict[str, Any],
+           wall: float, memory_gib: float) -> AtomicResult:
+    """The v2 ``AtomicResult`` from psi4's v1 output document."""
+    driver = str(getattr(input_data.specification.driver, "value", input_data.specification.driver))
+    natom = len(input_data.molecule.symbols)
+    raw_props = dict(result.get("properties") or {})
+    known = set(AtomicProperties.model_fields) - {"schema_name"}
+    props = {k: v for k, v in raw_props.items() if k in known and v is not None}
+    unknown = {k: v for k, v in raw_props.items() if k not in known}
+    extras_in = dict(result.get("extras") or {})
+    qcvars = extras_in.get("qcvars") or {}
+
+    value = result.get("return_result")
+    if driver == "energy":
+        return_result: Any = float(value)
+        props.setdefault("return_energy", return_result)
+    elif driver == "gradient":
+        return_result = np.asarray(value, dtype=float).reshape(natom, 3)
+        props["return_gradient"] = return_result
+        scf_grad = qcvars.get("SCF TOTAL GRADIENT")
+        if scf_grad is not None and np.asarray(scf_grad).size == natom * 3:
+            props["scf_total_gradient"] = np.asarray(scf_grad, dtype=float).reshape(natom, 3)
+    elif driver == "hessian":
+        return_result = np.asarray(value, dtype=float).reshape(3 * natom, 3 * natom)
+        props["return_hessian"] = return_result
+        scf_hess = qcvars.get("SCF TOTAL HESSIAN")
+        if scf_hess is not None and np.asarray(scf_hess).size == (3 * natom) ** 2:
+            props["scf_total_hessian"] = np.asarray(scf_hess, dtype=float).reshape(3 * natom, 3 * natom)
+    else:  # properties: psi4's dict, as it came
+        return_result = value
+    if "return_energy" not in props and qcvars.get("CURRENT ENERGY") is not None:
+        props["return_energy"] = float(qcvars["CURRENT ENERGY"])
+    props.setdefault("calcinfo_natom", natom)
+
+    extras = {k: v for k, v in extras_in.items() if k != "qcvars"}
+    extras["qcvars"] = qcvars
+    extras["psi4_legacy"] = {
+        "harness": "qcmb_async.harnesses.psi4_legacy",
+        "command": "psi4 --json",
+        "nthreads": doc["nthreads"],
+        "memory_bytes": doc["memory"],
+        "wall_time": round(wall, 4),
+        **({"other_properties": unknown} if unknown else {}),
+    }
+    provenance = Provenance(creator="Psi4", version=probe.version or "", routine="psi4.json.run_json (psi4 --json)",
+                            nthreads=doc["nthreads"], memory=round(float(memory_gib), 3))
+    return AtomicResult(
+        input_data=input_data,
+        molecule=input_data.molecule,
+        properties=props,
+        return_result=return_result,
+        stdout=result.get("raw_output"),
+        provenance=provenance,
+        extras=extras,
+        success=True,
+    )
