@@ -144,3 +144,19 @@ def test_mopac_gradient_fix_is_needed() -> None:
     with pytest.raises(KeyError, match="ret_gradient"):
         ManyBodyComputer.from_manybodyinput(inp)
     assert np.asarray(run(inp, ncores=2, memory=2).return_result).shape == (9, 3)
+
+
+@pytest.mark.parametrize("protocol", ["none", "all"])
+def test_cluster_results_protocol_is_honoured(protocol: str) -> None:
+    """By default QCManyBody drops fragment results (we keep only their numbers); "all" keeps them."""
+    require_program("mopac")
+    inp = mbe_input("mopac", "pm7", None, driver="gradient", bsse="nocp", max_nbody=2)
+    data = inp.model_dump()
+    data["specification"]["protocols"] = {"cluster_results": protocol}
+    inp = ManyBodyInput(**data)
+    ours, ref = run(inp, ncores=2, memory=2), sequential(inp)
+    assert_same(ours, ref)
+    assert set(ours.cluster_results) == set(ref.cluster_results)
+    assert len(ours.cluster_results) == (6 if protocol == "all" else 0)
+    for label, res in ref.cluster_results.items():
+        np.testing.assert_allclose(ours.cluster_results[label].return_result, res.return_result, atol=1e-9)

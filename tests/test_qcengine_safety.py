@@ -98,3 +98,31 @@ def test_priming_is_idempotent_and_thread_safe() -> None:
         values = list(pool.map(lambda _: prime_qcengine(), range(32)))
     assert all(set(REQUIRED_GLOBAL_KEYS) <= set(v) for v in values)
     assert all(v == values[0] for v in values)
+
+
+def test_machine_description_is_cached_between_runs(tmp_path: Path) -> None:
+    """The second process on this machine skips QCEngine's ~1 s CPU probe; stale caches are ignored."""
+    cache = tmp_path / "globals.json"
+    code = ("import time, json, qcengine.config as c; from qcmb_async import prime_qcengine; t=time.perf_counter(); "
+            "v=prime_qcengine(); print(json.dumps({'t': time.perf_counter()-t, 'brand': v['cpu_brand'], "
+            "'ncores': v['ncores'], 'memory': v['memory']}))")
+
+    def prime() -> dict:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "QCMB_ASYNC_QCENGINE_CACHE": str(cache)}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = prime()
+    assert cache.is_file() and oct(cache.stat().st_mode & 0o777) == "0o600"
+    second = prime()
+    assert (second["brand"], second["ncores"]) == (first["brand"], first["ncores"])
+    assert second["t"] < first["t"]  # read, not probed (the probe spawns a process)
+    # A cache from another boot or machine is not trusted; a corrupt one is ignored.
+    data = json.loads(cache.read_text())
+    data["machine"]["boot"] = "another-boot"
+    data["values"]["cpu_brand"] = "stale"
+    cache.write_text(json.dumps(data))
+    assert prime()["brand"] == first["brand"]
+    cache.write_text("{not json")
+    assert prime()["brand"] == first["brand"]

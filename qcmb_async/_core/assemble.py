@@ -27,23 +27,48 @@ def component_properties(result: Any, driver: str) -> dict[str, Any]:
     return props
 
 
-def assemble(plan: Plan, results: dict[str, Any], extras: dict[str, Any] | None = None) -> Any:
-    """Build the ``ManyBodyResult`` (v2) from ``{label: AtomicResult}`` exactly as QCManyBody would.
+def keeps_results(plan: Plan) -> bool:
+    """Whether the ``ManyBodyResult`` carries every fragment's ``AtomicResult`` (protocol ``all``)."""
+    return plan.keep_results
 
-    ``results`` must hold every fragment of ``plan``. ``extras`` lands in
-    ``result.extras["qcmb_async"]``.
+
+def driver_of(plan: Plan) -> str:
+    return plan.driver
+
+
+def slim(plan: Plan, result: Any) -> Any:
+    """What assembly needs of one fragment result: all of it, or only its properties.
+
+    Unless the input's protocols ask for ``cluster_results="all"``, QCManyBody drops the
+    fragments' ``AtomicResult``s from its result; keeping only the numbers makes memory grow
+    with fragments in flight rather than with the size of the expansion.
+    """
+    if isinstance(result, dict) or keeps_results(plan):
+        return result
+    return component_properties(result, driver_of(plan))
+
+
+def assemble(plan: Plan, results: dict[str, Any], extras: dict[str, Any] | None = None) -> Any:
+    """Build the ``ManyBodyResult`` (v2) from fragment results exactly as QCManyBody would.
+
+    ``results`` maps every label of ``plan`` to its ``AtomicResult`` or to its properties as
+    :func:`slim` keeps them. ``extras`` lands in ``result.extras["qcmb_async"]``.
     """
     computer = plan.computer
-    driver = computer.driver.value if hasattr(computer.driver, "value") else str(computer.driver)
+    driver = driver_of(plan)
     missing = [f.label for f in plan.fragments if f.label not in results]
     if missing:
         raise ValueError(f"cannot assemble: {len(missing)} fragment result(s) missing, e.g. {missing[0]}")
     # Same label order as QCManyBody's sequential loop (iterate_molecules order).
     ordered = {f.label: results[f.label] for f in plan.fragments}
-    props = {label: component_properties(res, driver) for label, res in ordered.items()}
+    props = {label: res if isinstance(res, dict) else component_properties(res, driver)
+             for label, res in ordered.items()}
     analyzed = computer.qcmb_core.analyze(props)
     analyzed["nbody_number"] = len(props)
-    mbres = computer.get_results(external_results=analyzed, component_results=ordered)
+    full = {label: res for label, res in ordered.items() if not isinstance(res, dict)}
+    if keeps_results(plan) and len(full) != len(ordered):
+        raise ValueError("cannot assemble: cluster_results='all' needs every fragment's AtomicResult")
+    mbres = computer.get_results(external_results=analyzed, component_results=full if keeps_results(plan) else {})
     if extras is not None:
         mbres = mbres.model_copy(update={"extras": {**mbres.extras, "qcmb_async": extras}})
     return mbres

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -82,12 +83,30 @@ def method_exponent(method: str, program: str = "") -> float:
 
 @dataclass
 class _Fit:
-    """Observations of one group: (log size, log seconds)."""
+    """Observations of one group, (log size, log seconds), with running sums for O(1) refits."""
 
-    xs: list[float] = field(default_factory=list)
-    ys: list[float] = field(default_factory=list)
+    xs: deque[float] = field(default_factory=deque)
+    ys: deque[float] = field(default_factory=deque)
+    sx: float = 0.0
+    sy: float = 0.0
+    sxx: float = 0.0
+    sxy: float = 0.0
     a: float = 0.0
     p: float = 0.0
+
+    def add(self, x: float, y: float, window: int) -> None:
+        self.xs.append(x)
+        self.ys.append(y)
+        self.sx += x
+        self.sy += y
+        self.sxx += x * x
+        self.sxy += x * y
+        if len(self.xs) > window:
+            ox, oy = self.xs.popleft(), self.ys.popleft()
+            self.sx -= ox
+            self.sy -= oy
+            self.sxx -= ox * ox
+            self.sxy -= ox * oy
 
 
 class CostModel:
@@ -131,15 +150,12 @@ class CostModel:
             return
         fit = self._fits.setdefault(group, _Fit(p=self._exponents.get(group, 3.5)))
         old = fit.a
-        fit.xs.append(math.log(size))
-        fit.ys.append(math.log(seconds))
-        if len(fit.xs) > self.WINDOW:
-            del fit.xs[0], fit.ys[0]
+        fit.add(math.log(size), math.log(seconds), self.WINDOW)
         n = len(fit.xs)
-        mx, my = sum(fit.xs) / n, sum(fit.ys) / n
-        sxx = sum((x - mx) ** 2 for x in fit.xs)
+        mx, my = fit.sx / n, fit.sy / n
+        sxx = fit.sxx - n * mx * mx
         if sxx > 0.05 and n >= 3:
-            slope = sum((x - mx) * (y - my) for x, y in zip(fit.xs, fit.ys, strict=True)) / sxx
+            slope = (fit.sxy - n * mx * my) / sxx
             fit.p = min(8.0, max(0.5, slope))  # keep a noisy fit physical
         # Geometric mean of the ratios: robust to the odd slow fragment.
         fit.a = math.exp(my - fit.p * mx)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from qcmanybody.models.v2 import ManyBodyInput
 from qcmanybody.utils import delabeler, labeler
 
@@ -52,8 +54,8 @@ class Fragment:
 class Job:
     """A materialised fragment: what the worker runs and what the result store is keyed by."""
 
-    atomic_input: dict[str, Any]
-    """QCSchema v2 ``AtomicInput`` as a dict, exactly what QCManyBody's own loop would run."""
+    atomic_input: Any
+    """QCSchema v2 ``AtomicInput`` (the model), exactly what QCManyBody's own loop would run."""
     key: str
     """Content hash of program + input: identical fragments share it across runs."""
 
@@ -69,8 +71,14 @@ class Plan:
     """In QCManyBody's own order (``iterate_molecules``), which assembly keeps."""
     specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per model chemistry: ``{"program": ..., "specification": {...}}``."""
+    keep_results: bool = True
+    """The input's protocols ask for every fragment's ``AtomicResult`` in the result."""
+    driver: str = "energy"
     inline: bool = False
     """Materialise on the event loop (only for plans whose fragments cost nothing to build)."""
+    _fast: bool | None = field(default=None, repr=False)
+    """Whether :func:`_fast_fragment` reproduces QCElemental here (checked on first use)."""
+    _arrays: _ParentArrays | None = field(default=None, repr=False)
 
     @property
     def input_hash(self) -> str:
@@ -93,11 +101,21 @@ class Plan:
         return {f.program for f in self.fragments}
 
     def molecule(self, frag: Fragment) -> Any:
-        """The fragment's ``Molecule``, built exactly as ``ManyBodyCore.iterate_molecules`` does."""
+        """The fragment's ``Molecule``, identical to what ``ManyBodyCore.iterate_molecules`` yields."""
         core = self.computer.qcmb_core
         real0 = [x - 1 for x in frag.real]
+        # Same expression as QCManyBody's, so the set's iteration order (and the name) match.
         ghost0 = [x - 1 for x in set(frag.basis) - set(frag.real)]
-        mol = core.molecule.get_fragment(real0, ghost0, orient=False, group_fragments=False)
+        if self._fast is None:
+            with _fast_lock:
+                if self._fast is None:
+                    self._fast = _fast_path_agrees(core.molecule, real0, ghost0)
+        if self._fast:
+            if self._arrays is None:
+                self._arrays = _ParentArrays.of(core.molecule)
+            mol = _fast_fragment(core.molecule, real0, ghost0, self._arrays)
+        else:
+            mol = core.molecule.get_fragment(real0, ghost0, orient=False, group_fragments=False)
         updates: dict[str, Any] = {"fix_com": True, "fix_orientation": True}
         if core.molecule.fix_symmetry == "c1":
             updates["fix_symmetry"] = "c1"
@@ -123,7 +141,100 @@ class Plan:
             fkw = atomic.specification.keywords.get("function_kwargs", {})
             fkw.update({"external_potentials": mol.extras["embedding_charges"]})
             atomic.specification.keywords["function_kwargs"] = fkw
-        return Job(atomic_input=atomic.model_dump(), key=_key(frag.program, atomic))
+        return Job(atomic_input=atomic, key=_key(frag.program, atomic))
+
+
+_fast_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _ParentArrays:
+    """The parent molecule's per-atom arrays (QCElemental recomputes some on every access)."""
+
+    symbols: Any
+    geometry: Any
+    masses: Any
+    fragments: list[list[int]]
+    charges: list[float]
+    multiplicities: list[int]
+
+    @classmethod
+    def of(cls, mol: Any) -> _ParentArrays:
+        return cls(np.array([str(x) for x in mol.symbols]), np.asarray(mol.geometry),
+                   np.array(mol.masses, dtype=float), [[int(i) for i in fr] for fr in mol.fragments],
+                   [float(c) for c in mol.fragment_charges], [int(m) for m in mol.fragment_multiplicities])
+
+
+def _fast_fragment(parent: Any, real: list[int], ghost: list[int], arrays: _ParentArrays | None = None) -> Any:
+    """``parent.get_fragment(real, ghost, orient=False, group_fragments=False)`` without re-validation.
+
+    QCElemental re-validates every fragment it cuts from an already validated molecule (about a
+    millisecond each, most of the plan stage's cost). For closed-shell fragments the validated
+    result is known: slices of the parent, charge the sum of the real fragments' charges,
+    singlet. Anything else (open shells) takes QCElemental's own path.
+    """
+    from qcelemental.models.v2 import Molecule
+
+    arr = arrays or _ParentArrays.of(parent)
+    if any(arr.multiplicities[i] != 1 for i in real):
+        return parent.get_fragment(real, ghost, orient=False, group_fragments=False)
+    sel = set(real) | set(ghost)
+    real_set = set(real)
+    atoms: list[int] = []
+    mask: list[bool] = []
+    fragments = []
+    charges: list[float] = []
+    for ifr, fr in enumerate(arr.fragments):
+        if ifr in sel:
+            # Atoms in the parent's order, fragments renumbered: what group_fragments=False
+            # produces when the parent's fragments are contiguous and ascending (checked once).
+            fragments.append(np.arange(len(atoms), len(atoms) + len(fr), dtype=np.int32))
+            atoms.extend(fr)
+            mask.extend([ifr in real_set] * len(fr))
+            charges.append(arr.charges[ifr] if ifr in real_set else 0.0)
+    idx = np.array(atoms)
+    return Molecule(
+        validate=False,
+        schema_name="qcschema_molecule",
+        schema_version=parent.schema_version,
+        validated=True,
+        symbols=arr.symbols[idx],
+        geometry=arr.geometry[idx],
+        name=(parent.name if parent.name is not None else "") + " (" + str(real) + "," + str(ghost) + ")",
+        molecular_charge=float(sum(charges)),
+        molecular_multiplicity=1,
+        masses=arr.masses[idx],
+        real=np.array(mask, dtype=bool),
+        fragments=fragments,
+        fragment_charges=charges,
+        fragment_multiplicities=[1] * len(charges),
+        fix_com=False,
+        fix_orientation=False,
+        provenance=_provenance(),
+        extras={},
+    )
+
+
+def _provenance() -> Any:
+    import qcelemental
+    from qcelemental.models.v2 import Provenance
+
+    return Provenance(creator="QCElemental", version=qcelemental.__version__,
+                      routine="qcelemental.molparse.from_schema")
+
+
+def _fast_path_agrees(parent: Any, real: list[int], ghost: list[int]) -> bool:
+    """True when :func:`_fast_fragment` gives QCElemental's own molecule for this parent."""
+    flat = [int(i) for fr in parent.fragments for i in fr]
+    if flat != list(range(len(parent.symbols))):
+        return False  # non-contiguous fragments: atom order would differ
+    try:
+        slow = parent.get_fragment(real, ghost, orient=False, group_fragments=False)
+        fast = _fast_fragment(parent, real, ghost)
+        return bool(slow.model_dump_json() == fast.model_dump_json()
+                    and slow.get_hash() == fast.get_hash())
+    except Exception:
+        return False
 
 
 def _key(program: str, atomic: Any) -> str:
@@ -154,15 +265,17 @@ def _specifications(computer: Any) -> dict[str, dict[str, Any]]:
 
 def iterate_labels(core: Any) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
     """``(mc, real, basis)`` of every fragment, de-duplicated, in ``iterate_molecules`` order."""
-    seen: set[str] = set()
+    # Keyed like QCManyBody's labels (model chemistry, real, basis) without building the
+    # label string (json.dumps) for every duplicate across n-body lists.
+    seen: set[tuple[str, tuple[int, ...], tuple[int, ...]]] = set()
     out: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
     for mc, compute_dict in core.compute_map.items():
         for compute_list in compute_dict["all"].values():
             for real, basis in compute_list:
-                label = labeler(mc, real, basis)
-                if label not in seen:
-                    seen.add(label)
-                    out.append((mc, tuple(real), tuple(basis)))
+                item = (mc, tuple(real), tuple(basis))
+                if item not in seen:
+                    seen.add(item)
+                    out.append(item)
     return out
 
 
@@ -205,7 +318,11 @@ def make_plan(inp: ManyBodyInput) -> Plan:
                 group=f"{program}:{mc}",
             )
         )
-    return Plan(input=inp, computer=computer, fragments=fragments, specs=specs)
+    proto = inp.specification.protocols.cluster_results
+    driver = computer.driver
+    return Plan(input=inp, computer=computer, fragments=fragments, specs=specs,
+                keep_results=str(getattr(proto, "value", proto)) == "all",
+                driver=str(getattr(driver, "value", driver)))
 
 
 def delabel(label: str) -> tuple[str, list[int], list[int]]:

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 REQUIRED_GLOBAL_KEYS = ("hostname", "memory", "username", "ncores", "nnodes", "cpuinfo", "cpu_brand")
@@ -115,6 +116,63 @@ def _inherited_globals() -> dict[str, Any] | None:
     return values
 
 
+#: Where the machine's QCEngine globals are kept between runs; ``none`` disables the cache.
+CACHE_ENV = "QCMB_ASYNC_QCENGINE_CACHE"
+
+
+def _machine_key() -> dict[str, Any]:
+    import psutil
+
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = str(int(psutil.boot_time()))
+    return {"hostname": socket.gethostname(), "boot": boot, "uid": os.getuid() if hasattr(os, "getuid") else 0,
+            "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+
+
+def _cache_path() -> Path | None:
+    raw = os.environ.get(CACHE_ENV, "").strip()
+    if raw.lower() in ("none", "off", "0", "false"):
+        return None
+    if raw:
+        return Path(raw)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("qcmb_async")) / "qcengine-globals.json"
+
+
+def _cached_globals() -> dict[str, Any] | None:
+    """QCEngine's globals saved by an earlier run on this machine since its last boot."""
+    import psutil
+
+    path = _cache_path()
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("machine") != _machine_key():
+            return None
+        values = dict(data["values"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    # Memory is what is available now, as QCEngine's own first call would measure it.
+    values["memory"] = round(psutil.virtual_memory().available / (1024**3), 3)
+    return values if _complete(values) else None
+
+
+def _save_globals(values: dict[str, Any]) -> None:
+    path = _cache_path()
+    if path is None:
+        return
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"machine": _machine_key(), "values": values}))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)  # atomic: concurrent runs never read half a file
+
+
 def prime_qcengine() -> dict[str, Any]:
     """Build QCEngine's global config once, thread-safely, and make sure it is complete.
 
@@ -132,6 +190,12 @@ def prime_qcengine() -> dict[str, Any]:
             # A worker process on the parent's machine: reuse its values, skip the ~1 s CPU probe.
             qcng_config._global_values = inherited
             return dict(inherited)
+        cached = _cached_globals()
+        if cached is not None:
+            # QCEngine's CPU probe (py-cpuinfo) takes about a second; its answer does not
+            # change until the machine reboots.
+            qcng_config._global_values = cached
+            return dict(cached)
         # A half-filled dict (an earlier call raised part way) would fail every later call.
         qcng_config._global_values = None
         try:
@@ -140,6 +204,7 @@ def prime_qcengine() -> dict[str, Any]:
             qcng_config._global_values = None
         if not _complete(qcng_config._global_values):
             qcng_config._global_values = _build_globals()
+        _save_globals(dict(qcng_config._global_values))
         return dict(qcng_config._global_values)
 
 

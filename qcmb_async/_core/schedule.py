@@ -17,6 +17,7 @@ import structlog
 from ..errors import FragmentError
 from ..executors.base import Executor, FragmentJob, JobOutcome
 from . import events as ev
+from .assemble import slim
 from .cost import PARALLEL_FRACTION, CostModel, allot_cores, speedup
 from .inputs import RunOptions
 from .logs import get_logger
@@ -279,7 +280,7 @@ async def schedule(
                         # Shielded: a finished fragment is committed even if the run is being cancelled.
                         with anyio.CancelScope(shield=True):
                             await anyio.to_thread.run_sync(_store_put, store, frag, job.key, result, rec, run_id)
-                    results[frag.label] = result
+                    results[frag.label] = slim(plan, result)
                     rec.status = "ok"
                     # Calibrate in one-core seconds, whatever this fragment was given.
                     model.observe(frag.group, frag.size,
@@ -340,8 +341,11 @@ async def schedule(
                     built = _build(plan, store, frags)
                 else:
                     built = await anyio.to_thread.run_sync(_build, plan, store, frags)
-                for item in built:
-                    await send.send(item)
+                try:
+                    for item in built:
+                        await send.send(item)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return  # the dispatcher stopped (failure or cancellation): nothing more to feed
                 batch = min(batch * 2, 64)
 
     async def dispatch(tg: Any) -> None:
@@ -351,7 +355,7 @@ async def schedule(
                 cores, memory = needs(frag)
                 records[frag.label] = FragmentRecord(frag.label, frag.level, frag.program, cores, memory)
                 if cached is not None:
-                    results[frag.label] = cached
+                    results[frag.label] = slim(plan, cached)
                     records[frag.label].status = "cached"
                     reused += 1
                     await ev.emit(on_event, ev.FragmentFinished(run_id, frag.label, frag.level, frag.program,
@@ -413,7 +417,7 @@ def _store_failure(store: Any, frag: Fragment, key: str, rec: FragmentRecord, ru
         log.error("failure not recorded in the store", label=frag.label, reason=str(exc))
 
 
-def _atomic_result(data: dict[str, Any]) -> Any:
+def _atomic_result(data: Any) -> Any:
     from qcelemental.models.v2 import AtomicResult
 
-    return AtomicResult(**data)
+    return data if isinstance(data, AtomicResult) else AtomicResult(**data)

@@ -78,14 +78,22 @@ def execute_job(job: FragmentJob) -> JobOutcome:
         if ctx.cancelled.is_set():
             raise RuntimeError(f"fragment {job.label} was cancelled before it started")
         # QCEngine pops keys from the caller's input and harnesses edit shallow copies.
-        inp = AtomicInput(**copy.deepcopy(job.atomic_input))
+        if isinstance(job.atomic_input, dict):
+            inp = AtomicInput(**copy.deepcopy(job.atomic_input))
+        else:
+            inp = job.atomic_input.model_copy(deep=True)
         out: Any = qcengine.compute(
             inp, job.program, raise_error=False, task_config=dict(ctx.task_config), return_version=2
         )
         end = time.time()
-        data = out.model_dump() if hasattr(out, "model_dump") else dict(out)
-        success = bool(data.get("success"))
-        err = data.get("error") or {}
+        success = bool(getattr(out, "success", False))
+        # A success travels as the AtomicResult itself (threads share it; processes pickle
+        # it); a failure as a dict, so its error survives whatever type QCEngine returned.
+        data: Any = out
+        err: dict[str, Any] = {}
+        if not success:
+            data = out.model_dump() if hasattr(out, "model_dump") else dict(out)
+            err = data.get("error") or {}
         log.debug("qcengine compute returned", worker=_worker_name(), wall_time=round(end - start, 4),
                   success=success)
         if ctx.cancelled.is_set() and not success:

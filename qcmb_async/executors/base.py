@@ -20,8 +20,8 @@ class FragmentJob:
     level: int
     """n-body level: the number of real fragments."""
     program: str
-    atomic_input: dict[str, Any]
-    """The ``AtomicInput`` (QCSchema v2) as a dict."""
+    atomic_input: Any
+    """The ``AtomicInput`` (QCSchema v2): the pydantic model, or the same as a dict."""
     task_config: dict[str, Any]
     """A complete QCEngine ``task_config`` (ncores, memory, scratch_directory, retries)."""
     run_id: str = ""
@@ -43,8 +43,8 @@ class JobOutcome:
     """What came back from one attempt at a fragment."""
 
     label: str
-    result: dict[str, Any]
-    """``AtomicResult`` or ``FailedOperation`` (QCSchema v2) as a dict."""
+    result: Any
+    """The ``AtomicResult`` (QCSchema v2) on success; the ``FailedOperation`` as a dict otherwise."""
     success: bool
     start: float
     """Wall-clock (``time.time()``) when QCEngine was called in the worker."""
