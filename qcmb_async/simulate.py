@@ -1,0 +1,437 @@
+"""Run the real scheduler on virtual cores with a virtual clock.
+
+:func:`simulate` feeds a set of fragments with known durations to the very
+:func:`~qcmb_async._core.schedule.schedule` function a real run uses, under anyio's trio
+backend with ``trio.testing.MockClock(autojump_threshold=0)``: whenever every task waits, the
+clock jumps to the next fragment's end. Nothing is computed, so 512 cores and thousands of
+fragments, or 4,096 cores and 100,000 fragments, are studied in seconds on a laptop.
+
+>>> from qcmb_async.simulate import simulate, synthetic_workload
+>>> work = synthetic_workload(10_000, seed=1)
+>>> for order, barrier in (("fifo", True), ("fifo", False), ("cost", False)):
+...     r = simulate(work, ncores=512, order=order, level_barrier=barrier)
+...     print(order, barrier, round(r.makespan), round(r.ratio, 3))
+
+Durations come from a real run (:meth:`Workload.from_run` replays the fragment times measured
+in a ``ManyBodyResult``), from a JSON file (:meth:`Workload.load`) or from a cost law
+(:func:`synthetic_workload`). Needs ``trio`` (``pip install qcmb_async[sim]``).
+
+What the simulation leaves out: the scheduler's own CPU time (it costs no virtual time), the
+program start-up and QCEngine overhead beyond what the measured durations contain, and
+contention between fragments sharing a machine (a fragment takes its measured time whatever
+runs next to it). Fragments given ``c`` cores run ``speedup(c, fraction)`` times faster
+(Amdahl's law with the scheduler's own :data:`~qcmb_async._core.cost.PARALLEL_FRACTION`).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._core.cost import PARALLEL_FRACTION, CostModel, speedup
+from ._core.plan import Fragment, Job, Plan
+from .executors.simulated import SimulatedExecutor
+
+__all__ = [
+    "SimulationResult",
+    "Workload",
+    "lower_bound",
+    "simulate",
+    "synthetic_workload",
+]
+
+
+class SimulatedPlan(Plan):
+    """A :class:`~qcmb_async._core.plan.Plan` whose fragments have no molecule: nothing to build."""
+
+    def materialise(self, frag: Fragment) -> Job:
+        return Job(atomic_input=None, key=frag.label)
+
+
+@dataclass
+class Workload:
+    """Fragments and how long each takes on one core (seconds)."""
+
+    fragments: list[Fragment]
+    durations: dict[str, float]
+    """One-core seconds per fragment label."""
+    name: str = ""
+    source: str = ""
+    """Where the durations come from (free text, kept in JSON)."""
+
+    def __post_init__(self) -> None:
+        labels = [f.label for f in self.fragments]
+        if len(set(labels)) != len(labels):
+            raise ValueError("fragment labels must be unique")
+        missing = [lab for lab in labels if lab not in self.durations]
+        if missing:
+            raise ValueError(f"{len(missing)} fragment(s) have no duration, e.g. {missing[0]}")
+
+    def __len__(self) -> int:
+        return len(self.fragments)
+
+    @property
+    def total(self) -> float:
+        """One-core seconds of all fragments: the sequential wall time, overheads aside."""
+        return math.fsum(self.durations[f.label] for f in self.fragments)
+
+    @property
+    def longest(self) -> float:
+        return max(self.durations[f.label] for f in self.fragments)
+
+    def levels(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for f in self.fragments:
+            out[f.level] = out.get(f.level, 0) + 1
+        return dict(sorted(out.items()))
+
+    @classmethod
+    def from_run(cls, result: Any, plan: Plan | Any, *, name: str = "") -> Workload:
+        """Replay a real run: fragment times measured by qcmb_async, fragments from the plan.
+
+        ``result`` is the ``ManyBodyResult`` of :func:`qcmb_async.run_manybody` (its
+        ``extras["qcmb_async"]["fragments"]`` records) or that list of records; ``plan`` is
+        the run's :class:`~qcmb_async._core.plan.Plan` or its ``ManyBodyInput`` (planned here).
+        A fragment that ran on ``c`` cores counts ``(end - start) * speedup(c, fraction)`` one-core
+        seconds, the same conversion the scheduler's cost model makes.
+        """
+        records = result if isinstance(result, list) else result.extras["qcmb_async"]["fragments"]
+        plan = plan if isinstance(plan, Plan) else _plan_of(plan)
+        by_label = {r["label"]: r for r in records}
+        durations: dict[str, float] = {}
+        for frag in plan.fragments:
+            rec = by_label.get(frag.label)
+            if rec is None or rec.get("start") is None or rec.get("end") is None:
+                raise ValueError(f"fragment {frag.label} has no measured time in the run's records "
+                                 "(cached or failed fragments cannot be replayed)")
+            cores = int(rec.get("cores") or 1)
+            fraction = PARALLEL_FRACTION.get(frag.program, 0.0)
+            durations[frag.label] = (rec["end"] - rec["start"]) * speedup(cores, fraction)
+        return cls(list(plan.fragments), durations, name=name, source="qcmb_async run records")
+
+    @classmethod
+    def from_times(cls, times: Mapping[str, float], plan: Plan | Any, *, name: str = "", source: str = "") -> Workload:
+        """Fragments of ``plan`` (or a ``ManyBodyInput``) with ``times`` (label -> one-core seconds).
+
+        E.g. ``{label: r.provenance.wall_time for label, r in seq_result.cluster_results.items()}``
+        from QCManyBody's sequential computer run with ``protocols.cluster_results="all"``.
+        """
+        plan = plan if isinstance(plan, Plan) else _plan_of(plan)
+        return cls(list(plan.fragments), {f.label: float(times[f.label]) for f in plan.fragments},
+                   name=name, source=source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "fragments": [
+                {"label": f.label, "level": f.level, "mc": f.mc, "program": f.program, "real": list(f.real),
+                 "basis": list(f.basis), "size": f.size, "cost": f.cost, "group": f.group,
+                 "seconds": self.durations[f.label]}
+                for f in self.fragments
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Workload:
+        frags, durations = [], {}
+        for d in data["fragments"]:
+            frags.append(Fragment(d["label"], int(d["level"]), d["mc"], d["program"], tuple(d["real"]),
+                                  tuple(d["basis"]), float(d["size"]), float(d["cost"]), d.get("group", "")))
+            durations[d["label"]] = float(d["seconds"])
+        return cls(frags, durations, name=data.get("name", ""), source=data.get("source", ""))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Workload:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _plan_of(mbe_input: Any) -> Plan:
+    from ._core.inputs import load_input
+    from ._core.plan import make_plan
+
+    return make_plan(load_input(mbe_input))
+
+
+def lower_bound(workload: Workload, ncores: int, *, fragment_ncores: int | None = None,
+                parallel_fraction: Mapping[str, float] | None = None) -> float:
+    """No schedule on ``ncores`` cores can finish sooner: max(longest fragment, total work / ncores).
+
+    With cores chosen by the scheduler (``fragment_ncores=None``) the longest fragment counts at
+    its best (all ``ncores`` cores, Amdahl); more cores never lower a fragment's core-seconds,
+    so the one-core total still bounds the work. With fixed ``fragment_ncores`` every fragment
+    runs on exactly that many cores and at most ``ncores // fragment_ncores`` run at once.
+    """
+    fractions = PARALLEL_FRACTION if parallel_fraction is None else parallel_fraction
+    if fragment_ncores is None:
+        longest = max(workload.durations[f.label] / speedup(ncores, fractions.get(f.program, 0.0))
+                      for f in workload.fragments)
+        return max(longest, workload.total / ncores)
+    times = [workload.durations[f.label] / speedup(fragment_ncores, fractions.get(f.program, 0.0))
+             for f in workload.fragments]
+    return max(max(times), math.fsum(times) / max(1, ncores // fragment_ncores))
+
+
+@dataclass
+class SimulationResult:
+    """What one simulated run did, in virtual seconds."""
+
+    ncores: int
+    order: str
+    level_barrier: bool
+    fragments: int
+    makespan: float
+    """From the scheduler's start to the last fragment's end (virtual seconds)."""
+    lower_bound: float
+    sequential: float
+    """One-core seconds of all fragments (what a sequential run would take)."""
+    busy: float
+    """Core-seconds the fragments used (more than ``sequential`` when fragments got several cores)."""
+    peak_cores: int
+    multi_core_fragments: int
+    elapsed: float
+    """Real seconds the simulation took."""
+    records: list[Any] = field(default_factory=list, repr=False)
+    """The scheduler's ``FragmentRecord`` s (``start``/``end`` in virtual seconds from 0)."""
+
+    @property
+    def ratio(self) -> float:
+        """makespan / lower bound (1 is perfect)."""
+        return self.makespan / self.lower_bound if self.lower_bound > 0 else math.nan
+
+    @property
+    def utilisation(self) -> float:
+        """Share of the ``ncores * makespan`` core-seconds the fragments used."""
+        return self.busy / (self.ncores * self.makespan) if self.makespan > 0 else math.nan
+
+    @property
+    def speedup(self) -> float:
+        """Sequential time / makespan."""
+        return self.sequential / self.makespan if self.makespan > 0 else math.nan
+
+    def as_dict(self, *, records: bool = False) -> dict[str, Any]:
+        out = {
+            "ncores": self.ncores, "order": self.order, "level_barrier": self.level_barrier,
+            "fragments": self.fragments, "makespan": self.makespan, "lower_bound": self.lower_bound,
+            "ratio": self.ratio, "sequential": self.sequential, "speedup": self.speedup, "busy": self.busy,
+            "utilisation": self.utilisation, "peak_cores": self.peak_cores,
+            "multi_core_fragments": self.multi_core_fragments, "elapsed": self.elapsed,
+        }
+        if records:
+            out["records"] = [r.as_dict() for r in self.records]
+        return out
+
+
+def simulate(
+    fragments: Workload | Sequence[Fragment],
+    ncores: int,
+    *,
+    durations: Mapping[str, float] | Callable[[Fragment], float] | None = None,
+    order: str = "cost",
+    level_barrier: bool = False,
+    memory: float | None = None,
+    fragment_ncores: int | None = None,
+    fragment_memory: float | None = None,
+    parallel_fraction: Mapping[str, float] | None = None,
+    cost_model: CostModel | None = None,
+) -> SimulationResult:
+    """Schedule ``fragments`` on ``ncores`` virtual cores with the real scheduler; nothing is computed.
+
+    Args:
+        fragments: a :class:`Workload`, or :class:`~qcmb_async.Fragment` records (unique labels)
+            with ``durations``.
+        ncores: virtual cores.
+        durations: one-core seconds per label, or a callable ``Fragment -> seconds``
+            (ignored when ``fragments`` is a :class:`Workload`). Default: each fragment's
+            a-priori ``cost``.
+        order: ``"cost"`` (qcmb_async's default: largest predicted first, across levels) or
+            ``"fifo"`` (QCManyBody's order).
+        level_barrier: finish every n-body level before starting the next.
+        memory: total virtual GiB (default 2 GiB per core, so memory never limits).
+        fragment_ncores, fragment_memory: as in :func:`qcmb_async.run_manybody`; ``None`` lets
+            the scheduler choose cores per fragment.
+        parallel_fraction: per program, the share its threads parallelise (default: the
+            scheduler's own assumption).
+        cost_model: a :class:`~qcmb_async._core.cost.CostModel` to start from (e.g. one
+            calibrated by an earlier simulation); default: a fresh one, as in a real run.
+
+    Returns:
+        :class:`SimulationResult` (makespan, lower bound, per-fragment records in virtual seconds).
+    """
+    from ._core.inputs import make_options
+
+    if isinstance(fragments, Workload):
+        work = fragments
+    else:
+        frags = list(fragments)
+        if durations is None:
+            table = {f.label: float(f.cost) for f in frags}
+        elif callable(durations):
+            table = {f.label: float(durations(f)) for f in frags}
+        else:
+            table = {f.label: float(durations[f.label]) for f in frags}
+        work = Workload(frags, table)
+    if not work.fragments:
+        raise ValueError("nothing to simulate: no fragments")
+    options = make_options(ncores=ncores, memory=memory if memory is not None else 2.0 * ncores,
+                           fragment_ncores=fragment_ncores, fragment_memory=fragment_memory, order=order,
+                           level_barrier=level_barrier)
+    plan = SimulatedPlan(input=None, computer=None, fragments=list(work.fragments), specs={}, inline=True)
+    executor = SimulatedExecutor(work.durations, parallel_fraction)
+    t0 = time.perf_counter()
+    outcome = _run_virtual(functools.partial(_schedule, plan, options, executor, cost_model))
+    elapsed = time.perf_counter() - t0
+    records = outcome.records
+    for rec in records:  # virtual seconds from the scheduler's start
+        rec.start = rec.start - outcome.started if rec.start is not None else None
+        rec.end = rec.end - outcome.started if rec.end is not None else None
+        for h in rec.history:
+            h["start"] -= outcome.started
+            h["end"] -= outcome.started
+    return SimulationResult(
+        ncores=options.ncores, order=order, level_barrier=level_barrier, fragments=len(work.fragments),
+        makespan=outcome.finished - outcome.started,
+        lower_bound=lower_bound(work, options.ncores, fragment_ncores=fragment_ncores,
+                                parallel_fraction=parallel_fraction),
+        sequential=work.total,
+        busy=math.fsum((r.end - r.start) * r.cores for r in records if r.start is not None),
+        peak_cores=outcome.usage.peak_cores,
+        multi_core_fragments=sum(1 for r in records if r.cores > 1),
+        elapsed=elapsed,
+        records=records,
+    )
+
+
+async def _schedule(plan: Plan, options: Any, executor: SimulatedExecutor, cost_model: CostModel | None) -> Any:
+    from ._core.schedule import schedule
+
+    async with executor:
+        return await schedule(plan, options, executor, run_id="simulated", store=None, partial_result=None,
+                              cost_model=cost_model)
+
+
+def _run_virtual(fn: Callable[[], Any]) -> Any:
+    """``fn()`` under anyio's trio backend with a jumping mock clock (on a private thread if a loop runs here)."""
+    try:
+        import trio.testing
+    except ImportError as exc:
+        raise ImportError("qcmb_async.simulate needs trio for its virtual clock: "
+                          "pip install 'qcmb_async[sim]'") from exc
+    import anyio
+
+    def go() -> Any:
+        return anyio.run(fn, backend="trio", backend_options={"clock": trio.testing.MockClock(autojump_threshold=0)})
+
+    try:
+        import asyncio
+
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return go()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = go()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="qcmb_async simulation")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# --------------------------------------------------------------------------- synthetic workloads
+
+#: Monomers of the synthetic workload: (name, atoms by element row (H, 2nd row), weight).
+MONOMERS: tuple[tuple[str, tuple[int, int], float], ...] = (
+    ("water", (2, 1), 0.85),
+    ("methanol", (4, 2), 0.07),
+    ("ammonia", (3, 1), 0.04),
+    ("benzene", (6, 6), 0.03),
+    ("phenol", (6, 7), 0.01),
+)
+
+
+def synthetic_workload(
+    n_fragments: int = 100_000,
+    *,
+    max_nbody: int = 3,
+    n_monomers: int | None = None,
+    seed: int = 0,
+    program: str = "nwchem",
+    exponent: float = 3.5,
+    seconds_per_unit: float = 2.0e-6,
+    startup: float = 0.3,
+    noise: float = 0.15,
+    monomers: Iterable[tuple[str, tuple[int, int], float]] = MONOMERS,
+) -> Workload:
+    """A made-up MBE(``max_nbody``) of a mixed molecular cluster, NoCP, with exactly ``n_fragments``.
+
+    Monomers are drawn from ``monomers`` (mostly water, some methanol, ammonia, benzene,
+    phenol) and scattered in a box at liquid density; every 1- to (n-1)-body fragment is
+    kept and the ``max_nbody`` level is screened by distance (the most compact n-mers first)
+    until the plan has ``n_fragments`` fragments. Sizes are 6-31G basis functions; a
+    fragment takes ``startup + seconds_per_unit * size ** exponent`` seconds on one core,
+    times log-normal noise (sigma ``noise``). With the defaults a water monomer takes
+    0.32 s, a water trimer 1.3 s and a benzene-phenol-water trimer about 30 s.
+    """
+    rng = random.Random(seed)
+    kinds = list(monomers)
+    if n_monomers is None:
+        n_monomers = max_nbody
+        while sum(math.comb(n_monomers, k) for k in range(1, max_nbody + 1)) < n_fragments:
+            n_monomers += 1
+        # Room for screening: the top level keeps only the most compact n-mers.
+        n_monomers = max(max_nbody, int(n_monomers * 1.15) + 1)
+    below = sum(math.comb(n_monomers, k) for k in range(1, max_nbody))
+    if below > n_fragments:
+        raise ValueError(f"{n_monomers} monomers already give {below} fragments below level {max_nbody}")
+    names, sizes = [], []
+    for _ in range(n_monomers):
+        name, (light, heavy), _w = rng.choices(kinds, weights=[k[2] for k in kinds])[0]
+        names.append(name)
+        sizes.append(2.0 * light + 9.0 * heavy)  # 6-31G: 2 functions per H, 9 per C/N/O
+    # Centres in a cube at ~1 molecule per 30 A^3 (liquid water).
+    side = (30.0 * n_monomers) ** (1 / 3)
+    pos = [(rng.uniform(0, side), rng.uniform(0, side), rng.uniform(0, side)) for _ in range(n_monomers)]
+
+    def dist(i: int, j: int) -> float:
+        return math.dist(pos[i], pos[j])
+
+    combos: list[tuple[int, ...]] = []
+    for k in range(1, max_nbody):
+        combos.extend(itertools.combinations(range(n_monomers), k))
+    need = n_fragments - len(combos)
+    top = sorted(itertools.combinations(range(n_monomers), max_nbody),
+                 key=lambda c: max(dist(i, j) for i, j in itertools.combinations(c, 2)))[:need]
+    combos.extend(sorted(top))
+    if len(combos) != n_fragments:
+        raise ValueError(f"cannot make {n_fragments} fragments from {n_monomers} monomers")
+    frags: list[Fragment] = []
+    durations: dict[str, float] = {}
+    group = f"{program}:(auto)"
+    for combo in combos:
+        real = tuple(i + 1 for i in combo)
+        size = sum(sizes[i] for i in combo)
+        label = json.dumps(["(auto)", list(real), list(real)])
+        frags.append(Fragment(label, len(real), "(auto)", program, real, real, size, size ** exponent, group))
+        durations[label] = (startup + seconds_per_unit * size ** exponent) * math.exp(rng.gauss(0.0, noise))
+    counts = {n: names.count(n) for n in dict.fromkeys(names)}
+    return Workload(frags, durations, name=f"synthetic MBE({max_nbody}) of {n_monomers} molecules {counts}",
+                    source=f"cost law {startup} + {seconds_per_unit:g} * size^{exponent}, noise {noise}, seed {seed}")
