@@ -4,6 +4,7 @@
 subprocess program would) and returns a deterministic made-up energy.
 ``qcmb-fake-probe`` starts a real child process through ``qcengine.util.execute`` that
 records the environment it was started with.
+``qcmb-fake-noop`` returns a fixed energy at once (scheduler overhead benchmarks).
 """
 
 from __future__ import annotations
@@ -106,10 +107,32 @@ class FakeProbeHarness(ProgramHarness):
                                            "config_memory": config.memory})
 
 
+class FakeNoopHarness(ProgramHarness):
+    """FAKE program that does nothing: energy -1.0 at once (measures QCEngine's and our own overhead)."""
+
+    _defaults: ClassVar[dict[str, Any]] = {
+        "name": "qcmb-fake-noop",
+        "scratch": False,
+        "thread_safe": True,
+        "thread_parallel": False,
+        "node_parallel": False,
+        "managed_memory": False,
+    }
+
+    def found(self, raise_error: bool = False) -> bool:
+        return True
+
+    def get_version(self) -> str:
+        return "0"
+
+    def compute(self, input_model: Any, config: Any) -> AtomicResult:
+        return _result(input_model, -1.0)
+
+
 def register_fakes() -> None:
     """Register the fake harnesses with QCEngine (idempotent)."""
     from qcengine.programs.base import programs
 
-    for harness in (FakeSleepHarness(), FakeProbeHarness()):
+    for harness in (FakeSleepHarness(), FakeProbeHarness(), FakeNoopHarness()):
         if harness.name not in programs:
             qcengine.register_program(harness)
