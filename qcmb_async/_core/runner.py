@@ -227,7 +227,15 @@ def run(mbe_input: Any, **options: Any) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return anyio.run(call)
+        box: dict[str, Any] = {}
+
+        async def main() -> None:
+            box["result"] = await call()
+
+        # The result stays out of the loop's main task: asyncio.Runner formats that task (and
+        # so the whole ManyBodyResult) on the way out, 0.1 s and more for a large expansion.
+        anyio.run(main)
+        return box["result"]
     with anyio.from_thread.start_blocking_portal() as portal:
         future = portal.start_task_soon(call)
         try:

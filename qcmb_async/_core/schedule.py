@@ -8,7 +8,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -56,7 +56,9 @@ class FragmentRecord:
     """One entry per attempt: start, end, worker, error."""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow on purpose: dataclasses.asdict deep-copies every history entry, which shows
+        # at tens of thousands of fragments.
+        return {**self.__dict__, "history": [dict(h) for h in self.history]}
 
 
 @dataclass

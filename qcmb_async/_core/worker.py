@@ -81,7 +81,11 @@ def execute_job(job: FragmentJob) -> JobOutcome:
         if isinstance(job.atomic_input, dict):
             inp = AtomicInput(**copy.deepcopy(job.atomic_input))
         else:
-            inp = job.atomic_input.model_copy(deep=True)
+            # What QCEngine and harnesses write to is the specification (compute pops its local
+            # config from specification.extras; harnesses edit model, keywords and extras). The
+            # molecule, by far the largest part, is only read, so it is shared, not deep-copied.
+            src = job.atomic_input
+            inp = src.model_copy(update={"specification": src.specification.model_copy(deep=True)})
         out: Any = qcengine.compute(
             inp, job.program, raise_error=False, task_config=dict(ctx.task_config), return_version=2
         )
