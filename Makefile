@@ -22,3 +22,5 @@ bench: install
 	$(PYTHON) scripts/bench_threads.py
 	$(PYTHON) scripts/bench_executors.py
 	$(PYTHON) scripts/bench_dask.py
+	$(PYTHON) scripts/bench_psi4.py
+	$(PYTHON) scripts/bench.py
