@@ -44,7 +44,8 @@ async def main() -> None:
         if not out.success:  # type: ignore[attr-defined]
             report["errors"].append(f"{out.error_type}: {out.error_message}")  # type: ignore[attr-defined]
             continue
-        extras = out.result["extras"]  # type: ignore[attr-defined]
+        res = out.result  # type: ignore[attr-defined]
+        extras = res["extras"] if isinstance(res, dict) else res.extras
         want = str(job.ncores)
         seen = extras["seen_env"]
         if seen != {"OMP_NUM_THREADS": want, "MKL_NUM_THREADS": want} or extras["config_ncores"] != job.ncores \
