@@ -126,3 +126,30 @@ def test_machine_description_is_cached_between_runs(tmp_path: Path) -> None:
     assert prime()["brand"] == first["brand"]
     cache.write_text("{not json")
     assert prime()["brand"] == first["brand"]
+
+
+def test_cached_task_config_equals_qcengines_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The get_config seam returns what QCEngine would build, per task config and QCENGINE_* env."""
+    import qcengine.config as qcng_config
+
+    from qcmb_async._core import qcengine_seams as seams
+
+    seams.prime_qcengine()
+    for tc in ({"ncores": 1, "memory": 1.5, "retries": 0, "scratch_directory": None},
+               {"ncores": 2, "memory": 0.5, "retries": 0, "scratch_directory": "/tmp"},
+               {"ncores": 1, "memory": 1.5, "retries": 0, "scratch_directory": None, "scratch_messy": True}):
+        first = seams._cached_get_config(task_config=dict(tc))
+        again = seams._cached_get_config(task_config=dict(tc))
+        assert first == again == qcng_config.get_config(task_config=dict(tc))
+        assert first is not again  # copies: a harness editing its config cannot poison the cache
+    monkeypatch.setenv("QCENGINE_SCRATCH_MESSY", "true")
+    tc = {"ncores": 1, "memory": 1.5, "retries": 0}
+    assert seams._cached_get_config(task_config=dict(tc)).scratch_messy is True
+    monkeypatch.delenv("QCENGINE_SCRATCH_MESSY")
+    assert seams._cached_get_config(task_config=dict(tc)).scratch_messy is False
+    # Values QCEngine expands from the environment are never cached.
+    monkeypatch.setenv("QCMB_TEST_SCRATCH", "/tmp/a")
+    tc = {"ncores": 1, "memory": 1.0, "retries": 0, "scratch_directory": "$QCMB_TEST_SCRATCH"}
+    assert seams._cached_get_config(task_config=dict(tc)).scratch_directory == "/tmp/a"
+    monkeypatch.setenv("QCMB_TEST_SCRATCH", "/tmp/b")
+    assert seams._cached_get_config(task_config=dict(tc)).scratch_directory == "/tmp/b"
