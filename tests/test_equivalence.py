@@ -12,7 +12,7 @@ from qcmanybody.models.v2 import ManyBodyInput
 from qcmanybody.v2 import ManyBodyComputer
 
 from qcmb_async import run
-from tests.helpers import mbe_input, require_program, trimer
+from tests.helpers import mbe_input, multilevel_input, require_program
 
 TOL = 1e-9
 
@@ -105,17 +105,7 @@ def test_mopac_supersystem_ie_only() -> None:
 
 def test_mopac_multilevel_with_supersystem() -> None:
     require_program("mopac")
-    inp = ManyBodyInput(
-        molecule=trimer(),
-        specification={
-            "driver": "energy",
-            "keywords": {"bsse_type": ["nocp"], "levels": {1: "pm7", 2: "am1", "supersystem": "pm6"}},
-            "specification": {
-                name: {"program": "mopac", "model": {"method": name}, "driver": "energy", "keywords": {}}
-                for name in ("pm7", "am1", "pm6")
-            },
-        },
-    )
+    inp = multilevel_input()
     ours = run(inp, ncores=2, memory=2)
     assert {f["program"] for f in ours.extras["qcmb_async"]["fragments"]} == {"mopac"}
     assert_same(ours, sequential(inp))

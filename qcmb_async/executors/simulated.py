@@ -19,7 +19,7 @@ from .base import FragmentJob, JobOutcome
 _RESULT: Any = None
 
 
-def placeholder_result() -> Any:
+def simulated_result() -> Any:
     """One valid ``AtomicResult`` (a water, energy 0), built once and shared by every simulated fragment.
 
     The scheduler converts each successful outcome with ``AtomicResult(**data)`` unless it is
@@ -96,5 +96,5 @@ class SimulatedExecutor:
         finally:
             self.running -= 1
             self._cores -= job.ncores
-        return JobOutcome(label=job.label, result=placeholder_result(), success=True, start=start,
+        return JobOutcome(label=job.label, result=simulated_result(), success=True, start=start,
                           end=anyio.current_time(), host="virtual", worker="simulated", pid=0)
