@@ -45,10 +45,11 @@ def _store_rows(path: Path) -> dict[str, int]:
 
 
 def _programs_alive(names: tuple[str, ...]) -> list[psutil.Process]:
+    """Running processes with one of ``names``; zombies (killed, not yet reaped) are dead."""
     alive = []
-    for proc in psutil.process_iter(["name", "cmdline"]):
+    for proc in psutil.process_iter(["name", "status"]):
         name = (proc.info["name"] or "").lower()
-        if any(n in name for n in names):
+        if any(n in name for n in names) and proc.info["status"] != psutil.STATUS_ZOMBIE:
             alive.append(proc)
     return alive
 
