@@ -107,23 +107,10 @@ class FakeProbeHarness(ProgramHarness):
                                            "config_memory": config.memory})
 
 
-class FakeNoopHarness(ProgramHarness):
+class FakeNoopHarness(FakeSleepHarness):
     """FAKE program that does nothing: energy -1.0 at once (measures QCEngine's and our own overhead)."""
 
-    _defaults: ClassVar[dict[str, Any]] = {
-        "name": "qcmb-fake-noop",
-        "scratch": False,
-        "thread_safe": True,
-        "thread_parallel": False,
-        "node_parallel": False,
-        "managed_memory": False,
-    }
-
-    def found(self, raise_error: bool = False) -> bool:
-        return True
-
-    def get_version(self) -> str:
-        return "0"
+    _defaults: ClassVar[dict[str, Any]] = {**FakeSleepHarness._defaults, "name": "qcmb-fake-noop"}
 
     def compute(self, input_model: Any, config: Any) -> AtomicResult:
         return _result(input_model, -1.0)
