@@ -220,6 +220,25 @@ def time_qcmb_async(inp: ManyBodyInput, **options: Any) -> Timed:
         t0 = time.perf_counter()
         res = run(inp, **options)
         wall = time.perf_counter() - t0
+    return _timed(res, wall, meter)
+
+
+async def atime_qcmb_async(inp: ManyBodyInput, **options: Any) -> Timed:
+    """:func:`time_qcmb_async` with ``await qcmb_async.run_manybody`` in the caller's event loop.
+
+    Needed to hand a run an executor that is already running (entered in this loop).
+    """
+    from qcmb_async import run_manybody
+
+    options.setdefault("store", None)
+    with CpuMeter() as meter:
+        t0 = time.perf_counter()
+        res = await run_manybody(inp, **options)
+        wall = time.perf_counter() - t0
+    return _timed(res, wall, meter)
+
+
+def _timed(res: Any, wall: float, meter: CpuMeter) -> Timed:
     rec = res.extras["qcmb_async"]
     times = {f["label"]: f["end"] - f["start"] for f in rec["fragments"]
              if f.get("start") is not None and f.get("end") is not None}

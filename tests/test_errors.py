@@ -179,5 +179,9 @@ def test_auto_executor_choice_per_program() -> None:
     assert resolve_executor("auto", {"psi4"}, opts, psiapi=True).name == "processes"
     with pytest.raises(InputError, match=r"cannot run Psi4's in-process mode.*executor='processes'"):
         resolve_executor("threads", {"psi4"}, opts, psiapi=True)
+    from qcmb_async.executors.threads import ThreadExecutor
+
+    with pytest.raises(InputError, match=r"cannot run Psi4's in-process mode"):  # an instance is no way round it
+        resolve_executor(ThreadExecutor(2), {"psi4"}, opts, psiapi=True)
     with pytest.raises(InputError, match="scheduler= is only used by executor='dask'"):
         resolve_executor("threads", {"nwchem"}, opts, scheduler="tcp://127.0.0.1:1")

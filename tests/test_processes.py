@@ -165,6 +165,61 @@ async def test_workers_are_reused() -> None:
     assert _workers() == []  # stopped on exit
 
 
+def _peak_overlap(records: list[dict[str, Any]]) -> int:
+    """Most fragments running at the same moment, from their worker-side start/end times."""
+    events = sorted([(r["start"], 1) for r in records] + [(r["end"], -1) for r in records])
+    busy = peak = 0
+    for _, delta in events:
+        busy += delta
+        peak = max(peak, busy)
+    return peak
+
+
+async def test_a_pool_entered_once_serves_several_runs() -> None:
+    require_program("pyscf")
+    cp = mbe_input("pyscf", "hf", "sto-3g", bsse="cp", max_nbody=2)
+    nocp = mbe_input("pyscf", "hf", "sto-3g", bsse="nocp", max_nbody=3)
+    ref_cp = await _run(cp, ThreadExecutor(max_workers=2))
+    ref_nocp = await _run(nocp, ThreadExecutor(max_workers=2))
+    async with ProcessExecutor(max_workers=2, warm={"pyscf"}) as pool:
+        pids = pool.worker_pids
+        assert len(pids) == 2 and pool.running
+        first = await _run(cp, pool)
+        assert pool.running and pool.worker_pids == pids  # the run left the pool running
+        async with anyio.create_task_group() as tg:  # two runs at once share the two workers
+            results: dict[str, Any] = {}
+
+            async def one(name: str, inp: Any) -> None:
+                results[name] = await _run(inp, pool)
+
+            tg.start_soon(one, "cp", cp)
+            tg.start_soon(one, "nocp", nocp)
+        assert pool.worker_pids == pids
+        records = [r for res in (first, *results.values()) for r in res.extras["qcmb_async"]["fragments"]]
+        assert {r["pid"] for r in records} == set(pids)  # no run started a worker of its own
+        shared = [r for res in results.values() for r in res.extras["qcmb_async"]["fragments"]]
+        assert _peak_overlap(shared) <= 2  # the pool's size bounds both runs together
+    _assert_same(first, ref_cp)
+    _assert_same(results["cp"], ref_cp)
+    _assert_same(results["nocp"], ref_nocp)
+    assert not pool.running
+    assert _alive([psutil.Process(p) for p in pids if psutil.pid_exists(p)]) == []
+    assert _workers() == []
+
+
+async def test_a_running_pool_is_refused_from_another_event_loop() -> None:
+    require_program("pyscf")
+    inp = mbe_input("pyscf", "hf", "sto-3g", bsse="nocp", max_nbody=2)
+    async with ProcessExecutor(max_workers=1) as pool:
+        pids = pool.worker_pids
+        with pytest.raises(qcmb_async.InputError, match=r"running in another event loop.*await run_manybody"):
+            # The synchronous run() has its own event loop, which cannot use this loop's pipes.
+            await anyio.to_thread.run_sync(lambda: qcmb_async.run(inp, executor=pool, store=None))
+        assert pool.worker_pids == pids  # the refusal did not disturb the pool
+        assert (await _run(inp, pool)).success
+    assert _workers() == []
+
+
 async def _kill_busy_worker(watcher: Watcher, killed: list[psutil.Process]) -> None:
     """SIGKILL the first worker whose NWChem has been running for a moment (only the worker)."""
     while True:

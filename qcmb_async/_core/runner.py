@@ -75,6 +75,8 @@ async def run_manybody(
         executor: ``"auto"`` (processes for in-process programs such as PySCF, threads for
             subprocess programs, Dask when ``scheduler`` is given), ``"threads"``,
             ``"processes"``, ``"dask"``, or an :class:`~qcmb_async.executors.base.Executor`.
+            An executor instance the caller already entered (``async with ProcessExecutor(...) as
+            pool``) is reused as it is and left running: its workers serve run after run.
         scheduler: Dask scheduler address or ``distributed.Client`` (default
             ``$QCMB_DASK_SCHEDULER``) for ``executor="dask"``.
         level_barrier: Finish every n-body level before starting the next. Off by default:

@@ -23,6 +23,12 @@ IN_PROCESS_PROGRAMS = frozenset({"pyscf", "rdkit", "torchani", "xtb", "openmm", 
 
 EXECUTORS = ("threads", "processes", "dask")
 
+_PSIAPI_ON_THREADS = (
+    "executor='threads' cannot run Psi4's in-process mode (extras psiapi=True): Psi4's C++ state is "
+    "global to the process, so concurrent fragments would corrupt each other. Use "
+    "executor='processes' (or 'auto'), or drop psiapi to run Psi4 as a subprocess."
+)
+
 
 def resolve_executor(choice: str | Executor, programs: set[str], options: Any, scheduler: Any = None, *,
                      psiapi: bool = False) -> Executor:
@@ -34,6 +40,8 @@ def resolve_executor(choice: str | Executor, programs: set[str], options: Any, s
     if not isinstance(choice, str):
         if not isinstance(choice, Executor):
             raise InputError(f"executor must be one of {(*EXECUTORS, 'auto')} or an Executor, got {choice!r}")
+        if psiapi and choice.name == "threads":
+            raise InputError(_PSIAPI_ON_THREADS)
         return choice
     name = choice.lower()
     if scheduler is not None and name not in ("dask", "auto"):
@@ -46,11 +54,7 @@ def resolve_executor(choice: str | Executor, programs: set[str], options: Any, s
                          "programs run as subprocesses: threads are enough"))
     if name == "threads":
         if psiapi:
-            raise InputError(
-                "executor='threads' cannot run Psi4's in-process mode (extras psiapi=True): Psi4's C++ state is "
-                "global to the process, so concurrent fragments would corrupt each other. Use "
-                "executor='processes' (or 'auto'), or drop psiapi to run Psi4 as a subprocess."
-            )
+            raise InputError(_PSIAPI_ON_THREADS)
         from .threads import ThreadExecutor
 
         return ThreadExecutor(max_workers=options.slots)

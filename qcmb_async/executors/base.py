@@ -8,7 +8,12 @@ for threads, worker processes and remote Dask workers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
+
+import anyio
+import anyio.lowlevel
+
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -81,3 +86,67 @@ class Executor(Protocol):
         Cancelling the awaiting task must stop the fragment's program process.
         """
         ...
+
+
+class ReusableExecutor:
+    """Base of the built-in executors: one start, any number of ``async with`` blocks, one stop.
+
+    The first ``async with`` starts the executor (workers, connections); entering it again while
+    it runs -- a run given an executor the caller already entered, or concurrent runs sharing it --
+    reuses what is running; the last exit stops it. So a pool of worker processes can outlive
+    one run::
+
+        async with ProcessExecutor(max_workers=8, warm={"pyscf"}) as pool:
+            for inp in inputs:
+                await run_manybody(inp, executor=pool)  # no worker start-up after the first
+
+    A running executor belongs to the event loop that started it (its pipes and connections do);
+    entering it from another loop raises :class:`~qcmb_async.errors.InputError`.
+    Subclasses implement :meth:`_start` and :meth:`_stop`.
+    """
+
+    name: str = "executor"
+    _users: int = 0
+    _loop: anyio.lowlevel.EventLoopToken | None = None
+    _lifecycle: anyio.Lock | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the executor is started (entered at least once and not yet fully exited)."""
+        return self._users > 0
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        """Start the executor, or join it if it is already running in this event loop."""
+        token = anyio.lowlevel.current_token()
+        if self._users and token != self._loop:
+            raise InputError(
+                f"this {self.name!r} executor is running in another event loop (its workers' pipes and "
+                "connections belong to it): use it there, e.g. `await run_manybody(..., executor=pool)` inside "
+                "the `async with` that started it, not the synchronous run() (which has its own loop)"
+            )
+        if self._lifecycle is None:
+            self._lifecycle = anyio.Lock()
+        async with self._lifecycle:
+            if self._users == 0:
+                await self._start()
+                self._loop = token
+            self._users += 1
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Leave; the last one out stops the executor (shielded: it must not be half-stopped)."""
+        with anyio.CancelScope(shield=True):
+            assert self._lifecycle is not None and self._users > 0, "executor exited more often than entered"
+            async with self._lifecycle:
+                self._users -= 1
+                if self._users == 0:
+                    self._loop = None
+                    await self._stop()
+            if self._users == 0 and not self._lifecycle.locked():
+                self._lifecycle = None  # a later start may be in another event loop

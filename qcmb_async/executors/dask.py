@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..errors import InputError
-from .base import FragmentJob, JobOutcome
+from .base import FragmentJob, JobOutcome, ReusableExecutor
 
 if TYPE_CHECKING:
     import distributed
@@ -60,8 +60,11 @@ class _WorkerInfo:
     resources: dict[str, float]
 
 
-class DaskExecutor:
+class DaskExecutor(ReusableExecutor):
     """Runs fragments as tasks on a Dask ``distributed`` cluster (asyncio backend only).
+
+    Connects when entered, disconnects at the last exit: entered once around several runs, one
+    connection serves them all (see :class:`~qcmb_async.executors.base.ReusableExecutor`).
 
     Args:
         scheduler: Scheduler address (``"tcp://host:8786"``), a ``distributed.Client``, or ``None`` to
@@ -128,7 +131,7 @@ class DaskExecutor:
         memory = sum(w.resources.get(self.memory_resource, 0.0) for w in self._workers.values())
         return cores, memory
 
-    async def __aenter__(self) -> DaskExecutor:
+    async def _start(self) -> None:
         """Connect, check workers and their resources, and prepare QCEngine on every worker."""
         import asyncio
 
@@ -169,9 +172,8 @@ class DaskExecutor:
         except BaseException:
             await self._close()
             raise
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def _stop(self) -> None:
         """Kill programs of fragments still in flight, then close the Client if this executor opened it."""
         with anyio.CancelScope(shield=True):
             if self._inflight and self._client is not None:

@@ -7,9 +7,10 @@ Each worker is a fresh interpreter (``python -m qcmb_async.executors._procworker
 in its own session, so it leads a process group; the programs it starts stay in that group
 (``qcengine_seams.PROGRAMS_IN_OWN_SESSION = False`` in the worker). One
 ``os.killpg(worker_pid, SIGKILL)`` therefore stops a worker together with every program it
-started, including programs orphaned by a worker that died. Workers start concurrently in
-``__aenter__`` (QCEngine import and priming, ~1.5 s) and are reused for every fragment; a
-dead or killed worker is replaced lazily by the next fragment that needs one.
+started, including programs orphaned by a worker that died. Workers start concurrently when
+the executor is entered (QCEngine import and priming, ~1.5 s) and are reused for every
+fragment, and for every run while the executor stays entered; a dead or killed worker is
+replaced lazily by the next fragment that needs one.
 
 Only picklable data crosses the boundary: the :class:`FragmentJob` in, the
 :class:`JobOutcome` out, as length-prefixed pickle frames over the worker's stdin/stdout.
@@ -37,7 +38,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .._core.logs import get_logger
 from ._procworker import HEADER, MAGIC
-from .base import FragmentJob, JobOutcome
+from .base import FragmentJob, JobOutcome, ReusableExecutor
 
 __all__ = ["ProcessExecutor", "WorkerStartError"]
 
@@ -146,8 +147,12 @@ class _Worker:
         return text[-_LOG_TAIL:].strip()
 
 
-class ProcessExecutor:
-    """Runs fragments in up to ``max_workers`` long-lived worker processes, one fragment each at a time."""
+class ProcessExecutor(ReusableExecutor):
+    """Runs fragments in up to ``max_workers`` long-lived worker processes, one fragment each at a time.
+
+    Workers start when the executor is entered and stop at the last exit; entered once around
+    several runs, the pool serves them all (see :class:`~qcmb_async.executors.base.ReusableExecutor`).
+    """
 
     name = "processes"
 
@@ -174,7 +179,12 @@ class ProcessExecutor:
         """Pids of the worker processes alive now (idle or busy)."""
         return sorted(w.pid for w in self._workers if w.alive)
 
-    async def __aenter__(self) -> ProcessExecutor:
+    @property
+    def max_workers(self) -> int:
+        """The most fragments this pool runs at once."""
+        return self._max_workers
+
+    async def _start(self) -> None:
         """Start ``max_workers`` workers concurrently; each registers harnesses and primes QCEngine."""
         self._slots = anyio.Semaphore(self._max_workers)
         self._tmp = Path(tempfile.mkdtemp(prefix="qcmb-async-workers-"))
@@ -197,9 +207,8 @@ class ProcessExecutor:
             await self._shutdown()
             raise errors[0]
         log.debug("worker processes started", executor=self.name, pids=self.worker_pids)
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def _stop(self) -> None:
         """Stop every worker: idle ones get a stop message and a short grace, the rest are killed."""
         await self._shutdown()
 

@@ -13,14 +13,14 @@ import anyio
 
 from .._core.qcengine_seams import FRAGMENT, FragmentContext
 from .._core.worker import execute_job, prepare_worker
-from .base import FragmentJob, JobOutcome
+from .base import FragmentJob, JobOutcome, ReusableExecutor
 
 #: Seconds to wait for a worker thread to wind down after its program was killed.
 _WIND_DOWN = 10.0
 
 
-class ThreadExecutor:
-    """Runs fragments on anyio worker threads in this process."""
+class ThreadExecutor(ReusableExecutor):
+    """Runs fragments on anyio worker threads in this process, at most ``max_workers`` at once."""
 
     name = "threads"
 
@@ -28,13 +28,17 @@ class ThreadExecutor:
         self._max_workers = max_workers
         self._limiter: anyio.CapacityLimiter | None = None
 
-    async def __aenter__(self) -> ThreadExecutor:
+    @property
+    def max_workers(self) -> int:
+        """The most fragments run at once."""
+        return self._max_workers
+
+    async def _start(self) -> None:
         # Our own limiter: anyio's default (40 threads) must not cap a large machine.
         self._limiter = anyio.CapacityLimiter(self._max_workers)
         await anyio.to_thread.run_sync(prepare_worker)
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def _stop(self) -> None:
         self._limiter = None
 
     async def run(self, job: FragmentJob) -> JobOutcome:
