@@ -101,45 +101,86 @@ async def run_manybody(
         FragmentError: a fragment failed (``on_error="raise"``): names it, keeps QCEngine's error.
         RunFailed: some fragments failed (``on_error="continue"``); ``.report`` has the details.
     """
-    inp = load_input(mbe_input)
-    options = make_options(
-        ncores=ncores, memory=memory, fragment_ncores=fragment_ncores, fragment_memory=fragment_memory,
-        level_barrier=level_barrier, scratch_directory=scratch_directory, retries=retries, timeout=timeout,
-        on_error=on_error, on_event=on_event,
-    )
-    remote = scheduler is not None or executor == "dask" or getattr(executor, "name", None) == "dask"
-    # Program checks start subprocesses and planning takes seconds: keep both off the loop.
-    await anyio.to_thread.run_sync(functools.partial(check_input, inp, local=not remote))
-    specs = inp.specification.specification.values()
-    exe = resolve_executor(executor, {s.program for s in specs}, options, scheduler,
-                           psiapi=any(s.program == "psi4" and (s.extras or {}).get("psiapi") for s in specs))
-    resize = functools.partial(
-        make_options, fragment_ncores=fragment_ncores, fragment_memory=fragment_memory, level_barrier=level_barrier,
-        scratch_directory=scratch_directory, retries=retries, timeout=timeout, on_error=on_error, on_event=on_event)
-    async with contextlib.AsyncExitStack() as stack:
-        # Worker start-up (seconds for processes) overlaps QCManyBody's enumeration. The executor
-        # is entered in this task (its exit runs here too); only planning runs in a child task.
-        box: dict[str, Plan] = {}
+    # IPython kernels turn an interrupt into a callback that does not wake the event loop.
+    async with _interruptible():
+        inp = load_input(mbe_input)
+        options = make_options(
+            ncores=ncores, memory=memory, fragment_ncores=fragment_ncores, fragment_memory=fragment_memory,
+            level_barrier=level_barrier, scratch_directory=scratch_directory, retries=retries, timeout=timeout,
+            on_error=on_error, on_event=on_event,
+        )
+        remote = scheduler is not None or executor == "dask" or getattr(executor, "name", None) == "dask"
+        # Program checks start subprocesses and planning takes seconds: keep both off the loop.
+        await anyio.to_thread.run_sync(functools.partial(check_input, inp, local=not remote))
+        specs = inp.specification.specification.values()
+        exe = resolve_executor(executor, {s.program for s in specs}, options, scheduler,
+                               psiapi=any(s.program == "psi4" and (s.extras or {}).get("psiapi") for s in specs))
+        resize = functools.partial(
+            make_options, fragment_ncores=fragment_ncores, fragment_memory=fragment_memory, level_barrier=level_barrier,
+            scratch_directory=scratch_directory, retries=retries, timeout=timeout, on_error=on_error, on_event=on_event)
+        async with contextlib.AsyncExitStack() as stack:
+            # Worker start-up (seconds for processes) overlaps QCManyBody's enumeration. The executor
+            # is entered in this task (its exit runs here too); only planning runs in a child task.
+            box: dict[str, Plan] = {}
 
-        async def make() -> None:
-            box["plan"] = await anyio.to_thread.run_sync(_plan, inp)
+            async def make() -> None:
+                box["plan"] = await anyio.to_thread.run_sync(_plan, inp)
 
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(make)
-                await stack.enter_async_context(exe)
-        except BaseExceptionGroup as group:
-            raise unwrap_group(group) from None
-        plan = box["plan"]
-        if (capacity := getattr(exe, "capacity", None)) is not None and (ncores is None or memory is None):
-            # A cluster's size, not this machine's, bounds a distributed run.
-            options = resize(ncores=ncores if ncores is not None else max(1, int(capacity[0])),
-                             memory=memory if memory is not None else capacity[1])
-        outcome, extras = await _execute(plan, options, exe, store, run_id=uuid.uuid4().hex[:12])
-    if outcome.failures:
-        report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
-        raise RunFailed(report)
-    return await anyio.to_thread.run_sync(assemble, plan, outcome.results, extras)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(make)
+                    await stack.enter_async_context(exe)
+            except BaseExceptionGroup as group:
+                raise unwrap_group(group) from None
+            plan = box["plan"]
+            if (capacity := getattr(exe, "capacity", None)) is not None and (ncores is None or memory is None):
+                # A cluster's size, not this machine's, bounds a distributed run.
+                options = resize(ncores=ncores if ncores is not None else max(1, int(capacity[0])),
+                                 memory=memory if memory is not None else capacity[1])
+            outcome, extras = await _execute(plan, options, exe, store, run_id=uuid.uuid4().hex[:12])
+        if outcome.failures:
+            report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
+            raise RunFailed(report)
+        return await anyio.to_thread.run_sync(assemble, plan, outcome.results, extras)
+
+
+#: Seconds between event-loop wake-ups inside an IPython kernel (see :func:`_interruptible`).
+KERNEL_WAKE_PERIOD = 0.1
+
+
+def _kernel_needs_wakeups() -> bool:
+    import sys
+    import threading
+
+    return "ipykernel" in sys.modules and threading.current_thread() is threading.main_thread()
+
+
+async def _keep_awake(period: float) -> None:
+    while True:
+        await anyio.sleep(period)
+
+
+@contextlib.asynccontextmanager
+async def _interruptible() -> AsyncIterator[None]:
+    """Keep a run in a Jupyter/IPython kernel interruptible while the loop has nothing to do.
+
+    ipykernel handles "Interrupt kernel" (SIGINT) by scheduling the cell's cancellation with a
+    plain ``call_soon`` from the signal handler, which does not wake a loop blocked in
+    ``select()``: the cancellation would wait for the next fragment to finish -- hours for long
+    ones. Waking the loop every :data:`KERNEL_WAKE_PERIOD` s bounds that wait. Elsewhere a no-op.
+    """
+    if not _kernel_needs_wakeups():
+        yield
+        return
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_keep_awake, KERNEL_WAKE_PERIOD)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise unwrap_group(group) from None
 
 
 async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
