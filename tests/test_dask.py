@@ -175,6 +175,19 @@ async def test_mopac_fragments_run_on_both_workers(cluster: Cluster) -> None:
     assert {f["worker"] for f in fragments(result)} == set(cluster.workers.values())
 
 
+async def test_one_connection_serves_several_runs(cluster: Cluster) -> None:
+    require_program("mopac")
+    async with DaskExecutor(cluster.address) as exe:
+        client = exe.client
+        first = await run_manybody(INPUTS["mopac-waters4"](), executor=exe, store=None)
+        assert exe.running and exe.client is client and client.status == "running"  # the run left it open
+        second = await run_manybody(INPUTS["mopac-waters5"](), executor=exe, store=None)
+        assert exe.client is client
+    assert not exe.running and client.status == "closed"  # the last exit closed the Client it opened
+    assert_same(first, _reference("mopac-waters4"))
+    assert_same(second, _reference("mopac-waters5"))
+
+
 async def test_nwchem_on_both_workers_never_above_declared_cores(cluster: Cluster) -> None:
     require_program("nwchem")
     # 8 fragments in flight for 2 x 2 declared cores: Dask, not the client, must hold each worker at two.
