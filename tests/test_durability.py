@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -98,6 +99,50 @@ def test_sigkill_at_random_moments_loses_no_finished_fragment(tmp_path: Path) ->
         result = json.loads(out.read_text())
         assert result["return_result"] == pytest.approx(reference.return_result, abs=1e-9)
     assert seen_partial >= KILLS // 2  # the kills really landed mid-run
+
+
+def _programs_left_by_a_killed_runner(tmp_path: Path, **env: str) -> list[psutil.Process]:
+    """SIGKILL a runner while two Psi4 MP2 dimers run; its programs still alive 2 s later."""
+    cmd = [sys.executable, str(ROOT / "tests/scripts/long_run.py"), "psi4", "mp2", "aug-cc-pvtz", "4"]
+    proc = subprocess.Popen(cmd, env=_env(**env), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runner = psutil.Process(proc.pid)
+    programs: list[psutil.Process] = []
+    deadline = time.monotonic() + 120
+    try:
+        while len(programs) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "Psi4 never ran two fragments"
+            time.sleep(0.05)
+            with contextlib.suppress(psutil.Error):
+                programs = [c for c in runner.children(recursive=True) if c.name().startswith("psi4")]
+        time.sleep(0.5)
+        with contextlib.suppress(psutil.Error):
+            programs = runner.children(recursive=True)  # psi4 and anything it started
+        # Not the guardian: a child of the runner too, and it must outlive the runner to do its job.
+        programs = [p for p in programs if "-S" not in p.cmdline()]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    time.sleep(2.0)
+    left = []
+    for p in programs:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(p)
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    return left
+
+
+@pytest.mark.slow
+def test_programs_die_with_a_sigkilled_runner(tmp_path: Path) -> None:
+    """A SIGKILLed runner leaves no program using the cores its rerun is about to take."""
+    require_program("psi4")
+    left = _programs_left_by_a_killed_runner(tmp_path)
+    assert left == [], [p.name() for p in left]
+    # Without the guardian the programs run on (Psi4 to the end of its fragment): the fix is needed.
+    left = _programs_left_by_a_killed_runner(tmp_path, QCMB_ASYNC_UNSAFE_NO_GUARDIAN="1")
+    assert any(p.name().startswith("psi4") for p in left), "Psi4 died with its runner even without the guardian"
 
 
 def test_transient_failures_are_retried(tmp_path: Path) -> None:

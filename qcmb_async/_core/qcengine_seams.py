@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import guardian
+
 REQUIRED_GLOBAL_KEYS = ("hostname", "memory", "username", "ncores", "nnodes", "cpuinfo", "cpu_brand")
 
 _prime_lock = threading.Lock()
@@ -318,6 +320,9 @@ def _fragment_popen(
     if PROGRAMS_IN_OWN_SESSION:  # program grouping switch (see top of module)
         kwargs.setdefault("start_new_session", True)
     with original(args, append_prefix, kwargs, pass_output_forward) as ret:
+        own_group = PROGRAMS_IN_OWN_SESSION and kwargs.get("start_new_session")
+        if own_group:  # killed with its children if this process dies (guardian.py)
+            guardian.guard(ret["proc"].pid)
         with frag.lock:
             frag.processes.add(ret["proc"])
             late = frag.cancelled.is_set()
@@ -328,6 +333,8 @@ def _fragment_popen(
         finally:
             with frag.lock:
                 frag.processes.discard(ret["proc"])
+            if own_group:
+                guardian.forget(ret["proc"].pid)
 
 
 def install_seams() -> None:
