@@ -6,6 +6,7 @@ import os
 import shutil
 from typing import Any
 
+import psutil
 import pytest
 from qcelemental.models.v2 import Molecule
 from qcmanybody.models.v2 import ManyBodyInput
@@ -137,3 +138,15 @@ def multilevel_input(molecule: Molecule | None = None) -> ManyBodyInput:
             },
         },
     )
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` still running (``is_running`` also guards against pid reuse), zombies excluded."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out

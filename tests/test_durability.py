@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from qcmb_async import FragmentError, InputError, RunFailed, run, run_manybody
-from tests.helpers import mbe_input, require_program, waters
+from tests.helpers import alive, mbe_input, require_program, waters
 from tests.wrappers import FlakyMopac, register_wrappers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,11 +123,7 @@ def _programs_left_by_a_killed_runner(tmp_path: Path, **env: str) -> list[psutil
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     time.sleep(2.0)
-    left = []
-    for p in programs:
-        with contextlib.suppress(psutil.Error):
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(p)
+    left = alive(programs)
     for p in left:
         with contextlib.suppress(psutil.Error):
             p.kill()

@@ -8,7 +8,7 @@ from typing import Any
 
 import psutil
 
-from tests.helpers import require_module, require_program
+from tests.helpers import alive, require_module, require_program
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "notebooks" / "quickstart.ipynb"
 
@@ -43,17 +43,6 @@ def _nwchems(kernel: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def _running(procs: list[psutil.Process]) -> list[psutil.Process]:
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.Error:
-            pass
-    return out
-
-
 _SETUP = """
 import sys
 sys.path.insert(0, {root!r})
@@ -84,10 +73,10 @@ def test_interrupting_a_kernel_cell_stops_the_run_and_its_programs() -> None:
                                ("res = qcmb_async.run(inp, ncores=2, memory=2, store=None)", "KeyboardInterrupt")):
             msg_id = kc.execute(cell)
             deadline = time.monotonic() + 60
-            while not [p for p in _running(_nwchems(kernel)) if time.time() - p.create_time() > 1.0]:
+            while not [p for p in alive(_nwchems(kernel)) if time.time() - p.create_time() > 1.0]:
                 assert time.monotonic() < deadline, "NWChem never started"
                 time.sleep(0.05)
-            programs = _running(_nwchems(kernel))
+            programs = alive(_nwchems(kernel))
             interrupted = time.monotonic()
             km.interrupt_kernel()
             content = _shell_reply(kc, msg_id, timeout=30)
@@ -95,9 +84,9 @@ def test_interrupting_a_kernel_cell_stops_the_run_and_its_programs() -> None:
             assert content["status"] == "error" and content["ename"] == expected, content
             # Without waking the loop, the await form waits for a fragment to finish (~8 s more here).
             assert waited < 4.0, f"the cell took {waited:.1f} s to stop after the interrupt"
-            while _running(programs) and time.monotonic() - interrupted < 10:
+            while alive(programs) and time.monotonic() - interrupted < 10:
                 time.sleep(0.05)
-            assert _running(programs) == [] and _running(_nwchems(kernel)) == []
+            assert alive(programs) == [] and alive(_nwchems(kernel)) == []
             reply = kc.execute_interactive("assert 'res' not in globals()", timeout=30)  # no result was assigned
             assert reply["content"]["status"] == "ok", reply["content"]
         # Errors keep their type through the wake-up task group, and the kernel still works.

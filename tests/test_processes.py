@@ -18,7 +18,7 @@ import qcmb_async
 from qcmb_async.executors.base import FragmentJob
 from qcmb_async.executors.processes import ProcessExecutor
 from qcmb_async.executors.threads import ThreadExecutor
-from tests.helpers import mbe_input, require_program, waters
+from tests.helpers import alive, mbe_input, require_program, waters
 
 pytestmark = pytest.mark.asyncio
 
@@ -55,18 +55,6 @@ def _started(proc: psutil.Process) -> float:
         return time.time()
 
 
-def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    """Those of ``procs`` still running (``is_running`` also guards against pid reuse), zombies excluded."""
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.Error:
-            pass
-    return out
-
-
 def _in_groups(pgids: set[int]) -> list[psutil.Process]:
     """Live processes whose process group is one of ``pgids`` (the workers' groups)."""
     found = []
@@ -101,9 +89,9 @@ class Watcher:
     async def assert_all_gone(self, within: float = 10.0) -> None:
         deadline = time.monotonic() + within
         everything = [*self.workers.values(), *self.programs.values()]
-        while _alive(everything) and time.monotonic() < deadline:
+        while alive(everything) and time.monotonic() < deadline:
             await anyio.sleep(0.1)
-        assert _alive(everything) == []
+        assert alive(everything) == []
         assert _in_groups(set(self.workers)) == []
         assert [p for p in _workers() if p.status() != psutil.STATUS_ZOMBIE] == []
 
@@ -203,7 +191,7 @@ async def test_a_pool_entered_once_serves_several_runs() -> None:
     _assert_same(results["cp"], ref_cp)
     _assert_same(results["nocp"], ref_nocp)
     assert not pool.running
-    assert _alive([psutil.Process(p) for p in pids if psutil.pid_exists(p)]) == []
+    assert alive([psutil.Process(p) for p in pids if psutil.pid_exists(p)]) == []
     assert _workers() == []
 
 
@@ -287,7 +275,7 @@ async def test_cancel_kills_workers_and_programs() -> None:
             async def cancel_later() -> None:
                 nonlocal cancelled_at
                 # ~2 s into the run, and only once NWChem is really running.
-                while time.monotonic() - t0 < 2.0 or not _alive(list(watcher.programs.values())):
+                while time.monotonic() - t0 < 2.0 or not alive(list(watcher.programs.values())):
                     await anyio.sleep(0.05)
                 cancelled_at = time.monotonic()
                 scope.cancel()

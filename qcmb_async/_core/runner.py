@@ -7,6 +7,8 @@ import contextlib
 import functools
 import math
 import os
+import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -149,9 +151,6 @@ KERNEL_WAKE_PERIOD = 0.1
 
 
 def _kernel_needs_wakeups() -> bool:
-    import sys
-    import threading
-
     return "ipykernel" in sys.modules and threading.current_thread() is threading.main_thread()
 
 

@@ -7,6 +7,7 @@ for threads, worker processes and remote Dask workers.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -88,7 +89,7 @@ class Executor(Protocol):
         ...
 
 
-class ReusableExecutor:
+class ReusableExecutor(ABC):
     """Base of the built-in executors: one start, any number of ``async with`` blocks, one stop.
 
     The first ``async with`` starts the executor (workers, connections); entering it again while
@@ -115,11 +116,13 @@ class ReusableExecutor:
         """Whether the executor is started (entered at least once and not yet fully exited)."""
         return self._users > 0
 
+    @abstractmethod
     async def _start(self) -> None:
-        raise NotImplementedError
+        """Start workers / connect (called by the first ``async with`` only)."""
 
+    @abstractmethod
     async def _stop(self) -> None:
-        raise NotImplementedError
+        """Stop everything :meth:`_start` started (called by the last exit only, shielded)."""
 
     async def __aenter__(self) -> Self:
         """Start the executor, or join it if it is already running in this event loop."""
