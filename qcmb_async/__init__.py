@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 
 from . import events
+from ._core.contract import Executor, FragmentJob, JobOutcome
 from ._core.plan import Fragment, Plan
 from ._core.qcengine_seams import prime_qcengine
 from ._core.runner import RunHandle, open_run, plan_manybody, run, run_manybody
 from .errors import FailureReport, FragmentError, InputError, QCMBAsyncError, RunFailed
-from .executors.base import Executor, FragmentJob, JobOutcome
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
 """Run the real scheduler on virtual cores with a virtual clock.
 
 :func:`simulate` feeds a set of fragments with known durations to the very
-:func:`~qcmb_async._core.schedule.schedule` function a real run uses, under anyio's trio
+:class:`~qcmb_async._core.scheduler.Scheduler` a real run uses, under anyio's trio
 backend with ``trio.testing.MockClock(autojump_threshold=0)``: whenever every task waits, the
 clock jumps to the next fragment's end. Nothing is computed, so 512 cores and thousands of
 fragments, or 4,096 cores and 100,000 fragments, are studied in seconds on a laptop.
@@ -315,11 +315,10 @@ def simulate(
 
 
 async def _schedule(plan: Plan, options: Any, executor: SimulatedExecutor, cost_model: CostModel | None) -> Any:
-    from ._core.schedule import schedule
+    from ._core.scheduler import Scheduler
 
     async with executor:
-        return await schedule(plan, options, executor, run_id="simulated", store=None, partial_result=None,
-                              cost_model=cost_model)
+        return await Scheduler(plan, options, executor, run_id="simulated", cost_model=cost_model).run()
 
 
 def _run_virtual(fn: Callable[[], Any]) -> Any:

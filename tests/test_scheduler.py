@@ -67,13 +67,13 @@ async def test_largest_fragments_first_across_levels() -> None:
 async def test_fifo_order_keeps_qcmanybodys_order() -> None:
     from qcmb_async._core.inputs import make_options
     from qcmb_async._core.plan import make_plan
-    from qcmb_async._core.schedule import schedule
+    from qcmb_async._core.scheduler import Scheduler
     from qcmb_async.executors.threads import ThreadExecutor
 
     inp = fake_input(4, 3, 0.005)
     plan = make_plan(inp)
     async with ThreadExecutor() as exe:
-        outcome = await schedule(plan, make_options(ncores=1, memory=1, order="fifo"), exe, run_id="fifo")
+        outcome = await Scheduler(plan, make_options(ncores=1, memory=1, order="fifo"), exe, run_id="fifo").run()
     started = [r.label for r in sorted(outcome.records, key=lambda r: r.start)]
     assert started == [f.label for f in plan.fragments]
 

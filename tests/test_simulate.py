@@ -57,17 +57,17 @@ def check_schedule(result, workload) -> None:
 
 
 def test_runs_the_real_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
-    import qcmb_async._core.schedule as sched
+    import qcmb_async._core.scheduler as sched
     from qcmb_async.simulate import simulate
 
     calls = []
-    real = sched.schedule
+    real = sched.Scheduler.run
 
-    async def counting(*args, **kwargs):
-        calls.append(type(args[2]).__name__)
-        return await real(*args, **kwargs)
+    async def counting(self, *args, **kwargs):
+        calls.append(type(self.executor).__name__)
+        return await real(self, *args, **kwargs)
 
-    monkeypatch.setattr(sched, "schedule", counting)
+    monkeypatch.setattr(sched.Scheduler, "run", counting)
     work = solute_in_water()
     result = simulate(work, 4)
     assert calls == ["SimulatedExecutor"]

@@ -15,6 +15,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from qcelemental import periodictable
 
@@ -237,3 +238,26 @@ def allot_cores(durations: Sequence[float], ncores: int, parallel_fraction: Iter
         if span < best * 0.98:
             best, best_cores = span, list(cores)
     return best_cores
+
+
+#: Above this many fragments core allotment is skipped: one core each already packs the cores
+#: and the greedy search is O(n log n) per step.
+ALLOT_MAX_FRAGMENTS = 4096
+
+
+def allotment(fragments: Sequence[Any], model: CostModel, *, ncores: int, memory: float,
+              auto_memory: bool) -> dict[str, int]:
+    """Cores per fragment label, for the fragments that should get more than one.
+
+    ``fragments`` carry ``label``, ``group``, ``size`` and ``program`` (a plan's ``Fragment`` s).
+    A fragment never takes more cores than its per-core memory share allows when the caller
+    fixed the memory per fragment (``auto_memory=False``).
+    """
+    if ncores <= 1 or not fragments or len(fragments) > ALLOT_MAX_FRAGMENTS:
+        return {}
+    durations = [model.estimate(f.group, f.size) for f in fragments]
+    fractions = [PARALLEL_FRACTION.get(f.program, 0.0) for f in fragments]
+    per_core = memory / ncores
+    max_cores = ncores if auto_memory else max(1, int(memory // max(per_core, 1e-9)))
+    cores = allot_cores(durations, ncores, fractions, max_cores=max_cores)
+    return {f.label: c for f, c in zip(fragments, cores, strict=True) if c > 1}

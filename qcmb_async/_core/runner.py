@@ -24,7 +24,7 @@ from .assemble import assemble, assemble_through
 from .inputs import check_input, load_input, make_options
 from .logs import get_logger
 from .plan import Plan, make_plan
-from .schedule import ScheduleOutcome, schedule, unwrap_group
+from .scheduler import ScheduleOutcome, Scheduler, unwrap_group
 
 log = get_logger()
 
@@ -135,7 +135,7 @@ async def run_manybody(
             except BaseExceptionGroup as group:
                 raise unwrap_group(group) from None
             plan = box["plan"]
-            if (capacity := getattr(exe, "capacity", None)) is not None and (ncores is None or memory is None):
+            if (capacity := exe.capacity) is not None and (ncores is None or memory is None):
                 # A cluster's size, not this machine's, bounds a distributed run.
                 options = resize(ncores=ncores if ncores is not None else max(1, int(capacity[0])),
                                  memory=memory if memory is not None else capacity[1])
@@ -193,8 +193,8 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
         if result_store is not None:
             await anyio.to_thread.run_sync(functools.partial(
                 result_store.record_run, run_id, input_hash=plan.input_hash, started=time.time()))
-        outcome = await schedule(plan, options, exe, run_id=run_id, store=result_store,
-                                 partial_result=functools.partial(assemble_through, plan))
+        outcome = await Scheduler(plan, options, exe, run_id=run_id, store=result_store,
+                                  partial_result=functools.partial(assemble_through, plan)).run()
         extras = _extras(run_id, exe.name, options, outcome)
         if result_store is not None:
             with anyio.CancelScope(shield=True):

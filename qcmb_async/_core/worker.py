@@ -11,7 +11,7 @@ import time
 import traceback
 from typing import Any
 
-from ..executors.base import FragmentJob, JobOutcome
+from .contract import ErrorType, FragmentJob, JobOutcome
 from .logs import get_logger
 from .qcengine_seams import FRAGMENT, FragmentContext, install_seams, prime_qcengine
 
@@ -101,7 +101,7 @@ def execute_job(job: FragmentJob) -> JobOutcome:
         log.debug("qcengine compute returned", worker=_worker_name(), wall_time=round(end - start, 4),
                   success=success)
         if ctx.cancelled.is_set() and not success:
-            err = {"error_type": "CancelledError", "error_message": f"fragment {job.label} was cancelled"}
+            err = {"error_type": ErrorType.CANCELLED, "error_message": f"fragment {job.label} was cancelled"}
         return JobOutcome(
             label=job.label,
             result=data,
@@ -115,19 +115,8 @@ def execute_job(job: FragmentJob) -> JobOutcome:
             error_message=None if success else err.get("error_message", ""),
         )
     except Exception as exc:  # anything QCEngine let escape (e.g. outside its error wrapper)
-        end = time.time()
-        return JobOutcome(
-            label=job.label,
-            result={},
-            success=False,
-            start=start,
-            end=end,
-            host=host,
-            worker=_worker_name(),
-            pid=os.getpid(),
-            error_type=type(exc).__name__,
-            error_message=f"{exc}\n{traceback.format_exc()}",
-        )
+        return JobOutcome.failure(job, type(exc).__name__, f"{exc}\n{traceback.format_exc()}", start=start,
+                                  host=host, worker=_worker_name(), pid=os.getpid())
     finally:
         ctx.done.set()
         if token is not None:

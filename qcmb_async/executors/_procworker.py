@@ -84,17 +84,16 @@ def _run(job: Any) -> Any:
     import time
     import traceback
 
+    from .._core.contract import JobOutcome
     from .._core.worker import execute_job
-    from .base import JobOutcome
 
     start = time.time()
     try:
         return execute_job(job)
     except BaseException as exc:
-        return JobOutcome(label=job.label, result={}, success=False, start=start, end=time.time(),
-                          host=socket.gethostname(), worker=f"{socket.gethostname()}:{os.getpid()}:MainThread",
-                          pid=os.getpid(), error_type=type(exc).__name__,
-                          error_message=f"{exc}\n{traceback.format_exc()}")
+        return JobOutcome.failure(job, type(exc).__name__, f"{exc}\n{traceback.format_exc()}", start=start,
+                                  host=socket.gethostname(), pid=os.getpid(),
+                                  worker=f"{socket.gethostname()}:{os.getpid()}:MainThread")
 
 
 def main() -> int:

@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._core.contract import ErrorType, FragmentJob, JobOutcome
 from ..errors import InputError
-from .base import FragmentJob, JobOutcome, ReusableExecutor
+from .base import ReusableExecutor
 
 if TYPE_CHECKING:
     import distributed
@@ -188,7 +189,7 @@ class DaskExecutor(ReusableExecutor):
         resources = self._resources(job)
         unmet = await self._unsatisfiable(resources)
         if unmet:
-            return _failed(job, "ResourcesUnavailable", unmet)
+            return _failed(job, ErrorType.RESOURCES_UNAVAILABLE, unmet)
         digest = hashlib.sha1(job.label.encode()).hexdigest()[:10]
         # The nonce keeps keys unique when the same job is submitted twice (direct use, reruns).
         key = f"qcmb-{job.run_id or 'direct'}-{digest}-{job.attempt}-{secrets.token_hex(3)}"
@@ -201,7 +202,8 @@ class DaskExecutor(ReusableExecutor):
                 try:
                     return await future
                 except KilledWorker as exc:
-                    return _failed(job, "KilledWorker", f"Dask gave up on fragment {job.label}: {exc}", submitted)
+                    return _failed(job, ErrorType.KILLED_WORKER, f"Dask gave up on fragment {job.label}: {exc}",
+                                   submitted)
                 except anyio.get_cancelled_exc_class():
                     # Our own deadline or the caller cancelling: either way the task must go.
                     await self._abandon(future, key)
@@ -209,7 +211,7 @@ class DaskExecutor(ReusableExecutor):
                 except Exception as exc:
                     return _failed(job, type(exc).__name__, f"Dask task {key} failed: {exc}", submitted)
             return _failed(
-                job, "TimeoutError",
+                job, ErrorType.TIMEOUT,
                 f"fragment {job.label} gave no result within its timeout of {job.timeout} s "
                 f"(+{self.timeout_grace} s grace for queueing on the cluster); Dask task cancelled, programs killed",
                 submitted,
@@ -328,11 +330,7 @@ def _client_address(client: Any) -> str:
 
 
 def _failed(job: FragmentJob, error_type: str, message: str, start: float | None = None) -> JobOutcome:
-    now = time.time()
-    return JobOutcome(
-        label=job.label, result={}, success=False, start=start if start is not None else now, end=now,
-        host="", worker="dask", pid=0, error_type=error_type, error_message=message,
-    )
+    return JobOutcome.failure(job, error_type, message, start=start, worker="dask")
 
 
 # ----------------------------------------------------------- runs on the Dask workers
@@ -393,7 +391,7 @@ def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
     prepare_worker()
     if not _program_found(job.program):
         outcome = _failed(
-            job, "ProgramNotAvailable",
+            job, ErrorType.PROGRAM_NOT_AVAILABLE,
             f"program {job.program!r} is not available on Dask worker {address} (name {wname}, host "
             f"{socket.gethostname()}): install it there (on the PATH of the `dask worker` process), or keep "
             f"{job.program} fragments off workers without it: declare it as a resource where it is installed "
@@ -428,7 +426,7 @@ def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
         with _worker_lock:
             _running.pop(key, None)
     if expired.is_set() and not outcome.success:
-        outcome.error_type = "TimeoutError"
+        outcome.error_type = ErrorType.TIMEOUT
         outcome.error_message = (f"fragment {job.label} exceeded its timeout of {job.timeout} s on Dask worker "
                                  f"{address}; program killed")
     extras["thread"] = outcome.worker

@@ -36,9 +36,10 @@ import anyio
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from .._core.contract import ErrorType, FragmentJob, JobOutcome
 from .._core.logs import get_logger
 from ._procworker import HEADER, MAGIC
-from .base import FragmentJob, JobOutcome, ReusableExecutor
+from .base import ReusableExecutor
 
 __all__ = ["ProcessExecutor", "WorkerStartError"]
 
@@ -231,7 +232,7 @@ class ProcessExecutor(ReusableExecutor):
                         died = True
                 if scope.cancelled_caught:
                     await self._discard(worker)
-                    return self._failure(job, worker, sent, "TimeoutError",
+                    return self._failure(job, worker, sent, ErrorType.TIMEOUT,
                                          f"fragment {job.label} exceeded its timeout of {job.timeout} s; "
                                          f"worker process {worker.pid} and its programs killed")
                 if died or not (isinstance(message, tuple) and message[0] == "outcome"):
@@ -316,13 +317,13 @@ class ProcessExecutor(ReusableExecutor):
         tail = worker.log_tail()
         text = f"worker process {worker.pid} {what} while running fragment {job.label}"
         log.warning("worker process died", pid=worker.pid, status=status, label=job.label)
-        return self._failure(job, worker, sent, "WorkerDied", f"{text}\nworker stderr:\n{tail}" if tail else text)
+        message = f"{text}\nworker stderr:\n{tail}" if tail else text
+        return self._failure(job, worker, sent, ErrorType.WORKER_DIED, message)
 
     def _failure(self, job: FragmentJob, worker: _Worker, start: float, error_type: str, message: str
                  ) -> JobOutcome:
-        return JobOutcome(label=job.label, result={}, success=False, start=start, end=time.time(), host=self._host,
-                          worker=f"{self._host}:{worker.pid}", pid=worker.pid, error_type=error_type,
-                          error_message=message)
+        return JobOutcome.failure(job, error_type, message, start=start, host=self._host,
+                                  worker=f"{self._host}:{worker.pid}", pid=worker.pid)
 
     async def _shutdown(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 
+from .._core.contract import FragmentJob, JobOutcome
 from .._core.cost import PARALLEL_FRACTION, speedup
-from .base import FragmentJob, JobOutcome
 
 _RESULT: Any = None
 
@@ -54,6 +54,7 @@ class SimulatedExecutor:
     """
 
     name = "simulated"
+    capacity = None
 
     def __init__(self, durations: Mapping[str, float] | Callable[[FragmentJob], float],
                  parallel_fraction: Mapping[str, float] | None = None) -> None:

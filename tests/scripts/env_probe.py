@@ -23,7 +23,7 @@ async def main() -> None:
     water = Molecule.from_data("O 0 0 0\nH 0 0.76 0.59\nH 0 -0.76 0.59")
     inp = AtomicInput(molecule=water, specification={"driver": "energy", "model": {"method": "fake"},
                                                      "keywords": {"delay": 0.3}}).model_dump()
-    jobs = [FragmentJob(label=f"probe{i}", level=1, program="qcmb-fake-probe", atomic_input=inp,
+    jobs = [FragmentJob(label=f"probe{i}", nbody=1, program="qcmb-fake-probe", atomic_input=inp,
                         task_config={"ncores": i, "memory": 0.25 * i, "scratch_directory": None, "retries": 0})
             for i in range(1, N + 1)]
     before = dict(os.environ)
