@@ -15,11 +15,10 @@ import logging
 from . import events
 from ._core.contract import Executor, FragmentJob, JobOutcome
 from ._core.plan import Fragment, Plan
-from ._core.qcengine_seams import prime_qcengine
-from ._core.runner import RunHandle, open_run, plan_manybody, run, run_manybody
+from ._qcengine.seams import prime_qcengine
+from ._runner import RunHandle, open_run, plan_manybody, run, run_manybody
+from ._version import __version__
 from .errors import FailureReport, FragmentError, InputError, QCMBAsyncError, RunFailed
-
-__version__ = "0.1.0"
 
 # A library configures no logging; NullHandler keeps Python's last-resort handler from
 # printing our structured events as raw dicts when the application configured nothing.
@@ -37,6 +36,7 @@ __all__ = [
     "QCMBAsyncError",
     "RunFailed",
     "RunHandle",
+    "__version__",
     "events",
     "open_run",
     "plan_manybody",

@@ -88,7 +88,7 @@ class _CurrentStderr:
 
 
 def _setup_logging(fmt: LogFormat, verbose: int, debug: bool) -> None:
-    from ._core.logs import configure_logging
+    from ._logs import configure_logging
 
     if debug or verbose >= 2:
         level = "DEBUG"
@@ -342,7 +342,7 @@ TimelineOpt = Annotated[Path | None, _opt("--timeline", metavar="FILE.png", help
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from ._version import __version__
 
         typer.echo(f"qcmb-async {__version__}")
         raise typer.Exit()
@@ -425,7 +425,7 @@ def run(
 def _run(mbe: Any, options: dict[str, Any], *, output: Path | None, timeline: Path | None, quiet: bool,
          json_logs: bool) -> None:
     from . import run as run_sync
-    from ._core.logs import get_logger
+    from ._logs import get_logger
     from .progress import ProgressDisplay
 
     out = _stdout()

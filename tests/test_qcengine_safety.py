@@ -92,7 +92,7 @@ def test_recovers_from_half_filled_global_config() -> None:
 
 def test_priming_is_idempotent_and_thread_safe() -> None:
     from qcmb_async import prime_qcengine
-    from qcmb_async._core.qcengine_seams import REQUIRED_GLOBAL_KEYS
+    from qcmb_async._qcengine.seams import REQUIRED_GLOBAL_KEYS
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         values = list(pool.map(lambda _: prime_qcengine(), range(32)))
@@ -132,7 +132,7 @@ def test_cached_task_config_equals_qcengines_own(monkeypatch: pytest.MonkeyPatch
     """The get_config seam returns what QCEngine would build, per task config and QCENGINE_* env."""
     import qcengine.config as qcng_config
 
-    from qcmb_async._core import qcengine_seams as seams
+    from qcmb_async._qcengine import seams
 
     seams.prime_qcengine()
     for tc in ({"ncores": 1, "memory": 1.5, "retries": 0, "scratch_directory": None},

@@ -96,6 +96,6 @@ async def emit(callback: Callable[[Any], Any] | None, event: Event) -> None:
         if inspect.isawaitable(out):
             await out
     except Exception:  # progress display bugs must not lose computed work
-        from .logs import get_logger
+        from .._logs import get_logger
 
         get_logger().exception("event callback failed", event_type=type(event).__name__)

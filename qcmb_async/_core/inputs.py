@@ -350,7 +350,7 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
     check_programs({spec.program for spec in inp.specification.specification.values()}, local=local)
     bsse = {str(getattr(b, "value", b)) for b in (inp.specification.keywords.bsse_type or [])}
     if bsse & {"cp", "vmfc"} and any(s.program == "mopac" for s in inp.specification.specification.values()):
-        from .logs import get_logger
+        from .._logs import get_logger
 
         # Same numbers as QCManyBody's own computer, but physically meaningless: say so.
         get_logger().warning("QCEngine's MOPAC harness writes ghost atoms as real atoms: cp/vmfc fragments are "

@@ -21,13 +21,12 @@ from typing import Any, Protocol
 import anyio
 import structlog
 
+from .._logs import get_logger
 from ..errors import FragmentError
 from . import events as ev
-from .assemble import slim
 from .contract import ErrorType, Executor, FragmentJob, JobOutcome, is_transient
 from .cost import PARALLEL_FRACTION, CostModel, allotment, speedup
 from .inputs import RunOptions
-from .logs import get_logger
 from .plan import Fragment, Job, Plan
 from .ready import ReadyQueue
 from .resources import ResourcePool, Usage
@@ -139,14 +138,16 @@ class Scheduler:
     whenever its cores and memory are free, so no core idles while a fragment that fits waits.
     ``store`` (a :class:`FragmentStore`) is consulted before a fragment runs and receives each
     new result as soon as it exists. ``partial_result(n, results)`` (blocking, run on a thread)
-    builds the MBE(n) result carried by :class:`~qcmb_async.events.LevelComplete`.
+    builds the MBE(n) result carried by :class:`~qcmb_async.events.LevelComplete`. ``keep(result)``
+    is what of each ``AtomicResult`` is kept in memory for assembly (default: all of it).
     """
 
     def __init__(self, plan: Plan, options: RunOptions, executor: Executor, *, run_id: str,
                  store: FragmentStore | None = None,
                  partial_result: Callable[[int, dict[str, Any]], Any] | None = None,
-                 cost_model: CostModel | None = None) -> None:
+                 cost_model: CostModel | None = None, keep: Callable[[Any], Any] | None = None) -> None:
         self.plan, self.options, self.executor, self.run_id = plan, options, executor, run_id
+        self.keep: Callable[[Any], Any] = keep or (lambda result: result)
         self.store = store
         self.partial_result = partial_result
         self.clock: Callable[[], float] = executor.clock
@@ -251,7 +252,7 @@ class Scheduler:
 
     async def _reuse(self, frag: Fragment, cached: Any) -> None:
         """Take a fragment's result from the store instead of computing it."""
-        self.results[frag.label] = slim(self.plan, cached)
+        self.results[frag.label] = self.keep(cached)
         self.records[frag.label].status = "cached"
         self.reused += 1
         await ev.emit(self.options.on_event, ev.FragmentFinished(self.run_id, frag.label, frag.level, frag.program,
@@ -313,7 +314,7 @@ class Scheduler:
                 stored = await anyio.to_thread.run_sync(_store_put, self.store, frag, job.key, result, rec,
                                                         self.run_id, self.unstored == 0)
             self.unstored += not stored
-        self.results[frag.label] = slim(self.plan, result)
+        self.results[frag.label] = self.keep(result)
         rec.status = "ok"
         # Calibrate in one-core seconds, whatever this fragment was given.
         self.model.observe(frag.group, frag.size,

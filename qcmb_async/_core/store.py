@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .._version import __version__
 from ..errors import QCMBAsyncError
 
 STORE_FORMAT_VERSION: int = 1
@@ -445,8 +446,4 @@ def _loads_or(text: str | None, default: Any) -> Any:
 
 
 def _creator() -> str:
-    try:
-        from .. import __version__
-    except ImportError:  # partially imported package
-        __version__ = "unknown"
     return f"qcmb_async {__version__}"

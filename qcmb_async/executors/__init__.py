@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._core.contract import Executor, FragmentJob, JobOutcome
-from .._core.logs import get_logger
+from .._logs import get_logger
 from ..errors import InputError
 
 __all__ = ["EXECUTORS", "IN_PROCESS_PROGRAMS", "Executor", "FragmentJob", "JobOutcome", "resolve_executor"]

@@ -85,7 +85,7 @@ def _run(job: Any) -> Any:
     import traceback
 
     from .._core.contract import JobOutcome
-    from .._core.worker import execute_job
+    from .._qcengine.worker import execute_job
 
     start = time.time()
     try:
@@ -107,15 +107,15 @@ def main() -> int:
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
     proto_out.write(MAGIC)
     try:
-        from .._core import qcengine_seams
-        from .._core.worker import prepare_worker
+        from .._qcengine import seams as qcengine_seams
+        from .._qcengine.worker import prepare_worker
 
         # Programs stay in this worker's process group: the parent kills both with one killpg.
         qcengine_seams.PROGRAMS_IN_OWN_SESSION = False
         prepare_worker()
         warm = sys.argv[sys.argv.index("--warm") + 1] if "--warm" in sys.argv else ""
         if warm:
-            from .._core.worker import warm_program
+            from .._qcengine.worker import warm_program
 
             for name in warm.split(","):
                 warm_program(name)  # e.g. imports pyscf now, not in the first fragment

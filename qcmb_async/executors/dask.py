@@ -345,7 +345,7 @@ _found: set[str] = set()
 
 def _prepare_dask_worker() -> int:
     """``client.run`` target: harnesses, QCEngine seams and priming, once per worker process."""
-    from .._core.worker import prepare_worker
+    from .._qcengine.worker import prepare_worker
 
     prepare_worker()
     return os.getpid()
@@ -382,8 +382,8 @@ def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
     """The Dask task: check the program, run :func:`execute_job` under a timeout watchdog, tag the worker."""
     from distributed import get_worker
 
-    from .._core.qcengine_seams import FRAGMENT, FragmentContext
-    from .._core.worker import execute_job, prepare_worker
+    from .._qcengine.seams import FRAGMENT, FragmentContext
+    from .._qcengine.worker import execute_job, prepare_worker
 
     worker = get_worker()
     address, wname = worker.address, str(worker.name)

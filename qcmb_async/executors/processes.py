@@ -5,7 +5,7 @@ GIL and keep process-global state, and only a separate process can be killed on 
 
 Each worker is a fresh interpreter (``python -m qcmb_async.executors._procworker``) started
 in its own session, so it leads a process group; the programs it starts stay in that group
-(``qcengine_seams.PROGRAMS_IN_OWN_SESSION = False`` in the worker). One
+(``_qcengine.seams.PROGRAMS_IN_OWN_SESSION = False`` in the worker). One
 ``os.killpg(worker_pid, SIGKILL)`` therefore stops a worker together with every program it
 started, including programs orphaned by a worker that died. Workers start concurrently when
 the executor is entered (QCEngine import and priming, ~1.5 s) and are reused for every
@@ -37,7 +37,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
-from .._core.logs import get_logger
+from .._logs import get_logger
 from ._procworker import HEADER, MAGIC
 from .base import ReusableExecutor
 
@@ -78,7 +78,7 @@ def _describe_exit(returncode: int | None) -> str:
 
 def _worker_env() -> dict[str, str]:
     """This process's environment, with the directory holding ``qcmb_async`` on PYTHONPATH."""
-    from .._core.qcengine_seams import INHERIT_ENV, prime_qcengine
+    from .._qcengine.seams import INHERIT_ENV, prime_qcengine
 
     env = dict(os.environ)
     # Workers reuse this process's QCEngine globals instead of probing the CPU again (~1 s each).

@@ -12,8 +12,8 @@ import time
 import anyio
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
-from .._core.qcengine_seams import FRAGMENT, FragmentContext
-from .._core.worker import execute_job, prepare_worker
+from .._qcengine.seams import FRAGMENT, FragmentContext
+from .._qcengine.worker import execute_job, prepare_worker
 from .base import ReusableExecutor
 
 #: Seconds to wait for a worker thread to wind down after its program was killed.

@@ -17,14 +17,14 @@ from typing import Any
 
 import anyio
 
-from ..errors import FailureReport, InputError, RunFailed
-from ..executors import resolve_executor
-from ..executors.base import Executor
-from .assemble import assemble, assemble_through
-from .inputs import check_input, load_input, make_options
-from .logs import get_logger
-from .plan import Plan, make_plan
-from .scheduler import ScheduleOutcome, Scheduler, unwrap_group
+from ._core.assemble import assemble, assemble_through, slim
+from ._core.contract import Executor
+from ._core.inputs import check_input, load_input, make_options
+from ._core.plan import Plan, make_plan
+from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
+from ._logs import get_logger
+from .errors import FailureReport, InputError, RunFailed
+from .executors import resolve_executor
 
 log = get_logger()
 
@@ -194,7 +194,8 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
             await anyio.to_thread.run_sync(functools.partial(
                 result_store.record_run, run_id, input_hash=plan.input_hash, started=time.time()))
         outcome = await Scheduler(plan, options, exe, run_id=run_id, store=result_store,
-                                  partial_result=functools.partial(assemble_through, plan)).run()
+                                  partial_result=functools.partial(assemble_through, plan),
+                                  keep=functools.partial(slim, plan)).run()
         extras = _extras(run_id, exe.name, options, outcome)
         if result_store is not None:
             with anyio.CancelScope(shield=True):
@@ -216,7 +217,7 @@ def open_store(store: str | os.PathLike[str] | None) -> Any:
         env = os.environ.get("QCMB_ASYNC_STORE", "").strip()
         if env.lower() in ("none", "off", "0", "false"):
             return None
-    from .store import ResultStore, StoreError, default_store_path
+    from ._core.store import ResultStore, StoreError, default_store_path
 
     if isinstance(store, str) and store == "default":
         path = Path(env) if env else default_store_path()

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 
-from .logs import get_logger
+from .._logs import get_logger
 
 __all__ = ["forget", "guard"]
 
@@ -54,7 +54,7 @@ _groups: set[int] = set()
 
 
 def _disabled() -> bool:
-    # Test-only switch (see qcengine_seams._unsafe): shows the guardian is needed.
+    # Test-only switch (see seams._unsafe): shows the guardian is needed.
     return os.environ.get("QCMB_ASYNC_UNSAFE_NO_GUARDIAN") == "1"
 
 

@@ -11,9 +11,9 @@ import time
 import traceback
 from typing import Any
 
-from .contract import ErrorType, FragmentJob, JobOutcome
-from .logs import get_logger
-from .qcengine_seams import FRAGMENT, FragmentContext, install_seams, prime_qcengine
+from .._core.contract import ErrorType, FragmentJob, JobOutcome
+from .._logs import get_logger
+from .seams import FRAGMENT, FragmentContext, install_seams, prime_qcengine
 
 
 def prepare_worker() -> None:
