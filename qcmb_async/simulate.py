@@ -20,7 +20,7 @@ What the simulation leaves out: the scheduler's own CPU time (it costs no virtua
 program start-up and QCEngine overhead beyond what the measured durations contain, and
 contention between fragments sharing a machine (a fragment takes its measured time whatever
 runs next to it). Fragments given ``c`` cores run ``speedup(c, fraction)`` times faster
-(Amdahl's law with the scheduler's own :data:`~qcmb_async._core.cost.PARALLEL_FRACTION`).
+(Amdahl's law with each program's ``parallel_fraction`` from :mod:`qcmb_async.programs`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._core.cost import PARALLEL_FRACTION, CostModel, speedup
+from ._core import cost
+from ._core.cost import CostModel, speedup
 from ._core.plan import Fragment, Job, Plan
 from .executors.simulated import SimulatedExecutor
 
@@ -114,7 +115,7 @@ class Workload:
                 raise ValueError(f"fragment {frag.label} has no measured time in the run's records "
                                  "(cached or failed fragments cannot be replayed)")
             cores = int(rec.get("cores") or 1)
-            fraction = PARALLEL_FRACTION.get(frag.program, 0.0)
+            fraction = cost.parallel_fraction(frag.program)
             durations[frag.label] = (rec["end"] - rec["start"]) * speedup(cores, fraction)
         return cls(list(plan.fragments), durations, name=name, source="qcmb_async run records")
 
@@ -174,12 +175,13 @@ def lower_bound(workload: Workload, ncores: int, *, fragment_ncores: int | None 
     so the one-core total still bounds the work. With fixed ``fragment_ncores`` every fragment
     runs on exactly that many cores and at most ``ncores // fragment_ncores`` run at once.
     """
-    fractions = PARALLEL_FRACTION if parallel_fraction is None else parallel_fraction
     if fragment_ncores is None:
-        longest = max(workload.durations[f.label] / speedup(ncores, fractions.get(f.program, 0.0))
+        longest = max(workload.durations[f.label]
+                      / speedup(ncores, cost.parallel_fraction(f.program, parallel_fraction))
                       for f in workload.fragments)
         return max(longest, workload.total / ncores)
-    times = [workload.durations[f.label] / speedup(fragment_ncores, fractions.get(f.program, 0.0))
+    times = [workload.durations[f.label]
+             / speedup(fragment_ncores, cost.parallel_fraction(f.program, parallel_fraction))
              for f in workload.fragments]
     return max(max(times), math.fsum(times) / max(1, ncores // fragment_ncores))
 

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from qcmb_async._core.cost import PARALLEL_FRACTION, speedup
+from qcmb_async._core.cost import speedup
+from qcmb_async.programs import traits
 from qcmb_async._core.plan import Fragment
 from tests.helpers import mbe_input, require_module, waters
 
@@ -155,7 +156,7 @@ def test_multi_core_fragments_run_faster_by_amdahl() -> None:
     big = [r for r in result.records if r.label.startswith("big")]
     assert all(r.cores > 1 for r in big)
     for r in result.records:
-        expected = durations[r.label] / speedup(r.cores, PARALLEL_FRACTION["pyscf"])
+        expected = durations[r.label] / speedup(r.cores, traits("pyscf").parallel_fraction)
         assert r.end - r.start == pytest.approx(expected)
     assert result.multi_core_fragments >= 2
     one_core = simulate(work, 8, fragment_ncores=1)

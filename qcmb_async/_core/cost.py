@@ -13,11 +13,13 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from qcelemental import periodictable
+
+from ..programs import traits
 
 # Contracted basis functions per element row (H-He, Li-Ne, Na-Ar) for common basis sets
 # (spherical d/f except for Pople *, which are Cartesian as most programs run them).
@@ -67,9 +69,10 @@ def fragment_size(symbols: Sequence[str], basis: str | None, *, charge: float = 
 def method_exponent(method: str, program: str = "") -> float:
     """How the method's cost grows with size (HF/DFT ~3.5, MP2 5, CCSD 6, CCSD(T) 7, ...)."""
     m = method.lower()
-    if any(m.startswith(x) for x in _FORCE_FIELDS) or program.lower() in ("rdkit", "openmm"):
+    kind = traits(program) if program else None
+    if any(m.startswith(x) for x in _FORCE_FIELDS) or (kind is not None and kind.force_field):
         return 1.0
-    if any(x in m for x in _SEMIEMPIRICAL) or program.lower() in ("mopac", "xtb"):
+    if any(x in m for x in _SEMIEMPIRICAL) or (kind is not None and kind.semi_empirical):
         return 2.5
     if "ccsdt" in m or "(t)" in m or "cc3" in m:
         return 7.0
@@ -169,9 +172,15 @@ def speedup(cores: int, parallel_fraction: float) -> float:
     return 1.0 / ((1.0 - parallel_fraction) + parallel_fraction / cores)
 
 
-#: Share of a program's run time that its own threads parallelise, when it gets its cores
-#: through QCEngine's task_config. NWChem takes cores only through MPI, which we do not launch.
-PARALLEL_FRACTION: dict[str, float] = {"pyscf": 0.85, "psi4": 0.85, "mopac": 0.6, "nwchem": 0.0, "cfour": 0.8}
+def parallel_fraction(program: str, overrides: Mapping[str, float] | None = None) -> float:
+    """Share of ``program``'s run time its own threads parallelise, 0..1.
+
+    From :mod:`qcmb_async.programs`, or from ``overrides`` (program -> fraction, 0 if absent) when
+    given (the simulator's what-if runs).
+    """
+    if overrides is not None:
+        return overrides.get(program, 0.0)
+    return traits(program).parallel_fraction
 
 
 def predict_makespan(durations: Sequence[float], cores: Sequence[int], ncores: int) -> float:
@@ -256,7 +265,7 @@ def allotment(fragments: Sequence[Any], model: CostModel, *, ncores: int, memory
     if ncores <= 1 or not fragments or len(fragments) > ALLOT_MAX_FRAGMENTS:
         return {}
     durations = [model.estimate(f.group, f.size) for f in fragments]
-    fractions = [PARALLEL_FRACTION.get(f.program, 0.0) for f in fragments]
+    fractions = [parallel_fraction(f.program) for f in fragments]
     per_core = memory / ncores
     max_cores = ncores if auto_memory else max(1, int(memory // max(per_core, 1e-9)))
     cores = allot_cores(durations, ncores, fractions, max_cores=max_cores)

@@ -25,7 +25,7 @@ from .._logs import get_logger
 from ..errors import FragmentError
 from . import events as ev
 from .contract import ErrorType, Executor, FragmentJob, JobOutcome, is_transient
-from .cost import PARALLEL_FRACTION, CostModel, allotment, speedup
+from .cost import CostModel, allotment, parallel_fraction, speedup
 from .inputs import RunOptions
 from .plan import Fragment, Job, Plan
 from .ready import ReadyQueue
@@ -318,7 +318,7 @@ class Scheduler:
         rec.status = "ok"
         # Calibrate in one-core seconds, whatever this fragment was given.
         self.model.observe(frag.group, frag.size,
-                           outcome.wall_time * speedup(cores, PARALLEL_FRACTION.get(frag.program, 0.0)))
+                           outcome.wall_time * speedup(cores, parallel_fraction(frag.program)))
         log.info("fragment finished", wall_time=round(outcome.wall_time, 4), worker=outcome.worker)
         if self.options.on_event is not None:
             await ev.emit(self.options.on_event, ev.FragmentFinished(
