@@ -9,8 +9,8 @@ import math
 import pytest
 
 from qcmb_async._core.cost import speedup
-from qcmb_async.programs import traits
 from qcmb_async._core.plan import Fragment
+from qcmb_async.programs import traits
 from tests.helpers import mbe_input, require_module, waters
 
 
