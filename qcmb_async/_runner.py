@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -25,6 +25,11 @@ from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
 from ._logs import get_logger
 from .errors import FailureReport, InputError, RunFailed
 from .executors import resolve_executor
+
+if TYPE_CHECKING:
+    from qcmanybody.models.v2 import ManyBodyResult
+
+    from ._core.store import ResultStore
 
 log = get_logger()
 
@@ -61,7 +66,7 @@ async def run_manybody(
     on_event: Callable[[Any], Any] | None = None,
     store: str | os.PathLike[str] | None = "default",
     scheduler: Any = None,
-) -> Any:
+) -> ManyBodyResult:
     """Run a many-body expansion with its fragments in parallel; return QCManyBody's result.
 
     Args:
@@ -209,7 +214,7 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
     return outcome, extras
 
 
-def open_store(store: str | os.PathLike[str] | None) -> Any:
+def open_store(store: str | os.PathLike[str] | None) -> ResultStore | None:
     """Open the result store selected by ``store=`` (see :func:`run_manybody`), or ``None``."""
     if store is None:
         return None
@@ -259,7 +264,7 @@ def _failure_report(plan: Plan, outcome: ScheduleOutcome, extras: dict[str, Any]
     return report
 
 
-def run(mbe_input: Any, **options: Any) -> Any:
+def run(mbe_input: Any, **options: Any) -> ManyBodyResult:
     """Blocking :func:`run_manybody` for scripts; also works inside a running loop (Jupyter).
 
     In a plain script the run uses ``anyio.run``; when an event loop is already running in
@@ -299,7 +304,7 @@ class RunHandle:
     def __aiter__(self) -> Any:
         return self._receive.__aiter__()
 
-    async def result(self) -> Any:
+    async def result(self) -> ManyBodyResult:
         """The ``ManyBodyResult``; raises what :func:`run_manybody` raised."""
         await self._done.wait()
         if "error" in self._box:

@@ -122,18 +122,15 @@ class CostModel:
     def __init__(self, exponents: dict[str, float] | None = None) -> None:
         self._exponents = dict(exponents or {})
         self._fits: dict[str, _Fit] = {}
-        self.version = 0
-        """Bumped whenever an estimate changes enough to be worth re-ordering for."""
 
     def exponent(self, group: str) -> float:
+        """``p`` of ``seconds = a * size ** p`` for ``group`` (fitted once sizes differ)."""
         fit = self._fits.get(group)
         return fit.p if fit is not None and fit.p else self._exponents.get(group, 3.5)
 
     def set_exponent(self, group: str, p: float) -> None:
+        """The a-priori exponent of ``group`` (kept if one was set before)."""
         self._exponents.setdefault(group, p)
-
-    def calibrated(self, group: str) -> bool:
-        return group in self._fits
 
     def seconds_per_unit(self, group: str) -> float:
         """``a`` of ``seconds = a * size ** p`` for ``group``; the median of calibrated groups when unseen."""
@@ -153,7 +150,6 @@ class CostModel:
         if seconds <= 0 or size <= 0:
             return
         fit = self._fits.setdefault(group, _Fit(p=self._exponents.get(group, 3.5)))
-        old = fit.a
         fit.add(math.log(size), math.log(seconds), self.WINDOW)
         n = len(fit.xs)
         mx, my = fit.sx / n, fit.sy / n
@@ -163,8 +159,6 @@ class CostModel:
             fit.p = min(8.0, max(0.5, slope))  # keep a noisy fit physical
         # Geometric mean of the ratios: robust to the odd slow fragment.
         fit.a = math.exp(my - fit.p * mx)
-        if old == 0.0 or abs(fit.a / old - 1) > 0.1:
-            self.version += 1
 
 
 def speedup(cores: int, parallel_fraction: float) -> float:

@@ -391,8 +391,3 @@ def _cached_get_config(*, hostname: Any = None, task_config: dict[str, Any] | No
             _config_cache.clear()
         _config_cache[key] = cached
     return cached.model_copy()
-
-
-def seams_installed() -> bool:
-    """Whether :func:`install_seams` has patched QCEngine in this process."""
-    return _installed
