@@ -20,13 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 COLD_START_RUNS = 30
 
 
-def run_script(name: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    for key in ("QCMB_ASYNC_UNSAFE_NO_PRIME", "QCMB_ASYNC_UNSAFE_NO_ENV_ISOLATION"):
-        if key not in env:
-            full_env.pop(key, None)
-    return subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / name)], capture_output=True, text=True,
-                          env=full_env, cwd=ROOT, timeout=300)
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / name), *args], capture_output=True,
+                          text=True, env=full_env, cwd=ROOT, timeout=300)
 
 
 def test_each_program_starts_with_its_own_thread_settings() -> None:
@@ -39,7 +36,7 @@ def test_each_program_starts_with_its_own_thread_settings() -> None:
 
 
 def test_env_probe_fails_without_isolation() -> None:
-    proc = run_script("env_probe.py", QCMB_ASYNC_UNSAFE_NO_ENV_ISOLATION="1")
+    proc = run_script("env_probe.py", "--no-isolation")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     # QCEngine's own environ_context: programs see another fragment's value.
@@ -71,7 +68,7 @@ def test_cold_start_race_fails_without_priming() -> None:
     require_program("mopac")
     outputs = []
     for _ in range(5):
-        proc = run_script("cold_start.py", QCMB_ASYNC_UNSAFE_NO_PRIME="1")
+        proc = run_script("cold_start.py", "--no-prime")
         outputs.append(proc.stdout)
         if proc.returncode != 0:
             assert "KeyError" in proc.stdout, proc.stdout

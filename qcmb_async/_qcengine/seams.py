@@ -51,9 +51,11 @@ _installed = False
 _originals: dict[str, Any] = {}
 
 
-def _unsafe(name: str) -> bool:
-    """Test-only switches that turn a fix off, so the tests can show it is needed."""
-    return os.environ.get(name) == "1"
+#: Prime QCEngine's globals before any fragment runs. Only tests that show the race turn it off.
+PRIME = True
+#: Keep OMP/MKL thread settings per fragment instead of in ``os.environ``. Only the test that
+#: shows the leak turns it off.
+ISOLATE_ENVIRONMENT = True
 
 
 # --------------------------------------------------------------------------- priming
@@ -182,7 +184,7 @@ def prime_qcengine() -> dict[str, Any]:
     """
     import qcengine.config as qcng_config
 
-    if _unsafe("QCMB_ASYNC_UNSAFE_NO_PRIME"):
+    if not PRIME:
         return {}
     with _prime_lock:
         if _complete(qcng_config._global_values):
@@ -340,7 +342,7 @@ def _fragment_popen(
 def install_seams() -> None:
     """Install the environment-isolation seams into QCEngine (idempotent, thread-safe)."""
     global _installed
-    if _installed or _unsafe("QCMB_ASYNC_UNSAFE_NO_ENV_ISOLATION"):
+    if _installed or not ISOLATE_ENVIRONMENT:
         return
     with _install_lock:
         if _installed:
