@@ -25,6 +25,7 @@ from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
 from ._logs import get_logger
 from .errors import FailureReport, InputError, RunFailed
 from .executors import resolve_executor
+from .settings import get_settings
 
 if TYPE_CHECKING:
     from qcmanybody.models.v2 import ManyBodyResult
@@ -85,7 +86,7 @@ async def run_manybody(
             An executor instance the caller already entered (``async with ProcessExecutor(...) as
             pool``) is reused as it is and left running: its workers serve run after run.
         scheduler: Dask scheduler address or ``distributed.Client`` (default
-            ``$QCMB_DASK_SCHEDULER``) for ``executor="dask"``.
+            ``$QCMB_ASYNC_DASK_SCHEDULER``) for ``executor="dask"``.
         level_barrier: Finish every n-body level before starting the next. Off by default:
             fragments do not depend on each other, and a barrier leaves cores idle.
         scratch_directory: Parent directory for programs' scratch files.
@@ -218,14 +219,13 @@ def open_store(store: str | os.PathLike[str] | None) -> ResultStore | None:
     """Open the result store selected by ``store=`` (see :func:`run_manybody`), or ``None``."""
     if store is None:
         return None
-    if isinstance(store, str) and store == "default":
-        env = os.environ.get("QCMB_ASYNC_STORE", "").strip()
-        if env.lower() in ("none", "off", "0", "false"):
-            return None
     from ._core.store import ResultStore, StoreError, default_store_path
 
     if isinstance(store, str) and store == "default":
-        path = Path(env) if env else default_store_path()
+        settings = get_settings()
+        if settings.store_disabled:
+            return None
+        path = Path(settings.store).expanduser() if settings.store else default_store_path()
     else:
         path = Path(store)
     try:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..settings import get_settings
 from . import guardian
 
 REQUIRED_GLOBAL_KEYS = ("hostname", "memory", "username", "ncores", "nnodes", "cpuinfo", "cpu_brand")
@@ -120,10 +121,6 @@ def _inherited_globals() -> dict[str, Any] | None:
     return values
 
 
-#: Where the machine's QCEngine globals are kept between runs; ``none`` disables the cache.
-CACHE_ENV = "QCMB_ASYNC_QCENGINE_CACHE"
-
-
 def _machine_key() -> dict[str, Any]:
     import psutil
 
@@ -136,14 +133,7 @@ def _machine_key() -> dict[str, Any]:
 
 
 def _cache_path() -> Path | None:
-    raw = os.environ.get(CACHE_ENV, "").strip()
-    if raw.lower() in ("none", "off", "0", "false"):
-        return None
-    if raw:
-        return Path(raw)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("qcmb_async")) / "qcengine-globals.json"
+    return get_settings().qcengine_cache_path
 
 
 def _cached_globals() -> dict[str, Any] | None:

@@ -38,13 +38,14 @@ import anyio
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
 from ..errors import InputError
+from ..settings import get_settings
 from .base import ReusableExecutor
 
 if TYPE_CHECKING:
     import distributed
 
 #: Environment variable naming the scheduler when none is passed.
-SCHEDULER_ENV = "QCMB_DASK_SCHEDULER"
+SCHEDULER_ENV = "QCMB_ASYNC_DASK_SCHEDULER"
 _WORKER_SYNTAX = 'dask worker tcp://<scheduler>:8786 --resources "cores=16,memory=64"'
 _THREE_WAYS = (
     f"DaskExecutor(scheduler='tcp://host:8786'), DaskExecutor(scheduler=<distributed.Client>), "
@@ -69,7 +70,7 @@ class DaskExecutor(ReusableExecutor):
 
     Args:
         scheduler: Scheduler address (``"tcp://host:8786"``), a ``distributed.Client``, or ``None`` to
-            read ``$QCMB_DASK_SCHEDULER``. An asynchronous Client on the running event loop is used as
+            read ``$QCMB_ASYNC_DASK_SCHEDULER``. An asynchronous Client on the running event loop is used as
             it is and left open. A synchronous Client (or one bound to another event loop, e.g. when
             :func:`qcmb_async.run` runs the core on its private loop) cannot be awaited here: the
             executor connects its own asynchronous Client to the same scheduler and closes it on exit;
@@ -97,7 +98,7 @@ class DaskExecutor(ReusableExecutor):
         self._given_client: Any = None
         self._address: str | None = None
         if scheduler is None:
-            scheduler = os.environ.get(SCHEDULER_ENV, "").strip() or None
+            scheduler = get_settings().dask_scheduler
             if scheduler is None:
                 raise InputError(f"the Dask executor needs a scheduler: pass one of {_THREE_WAYS}")
         if isinstance(scheduler, str):
