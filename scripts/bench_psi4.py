@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from _bench_common import CpuMeter, machine_busy
+from benchlib.measurement import WATER, CpuMeter, machine_busy
 from qcelemental.models.v2 import AtomicInput, Molecule
 
 TARGET = 1.5
-WATER = "O 0 0 0\nH 0 0.757 0.587\nH 0 -0.757 0.587"
 NCORES, MEMORY = 1, 0.5
 
 
