@@ -234,14 +234,16 @@ def _real_first(real: list[bool]) -> list[int]:
     """Input atom indices in the order PySCF is given them: real atoms first, then ghosts.
 
     Why: PySCF (2.x) solves the coupled-perturbed HF/KS equations of a Hessian for all atoms'
-    displacements in one block Krylov solve (``pyscf.lib.krylov``), whose subspace is built and
-    pruned in the order of the atoms. Measured here (water trimer fragment [3] in the basis of
-    [2, 3], HF/STO-3G): with the ghost water first, the real atoms' first-order density differs
-    by 2.5e-5 and their Hessian block by 6.8e-6 Eh/bohr^2 from a central finite difference of
-    analytic gradients, whatever ``conv_tol_cpscf`` (1e-8 ... 1e-12); with the real atoms first
-    it agrees to 2e-8, and so does a ghost-first molecule solved with the real atoms first in
-    ``atmlst``. The one-electron, two-electron and nuclear parts do not depend on the order
-    (1e-12). Energies and gradients do not depend on it either; all drivers use the same order.
+    displacements in one block Krylov solve (``pyscf.lib.krylov``). Its subspace is built by
+    Gram-Schmidt in atom order from unnormalised vectors and it stops, or drops a vector, on their
+    absolute norms (``lindep`` 1e-13), not on the true residual; so the answer depends on the atom
+    order, most when small right-hand sides (ghost atoms: only basis functions move) come first.
+    Measured here (water trimer fragment [3] in the basis of [2, 3], HF/STO-3G): ghost water
+    first, the solve ends with a residual of 6.8e-4 and the real atoms' Hessian block is 6.8e-6
+    Eh/bohr^2 off a central finite difference of analytic gradients, whatever ``conv_tol_cpscf``;
+    real atoms first, residual 3e-6 and 2e-8 off, as is a ghost-first molecule solved with the real
+    atoms first in ``atmlst``. The one-electron, two-electron and nuclear parts of the Hessian do
+    not depend on the order (1e-12), nor do energies and gradients; all drivers use this order.
     """
     return [i for i, r in enumerate(real) if r] + [i for i, r in enumerate(real) if not r]
 
