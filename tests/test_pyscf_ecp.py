@@ -9,6 +9,7 @@ ECPs (Hay-Wadt LANL2DZ, Stuttgart/def2, cc-pVXZ-PP, SBKJC, CRENBL), written out 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -182,13 +183,21 @@ def test_unresolvable_basis_is_an_input_error(symbols: list[str], basis: str, el
     with pytest.raises(InputError) as err:
         check_model(symbols, {"method": "hf", "basis": basis})
     message = str(err.value)
-    assert repr(basis) in message and f"element {element}" in message  # each element named with its own cause
+    assert repr(basis) in message and re.search(rf"elements? (\w+, )*{element}\b", message)
     # the harness says the same when it is called directly (QCEngine's input_error)
     mol = Molecule(symbols=[element], geometry=[0, 0, 0])  # QCElemental picks the multiplicity
     inp = AtomicInput(molecule=mol, specification={"driver": "energy", "model": {"method": "hf", "basis": basis}})
     failed = qcengine.compute(inp, "pyscf", raise_error=False, task_config={"ncores": 1})
     assert isinstance(failed, FailedOperation)
     assert failed.error.error_type == "input_error" and repr(basis) in failed.error.error_message
+
+
+def test_every_unresolvable_element_is_named() -> None:
+    with pytest.raises(InputError) as err:
+        check_model(["Cu", "Ag", "H", "O"], {"method": "hf", "basis": "aug-cc-pvdz-pp"})
+    message = str(err.value)
+    assert "no basis set 'aug-cc-pvdz-pp' for elements H, O." in message
+    assert "effective core potential for elements Ag, Cu" in message
 
 
 def test_refused_before_anything_runs() -> None:

@@ -127,7 +127,14 @@ def _classify_method(method: str) -> tuple[str, str | None]:
 
 
 class _Unresolvable(ValueError):
-    """PySCF cannot give an element the basis set (and ECP) asked for; the message says which."""
+    """PySCF cannot give an element the basis set (and ECP) asked for; the message says which.
+
+    ``kind``: ``"basis"`` (no basis functions) or ``"ecp"`` (the basis set's ECP is missing).
+    """
+
+    def __init__(self, message: str, kind: str = "basis") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def _basis_name(basis: Any) -> str:
@@ -169,7 +176,8 @@ def _resolve(symbol: str, basis: str) -> int:
             raise _Unresolvable(
                 f"basis set {basis!r} uses an effective core potential for element {symbol}, but PySCF's "
                 "basis library has none for it: the atom would run all-electron in a valence basis. Choose a "
-                "basis set PySCF defines with its ECP (e.g. def2-svp, lanl2dz) or another program."
+                "basis set PySCF defines with its ECP (e.g. def2-svp, lanl2dz) or another program.",
+                kind="ecp",
             )
         return 0
     return int(ecp[0])
@@ -217,17 +225,30 @@ def check_model(symbols: Iterable[str], model: Any) -> None:
         basis = _basis_name(get("basis"))
     except (_Unresolvable, InputError) as err:
         raise QCMBInputError(str(err)) from None
-    bad: dict[str, str] = {}
+    bad: dict[str, _Unresolvable] = {}
     for symbol in sorted({_element(s) for s in symbols}):
         try:
             _resolve(symbol, basis)
         except _Unresolvable as err:
-            bad[symbol] = str(err)
+            bad[symbol] = err
     if len(bad) == 1:
-        raise QCMBInputError(next(iter(bad.values())))
-    if bad:
-        raise QCMBInputError(f"PySCF cannot use basis set {basis!r} for elements {', '.join(bad)}: "
-                             + " | ".join(bad.values()))
+        raise QCMBInputError(str(next(iter(bad.values()))))
+    if bad:  # one sentence per kind of failure, naming every element
+        no_basis = [el for el, err in bad.items() if err.kind == "basis"]
+        no_ecp = [el for el, err in bad.items() if err.kind == "ecp"]
+        parts = []
+        if no_basis:
+            parts.append(f"PySCF has no basis set {basis!r} for {_elements(no_basis)}.")
+        if no_ecp:
+            parts.append(f"Basis set {basis!r} uses an effective core potential for {_elements(no_ecp)} that PySCF's "
+                         "basis library lacks: those atoms would run all-electron in a valence basis.")
+        parts.append("Choose a basis set PySCF defines, with its ECPs, for every element of the molecule "
+                     "(pyscf.gto.basis), or another program.")
+        raise QCMBInputError(" ".join(parts))
+
+
+def _elements(symbols: list[str]) -> str:
+    return ("element " if len(symbols) == 1 else "elements ") + ", ".join(symbols)
 
 
 def _real_first(real: list[bool]) -> list[int]:
