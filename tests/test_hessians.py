@@ -121,8 +121,14 @@ def test_pyscf_hessian_ghosts_first_matches_finite_differences() -> None:
     require_module("pyscf")
     require_program("pyscf")
     mol = _ghost_first()
-    hess = np.asarray(_compute("pyscf", mol, "hessian", "sto-3g").return_result)
+    res = _compute("pyscf", mol, "hessian", "sto-3g")
+    hess = np.asarray(res.return_result)
     assert hess.shape == (18, 18)
+    # rows in input order (ghosts first), as PySCF itself gives them for this atom order
+    direct = np.asarray(_pyscf_direct(mol, "sto-3g").nuc_grad_method().kernel())
+    np.testing.assert_allclose(np.asarray(res.properties.return_gradient), direct, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(_compute("pyscf", mol, "gradient", "sto-3g").return_result), direct,
+                               rtol=0, atol=1e-8)
 
     # central finite difference of PySCF's analytic gradients (PySCF run directly, input order)
     h = 1e-4
