@@ -117,7 +117,7 @@ def _short(text: str, debug: bool) -> str:
 def _fragment_message(err: FragmentError, debug: bool) -> str:
     tries = f" after {err.attempts} attempts" if err.attempts > 1 else ""
     return (f"fragment {err.label} (n-body level {err.level}, program {err.program}) failed{tries}: "
-            f"{err.error_type}: {_short(err.error_message, debug)}")
+            f"{err.error_type}: {_short(err.error_message if debug else err.cause, debug)}")
 
 
 def _fail(message: str, code: int, exc: BaseException | None, debug: bool) -> typer.Exit:

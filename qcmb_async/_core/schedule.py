@@ -27,8 +27,10 @@ from .resources import ResourcePool, Usage
 log = get_logger()
 
 #: Error types worth another attempt: QCEngine's ``RandomError`` (error_type
-#: ``random_error``), a fragment that timed out, a worker process or Dask worker that died.
-TRANSIENT_ERRORS = frozenset({"random_error", "RandomError", "TimeoutError", "WorkerDied", "KilledWorker"})
+#: ``random_error``), a fragment that timed out, a worker process or Dask worker that died, a
+#: program process killed by a signal (the OOM killer, an administrator, a node agent).
+TRANSIENT_ERRORS = frozenset({"random_error", "RandomError", "TimeoutError", "WorkerDied", "KilledWorker",
+                              "ProgramKilled"})
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 
