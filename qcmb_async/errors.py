@@ -55,6 +55,20 @@ class FragmentError(QCMBAsyncError, RuntimeError):
                              self.attempts, self.result))
 
 
+class Terminated(KeyboardInterrupt):
+    """The run was stopped by a termination signal (SIGTERM from a batch scheduler), cleanly like Ctrl-C.
+
+    A ``KeyboardInterrupt`` so code that handles Ctrl-C handles it too; :attr:`signum` is the
+    signal's number (the command line exits with ``128 + signum``, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+
+
 @dataclass
 class FailureReport:
     """What an ``on_error="continue"`` run could and could not compute."""
