@@ -134,9 +134,10 @@ def test_store_created_in_an_existing_empty_file_is_owner_only(tmp_path: Path) -
 def test_report_reads_a_store_on_read_only_media(filled_store: Path, tmp_path: Path) -> None:
     with _tmpfs(tmp_path / "media", "8m") as media:
         store = media / "s.sqlite"
-        store.write_bytes(filled_store.read_bytes())
-        wanted = _rows(store)
+        store.write_bytes(filled_store.read_bytes())  # a WAL store, closed cleanly: no -wal/-shm beside it
+        wanted = _rows(filled_store)
         assert wanted and all(r["status"] == "ok" for r in wanted)
+        assert sorted(p.name for p in media.iterdir()) == ["s.sqlite"]
         subprocess.run(["mount", "-o", "remount,ro", str(media)], check=True)
         with pytest.raises(OSError):  # truly read-only, even for root
             (media / "probe").touch()
@@ -281,3 +282,35 @@ def test_full_disk_is_logged_once_and_counted(tmp_path: Path) -> None:
         assert missing > 1
         assert f"{missing} computed result(s) are not in the result store" in proc.stderr, proc.stderr
         assert proc.stderr.count("result not stored;") == 1, proc.stderr
+
+
+def test_sigterm_removes_process_worker_directories(tmp_path: Path) -> None:
+    """PySCF runs in worker processes with their own directory: SIGTERM removes both."""
+    require_program("pyscf")
+    scratch, store = tmp_path / "scratch", tmp_path / "p.sqlite"
+    scratch.mkdir()
+    inp = tmp_path / "pyscf.json"
+    inp.write_text(mbe_input("pyscf", "hf", "aug-cc-pvtz", bsse="cp", max_nbody=2,
+                             molecule=waters(3, spacing=3.0)).model_dump_json())
+    proc = subprocess.Popen([sys.executable, "-m", "qcmb_async", "run", str(inp), "--store", str(store), "--ncores",
+                             "2", "--executor", "processes", "-q"], cwd=tmp_path, env=_env(TMPDIR=str(scratch)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    workers: list[psutil.Process] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            # Busy workers: children of the runner that have used a second of CPU (a fragment, not start-up).
+            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                       if "python" in c.name() and c.cpu_times().user > 1.0]
+        if workers and any(p.name.startswith("qcmb-async-workers-") for p in scratch.iterdir()):
+            break
+        time.sleep(0.1)
+    assert workers, f"no worker ever ran a fragment: {proc.communicate(timeout=30)}"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    time.sleep(0.2)
+    assert alive(workers) == []
+    assert sorted(p.name for p in scratch.iterdir()) == []
+    (row,) = _runs(store)
+    assert row["status"] == "interrupted"
