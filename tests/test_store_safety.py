@@ -314,3 +314,24 @@ def test_sigterm_removes_process_worker_directories(tmp_path: Path) -> None:
     assert sorted(p.name for p in scratch.iterdir()) == []
     (row,) = _runs(store)
     assert row["status"] == "interrupted"
+
+
+def test_sigterm_in_a_script_stops_run_cleanly(tmp_path: Path) -> None:
+    """``qcmb_async.run()`` in a user's script: SIGTERM raises Terminated after the same clean stop."""
+    require_program("nwchem")
+    store, out = tmp_path / "script.sqlite", tmp_path / "script.json"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/scripts/durable_run.py"), str(store), "nwchem", "5",
+                             "cp", "3", str(out)], env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (store.exists() and _rows(store)):
+        time.sleep(0.05)
+    programs = _nwchem_under(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and "Terminated: terminated by SIGTERM" in err, err[-2000:]
+    time.sleep(0.2)
+    assert alive(programs) == [] and alive(_nwchem_under(proc.pid)) == []
+    (row,) = _runs(store)
+    assert row["status"] == "interrupted"
+    assert not out.exists()
