@@ -85,7 +85,8 @@ async def run_manybody(
         level_barrier: Finish every n-body level before starting the next. Off by default:
             fragments do not depend on each other, and a barrier leaves cores idle.
         scratch_directory: Parent directory for programs' scratch files.
-        retries: Extra attempts for transient failures (QCEngine ``RandomError``, timeouts).
+        retries: Extra attempts for transient failures (QCEngine ``RandomError``, timeouts, dead worker
+            processes, program processes killed by a signal: ``ProgramKilled``).
         timeout: Seconds per fragment attempt; the program process is killed after that.
         on_error: ``"raise"`` stops at the first failed fragment (others are cancelled);
             ``"continue"`` computes everything it can, then raises :class:`RunFailed`.
@@ -293,7 +294,9 @@ def run(mbe_input: Any, **options: Any) -> Any:
 
     In a plain script the run uses ``anyio.run``; when an event loop is already running in
     this thread, it runs on a private event-loop thread and this call blocks until it ends.
-    Ctrl-C cancels the run in both cases.
+    Ctrl-C cancels the run in both cases. In a plain script SIGTERM (a batch scheduler's stop)
+    cancels it the same way, then raises :class:`~qcmb_async.errors.Terminated` (unless the
+    caller installed its own SIGTERM handler).
     """
     call = functools.partial(run_manybody, mbe_input, **options)
     try:
