@@ -27,8 +27,10 @@ from .resources import ResourcePool, Usage
 log = get_logger()
 
 #: Error types worth another attempt: QCEngine's ``RandomError`` (error_type
-#: ``random_error``), a fragment that timed out, a worker process or Dask worker that died.
-TRANSIENT_ERRORS = frozenset({"random_error", "RandomError", "TimeoutError", "WorkerDied", "KilledWorker"})
+#: ``random_error``), a fragment that timed out, a worker process or Dask worker that died, a
+#: program process killed by a signal (the OOM killer, an administrator, a node agent).
+TRANSIENT_ERRORS = frozenset({"random_error", "RandomError", "TimeoutError", "WorkerDied", "KilledWorker",
+                              "ProgramKilled"})
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 
@@ -72,6 +74,8 @@ class ScheduleOutcome:
     usage: Usage
     started: float
     finished: float
+    not_stored: int = 0
+    """Computed results the result store could not keep (disk full, I/O error): a rerun recomputes them."""
 
 
 def _task_config(options: RunOptions) -> dict[str, Any]:
@@ -220,6 +224,7 @@ async def schedule(
     failed_levels: set[int] = set()
     started = clock()
     reused = 0
+    unstored: list[str] = []  # labels of results the store refused; logged once, counted in the summary
     await ev.emit(on_event, ev.RunStarted(run_id, len(plan.fragments), per_level, options.ncores, options.memory))
 
     announced: list[int] = []
@@ -281,7 +286,14 @@ async def schedule(
                     if store is not None:
                         # Shielded: a finished fragment is committed even if the run is being cancelled.
                         with anyio.CancelScope(shield=True):
-                            await anyio.to_thread.run_sync(_store_put, store, frag, job.key, result, rec, run_id)
+                            problem = await anyio.to_thread.run_sync(_store_put, store, frag, job.key, result, rec,
+                                                                     run_id)
+                        if problem is not None:
+                            unstored.append(frag.label)
+                            if len(unstored) == 1:
+                                # Once: a full disk would otherwise log the same line for every fragment.
+                                log.error("result not stored; the run goes on, later results that cannot be "
+                                          "stored are counted in the summary, not logged", reason=problem)
                     results[frag.label] = slim(plan, result)
                     rec.status = "ok"
                     # Calibrate in one-core seconds, whatever this fragment was given.
@@ -377,9 +389,12 @@ async def schedule(
     finished = clock()
     if store is not None:
         log.info("result store consulted", run_id=run_id, reused=reused, computed=len(results) - reused)
+    if unstored:
+        log.warning("results not in the store: a rerun would recompute them", run_id=run_id,
+                    not_stored=len(unstored), computed=len(results) - reused)
     await ev.emit(on_event, ev.RunFinished(run_id, len(results), len(failures), finished - started))
     ordered = [records[f.label] for f in plan.fragments if f.label in records]
-    return ScheduleOutcome(results, ordered, failures, pool.usage, started, finished)
+    return ScheduleOutcome(results, ordered, failures, pool.usage, started, finished, not_stored=len(unstored))
 
 
 def _exponent_of(frag: Fragment) -> float:
@@ -394,7 +409,8 @@ def _build(plan: Plan, store: Any, frags: list[Fragment]) -> list[tuple[Fragment
     return [(f, j, cached.get(j.key)) for f, j in zip(frags, jobs, strict=True)]
 
 
-def _store_put(store: Any, frag: Fragment, key: str, result: Any, rec: FragmentRecord, run_id: str) -> None:
+def _store_put(store: Any, frag: Fragment, key: str, result: Any, rec: FragmentRecord, run_id: str) -> str | None:
+    """Commit one result; ``None``, or why it could not be stored (the caller logs and counts)."""
     from .store import StoreError
 
     last = rec.history[-1] if rec.history else {}
@@ -405,7 +421,8 @@ def _store_put(store: Any, frag: Fragment, key: str, result: Any, rec: FragmentR
                   host=last.get("host", ""), worker=last.get("worker", ""), wall_time=wall)
     except StoreError as exc:
         # The result is still in memory and the run goes on; only resumability of this fragment is lost.
-        log.error("result not stored", label=frag.label, reason=str(exc))
+        return f"fragment {frag.label}: {exc}"
+    return None
 
 
 def _store_failure(store: Any, frag: Fragment, key: str, rec: FragmentRecord, run_id: str) -> None:
