@@ -18,7 +18,7 @@ from ._core.plan import Fragment, Plan
 from ._qcengine.seams import prime_qcengine
 from ._runner import RunHandle, open_run, plan_manybody, run, run_manybody
 from ._version import __version__
-from .errors import FailureReport, FragmentError, InputError, QCMBAsyncError, RunFailed
+from .errors import FailureReport, FragmentError, InputError, QCMBAsyncError, RunFailed, Terminated
 
 # A library configures no logging; NullHandler keeps Python's last-resort handler from
 # printing our structured events as raw dicts when the application configured nothing.
@@ -36,6 +36,7 @@ __all__ = [
     "QCMBAsyncError",
     "RunFailed",
     "RunHandle",
+    "Terminated",
     "__version__",
     "events",
     "open_run",

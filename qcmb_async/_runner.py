@@ -7,11 +7,12 @@ import contextlib
 import functools
 import math
 import os
+import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from ._core.inputs import check_input, load_input, make_options
 from ._core.plan import Plan, make_plan
 from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
 from ._logs import get_logger
-from .errors import FailureReport, InputError, RunFailed
+from .errors import FailureReport, FragmentError, InputError, RunFailed, Terminated
 from .executors import resolve_executor
 from .settings import get_settings
 
@@ -90,7 +91,8 @@ async def run_manybody(
         level_barrier: Finish every n-body level before starting the next. Off by default:
             fragments do not depend on each other, and a barrier leaves cores idle.
         scratch_directory: Parent directory for programs' scratch files.
-        retries: Extra attempts for transient failures (QCEngine ``RandomError``, timeouts).
+        retries: Extra attempts for transient failures (QCEngine ``RandomError``, timeouts, dead worker
+            processes, program processes killed by a signal: ``ProgramKilled``).
         timeout: Seconds per fragment attempt; the program process is killed after that.
         on_error: ``"raise"`` stops at the first failed fragment (others are cancelled);
             ``"continue"`` computes everything it can, then raises :class:`RunFailed`.
@@ -195,24 +197,52 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
     log.info("run planned", run_id=run_id, fragments=len(plan.fragments), executor=exe.name,
              ncores=options.ncores, memory=options.memory, slots=options.slots,
              store=str(result_store.path) if result_store is not None else None)
+    started = time.time()
     try:
         if result_store is not None:
             await anyio.to_thread.run_sync(functools.partial(
-                result_store.record_run, run_id, input_hash=plan.input_hash, started=time.time()))
-        outcome = await Scheduler(plan, options, exe, run_id=run_id, store=result_store,
-                                  partial_result=functools.partial(assemble_through, plan),
-                                  keep=functools.partial(slim, plan)).run()
+                _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=started))
+        try:
+            outcome = await Scheduler(plan, options, exe, run_id=run_id, store=result_store,
+                                      partial_result=functools.partial(assemble_through, plan),
+                                      keep=functools.partial(slim, plan)).run()
+        except BaseException as exc:
+            # The run row must not stay 'running' forever: say how it ended.
+            if result_store is not None:
+                status = "failed" if isinstance(exc, FragmentError) else (
+                    "interrupted" if isinstance(exc, KeyboardInterrupt | anyio.get_cancelled_exc_class())
+                    else "error")
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_record_end, result_store, run_id, plan.input_hash, started,
+                                                   status, exc)
+            raise
         extras = _extras(run_id, exe.name, options, outcome)
         if result_store is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(functools.partial(
-                    result_store.record_run, run_id, input_hash=plan.input_hash, started=outcome.started,
+                    _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=outcome.started,
                     finished=outcome.finished, status="failed" if outcome.failures else "ok",
                     summary={k: v for k, v in extras.items() if k != "fragments"}))
     finally:
         if result_store is not None:
             result_store.close()
     return outcome, extras
+
+
+def _record_run_quietly(store: Any, run_id: str, **row: Any) -> None:
+    """``store.record_run``; a store that cannot be written (disk full) must not lose the computed result."""
+    from ._core.store import StoreError
+
+    try:
+        store.record_run(run_id, **row)
+    except StoreError as exc:
+        log.error("run not recorded in the store", run_id=run_id, reason=str(exc))
+
+
+def _record_end(store: Any, run_id: str, input_hash: str, started: float, status: str, exc: BaseException) -> None:
+    reason = "interrupted" if status == "interrupted" else f"{type(exc).__name__}: {str(exc)[:500]}"
+    _record_run_quietly(store, run_id, input_hash=input_hash, started=started, finished=time.time(), status=status,
+                        summary={"run_id": run_id, "ended": reason})
 
 
 def open_store(store: str | os.PathLike[str] | None) -> ResultStore | None:
@@ -248,6 +278,7 @@ def _extras(run_id: str, executor: str, options: Any, outcome: ScheduleOutcome) 
         "finished": outcome.finished,
         "peak_cores": outcome.usage.peak_cores,
         "peak_memory": outcome.usage.peak_memory,
+        "not_stored": outcome.not_stored,
         "fragments": [rec.as_dict() for rec in outcome.records],
     }
 
@@ -269,7 +300,9 @@ def run(mbe_input: Any, **options: Any) -> ManyBodyResult:
 
     In a plain script the run uses ``anyio.run``; when an event loop is already running in
     this thread, it runs on a private event-loop thread and this call blocks until it ends.
-    Ctrl-C cancels the run in both cases.
+    Ctrl-C cancels the run in both cases. In a plain script SIGTERM (a batch scheduler's stop)
+    cancels it the same way, then raises :class:`~qcmb_async.errors.Terminated` (unless the
+    caller installed its own SIGTERM handler).
     """
     call = functools.partial(run_manybody, mbe_input, **options)
     try:
@@ -282,7 +315,13 @@ def run(mbe_input: Any, **options: Any) -> ManyBodyResult:
 
         # The result stays out of the loop's main task: asyncio.Runner formats that task (and
         # so the whole ManyBodyResult) on the way out, 0.1 s and more for a large expansion.
-        anyio.run(main)
+        with _sigterm_as_interrupt() as got:
+            try:
+                anyio.run(main)
+            except KeyboardInterrupt:
+                if got:
+                    raise Terminated(got[0]) from None
+                raise
         return box["result"]
     with anyio.from_thread.start_blocking_portal() as portal:
         future = portal.start_task_soon(call)
@@ -291,6 +330,38 @@ def run(mbe_input: Any, **options: Any) -> ManyBodyResult:
         except KeyboardInterrupt:
             future.cancel()
             raise
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[list[int]]:
+    """While a run owns the main thread, SIGTERM stops it the way Ctrl-C does.
+
+    Batch schedulers (SLURM, PBS, Kubernetes) send SIGTERM before SIGKILL. Python's default
+    action ends the process at once, leaving program processes, worker processes and scratch
+    directories behind and the store's run row at ``running``. Here SIGTERM is handed to the
+    SIGINT handler the event loop installed (it cancels the run: programs killed, scratch
+    removed); the yielded list receives the signal number. A handler the caller installed is
+    left alone.
+    """
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield got
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        got.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class RunHandle:

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import FragmentError, InputError, RunFailed
+from .errors import FragmentError, InputError, RunFailed, Terminated
 
 __all__ = ["app", "energy_rows", "format_eh", "format_kcal", "main"]
 
@@ -104,7 +104,8 @@ def _setup_logging(fmt: LogFormat, verbose: int, debug: bool) -> None:
 def _drop_reported_events(record: logging.LogRecord) -> bool:
     """Quiet console: failures and retries are shown by the progress display and the error paragraph."""
     event = record.msg.get("event") if isinstance(record.msg, dict) else None
-    return event not in ("fragment failed", "fragment retried")
+    return event not in ("fragment failed", "fragment retried",
+                         "results not in the store: a rerun would recompute them")  # the CLI says it itself
 
 
 def _short(text: str, debug: bool) -> str:
@@ -117,7 +118,7 @@ def _short(text: str, debug: bool) -> str:
 def _fragment_message(err: FragmentError, debug: bool) -> str:
     tries = f" after {err.attempts} attempts" if err.attempts > 1 else ""
     return (f"fragment {err.label} (n-body level {err.level}, program {err.program}) failed{tries}: "
-            f"{err.error_type}: {_short(err.error_message, debug)}")
+            f"{err.error_type}: {_short(err.error_message if debug else err.cause, debug)}")
 
 
 def _fail(message: str, code: int, exc: BaseException | None, debug: bool) -> typer.Exit:
@@ -135,6 +136,9 @@ def _errors(debug: bool) -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort):
         raise
+    except Terminated as exc:
+        raise _fail(f"{exc} (run stopped, program processes and scratch removed)", 128 + exc.signum, exc,
+                    debug) from None
     except KeyboardInterrupt as exc:
         raise _fail("interrupted", 130, exc, debug) from None
     except (InputError, Usage) as exc:
@@ -283,6 +287,42 @@ def _check_writable(option: str, path: Path | None) -> None:
         raise Usage(f"{option} {str(path)!r}: directory {str(parent)!r} does not exist")
 
 
+def _store_path(store: Path | None, no_store: bool) -> Path | None:
+    """The result store a run will open (mirrors ``runner.open_store``), or ``None``."""
+    if no_store:
+        return None
+    if store is not None:
+        return store
+    env = os.environ.get("QCMB_ASYNC_STORE", "").strip()
+    if env.lower() in ("none", "off", "0", "false"):
+        return None
+    if env:
+        return Path(env)
+    from ._core.store import default_store_path
+
+    return default_store_path()
+
+
+def _check_not_store(store: Path | None, no_store: bool, **outputs: Path | None) -> None:
+    """Refuse an output file that is the result store or one of its -wal/-shm files (writing it destroys the store)."""
+    path = _store_path(store, no_store)
+    if path is None:
+        return
+    target = path.expanduser().resolve()
+    forbidden = {str(target), f"{target}-wal", f"{target}-shm", f"{target}-journal"}
+    for option, out in outputs.items():
+        if out is None:
+            continue
+        resolved = out.expanduser().resolve()
+        same = str(resolved) in forbidden
+        with contextlib.suppress(OSError):  # hard links and bind mounts: same inode
+            same = same or (resolved.exists() and target.exists() and os.path.samefile(resolved, target))
+        if same:
+            raise Usage(f"--{option} {str(out)!r} is the result store {str(path)!r} (or one of its -wal/-shm "
+                        "files): writing the result there would destroy every stored fragment. Give another "
+                        "output path")
+
+
 def _supported(name: str) -> bool:
     from . import run_manybody
 
@@ -393,6 +433,7 @@ def run(
                     keywords=keywords, driver=driver, charge=charge, multiplicity=multiplicity)
         _check_writable("--output", output)
         _check_writable("--timeline", timeline)
+        _check_not_store(store, no_store, output=output, timeline=timeline)
         if timeline is not None:
             from .timeline import _import_matplotlib
 
@@ -448,6 +489,12 @@ def _run(mbe: Any, options: dict[str, Any], *, output: Path | None, timeline: Pa
                               computed=progress.succeeded, cached=progress.cached, failed=progress.failed,
                               retries=progress.retried, wall_time=progress.wall_time)
     _energy_tables(out, result)
+    not_stored = int(((result.extras or {}).get("qcmb_async") or {}).get("not_stored") or 0)
+    if not_stored:
+        # Said once, here, not once per fragment: a full disk fails every write the same way.
+        _stderr().print(f"warning: {not_stored} computed result(s) are not in the result store (it could not be "
+                        "written; see the first 'result not stored' log line for why): a rerun would recompute "
+                        "them", markup=False, soft_wrap=True)
     if output is not None:
         output.write_text(result.model_dump_json())
         if not quiet and not json_logs:

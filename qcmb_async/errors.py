@@ -17,8 +17,10 @@ class InputError(QCMBAsyncError, ValueError):
 class FragmentError(QCMBAsyncError, RuntimeError):
     """A fragment calculation failed.
 
-    Names the fragment and keeps QCEngine's original error type and message unchanged in
-    :attr:`error_type` and :attr:`error_message`; :attr:`result` is QCEngine's
+    Names the fragment and keeps QCEngine's original error type and full message unchanged in
+    :attr:`error_type` and :attr:`error_message`; :attr:`cause` is the program's own error
+    line(s) extracted from that message (for NWChem, not the echoed input deck that fills its
+    first kilobytes), which is what ``str(err)`` shows. :attr:`result` is QCEngine's
     ``FailedOperation`` as a dict when there was one.
     """
 
@@ -39,11 +41,32 @@ class FragmentError(QCMBAsyncError, RuntimeError):
         self.error_message = error_message
         self.attempts = attempts
         self.result = result
+        from ._core.causes import extract_cause
+
+        self.cause = extract_cause(error_message, error_type=error_type)
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         super().__init__(
             f"fragment {label} (n-body level {level}, program {program}) failed{tries}: "
-            f"{error_type}: {error_message}"
+            f"{error_type}: {self.cause}"
         )
+
+    def __reduce__(self) -> Any:  # picklable (Dask, process pools) despite the keyword-rich __init__
+        return (type(self), (self.label, self.level, self.program, self.error_type, self.error_message,
+                             self.attempts, self.result))
+
+
+class Terminated(KeyboardInterrupt):
+    """The run was stopped by a termination signal (SIGTERM from a batch scheduler), cleanly like Ctrl-C.
+
+    A ``KeyboardInterrupt`` so code that handles Ctrl-C handles it too; :attr:`signum` is the
+    signal's number (the command line exits with ``128 + signum``, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
 
 
 @dataclass

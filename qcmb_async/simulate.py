@@ -46,6 +46,7 @@ __all__ = [
     "SimulationResult",
     "Workload",
     "lower_bound",
+    "makespan_lower_bound",
     "simulate",
     "synthetic_workload",
 ]
@@ -166,6 +167,22 @@ def _plan_of(mbe_input: Any) -> Plan:
     return make_plan(load_input(mbe_input))
 
 
+def makespan_lower_bound(walls: Sequence[float], ncores: int, cores: Sequence[int] | int = 1) -> float:
+    """No schedule of these fragment times on ``ncores`` cores can finish sooner (seconds).
+
+    ``max(longest wall, sum(wall * cores) / ncores)``: ``walls`` are the fragments' wall times
+    (seconds) as measured, ``cores`` the cores each ran on (one number for all). The bound of
+    one run's own records; :func:`lower_bound` bounds a :class:`Workload` of one-core times
+    instead. Raises ``ValueError`` for no fragments or ``ncores < 1``.
+    """
+    walls = [float(w) for w in walls]
+    per_fragment = [cores] * len(walls) if isinstance(cores, int) else [int(c) for c in cores]
+    if not walls or ncores < 1 or len(per_fragment) != len(walls):
+        raise ValueError(f"need fragment walls, as many cores and ncores >= 1 (got {len(walls)} walls, "
+                         f"{len(per_fragment)} cores, ncores {ncores})")
+    return max(max(walls), math.fsum(w * c for w, c in zip(walls, per_fragment, strict=True)) / ncores)
+
+
 def lower_bound(workload: Workload, ncores: int, *, fragment_ncores: int | None = None,
                 parallel_fraction: Mapping[str, float] | None = None) -> float:
     """No schedule on ``ncores`` cores can finish sooner: max(longest fragment, total work / ncores).
@@ -183,7 +200,9 @@ def lower_bound(workload: Workload, ncores: int, *, fragment_ncores: int | None 
     times = [workload.durations[f.label]
              / speedup(fragment_ncores, cost.parallel_fraction(f.program, parallel_fraction))
              for f in workload.fragments]
-    return max(max(times), math.fsum(times) / max(1, ncores // fragment_ncores))
+    # At most ncores // fragment_ncores fragments at once: the cores they can use in all.
+    usable = max(1, ncores // fragment_ncores) * fragment_ncores
+    return makespan_lower_bound(times, usable, fragment_ncores)
 
 
 @dataclass

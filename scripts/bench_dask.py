@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import statistics
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from qcelemental.models.v2 import Molecule
+from benchlib.molecules import mbe, planar_hexamer
 from qcmanybody.models.v2 import ManyBodyInput
 from qcmanybody.v2 import ManyBodyComputer
 
@@ -36,31 +35,9 @@ from qcmb_async.executors.dask import DaskExecutor
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def water_hexamer(radius: float = 2.9) -> Molecule:
-    """Six waters on a planar ring (O-O 2.9 A), each donating an H to its neighbour, the other H out of plane."""
-    blocks = []
-    for i in range(6):
-        a, b = 2 * math.pi * i / 6, 2 * math.pi * (i + 1) / 6
-        ox, oy = radius * math.cos(a), radius * math.sin(a)
-        nx, ny = radius * math.cos(b) - ox, radius * math.sin(b) - oy
-        norm = math.hypot(nx, ny)
-        h1 = (ox + 0.96 * nx / norm, oy + 0.96 * ny / norm, 0.0)
-        h2 = (ox + 0.30 * math.cos(a), oy + 0.30 * math.sin(a), 0.91 * (1 if i % 2 else -1))
-        blocks.append(f"O {ox:.5f} {oy:.5f} 0.0\nH {h1[0]:.5f} {h1[1]:.5f} {h1[2]:.5f}\n"
-                      f"H {h2[0]:.5f} {h2[1]:.5f} {h2[2]:.5f}")
-    mol = Molecule.from_data("\n--\n".join(blocks))
-    return Molecule(**{**mol.model_dump(), "fragment_charges": [0.0] * 6, "fragment_multiplicities": [1] * 6})
-
-
 def hexamer_input() -> ManyBodyInput:
-    return ManyBodyInput(
-        molecule=water_hexamer(),
-        specification={
-            "driver": "energy",
-            "keywords": {"bsse_type": ["cp"], "max_nbody": 3},
-            "specification": {"(auto)": {"program": "mopac", "model": {"method": "pm7"}, "driver": "energy"}},
-        },
-    )
+    """The planar MOPAC PM7 water hexamer, CP, 3-body, energy (no per-fragment results kept)."""
+    return mbe(planar_hexamer(), "mopac", "pm7", None, bsse="cp", max_nbody=3, keep_all=False)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,9 @@ import time
 from typing import Any
 
 import anyio
-from _bench_common import DIFF_LIMIT, atime_qcmb_async, figures, hexamer_input, time_sequential, warm_up
+from benchlib.figures import DIFF_LIMIT, ceiling, figures
+from benchlib.measurement import atime_qcmb_async, time_sequential, warm_up
+from benchlib.molecules import hexamer_input
 
 from qcmb_async import prime_qcengine
 from qcmb_async.executors.processes import ProcessExecutor
@@ -82,7 +84,7 @@ def main() -> int:
         print(f"  {'sequential':18}{seq.wall:9.2f}{1.0:9.2f}{'':>13}{'':>12}{'':>9}{first['median_seq']:16.3f}")
         for name, fig in figs.items():
             print(f"  {name:18}{fig['par_wall']:9.2f}{fig['speedup']:9.2f}{fig['schedule_wall']:13.2f}"
-                  f"{fig['ratio']:12.3f}{_ceiling(fig, args.ncores):9.2f}{fig['median_par']:16.3f}"
+                  f"{fig['ratio']:12.3f}{ceiling(fig, args.ncores):9.2f}{fig['median_par']:16.3f}"
                   f"{fig['max_diff']:16.1e}")
             ok &= fig["max_diff"] < DIFF_LIMIT
         cold = figs["processes (cold)"]
@@ -92,7 +94,7 @@ def main() -> int:
     print(f"  pool kept across all rounds: started once in {pool_start:.2f} s (not in its rows)")
     print("  medians over rounds: " + ", ".join(
         f"{name} {statistics.median(f[name]['speedup'] for _, f in rounds):.2f}x "
-        f"(ceiling {statistics.median(_ceiling(f[name], args.ncores) for _, f in rounds):.2f}x)" for name in ROWS))
+        f"(ceiling {statistics.median(ceiling(f[name], args.ncores) for _, f in rounds):.2f}x)" for name in ROWS))
     for name in ROWS[1:]:
         speedups = [f[name]["speedup"] for _, f in rounds]
         med = statistics.median(speedups)
@@ -101,11 +103,6 @@ def main() -> int:
     if not ok:
         print("RESULTS DIFFER")
     return 0 if ok else 1
-
-
-def _ceiling(fig: dict[str, float], ncores: int) -> float:
-    """Speedup with no time outside fragments and a perfectly packed schedule."""
-    return fig["seq_wall"] / (fig["par_sum"] / ncores)
 
 
 if __name__ == "__main__":

@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from _bench_common import CpuMeter, machine_busy
+from benchlib.measurement import WATER, CpuMeter, machine_busy
 from qcelemental.models.v2 import AtomicInput, Molecule
 
 TARGET = 1.5
-WATER = "O 0 0 0\nH 0 0.757 0.587\nH 0 -0.757 0.587"
 NCORES, MEMORY = 1, 0.5
 
 
@@ -115,7 +114,7 @@ def main() -> int:
                                                      "keywords": {"scf_type": "pk"}})
     config = qcengine.config.get_config(task_config={"ncores": NCORES, "memory": MEMORY})
     doc = psi4_legacy.v1_document(inp, config)
-    job = FragmentJob(label="water", level=1, program="psi4", atomic_input=inp.model_dump(),
+    job = FragmentJob(label="water", nbody=1, program="psi4", atomic_input=inp.model_dump(),
                       task_config={"ncores": NCORES, "memory": MEMORY, "scratch_directory": None, "retries": 0})
     idle = machine_busy(1.0)
 

@@ -19,21 +19,10 @@ import platform
 import sys
 import time
 
-from _bench_common import (
-    DIFF_LIMIT,
-    SPECS,
-    aggregate,
-    figures,
-    hexamer_input,
-    interference_warning,
-    machine_busy,
-    print_comparison,
-    print_summary,
-    target_line,
-    time_qcmb_async,
-    time_sequential,
-    warm_up,
-)
+from benchlib.figures import DIFF_LIMIT, aggregate, figures
+from benchlib.measurement import machine_busy, time_qcmb_async, time_sequential, warm_up
+from benchlib.molecules import SPECS, hexamer_input
+from benchlib.report import interference_warning, print_comparison, print_summary, target_line
 
 import qcmb_async
 from qcmb_async import prime_qcengine

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qcmb_async"
 #: Inside ``_core`` the pipeline stages are layers too: a stage imports upstream stages' data types,
 #: never a downstream stage.
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "_logs", "programs", "_core", "_core.contract", "_core.events", "_core.resources"},
+    {"_version", "errors", "_logs", "programs", "settings",
+     "_core", "_core.causes", "_core.contract", "_core.events", "_core.resources"},
     {"harnesses"},
     {"_core.cost", "_core.xyz", "_core.inputs"},                       # input
     {"_core.plan"},                                                    # plan

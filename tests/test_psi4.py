@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,59 @@ def test_broken_psi4_is_not_found(registry: None, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ModuleNotFoundError, match="apt-get install psi4"):
         harness.found(raise_error=True)
     assert psi4_legacy.chosen_harness() is None
+
+
+def _fake_psi4(directory: Path, body: str) -> Path:
+    """A fake ``psi4`` executable (a shell script) standing in for a failing psi4 start."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "psi4"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return script
+
+
+def test_probe_timeout_is_reported_and_not_cached(registry: None, monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    fake = _fake_psi4(tmp_path / "fake", "sleep 30\n")
+    monkeypatch.setattr(psi4_legacy, "PROBE_TIMEOUT", 1)
+    start = time.perf_counter()
+    probe = psi4_legacy.probe_psi4(str(fake))
+    assert time.perf_counter() - start < 10  # killed at the timeout, not waited for
+    assert probe is not None and probe.version is None
+    assert probe.error == f"`{fake} --version` did not answer within 1 s (timed out, killed)"
+    assert str(fake) not in psi4_legacy._probes
+
+
+def test_failed_probe_is_not_cached(registry: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One failed `psi4 --version` start, then a good one, in one process: psi4 is usable after all,
+    and the failure said why (exit code, psi4's stderr)."""
+    real = psi4_legacy.psi4_executable()
+    if real is None:
+        require_program("psi4")  # skips on a laptop, fails under CI=true
+    flag = tmp_path / "fail-next-start"
+    flag.touch()
+    fake = _fake_psi4(tmp_path / "fake", f'if [ -e "{flag}" ]; then echo "fake psi4: simulated start failure" >&2; '
+                                         f'exit 3; fi\nexec "{real}" "$@"\n')
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    assert psi4_legacy.psi4_executable() == str(fake)
+    psi4_legacy._state.update(original=None, choice=None)
+    programs["psi4"] = Psi4Harness()
+    psi4_legacy.install()
+    harness = programs["psi4"]
+
+    assert harness.found() is False
+    with pytest.raises(ModuleNotFoundError) as err:
+        harness.found(raise_error=True)
+    assert f"`{fake} --version` exited with code 3" in str(err.value)
+    assert "fake psi4: simulated start failure" in str(err.value)
+    assert psi4_legacy.chosen_harness() is None
+
+    flag.unlink()  # the next start works (the real psi4 behind the same path)
+    assert harness.found() is True
+    assert psi4_legacy.chosen_harness() == "legacy"
+    res = qcengine.compute(_input(_cp_monomer(), **PK), "psi4", raise_error=True,
+                           task_config={"ncores": 1, "memory": 0.5})
+    assert res.return_result == pytest.approx(E_MONOMER_A_GHOST_B, abs=1e-8)
 
 
 def test_opt_out_keeps_qcengine_harness(registry: None, monkeypatch: pytest.MonkeyPatch) -> None:

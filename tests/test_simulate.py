@@ -237,3 +237,27 @@ def test_synthetic_workload_is_an_mbe() -> None:
     for f in work.fragments:
         assert f.level == len(f.real) and f.real == f.basis
     assert synthetic_workload(5_000, seed=7).durations == work.durations  # reproducible
+
+
+def test_makespan_lower_bound_of_measured_fragments() -> None:
+    from qcmb_async.simulate import makespan_lower_bound
+
+    # max(longest, sum(wall * cores) / ncores), worked by hand.
+    assert makespan_lower_bound([3.0, 1.0, 1.0, 1.0], 2) == pytest.approx(3.0)  # longest decides
+    assert makespan_lower_bound([1.0, 1.0, 1.0, 1.0], 2) == pytest.approx(2.0)  # 4 core-s on 2 cores
+    assert makespan_lower_bound([1.0, 1.0, 1.0, 1.0], 2, [2, 1, 1, 1]) == pytest.approx(2.5)  # 5 core-s
+    assert makespan_lower_bound([1.0, 1.0], 4, 2) == pytest.approx(1.0)
+    for walls, ncores, cores in (([], 2, 1), ([1.0], 0, 1), ([1.0, 2.0], 2, [1])):
+        with pytest.raises(ValueError):
+            makespan_lower_bound(walls, ncores, cores)
+
+
+def test_lower_bound_with_fixed_fragment_cores() -> None:
+    from qcmb_async.simulate import Workload, lower_bound
+
+    frags = [Fragment(f"f{i}", 1, "(auto)", "nwchem", (i,), (i,), 1.0, 1.0) for i in range(1, 6)]
+    work = Workload(frags, {f.label: 2.0 for f in frags})  # NWChem: parallel fraction 0, 2 s on any cores
+    # 2 cores per fragment on 5 cores: at most 2 run at once, so the work bound is 5 * 2 s / 2 = 5 s
+    # (a real schedule needs 3 rounds, 6 s); on 1 core one still runs at a time: 10 s.
+    assert lower_bound(work, 5, fragment_ncores=2, parallel_fraction={"nwchem": 0.0}) == pytest.approx(5.0)
+    assert lower_bound(work, 1, fragment_ncores=2, parallel_fraction={"nwchem": 0.0}) == pytest.approx(10.0)

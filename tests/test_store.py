@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -160,8 +161,11 @@ def test_runs_and_fragment_reports(store: ResultStore) -> None:
     store.record_run("r1", input_hash="h1", started=10.0, finished=15.0, status="ok", summary={"makespan": 5.0})
     runs = store.runs()
     assert [r["run_id"] for r in runs] == ["r1", "r2"]
+    import psutil
+
     assert runs[0] == {"run_id": "r1", "input_hash": "h1", "started": 10.0, "finished": 15.0, "status": "ok",
-                       "summary": {"makespan": 5.0}}
+                       "summary": {"makespan": 5.0}, "host": socket.gethostname(), "pid": os.getpid(),
+                       "pid_started": psutil.Process().create_time()}
     assert runs[1]["status"] == "running" and runs[1]["summary"] is None
     _put(store, "a", run_id="r1")
     _fail(store, "b", run_id="r2")

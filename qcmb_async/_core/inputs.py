@@ -348,6 +348,11 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
             f"use max_nbody <= {nfrag}"
         )
     check_programs({spec.program for spec in inp.specification.specification.values()}, local=local)
+    for spec in inp.specification.specification.values():
+        if spec.program == "pyscf":  # basis sets / ECPs PySCF cannot resolve, unknown methods: before any run
+            from ..harnesses.pyscf import check_model
+
+            check_model(inp.molecule.symbols, spec.model)
     bsse = {str(getattr(b, "value", b)) for b in (inp.specification.keywords.bsse_type or [])}
     if bsse & {"cp", "vmfc"} and any(s.program == "mopac" for s in inp.specification.specification.values()):
         from .._logs import get_logger

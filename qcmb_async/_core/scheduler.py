@@ -108,6 +108,8 @@ class ScheduleOutcome:
     usage: Usage
     started: float
     finished: float
+    not_stored: int = 0
+    """Computed results the result store could not keep (disk full, I/O error): a rerun recomputes them."""
 
 
 def unwrap_group(group: BaseExceptionGroup) -> BaseException:
@@ -192,11 +194,15 @@ class Scheduler:
         finished = self.clock()
         if self.store is not None:
             log.info("result store consulted", run_id=self.run_id, reused=self.reused,
-                     computed=len(self.results) - self.reused, not_stored=self.unstored)
+                     computed=len(self.results) - self.reused)
+        if self.unstored:
+            log.warning("results not in the store: a rerun would recompute them", run_id=self.run_id,
+                        not_stored=self.unstored, computed=len(self.results) - self.reused)
         await ev.emit(on_event, ev.RunFinished(self.run_id, len(self.results), len(self.failures),
                                                finished - started))
         ordered = [self.records[f.label] for f in self.plan.fragments if f.label in self.records]
-        return ScheduleOutcome(self.results, ordered, self.failures, self.pool.usage, started, finished)
+        return ScheduleOutcome(self.results, ordered, self.failures, self.pool.usage, started, finished,
+                               not_stored=self.unstored)
 
     def needs(self, frag: Fragment) -> tuple[int, float]:
         """``(cores, memory GiB)`` ``frag`` runs with."""
@@ -311,9 +317,14 @@ class Scheduler:
         if self.store is not None:
             # Shielded: a finished fragment is committed even if the run is being cancelled.
             with anyio.CancelScope(shield=True):
-                stored = await anyio.to_thread.run_sync(_store_put, self.store, frag, job.key, result, rec,
-                                                        self.run_id, self.unstored == 0)
-            self.unstored += not stored
+                problem = await anyio.to_thread.run_sync(_store_put, self.store, frag, job.key, result, rec,
+                                                         self.run_id)
+            if problem is not None:
+                self.unstored += 1
+                if self.unstored == 1:
+                    # Once: a full disk would otherwise log the same line for every fragment.
+                    log.error("result not stored; the run goes on, later results that cannot be "
+                              "stored are counted in the summary, not logged", reason=problem)
         self.results[frag.label] = self.keep(result)
         rec.status = "ok"
         # Calibrate in one-core seconds, whatever this fragment was given.
@@ -389,9 +400,9 @@ def _build(plan: Plan, store: FragmentStore | None, frags: list[Fragment]) -> li
     return [(f, j, cached.get(j.key)) for f, j in zip(frags, jobs, strict=True)]
 
 
-def _store_put(store: FragmentStore, frag: Fragment, key: str, result: Any, rec: FragmentRecord, run_id: str,
-               loud: bool) -> bool:
-    """Commit one result; ``False`` (logged once per run when ``loud``) when the store refused it."""
+def _store_put(store: FragmentStore, frag: Fragment, key: str, result: Any, rec: FragmentRecord,
+               run_id: str) -> str | None:
+    """Commit one result; ``None``, or why it could not be stored (the caller logs and counts)."""
     from .store import StoreError
 
     last = rec.history[-1] if rec.history else {}
@@ -402,11 +413,8 @@ def _store_put(store: FragmentStore, frag: Fragment, key: str, result: Any, rec:
                   host=last.get("host", ""), worker=last.get("worker", ""), wall_time=wall)
     except StoreError as exc:
         # The result is still in memory and the run goes on; only resumability of this fragment is lost.
-        if loud:
-            log.error("result not stored (further failures of this run are counted, not logged)",
-                      label=frag.label, reason=str(exc))
-        return False
-    return True
+        return f"fragment {frag.label}: {exc}"
+    return None
 
 
 def _store_failure(store: FragmentStore, frag: Fragment, key: str, rec: FragmentRecord, run_id: str) -> None:

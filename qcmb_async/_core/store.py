@@ -37,7 +37,11 @@ DEFAULT_TIMEOUT: float = 30.0
 
 _FRAGMENT_COLUMNS = ("key", "label", "level", "program", "status", "attempts", "host", "worker", "wall_time",
                      "run_id", "created_at", "error_type", "error_message")
-_RUN_COLUMNS = ("run_id", "input_hash", "started", "finished", "status", "summary")
+_RUN_COLUMNS = ("run_id", "input_hash", "started", "finished", "status", "summary", "host", "pid", "pid_started")
+
+RUN_STATUSES = ("running", "ok", "failed", "error", "interrupted")
+"""Values of ``runs.status`` written by qcmb_async; :meth:`ResultStore.runs` adds ``died`` for a ``running``
+row whose process is gone."""
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -66,7 +70,10 @@ _SCHEMA = (
         started REAL NOT NULL,
         finished REAL,
         status TEXT NOT NULL,
-        summary TEXT
+        summary TEXT,
+        host TEXT,
+        pid INTEGER,
+        pid_started REAL
     )""",
 )
 
@@ -121,20 +128,44 @@ class ResultStore:
                 raise StoreError(f"cannot create result store {self._name}: {exc}") from exc
         # mode=rw: SQLite never creates the file itself (it would not be owner-only). as_uri()
         # percent-encodes '?', '#' and '%' in the path.
+        self.immutable = False
         uri = self.path.absolute().as_uri() + ("?mode=ro" if readonly else "?mode=rw")
         try:
-            self._con = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False,
-                                        isolation_level=None)
+            self._connect(uri)
         except sqlite3.Error as exc:
-            raise self._error(exc, "open") from exc
+            if not (readonly and _cannot_open(exc) and self._read_only_media()):
+                raise self._error(exc, "open") from exc
+            # A WAL store on read-only media (or in a directory we cannot write): SQLite cannot create
+            # the -shm file it needs even to read. Nobody can be writing it, so read it as immutable.
+            self.immutable = True
+            try:
+                self._connect(self.path.absolute().as_uri() + "?mode=ro&immutable=1")
+            except sqlite3.Error as exc2:
+                raise self._error(exc2, "open") from exc2
+
+    def _connect(self, uri: str) -> None:
+        self._con = sqlite3.connect(uri, uri=True, timeout=self.timeout, check_same_thread=False,
+                                    isolation_level=None)
         try:
             self._open()
-        except sqlite3.Error as exc:
-            self._con.close()
-            raise self._error(exc, "open") from exc
         except BaseException:
             self._con.close()
             raise
+
+    def _read_only_media(self) -> bool:
+        """Whether the store's directory cannot be written (read-only file system, immutable, permissions).
+
+        Refuses (StoreError) a store whose write-ahead log still holds rows: immutable mode would not see them.
+        """
+        directory = self.path.absolute().parent
+        if os.access(directory, os.W_OK):
+            return False
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StoreError(f"result store {self._name} is on read-only media with an unmerged write-ahead log "
+                             f"({wal.name}): SQLite cannot read it there. Copy the store and its -wal file to a "
+                             "writable directory and report that copy")
+        return True
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -166,6 +197,10 @@ class ResultStore:
         if check != ["ok"]:
             raise StoreError(f"result store {self._name} is corrupt ({'; '.join(check)}). {_MOVE_AWAY}")
         if app_id == 0:
+            # An existing empty file (touched, or made by mktemp) keeps its mode: owner-only, like a new one.
+            with contextlib.suppress(OSError):
+                if self.path.stat().st_mode & 0o077:
+                    os.chmod(self.path, 0o600)
             self._set_wal()  # before the first write, so even the creation is journaled in WAL
             with self._transaction():
                 # Idempotent: another process may be creating the same store at the same moment.
@@ -233,6 +268,15 @@ class ResultStore:
                 columns = {r[1] for r in self._con.execute("PRAGMA table_info(fragments)")}
                 if "result_sha256" not in columns:
                     self._con.execute("ALTER TABLE fragments ADD COLUMN result_sha256 TEXT")
+        # Stores written before runs recorded their process (their 'running' rows cannot be judged).
+        run_columns = {r[1] for r in self._con.execute("PRAGMA table_info(runs)")}
+        missing = [c for c in ("host", "pid", "pid_started") if c not in run_columns]
+        if missing:
+            with self._transaction():
+                run_columns = {r[1] for r in self._con.execute("PRAGMA table_info(runs)")}
+                for column, kind in (("host", "TEXT"), ("pid", "INTEGER"), ("pid_started", "REAL")):
+                    if column not in run_columns:
+                        self._con.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
 
     def _restrict_sidecars(self) -> None:
         for suffix in ("-wal", "-shm"):
@@ -371,13 +415,21 @@ class ResultStore:
 
     def record_run(self, run_id: str, *, input_hash: str, started: float, finished: float | None = None,
                    status: str = "running", summary: dict[str, Any] | None = None) -> None:
-        """Insert or update (upsert) one run's row; committed before returning."""
-        row = (run_id, input_hash, started, finished, status, json.dumps(summary) if summary is not None else None)
+        """Insert or update (upsert) one run's row; committed before returning.
+
+        ``status`` is one of :data:`RUN_STATUSES`. The row also records this process (host, pid and
+        its start time), so a ``running`` row whose process is gone reads as ``died``.
+        """
+        host, pid, pid_started = _this_process()
+        row = (run_id, input_hash, started, finished, status, json.dumps(summary) if summary is not None else None,
+               host, pid, pid_started)
         with self._using(f"record run {run_id!r}", write=True) as con, self._transaction():
             con.execute(
-                "INSERT INTO runs (run_id, input_hash, started, finished, status, summary) VALUES (?, ?, ?, ?, ?, ?) "
+                "INSERT INTO runs (run_id, input_hash, started, finished, status, summary, host, pid, pid_started) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (run_id) DO UPDATE SET input_hash = excluded.input_hash, started = excluded.started, "
-                "finished = excluded.finished, status = excluded.status, summary = excluded.summary", row)
+                "finished = excluded.finished, status = excluded.status, summary = excluded.summary, "
+                "host = excluded.host, pid = excluded.pid, pid_started = excluded.pid_started", row)
 
     def fragments(self, run_id: str | None = None) -> list[dict[str, Any]]:
         """Fragment rows for reports, oldest first, without the result JSON (``attempts`` parsed)."""
@@ -394,12 +446,21 @@ class ResultStore:
         return rows
 
     def runs(self) -> list[dict[str, Any]]:
-        """One row per run, oldest first (``summary`` parsed)."""
+        """One row per run, oldest first (``summary`` parsed).
+
+        A ``running`` row whose process on this host no longer exists (killed, crashed, machine
+        rebooted) has ``status`` ``"died"``; on another host its process cannot be checked and it
+        stays ``running``.
+        """
         with self._using("list runs") as con:
+            have = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+            columns = [c if c in have else f"NULL AS {c}" for c in _RUN_COLUMNS]
             rows = [dict(zip(_RUN_COLUMNS, r, strict=True))
-                    for r in con.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs ORDER BY started, run_id")]
+                    for r in con.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY started, run_id")]
         for row in rows:
             row["summary"] = _loads_or(row["summary"], None)
+            if row["status"] == "running" and _process_gone(row["host"], row["pid"], row["pid_started"]):
+                row["status"] = "died"
         return rows
 
     def integrity_check(self) -> str:
@@ -425,6 +486,42 @@ class ResultStore:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("read-only" if self.readonly else "open")
         return f"ResultStore({str(self.path)!r}, {state})"
+
+
+def _this_process() -> tuple[str, int, float | None]:
+    import socket
+
+    try:
+        import psutil
+
+        started: float | None = psutil.Process().create_time()
+    except Exception:  # psutil missing or /proc unreadable: pid alone
+        started = None
+    return socket.gethostname(), os.getpid(), started
+
+
+def _process_gone(host: str | None, pid: int | None, started: float | None) -> bool:
+    """Whether the process that wrote a ``running`` row on this host has ended (pid reuse included)."""
+    import socket
+
+    if not host or not pid or host != socket.gethostname():
+        return False
+    import psutil
+
+    try:
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return started is not None and abs(proc.create_time() - started) > 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def _cannot_open(exc: sqlite3.Error) -> bool:
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    return name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")) or "unable to open" in str(exc)
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

@@ -213,6 +213,8 @@ class FragmentContext:
     task_config: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
     processes: set[subprocess.Popen[bytes]] = field(default_factory=set)
+    exits: list[tuple[str, int, int | None]] = field(default_factory=list)
+    """(program, pid, return code) of every program process this fragment started, once it ended."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
@@ -325,6 +327,9 @@ def _fragment_popen(
         finally:
             with frag.lock:
                 frag.processes.discard(ret["proc"])
+                # A negative code is a signal (e.g. -9): the worker reports "killed by SIGKILL".
+                frag.exits.append((os.path.basename(str(args[0])) if args else "?", ret["proc"].pid,
+                                   ret["proc"].poll()))
             if own_group:
                 guardian.forget(ret["proc"].pid)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import signal
 import socket
 import threading
 import time
@@ -48,6 +49,18 @@ def warm_program(name: str) -> None:
         with contextlib.suppress(Exception):
             qcengine.get_program(name).get_version()
         _warmed.add(name)
+
+
+def killed_by_signal(exits: list[tuple[str, int, int | None]]) -> str:
+    """``"program nwchem (pid 123) was killed by SIGKILL"`` for the first program ended by a signal, else ``""``."""
+    for name, pid, code in exits:
+        if code is not None and code < 0:
+            try:
+                sig = signal.Signals(-code).name
+            except ValueError:
+                sig = f"signal {-code}"
+            return f"program {name} (pid {pid}) was killed by {sig}"
+    return ""
 
 
 def _worker_name() -> str:
@@ -102,6 +115,11 @@ def execute_job(job: FragmentJob) -> JobOutcome:
                   success=success)
         if ctx.cancelled.is_set() and not success:
             err = {"error_type": ErrorType.CANCELLED, "error_message": f"fragment {job.label} was cancelled"}
+        elif not success and (killed := killed_by_signal(ctx.exits)):
+            # QCEngine then reports whatever parsing the truncated output tripped over (NWChem:
+            # KeyError 'CURRENT ENERGY'); the signal is the cause, and it is worth a retry.
+            err = {"error_type": ErrorType.PROGRAM_KILLED,
+                   "error_message": f"{killed}\n\n{err.get('error_type', '')}: {err.get('error_message', '')}"}
         return JobOutcome(
             label=job.label,
             result=data,

@@ -152,8 +152,9 @@ class DaskExecutor(ReusableExecutor):
             address = self._address if given is None else _client_address(given)
             client = None
             try:
+                # A given Client's TLS credentials (distributed.security.Security) go with its address.
                 client = distributed.Client(address, asynchronous=True, timeout=self.connect_timeout,
-                                            set_as_default=False)
+                                            set_as_default=False, security=getattr(given, "security", None))
                 with anyio.fail_after(self.connect_timeout + 5):
                     self._client = await client
             except BaseException as exc:

@@ -270,7 +270,9 @@ class ProcessExecutor(ReusableExecutor):
                 command += ["--warm", ",".join(self._warm)]
             process = await anyio.open_process(
                 command,
-                stderr=err, start_new_session=True, env=_worker_env(),
+                # TMPDIR inside the pool's directory: temporary files of in-process programs (PySCF's
+                # chkfiles) of a worker killed by a timeout, a cancellation or SIGTERM go with that directory.
+                stderr=err, start_new_session=True, env={**_worker_env(), "TMPDIR": str(self._tmp)},
             )
         worker = _Worker(process, log_path)
         self._workers.add(worker)

@@ -7,7 +7,8 @@ availability check starts ``psi4 --module`` two or three times per calculation, 
 
 * converts the v2 ``AtomicInput`` to a QCSchema v1 document, runs ``psi4 --json`` on it and
   builds the v2 ``AtomicResult`` from what psi4 writes back (``properties.return_energy`` always,
-  ``return_gradient`` (natom x 3, ghost atoms included) / ``return_hessian`` for those drivers);
+  ``return_gradient`` (natom x 3, ghost atoms included) for gradients and Hessians (psi4's
+  ``CURRENT GRADIENT``), ``return_hessian`` for Hessians);
 * passes the fragment's cores (``--nthread`` and ``nthreads``) and memory (``memory``, 95 % of
   ``config.memory``, as QCEngine does) to psi4;
 * runs psi4 with its working directory, ``--scratch``, ``PSI_SCRATCH`` and ``TMPDIR`` all set to
@@ -17,7 +18,8 @@ availability check starts ``psi4 --module`` two or three times per calculation, 
 * starts psi4 through ``qcengine.util.execute``, so qcmb_async's popen seam gives it the
   fragment's environment and kills it on timeout or cancellation;
 * looks for ``psi4`` and asks its version once per process (``psi4 --version``, in a throw-away
-  directory) and never runs ``psi4 --module``.
+  directory; a failed or timed-out answer is not kept, the next use asks again) and never runs
+  ``psi4 --module``.
 
 Psi4 keywords (``specification.keywords``) go to psi4 unchanged (``scf_type``, ``mp2_type``,
 ``e_convergence``...); ``keywords["function_kwargs"]`` goes to psi4's driver call, e.g.
@@ -36,6 +38,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -76,7 +80,7 @@ _state: dict[str, Any] = {"original": None, "choice": None, "logged": False}
 
 @dataclass(frozen=True)
 class Psi4Probe:
-    """What ``psi4 --version`` said about one executable (cached per process)."""
+    """What ``psi4 --version`` said about one executable (cached per process when it gave a version)."""
 
     path: str
     version: str | None
@@ -95,10 +99,14 @@ def psi4_executable() -> str | None:
 
 
 def probe_psi4(path: str | None = None) -> Psi4Probe | None:
-    """Ask ``psi4 --version`` once per process and executable; None when there is no psi4.
+    """Ask ``psi4 --version``; None when there is no psi4.
 
+    A successful answer is cached per process and executable; a failed one (non-zero exit, no
+    version printed, timeout after :data:`PROBE_TIMEOUT` s, cannot start) is not: it comes back
+    with ``error`` saying why (exit code, psi4's stderr, the timeout), and the next call asks
+    again, so one slow or failed start does not make psi4 unusable until the process ends.
     Runs in a throw-away directory (psi4 writes ``timer.dat`` into its working directory even
-    for ``--version``), through ``qcengine.util.execute``.
+    for ``--version``).
     """
     path = path or psi4_executable()
     if path is None:
@@ -110,22 +118,29 @@ def probe_psi4(path: str | None = None) -> Psi4Probe | None:
         probe = _probes.get(path)
         if probe is not None:
             return probe
-        from qcengine.util import execute
-
         start = time.perf_counter()
         version: str | None = None
         error: str | None = None
         try:
-            ok, out = execute([path, "--version"], timeout=PROBE_TIMEOUT, scratch_suffix="_psi4_version")
-            stdout, stderr = (out.get("stdout") or "").strip(), (out.get("stderr") or "").strip()
-            if ok and stdout:
+            # subprocess.run, not qcengine.util.execute: its timeout kills the process (QCEngine's popen
+            # waits for the output pipes of a hung program to close).
+            with tempfile.TemporaryDirectory(suffix="_psi4_version") as cwd:
+                proc = subprocess.run([path, "--version"], cwd=cwd, capture_output=True, text=True,
+                                      errors="replace", timeout=PROBE_TIMEOUT, check=False)
+            stdout, stderr = proc.stdout.strip(), proc.stderr.strip()
+            if proc.returncode == 0 and stdout:
                 version = safe_version(stdout.split()[-1])
             else:
-                error = f"`{path} --version` failed: stdout {stdout[-500:]!r}, stderr {stderr[-2000:]!r}"
-        except Exception as exc:  # timeout, permissions, a broken installation
-            error = f"`{path} --version` failed: {type(exc).__name__}: {exc}"
+                error = (f"`{path} --version` exited with code {proc.returncode}"
+                         + (f", stderr: {stderr[-2000:]!r}" if stderr else "")
+                         + (f", stdout: {stdout[-500:]!r}" if stdout else ", printed no version"))
+        except subprocess.TimeoutExpired:
+            error = f"`{path} --version` did not answer within {PROBE_TIMEOUT} s (timed out, killed)"
+        except Exception as exc:  # permissions, a missing interpreter, a broken installation
+            error = f"`{path} --version` could not run: {type(exc).__name__}: {exc}"
         probe = Psi4Probe(path=path, version=version, error=error, seconds=time.perf_counter() - start)
-        _probes[path] = probe
+        if error is None:
+            _probes[path] = probe
         return probe
 
 
@@ -403,6 +418,13 @@ def _to_v2(input_data: AtomicInput, result: dict[str, Any], probe: Psi4Probe, do
     elif driver == "hessian":
         return_result = np.asarray(value, dtype=float).reshape(3 * natom, 3 * natom)
         props["return_hessian"] = return_result
+        # psi4's hessian() computes the gradient at the reference geometry first and leaves it in
+        # CURRENT GRADIENT (analytic and finite-difference Hessians alike); QCEngine's harness for newer
+        # psi4 returns it as return_gradient, and so do we.
+        for qcvar, field in (("CURRENT GRADIENT", "return_gradient"), ("SCF TOTAL GRADIENT", "scf_total_gradient")):
+            grad = qcvars.get(qcvar)
+            if grad is not None and np.asarray(grad).size == natom * 3:
+                props[field] = np.asarray(grad, dtype=float).reshape(natom, 3)
         scf_hess = qcvars.get("SCF TOTAL HESSIAN")
         if scf_hess is not None and np.asarray(scf_hess).size == (3 * natom) ** 2:
             props["scf_total_hessian"] = np.asarray(scf_hess, dtype=float).reshape(3 * natom, 3 * natom)

@@ -16,24 +16,40 @@ Keywords (``specification.keywords``): ``conv_tol`` (default 1e-10), ``conv_tol_
 ``max_cycle``, ``xc_grid`` (``grids.level``, DFT only), ``density_fit`` (bool; DF-SCF and DF-MP2,
 no DF-MP2 gradient).
 
+Effective core potentials: every real atom gets exactly the ECP its basis set defines for its
+element in PySCF's basis library (``pyscf.gto.basis.load_ecp``), whatever the atomic number:
+LANL2DZ from Na on, def2-* from Rb on, cc-pVXZ-PP, SBKJC, CRENBL, Stuttgart... A basis set PySCF
+cannot resolve for an element (no basis functions, or an ECP the Basis Set Exchange lists that
+PySCF's library lacks) is an ``InputError`` naming basis and element; :func:`check_model` says so
+before anything runs. :func:`ecp_core_electrons` gives the core electrons an ECP replaces.
+
 Ghost atoms (``molecule.real`` False) become PySCF ``ghost-<El>`` atoms: basis functions, no
 nuclear charge, no electrons, no ECP. PySCF returns gradient and Hessian entries for them too (the
 Pulay terms of their basis functions), so ``return_result`` always has one row per input atom,
-ghosts included, in input order.
+ghosts included, in input order. PySCF is given the real atoms first and the ghosts after them
+(results are permuted back to input order): see :func:`_real_first` for why.
+
+Hessian runs also return the gradient at the same geometry (``properties.return_gradient``), as
+QCEngine's own harnesses do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from qcelemental.models.v2 import AtomicResult, Provenance
 from qcelemental.util import safe_version, which_import
-from qcengine.exceptions import ConvergenceError, InputError
+from qcengine.exceptions import ConvergenceError, InputError, UnknownError
 from qcengine.programs.model import ProgramHarness
+
+from ..errors import InputError as QCMBInputError
 
 if TYPE_CHECKING:
     from qcelemental.models.v2 import AtomicInput
@@ -50,7 +66,6 @@ SUPPORTED_KEYWORDS: dict[str, str] = {
 
 _HF_NAMES = frozenset({"hf", "scf"})
 _MP2_NAMES = frozenset({"mp2"})
-_HEAVY_Z = 36  # def2-style ECPs start at Rb; only real atoms beyond Kr are given an ECP
 
 
 def _parse_keywords(keywords: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +123,152 @@ def _classify_method(method: str) -> tuple[str, str | None]:
     return "dft", name
 
 
+# -- basis sets and effective core potentials -------------------------------------------
+
+
+class _Unresolvable(ValueError):
+    """PySCF cannot give an element the basis set (and ECP) asked for; the message says which.
+
+    ``kind``: ``"basis"`` (no basis functions) or ``"ecp"`` (the basis set's ECP is missing).
+    """
+
+    def __init__(self, message: str, kind: str = "basis") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _basis_name(basis: Any) -> str:
+    if not basis or not isinstance(basis, str) or not basis.strip():
+        raise _Unresolvable("PySCF harness: specification.model.basis must name a basis set, e.g. 'sto-3g'.")
+    return basis.strip().lower()
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolve(symbol: str, basis: str) -> int:
+    """Core electrons the ECP of ``basis`` replaces for element ``symbol`` (0: none).
+
+    Raises :class:`_Unresolvable` when PySCF has no basis functions for the element, or when the
+    Basis Set Exchange (PySCF's ``BSE_META``) says the basis uses an ECP for it that PySCF's
+    library cannot load (e.g. aug-cc-pVDZ-PP for Cu): running all-electron in a valence basis
+    would give a wrong energy without any error.
+    """
+    from pyscf import gto
+
+    with warnings.catch_warnings():  # "Basis may be available in basis-set-exchange": we say it ourselves
+        warnings.simplefilter("ignore")
+        try:
+            shells = gto.basis.load(basis, symbol)
+        except Exception as err:  # BasisNotFoundError (a RuntimeError), KeyError, parse errors
+            raise _Unresolvable(
+                f"PySCF has no basis set {basis!r} for element {symbol} ({type(err).__name__}: "
+                f"{' '.join(str(err).split())}). "
+                "Choose a basis set PySCF defines for every element of the molecule (pyscf.gto.basis)."
+            ) from None
+        if not shells:
+            raise _Unresolvable(f"PySCF's basis set {basis!r} has no functions for element {symbol}: choose another.")
+        try:
+            ecp = gto.basis.load_ecp(basis, symbol)
+        except Exception:  # names PySCF has no ECP file for; the BSE check below decides
+            ecp = None
+    _, bse_ecp_atoms = gto.mole.bse_predefined_ecp(basis, symbol)
+    if not ecp:
+        if bse_ecp_atoms:
+            raise _Unresolvable(
+                f"basis set {basis!r} uses an effective core potential for element {symbol}, but PySCF's "
+                "basis library has none for it: the atom would run all-electron in a valence basis. Choose a "
+                "basis set PySCF defines with its ECP (e.g. def2-svp, lanl2dz) or another program.",
+                kind="ecp",
+            )
+        return 0
+    return int(ecp[0])
+
+
+def ecp_core_electrons(symbol: str, basis: str) -> int:
+    """Core electrons replaced by the ECP ``basis`` defines for element ``symbol`` in PySCF (0: none).
+
+    ``symbol``: element symbol, any case (``"K"``, ``"rb"``); ``basis``: basis set name, any case
+    (``"LANL2DZ"``). For example ``ecp_core_electrons("K", "lanl2dz") == 10`` and
+    ``ecp_core_electrons("K", "def2-svp") == 0``. Cached per process.
+
+    Raises:
+        qcmb_async.errors.InputError: PySCF cannot resolve ``basis`` for the element (see
+            :func:`check_model`).
+    """
+    try:
+        return _resolve(_element(symbol), _basis_name(basis))
+    except _Unresolvable as err:
+        raise QCMBInputError(str(err)) from None
+
+
+def _element(symbol: str) -> str:
+    """``"k"`` / ``"K"`` -> ``"K"`` (PySCF's and QCElemental's spelling)."""
+    return str(symbol).strip().capitalize()
+
+
+def check_model(symbols: Iterable[str], model: Any) -> None:
+    """Refuse, before anything runs, a model PySCF cannot run on these elements.
+
+    ``symbols``: the molecule's element symbols (ghosts included: they need basis functions);
+    ``model``: a QCSchema model (``.method``, ``.basis``) or a mapping with those keys.
+    Checks that the method is one this harness runs and that PySCF resolves the basis set
+    (with the ECP it defines) for every element. Does nothing when pyscf is not importable here
+    (fragments running on other machines are checked there).
+
+    Raises:
+        qcmb_async.errors.InputError: naming the basis set and the element, or the method.
+    """
+    if not PySCFHarness.found():
+        return
+    get = model.get if isinstance(model, Mapping) else lambda key: getattr(model, key, None)
+    try:
+        _classify_method(get("method"))
+        basis = _basis_name(get("basis"))
+    except (_Unresolvable, InputError) as err:
+        raise QCMBInputError(str(err)) from None
+    bad: dict[str, _Unresolvable] = {}
+    for symbol in sorted({_element(s) for s in symbols}):
+        try:
+            _resolve(symbol, basis)
+        except _Unresolvable as err:
+            bad[symbol] = err
+    if len(bad) == 1:
+        raise QCMBInputError(str(next(iter(bad.values()))))
+    if bad:  # one sentence per kind of failure, naming every element
+        no_basis = [el for el, err in bad.items() if err.kind == "basis"]
+        no_ecp = [el for el, err in bad.items() if err.kind == "ecp"]
+        parts = []
+        if no_basis:
+            parts.append(f"PySCF has no basis set {basis!r} for {_elements(no_basis)}.")
+        if no_ecp:
+            parts.append(f"Basis set {basis!r} uses an effective core potential for {_elements(no_ecp)} that PySCF's "
+                         "basis library lacks: those atoms would run all-electron in a valence basis.")
+        parts.append("Choose a basis set PySCF defines, with its ECPs, for every element of the molecule "
+                     "(pyscf.gto.basis), or another program.")
+        raise QCMBInputError(" ".join(parts))
+
+
+def _elements(symbols: list[str]) -> str:
+    return ("element " if len(symbols) == 1 else "elements ") + ", ".join(symbols)
+
+
+def _real_first(real: list[bool]) -> list[int]:
+    """Input atom indices in the order PySCF is given them: real atoms first, then ghosts.
+
+    Why: PySCF (2.x) solves the coupled-perturbed HF/KS equations of a Hessian for all atoms'
+    displacements in one block Krylov solve (``pyscf.lib.krylov``). Its subspace is built by
+    Gram-Schmidt in atom order from unnormalised vectors and it stops, or drops a vector, on their
+    absolute norms (``lindep`` 1e-13), not on the true residual; so the answer depends on the atom
+    order, most when small right-hand sides (ghost atoms: only basis functions move) come first.
+    Measured here (water trimer fragment [3] in the basis of [2, 3], HF/STO-3G): ghost water
+    first, the solve ends with a residual of 6.8e-4 and the real atoms' Hessian block is 6.8e-6
+    Eh/bohr^2 off a central finite difference of analytic gradients, whatever ``conv_tol_cpscf``;
+    real atoms first, residual 3e-6 and 2e-8 off, as is a ghost-first molecule solved with the real
+    atoms first in ``atmlst``. The one-electron, two-electron and nuclear parts of the Hessian do
+    not depend on the order (1e-12), nor do energies and gradients; all drivers use this order.
+    """
+    return [i for i, r in enumerate(real) if r] + [i for i, r in enumerate(real) if not r]
+
+
 class PySCFHarness(ProgramHarness):
     """QCEngine harness for PySCF: HF, DFT and MP2 energies, gradients and (HF/DFT) Hessians.
 
@@ -145,15 +306,19 @@ class PySCFHarness(ProgramHarness):
     # -- building blocks --------------------------------------------------------------
 
     @staticmethod
-    def _build_mol(input_data: AtomicInput, config: TaskConfig) -> Any:
-        """A built ``pyscf.gto.Mole`` in bohr: ghosts as ``ghost-El``, charge/spin from the molecule."""
+    def _build_mol(input_data: AtomicInput, config: TaskConfig) -> tuple[Any, list[int]]:
+        """A built ``pyscf.gto.Mole`` in bohr, and ``order`` (PySCF atom k is input atom ``order[k]``).
+
+        Real atoms first, then ghosts (``ghost-El``: basis functions only); each real atom with
+        the ECP its basis set defines for its element; charge/spin from the molecule.
+        """
         from pyscf import gto
 
         qmol = input_data.molecule
-        basis = input_data.specification.model.basis
-        if not basis or not isinstance(basis, str):
-            raise InputError("PySCF harness: specification.model.basis must name a basis set, e.g. 'sto-3g'.")
-        basis = basis.strip().lower()
+        try:
+            basis = _basis_name(input_data.specification.model.basis)
+        except _Unresolvable as err:
+            raise InputError(str(err)) from None
 
         charge = float(qmol.molecular_charge)
         mult = float(qmol.molecular_multiplicity)
@@ -163,13 +328,23 @@ class PySCFHarness(ProgramHarness):
             )
 
         geometry = np.asarray(qmol.geometry, dtype=float).reshape(-1, 3)
+        real = [bool(r) for r in qmol.real]
+        order = _real_first(real)
         atoms = []
         ecp: dict[str, str] = {}
-        for symbol, real, z, xyz in zip(qmol.symbols, qmol.real, qmol.atomic_numbers, geometry, strict=True):
-            symbol = symbol.capitalize()
-            atoms.append((symbol if real else f"ghost-{symbol}", tuple(float(c) for c in xyz)))
-            if real and int(z) > _HEAVY_Z:
-                ecp[symbol] = basis
+        core: list[int] = []  # core electrons each PySCF atom's ECP must replace
+        for i in order:
+            symbol = _element(qmol.symbols[i])
+            try:
+                ncore = _resolve(symbol, basis)  # ghosts too: they carry the basis functions
+            except _Unresolvable as err:
+                raise InputError(f"PySCF harness: {err}") from None
+            if not real[i]:
+                ncore = 0  # no nucleus, no electrons, no ECP
+            atoms.append((symbol if real[i] else f"ghost-{symbol}", tuple(float(c) for c in geometry[i])))
+            if ncore:
+                ecp[symbol] = basis  # PySCF gives it to real atoms of that element only, never to ghosts
+            core.append(ncore)
 
         mol = gto.Mole()
         mol.atom = atoms
@@ -186,7 +361,11 @@ class PySCFHarness(ProgramHarness):
         except (RuntimeError, KeyError, ValueError) as err:  # BasisNotFoundError is a RuntimeError
             msg = f"PySCF harness: cannot build the molecule with basis {basis!r}: {err}"
             raise InputError(msg) from None
-        return mol
+        built = [int(mol.atom_nelec_core(k)) for k in range(mol.natm)]
+        if built != core:  # PySCF's own assignment must be the one asked for: never a silent all-electron atom
+            raise UnknownError(f"PySCF harness: ECP core electrons per atom {built} differ from the basis set's "
+                               f"{core}.")
+        return mol, order
 
     @staticmethod
     def _build_scf(mol: Any, kind: str, xc: str | None, kw: dict[str, Any]) -> Any:
@@ -240,8 +419,8 @@ class PySCFHarness(ProgramHarness):
         limits = _blas_limits(int(config.ncores)) if config.ncores else contextlib.nullcontext()
         try:
             with limits:
-                mol = self._build_mol(input_data, config)
-                props, return_result, extras = self._run(mol, kind, xc, kw, driver, method)
+                mol, order = self._build_mol(input_data, config)
+                props, return_result, extras = self._run(mol, kind, xc, kw, driver, method, order)
         finally:
             lib.num_threads(previous_threads)
 
@@ -262,9 +441,12 @@ class PySCFHarness(ProgramHarness):
         return AtomicResult(**ret_data)
 
     def _run(
-        self, mol: Any, kind: str, xc: str | None, kw: dict[str, Any], driver: str, method: str
+        self, mol: Any, kind: str, xc: str | None, kw: dict[str, Any], driver: str, method: str, order: list[int]
     ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-        """Do the calculation; return (properties, return_result, extras)."""
+        """Do the calculation; return (properties, return_result, extras), per-atom arrays in input order.
+
+        ``order``: PySCF atom k is input atom ``order[k]`` (see :meth:`_build_mol`).
+        """
         from pyscf import lib, mp
 
         mf = self._build_scf(mol, kind, xc, kw)
@@ -320,14 +502,19 @@ class PySCFHarness(ProgramHarness):
         if driver == "energy":
             return_result: Any = props["return_energy"]
         elif driver == "gradient":
-            grad = np.asarray(solver.nuc_grad_method().kernel(), dtype=float).reshape(natom, 3)
+            grad = _gradient_in_input_order(solver, natom, order)
             props["return_gradient"] = grad
             if kind != "mp2":
                 props["scf_total_gradient"] = grad
             return_result = grad
-        else:  # hessian, HF/DFT only
-            hess4 = np.asarray(mf.Hessian().kernel(), dtype=float)  # (natom, natom, 3, 3)
-            hess = hess4.transpose(0, 2, 1, 3).reshape(3 * natom, 3 * natom)
+        else:  # hessian, HF/DFT only; the gradient at the same geometry comes with it (QCEngine's harnesses do)
+            grad = _gradient_in_input_order(mf, natom, order)
+            props["return_gradient"] = grad
+            props["scf_total_gradient"] = grad
+            hess4 = np.asarray(mf.Hessian().kernel(), dtype=float)  # (natom, natom, 3, 3), PySCF's atom order
+            back = np.empty_like(hess4)
+            back[np.ix_(order, order)] = hess4
+            hess = back.transpose(0, 2, 1, 3).reshape(3 * natom, 3 * natom)
             props["return_hessian"] = hess
             props["scf_total_hessian"] = hess
             return_result = hess
@@ -366,6 +553,14 @@ class PySCFHarness(ProgramHarness):
             rms = math.sqrt(float(np.mean(np.square(props["return_gradient"]))))
             lines.append(f"gradient rms = {rms:.3e} Eh/bohr")
         return "\n".join(lines) + "\n"
+
+
+def _gradient_in_input_order(solver: Any, natom: int, order: list[int]) -> np.ndarray:
+    """The analytic gradient (natom x 3, Eh/bohr) of an SCF/MP2 object, rows in input atom order."""
+    grad = np.asarray(solver.nuc_grad_method().kernel(), dtype=float).reshape(natom, 3)
+    back = np.empty_like(grad)
+    back[order] = grad
+    return back
 
 
 def _blas_limits(ncores: int) -> Any:
