@@ -15,6 +15,7 @@ import logging
 from . import events
 from ._core.contract import Executor, FragmentJob, JobOutcome
 from ._core.plan import Fragment, Plan
+from ._core.xyz import xyz_input as read_xyz
 from ._qcengine.seams import prime_qcengine
 from ._runner import RunHandle, open_run, plan_manybody, run, run_manybody
 from ._version import __version__
@@ -42,6 +43,7 @@ __all__ = [
     "open_run",
     "plan_manybody",
     "prime_qcengine",
+    "read_xyz",
     "run",
     "run_manybody",
 ]

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,7 +25,6 @@ from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
 from ._logs import get_logger
 from .errors import FailureReport, FragmentError, InputError, RunFailed, Terminated
 from .executors import resolve_executor
-from .settings import get_settings
 
 if TYPE_CHECKING:
     from qcmanybody.models.v2 import ManyBodyResult
@@ -247,17 +245,11 @@ def _record_end(store: Any, run_id: str, input_hash: str, started: float, status
 
 def open_store(store: str | os.PathLike[str] | None) -> ResultStore | None:
     """Open the result store selected by ``store=`` (see :func:`run_manybody`), or ``None``."""
-    if store is None:
-        return None
-    from ._core.store import ResultStore, StoreError, default_store_path
+    from ._core.store import ResultStore, StoreError, store_path
 
-    if isinstance(store, str) and store == "default":
-        settings = get_settings()
-        if settings.store_disabled:
-            return None
-        path = Path(settings.store).expanduser() if settings.store else default_store_path()
-    else:
-        path = Path(store)
+    path = store_path(store)
+    if path is None:
+        return None
     try:
         return ResultStore(path)
     except StoreError as exc:

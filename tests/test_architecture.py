@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"_qcengine", "executors"},                                        # execute
     {"_core.assemble"},                                                # assemble
     {"_runner", "simulate"},                                           # the pipeline put together
-    {"events", "__init__"},                                            # the public facade
+    {"events", "store", "__init__"},                                   # the public facade
     {"cli", "timeline", "progress", "__main__"},                       # front ends
 ]
 

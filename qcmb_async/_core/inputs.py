@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from qcmanybody.models.v2 import ManyBodyInput
 
-from ..errors import InputError
+from ..errors import InputError, describe_validation
 from .resources import default_memory, default_ncores
 
 OnError = Literal["raise", "continue"]
@@ -46,18 +46,7 @@ class RunOptions:
         return max(1, min(self.ncores // self.fragment_ncores, int(self.memory / self.fragment_memory + 1e-9)))
 
 
-def _pydantic_message(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if not callable(errors):
-        return str(exc)
-    lines = []
-    for err in errors():
-        loc = ".".join(str(x) for x in err.get("loc", ()))
-        if err.get("type") == "extra_forbidden":
-            lines.append(f"unknown field '{loc}': remove it or check its spelling")
-        else:
-            lines.append(f"{loc or '(input)'}: {err.get('msg')}")
-    return "; ".join(lines) or str(exc)
+_pydantic_message = describe_validation
 
 
 #: Above this many candidate combinations QCElemental's charge/multiplicity search
