@@ -414,10 +414,13 @@ def _load(obj: Any) -> tuple[ManyBodyInput, str]:
             return _from_dict(data, "input JSON"), "input JSON"
         if "\n" in obj or "\0" in obj or len(obj) > 4096:
             raise _not_a_path(obj)
-        if not os.path.lexists(obj):
-            shown = obj if len(obj) <= 120 else obj[:120] + "..."
-            raise InputError(f"input {shown!r} is not JSON and no file of that name exists: check the path, or "
-                             "pass a ManyBodyInput, its dict or its JSON text")
+        try:
+            os.stat(obj)
+        except FileNotFoundError:
+            raise InputError(f"input {obj!r} is not JSON and no file of that name exists: check the path, or "
+                             "pass a ManyBodyInput, its dict or its JSON text") from None
+        except OSError:
+            pass  # too long, not a directory on the way...: read_text_file says which
         return _read_file(Path(obj)), f"input file {obj!r}"
     if isinstance(obj, Mapping):
         return _from_dict(obj, "input dict"), "input dict"
