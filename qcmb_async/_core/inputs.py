@@ -450,7 +450,8 @@ def _nonfinite(obj: Any, where: str, seen: int = 0) -> str | None:
         else:
             return None
     if seen > 64:
-        raise InputError(f"{where} is nested more than 64 levels deep: flatten it")
+        shown = where if len(where) <= 80 else where[:80] + "..."
+        raise InputError(f"the input is nested more than 64 levels deep at {shown}: flatten it")
     if isinstance(obj, BaseModel):
         items: Any = ((name, getattr(obj, name, None)) for name in type(obj).model_fields)
     elif isinstance(obj, Mapping):
