@@ -254,10 +254,9 @@ def _load(path: Path, *, method: str | None, basis: str | None, program: str | N
           max_nbody: int | None, keywords: str | None, driver: Driver | None, charge: str | None,
           multiplicity: str | None) -> Any:
     """The ``run_manybody`` input for ``path``: a ManyBodyInput for .xyz, else the path itself."""
-    if not path.exists():
-        raise InputError(f"input file {str(path)!r} does not exist: check the path")
-    if path.is_dir():
-        raise InputError(f"input {str(path)!r} is a directory: give a JSON, YAML or XYZ file")
+    from ._core.inputs import check_input_path
+
+    check_input_path(path)  # a directory, FIFO or device: refused before anything opens it
     if path.suffix.lower() == ".xyz":
         missing = [opt for opt, val in (("--method", method), ("--program", program)) if not val]
         if missing:
@@ -352,7 +351,13 @@ DriverOpt = Annotated[Driver | None, _opt("--driver", help="XYZ input: energy (d
 ChargeOpt = Annotated[str | None, _opt("--charge", metavar="Q[,Q...]", help="XYZ input: fragment charges, one per "
                                                                              "fragment or one for all. Default 0.")]
 MultOpt = Annotated[str | None, _opt("--multiplicity", metavar="M[,M...]", help="XYZ input: fragment "
-                                                                                 "multiplicities. Default 1.")]
+                                                                                 "multiplicities, one per fragment "
+                                                                                 "or one for all. Default: a "
+                                                                                 "fragment's 'charge mult' line, "
+                                                                                 "else 1 for an even and 2 for an "
+                                                                                 "odd electron count (neutral "
+                                                                                 "fragments), 1 for fragments "
+                                                                                 "charged with --charge.")]
 LogFormatOpt = Annotated[LogFormat, _opt("--log-format", help="Log lines on stderr: console or json.")]
 QuietOpt = Annotated[bool, _opt("--quiet", "-q", help="No progress display or summary line.")]
 DebugOpt = Annotated[bool, _opt("--debug", help="Debug logs, and a traceback with errors.")]

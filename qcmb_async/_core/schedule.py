@@ -79,13 +79,16 @@ class ScheduleOutcome:
 
 
 def _task_config(options: RunOptions) -> dict[str, Any]:
-    return {
+    config: dict[str, Any] = {
         "ncores": options.fragment_ncores,
         "memory": options.fragment_memory,
-        "scratch_directory": options.scratch_directory,
         # Retries of RandomError are ours (recorded, with backoff), not QCEngine's silent ones.
         "retries": 0,
     }
+    if options.scratch_directory is not None:
+        # Left out otherwise: None would override QCENGINE_SCRATCH_DIRECTORY and the node's qcengine.yaml.
+        config["scratch_directory"] = options.scratch_directory
+    return config
 
 
 def _backoff(attempt: int) -> float:
