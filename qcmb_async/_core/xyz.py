@@ -14,6 +14,7 @@ exponential in the number of fragments (0.7 s at 20 fragments, out of memory at 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,9 @@ def parse_xyz(text: str, source: str = "XYZ input") -> list[XYZFragment]:
             x, y, z = (float(v) for v in parts[1:4])
         except ValueError:
             raise InputError(f"{source}, line {lineno}: coordinates are not numbers in {line!r}") from None
+        if not all(math.isfinite(v) for v in (x, y, z)):
+            raise InputError(f"{source}, line {lineno}: coordinates must be finite numbers (not nan/inf) in "
+                             f"{line!r}: correct that atom's position")
         frag.atoms.append((parts[0], x, y, z))
     for i, frag in enumerate(frags, start=1):
         if not frag.atoms:
@@ -202,17 +206,16 @@ def xyz_input(
     from pydantic import ValidationError
     from qcmanybody.models.v2 import ManyBodyInput
 
-    from .inputs import _pydantic_message
+    from .inputs import _pydantic_message, read_text_file
 
     path = Path(path)
     source = f"XYZ file {str(path)!r}"
-    if not path.is_file():
-        raise InputError(f"input file {str(path)!r} does not exist: check the path")
+    text = read_text_file(path, "XYZ file")
     if driver not in DRIVERS:
         raise InputError(f"unknown driver {driver!r}: use one of {', '.join(DRIVERS)}")
     if max_nbody is not None and max_nbody < 1:
         raise InputError(f"--max-nbody must be >= 1, got {max_nbody}")
-    frags = parse_xyz(path.read_text(), source)
+    frags = parse_xyz(text, source)
     molecule = build_molecule(frags, charges, multiplicities, source)
     mb_keywords: dict[str, Any] = {"bsse_type": parse_bsse(bsse)}
     if max_nbody is not None:

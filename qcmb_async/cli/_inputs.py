@@ -28,10 +28,9 @@ def _load(path: Path, *, method: str | None, basis: str | None, program: str | N
           max_nbody: int | None, keywords: str | None, driver: Driver | None, charge: str | None,
           multiplicity: str | None) -> Any:
     """The ``run_manybody`` input for ``path``: a ManyBodyInput for .xyz, else the path itself."""
-    if not path.exists():
-        raise InputError(f"input file {str(path)!r} does not exist: check the path")
-    if path.is_dir():
-        raise InputError(f"input {str(path)!r} is a directory: give a JSON, YAML or XYZ file")
+    from .._core.inputs import check_input_path
+
+    check_input_path(path)  # a directory, FIFO or device: refused before anything opens it
     if path.suffix.lower() == ".xyz":
         missing = [opt for opt, val in (("--method", method), ("--program", program)) if not val]
         if missing:

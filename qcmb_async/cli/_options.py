@@ -46,7 +46,13 @@ DriverOpt = Annotated[Driver | None, _opt("--driver", help="XYZ input: energy (d
 ChargeOpt = Annotated[str | None, _opt("--charge", metavar="Q[,Q...]", help="XYZ input: fragment charges, one per "
                                                                              "fragment or one for all. Default 0.")]
 MultOpt = Annotated[str | None, _opt("--multiplicity", metavar="M[,M...]", help="XYZ input: fragment "
-                                                                                 "multiplicities. Default 1.")]
+                                                                                 "multiplicities, one per fragment "
+                                                                                 "or one for all. Default: a "
+                                                                                 "fragment's 'charge mult' line, "
+                                                                                 "else 1 for an even and 2 for an "
+                                                                                 "odd electron count (neutral "
+                                                                                 "fragments), 1 for fragments "
+                                                                                 "charged with --charge.")]
 LogFormatOpt = Annotated[LogFormat, _opt("--log-format", help="Log lines on stderr: console or json.")]
 QuietOpt = Annotated[bool, _opt("--quiet", "-q", help="No progress display or summary line.")]
 DebugOpt = Annotated[bool, _opt("--debug", help="Debug logs, and a traceback with errors.")]
