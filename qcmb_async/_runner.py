@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._core.assemble import assemble, assemble_through, slim
+from ._core.checks import check_input
 from ._core.contract import Executor
-from ._core.inputs import check_input, load_input, make_options
+from ._core.inputs import load_input
+from ._core.options import make_options
 from ._core.plan import Plan, make_plan
 from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
 from ._logs import get_logger

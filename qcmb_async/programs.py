@@ -42,16 +42,28 @@ class ProgramTraits:
 #: The registry. Values measured or read from the harnesses shipped with QCEngine 0.52 and ours.
 PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
     ProgramTraits("pyscf", in_process=True, parallel_fraction=0.85,
-                  install_hint="pip install 'qcmb_async[pyscf]' (PySCF; its harness ships with qcmb_async)"),
-    ProgramTraits("psi4", parallel_fraction=0.85,
+                  install_hint="pip install pyscf (or pip install 'qcmb_async[pyscf]'; its harness ships with "
+                               "qcmb_async)"),
+    # QCManyBody hands embedding_charges only to Psi4 (function_kwargs.external_potentials, psi4 >= 1.6).
+    ProgramTraits("psi4", parallel_fraction=0.85, embedding_charges=True,
                   install_hint="apt-get install psi4 (Debian/Ubuntu, psi4 1.3.2) or conda install -c conda-forge psi4"),
     ProgramTraits("nwchem", parallel_fraction=0.0,
                   install_hint="apt-get install nwchem (Debian/Ubuntu) or conda install -c conda-forge nwchem"),
     ProgramTraits("mopac", parallel_fraction=0.6, semi_empirical=True, ghost_atoms=False,
                   install_hint="apt-get install mopac (Debian/Ubuntu) or conda install -c conda-forge mopac"),
     ProgramTraits("cfour", parallel_fraction=0.8,
-                  install_hint="CFOUR is not packaged: obtain it from its authors (cfour.de) under its licence "
+                  install_hint="CFOUR is not in package managers: obtain it from https://cfour.de under its licence "
                                "and put xcfour on PATH"),
+    ProgramTraits("qchem", install_hint="Q-Chem is commercial software: obtain a licensed copy from "
+                                        "https://www.q-chem.com and put qchem on PATH"),
+    ProgramTraits("gamess", install_hint="GAMESS is not in package managers: obtain it from its authors "
+                                         "(https://www.msg.chem.iastate.edu) under its licence and put rungms on PATH"),
+    ProgramTraits("orca", install_hint="ORCA is not in package managers: download it from "
+                                       "https://orcaforum.kofo.mpg.de (free for academic use) and put orca on PATH"),
+    ProgramTraits("molpro", install_hint="Molpro is commercial software: obtain a licensed copy from "
+                                         "https://www.molpro.net"),
+    ProgramTraits("turbomole", install_hint="TURBOMOLE is commercial software: obtain a licensed copy from its vendor"),
+    ProgramTraits("terachem", install_hint="TeraChem is commercial software: obtain a licensed copy from its vendor"),
     ProgramTraits("xtb", in_process=True, parallel_fraction=0.6, semi_empirical=True,
                   install_hint="conda install -c conda-forge xtb-python"),
     ProgramTraits("rdkit", in_process=True, force_field=True, install_hint="pip install rdkit"),

@@ -291,7 +291,7 @@ def simulate(
     Returns:
         :class:`SimulationResult` (makespan, lower bound, per-fragment records in virtual seconds).
     """
-    from ._core.inputs import make_options
+    from ._core.options import make_options
 
     if isinstance(fragments, Workload):
         work = fragments

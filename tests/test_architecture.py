@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"_version", "errors", "_logs", "programs", "settings",
      "_core", "_core.causes", "_core.contract", "_core.events", "_core.resources"},
     {"harnesses"},
-    {"_core.cost", "_core.xyz", "_core.inputs"},                       # input
+    {"_core.cost", "_core.chgmult", "_core.xyz", "_core.inputs", "_core.options", "_core.checks"},  # input
     {"_core.plan"},                                                    # plan
     {"_core.ready", "_core.store", "_core.scheduler"},                 # schedule
     {"_qcengine", "executors"},                                        # execute

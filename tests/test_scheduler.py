@@ -65,7 +65,7 @@ async def test_largest_fragments_first_across_levels() -> None:
 
 
 async def test_fifo_order_keeps_qcmanybodys_order() -> None:
-    from qcmb_async._core.inputs import make_options
+    from qcmb_async._core.options import make_options
     from qcmb_async._core.plan import make_plan
     from qcmb_async._core.scheduler import Scheduler
     from qcmb_async.executors.threads import ThreadExecutor

@@ -56,3 +56,21 @@ def test_every_setting_is_documented() -> None:
     for name, field in Settings.model_fields.items():
         assert field.description, f"setting {name} has no description"
         assert f"`QCMB_ASYNC_{name.upper()}`" in rendered
+
+
+def test_every_run_option_is_documented() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    from qcmb_async._core.options import RunOptions
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("render_models", root / "docs" / "hooks" / "render_models.py")
+    assert spec is not None and spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    rendered = hook.render((root / "docs" / "configuration.md").read_text())
+    for name, field in RunOptions.model_fields.items():
+        assert field.description, f"run option {name} has no description"
+        if name not in hook.INTERNAL:
+            assert f"| `{name}` |" in rendered, f"run option {name} missing from docs/configuration.md"

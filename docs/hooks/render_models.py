@@ -1,6 +1,7 @@
 """mkdocs hook: tables in the docs rendered from the pydantic models, so they cannot drift.
 
-A page line ``<!-- render: settings -->`` becomes the table of :class:`qcmb_async.settings.Settings`.
+A page line ``<!-- render: settings -->`` becomes the table of :class:`qcmb_async.settings.Settings`,
+``<!-- render: run-options -->`` the table of :class:`qcmb_async._core.options.RunOptions`.
 """
 
 from __future__ import annotations
@@ -9,12 +10,20 @@ from typing import Any
 
 from pydantic import BaseModel
 
+#: RunOptions fields the scheduler sets itself (not keyword arguments of run_manybody).
+INTERNAL = {"order", "auto_cores", "auto_memory"}
+
 
 def model_table(model: type[BaseModel], *, prefix: str = "", header: tuple[str, str, str]) -> str:
     """A markdown table of ``model``'s fields: name (with ``prefix``), default, description."""
     rows = [f"| {' | '.join(header)} |", "|---|---|---|"]
     for name, field in model.model_fields.items():
-        default = "unset" if field.default is None else f"`{field.default!r}`"
+        if name in INTERNAL:
+            continue
+        if field.default_factory is not None or field.is_required():
+            default = "see meaning"
+        else:
+            default = "unset" if field.default is None else f"`{field.default!r}`"
         text = (field.description or "").replace("|", "\\|").replace("\n", " ")
         rows.append(f"| `{prefix}{name.upper() if prefix else name}` | {default} | {text} |")
     return "\n".join(rows)
@@ -27,6 +36,11 @@ def render(markdown: str) -> str:
 
         table = model_table(Settings, prefix="QCMB_ASYNC_", header=("variable", "default", "meaning"))
         markdown = markdown.replace("<!-- render: settings -->", table)
+    if "<!-- render: run-options -->" in markdown:
+        from qcmb_async._core.options import RunOptions
+
+        table = model_table(RunOptions, header=("option", "default", "meaning"))
+        markdown = markdown.replace("<!-- render: run-options -->", table)
     return markdown
 
 

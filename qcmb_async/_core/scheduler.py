@@ -26,7 +26,7 @@ from ..errors import FragmentError
 from . import events as ev
 from .contract import ErrorType, Executor, FragmentJob, JobOutcome, is_transient
 from .cost import CostModel, allotment, parallel_fraction, speedup
-from .inputs import RunOptions
+from .options import RunOptions
 from .plan import Fragment, Job, Plan
 from .ready import ReadyQueue
 from .resources import ResourcePool, Usage
