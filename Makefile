@@ -11,7 +11,7 @@ example:
 	$(PYTHON) scripts/example.py
 
 test: install
-	$(PYTHON) -m ruff check qcmb_async tests scripts
+	$(PYTHON) -m ruff check qcmb_async tests scripts docs/hooks
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict -q
 	$(PYTHON) -m pytest -q -rs
 

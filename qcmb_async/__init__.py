@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 
 from . import events
+from ._core.contract import Executor, FragmentJob, JobOutcome
 from ._core.plan import Fragment, Plan
-from ._core.qcengine_seams import prime_qcengine
-from ._core.runner import RunHandle, open_run, plan_manybody, run, run_manybody
-from .errors import FailureReport, FragmentError, InputError, QCMBAsyncError, RunFailed
-from .executors.base import Executor, FragmentJob, JobOutcome
-
-__version__ = "0.1.0"
+from ._core.xyz import xyz_input as read_xyz
+from ._qcengine.seams import prime_qcengine
+from ._runner import RunHandle, open_run, plan_manybody, run, run_manybody
+from ._version import __version__
+from .errors import FailureReport, FragmentError, InputError, QCMBAsyncError, RunFailed, Terminated
 
 # A library configures no logging; NullHandler keeps Python's last-resort handler from
 # printing our structured events as raw dicts when the application configured nothing.
@@ -37,10 +37,13 @@ __all__ = [
     "QCMBAsyncError",
     "RunFailed",
     "RunHandle",
+    "Terminated",
+    "__version__",
     "events",
     "open_run",
     "plan_manybody",
     "prime_qcengine",
+    "read_xyz",
     "run",
     "run_manybody",
 ]

@@ -14,6 +14,24 @@ class InputError(QCMBAsyncError, ValueError):
     """Bad input, found before anything was computed. The message says what to change."""
 
 
+def describe_validation(exc: Exception) -> str:
+    """One line per problem of a pydantic ``ValidationError`` (``field.path: message``), for InputErrors.
+
+    An unknown field says to remove it or check its spelling; other exceptions give ``str(exc)``.
+    """
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    lines = []
+    for err in errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        if err.get("type") == "extra_forbidden":
+            lines.append(f"unknown field '{loc}': remove it or check its spelling")
+        else:
+            lines.append(f"{loc or '(input)'}: {err.get('msg')}")
+    return "; ".join(lines) or str(exc)
+
+
 class FragmentError(QCMBAsyncError, RuntimeError):
     """A fragment calculation failed.
 

@@ -1,7 +1,7 @@
 """Run the real scheduler on virtual cores with a virtual clock.
 
 :func:`simulate` feeds a set of fragments with known durations to the very
-:func:`~qcmb_async._core.schedule.schedule` function a real run uses, under anyio's trio
+:class:`~qcmb_async._core.scheduler.Scheduler` a real run uses, under anyio's trio
 backend with ``trio.testing.MockClock(autojump_threshold=0)``: whenever every task waits, the
 clock jumps to the next fragment's end. Nothing is computed, so 512 cores and thousands of
 fragments, or 4,096 cores and 100,000 fragments, are studied in seconds on a laptop.
@@ -20,7 +20,7 @@ What the simulation leaves out: the scheduler's own CPU time (it costs no virtua
 program start-up and QCEngine overhead beyond what the measured durations contain, and
 contention between fragments sharing a machine (a fragment takes its measured time whatever
 runs next to it). Fragments given ``c`` cores run ``speedup(c, fraction)`` times faster
-(Amdahl's law with the scheduler's own :data:`~qcmb_async._core.cost.PARALLEL_FRACTION`).
+(Amdahl's law with each program's ``parallel_fraction`` from :mod:`qcmb_async.programs`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._core.cost import PARALLEL_FRACTION, CostModel, speedup
+from ._core import cost
+from ._core.cost import CostModel, speedup
 from ._core.plan import Fragment, Job, Plan
 from .executors.simulated import SimulatedExecutor
 
@@ -115,7 +116,7 @@ class Workload:
                 raise ValueError(f"fragment {frag.label} has no measured time in the run's records "
                                  "(cached or failed fragments cannot be replayed)")
             cores = int(rec.get("cores") or 1)
-            fraction = PARALLEL_FRACTION.get(frag.program, 0.0)
+            fraction = cost.parallel_fraction(frag.program)
             durations[frag.label] = (rec["end"] - rec["start"]) * speedup(cores, fraction)
         return cls(list(plan.fragments), durations, name=name, source="qcmb_async run records")
 
@@ -191,12 +192,13 @@ def lower_bound(workload: Workload, ncores: int, *, fragment_ncores: int | None 
     so the one-core total still bounds the work. With fixed ``fragment_ncores`` every fragment
     runs on exactly that many cores and at most ``ncores // fragment_ncores`` run at once.
     """
-    fractions = PARALLEL_FRACTION if parallel_fraction is None else parallel_fraction
     if fragment_ncores is None:
-        longest = max(workload.durations[f.label] / speedup(ncores, fractions.get(f.program, 0.0))
+        longest = max(workload.durations[f.label]
+                      / speedup(ncores, cost.parallel_fraction(f.program, parallel_fraction))
                       for f in workload.fragments)
         return max(longest, workload.total / ncores)
-    times = [workload.durations[f.label] / speedup(fragment_ncores, fractions.get(f.program, 0.0))
+    times = [workload.durations[f.label]
+             / speedup(fragment_ncores, cost.parallel_fraction(f.program, parallel_fraction))
              for f in workload.fragments]
     # At most ncores // fragment_ncores fragments at once: the cores they can use in all.
     usable = max(1, ncores // fragment_ncores) * fragment_ncores
@@ -289,7 +291,7 @@ def simulate(
     Returns:
         :class:`SimulationResult` (makespan, lower bound, per-fragment records in virtual seconds).
     """
-    from ._core.inputs import make_options
+    from ._core.options import make_options
 
     if isinstance(fragments, Workload):
         work = fragments
@@ -334,11 +336,10 @@ def simulate(
 
 
 async def _schedule(plan: Plan, options: Any, executor: SimulatedExecutor, cost_model: CostModel | None) -> Any:
-    from ._core.schedule import schedule
+    from ._core.scheduler import Scheduler
 
     async with executor:
-        return await schedule(plan, options, executor, run_id="simulated", store=None, partial_result=None,
-                              cost_model=cost_model)
+        return await Scheduler(plan, options, executor, run_id="simulated", cost_model=cost_model).run()
 
 
 def _run_virtual(fn: Callable[[], Any]) -> Any:

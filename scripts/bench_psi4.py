@@ -114,7 +114,7 @@ def main() -> int:
                                                      "keywords": {"scf_type": "pk"}})
     config = qcengine.config.get_config(task_config={"ncores": NCORES, "memory": MEMORY})
     doc = psi4_legacy.v1_document(inp, config)
-    job = FragmentJob(label="water", level=1, program="psi4", atomic_input=inp.model_dump(),
+    job = FragmentJob(label="water", nbody=1, program="psi4", atomic_input=inp.model_dump(),
                       task_config={"ncores": NCORES, "memory": MEMORY, "scratch_directory": None, "retries": 0})
     idle = machine_busy(1.0)
 

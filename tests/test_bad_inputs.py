@@ -244,7 +244,7 @@ def nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """QCEngine and the executors fail the test if reached; ``locked.json`` cannot be opened (we are root)."""
     import qcengine
 
-    from qcmb_async._core import runner
+    from qcmb_async import _runner as runner
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a bad input reached the computation")
@@ -377,7 +377,7 @@ def test_unused_spec_for_a_missing_program_runs_like_qcmanybody(tmp_path: Path) 
 def test_scratch_directory_expands_like_qcengine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from qcengine.config import parse_environment
 
-    from qcmb_async._core.inputs import make_options
+    from qcmb_async._core.options import make_options
 
     (tmp_path / "home").mkdir()
     (tmp_path / "scratch").mkdir()
@@ -392,8 +392,8 @@ def test_no_scratch_directory_leaves_qcengines_own(tmp_path: Path, monkeypatch: 
     """Without a scratch_directory QCEngine's own setting (QCENGINE_SCRATCH_DIRECTORY) applies."""
     import qcengine
 
-    from qcmb_async._core.inputs import make_options
-    from qcmb_async._core.schedule import _task_config
+    from qcmb_async._core.options import make_options
+    from qcmb_async._core.scheduler import _task_config
 
     monkeypatch.setenv("QCENGINE_SCRATCH_DIRECTORY", str(tmp_path))
     config = _task_config(make_options(ncores=1, memory=1.0))
@@ -404,7 +404,7 @@ def test_no_scratch_directory_leaves_qcengines_own(tmp_path: Path, monkeypatch: 
 
 
 def test_install_hints_name_no_package_that_does_not_exist() -> None:
-    from qcmb_async._core.inputs import install_hint
+    from qcmb_async._core.checks import install_hint
 
     assert "cfour.de" in install_hint("cfour") and "apt-get" not in install_hint("cfour")
     assert "commercial" in install_hint("qchem") and "pip" not in install_hint("qchem")

@@ -327,7 +327,7 @@ def _cfour_job() -> FragmentJob:
         pytest.skip("cfour is installed here: the missing-program tests need a program the workers lack")
     plan = plan_manybody(mbe_input("nwchem", "hf", "sto-3g", bsse="nocp", max_nbody=2))
     frag = plan.fragments[0]
-    return FragmentJob(label=frag.label, level=frag.level, program="cfour",
+    return FragmentJob(label=frag.label, nbody=frag.level, program="cfour",
                        atomic_input=plan.materialise(frag).atomic_input, task_config=TC, run_id="test")
 
 
@@ -380,7 +380,7 @@ async def test_timeout_and_cancel_kill_the_remote_program(cluster: Cluster) -> N
     require_program("nwchem")
     plan = plan_manybody(mbe_input("nwchem", "mp2", "cc-pvtz", molecule=trimer(), bsse="cp", max_nbody=3))
     frag = max(plan.fragments, key=lambda f: f.level)  # the trimer: several seconds
-    job = FragmentJob(label=frag.label, level=frag.level, program="nwchem",
+    job = FragmentJob(label=frag.label, nbody=frag.level, program="nwchem",
                       atomic_input=plan.materialise(frag).atomic_input, task_config=TC, run_id="test")
     async with DaskExecutor(cluster.address) as exe:
         t0 = time.time()

@@ -101,10 +101,10 @@ def test_sigkill_at_random_moments_loses_no_finished_fragment(tmp_path: Path) ->
     assert seen_partial >= KILLS // 2  # the kills really landed mid-run
 
 
-def _programs_left_by_a_killed_runner(tmp_path: Path, **env: str) -> list[psutil.Process]:
+def _programs_left_by_a_killed_runner(tmp_path: Path, *flags: str) -> list[psutil.Process]:
     """SIGKILL a runner while two Psi4 MP2 dimers run; its programs still alive 2 s later."""
-    cmd = [sys.executable, str(ROOT / "tests/scripts/long_run.py"), "psi4", "mp2", "aug-cc-pvtz", "4"]
-    proc = subprocess.Popen(cmd, env=_env(**env), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, str(ROOT / "tests/scripts/long_run.py"), "psi4", "mp2", "aug-cc-pvtz", "4", *flags]
+    proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runner = psutil.Process(proc.pid)
     programs: list[psutil.Process] = []
     deadline = time.monotonic() + 120
@@ -137,7 +137,7 @@ def test_programs_die_with_a_sigkilled_runner(tmp_path: Path) -> None:
     left = _programs_left_by_a_killed_runner(tmp_path)
     assert left == [], [p.name() for p in left]
     # Without the guardian the programs run on (Psi4 to the end of its fragment): the fix is needed.
-    left = _programs_left_by_a_killed_runner(tmp_path, QCMB_ASYNC_UNSAFE_NO_GUARDIAN="1")
+    left = _programs_left_by_a_killed_runner(tmp_path, "--no-guardian")
     assert any(p.name().startswith("psi4") for p in left), "Psi4 died with its runner even without the guardian"
 
 

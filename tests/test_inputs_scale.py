@@ -22,7 +22,8 @@ from qcelemental.models.v2 import Molecule
 from qcmanybody.models.v2 import ManyBodyInput
 
 from qcmb_async import InputError, plan_manybody
-from qcmb_async._core.inputs import CHGMULT_SEARCH_LIMIT, fill_fragment_chgmult, load_input
+from qcmb_async._core.chgmult import CHGMULT_SEARCH_LIMIT, fill_fragment_chgmult
+from qcmb_async._core.inputs import load_input
 from qcmb_async._core.xyz import build_molecule, parse_xyz
 from tests.helpers import require_program
 from tests.test_cli import cli
@@ -309,7 +310,7 @@ def write_waters_xyz(path: Path, n: int, radical_first: bool = False) -> Path:
 @pytest.mark.timeout(120)
 def test_64_fragment_xyz_through_the_cli_loader(tmp_path: Path, no_big_search: None) -> None:
     require_program("mopac")
-    from qcmb_async.cli import _load
+    from qcmb_async.cli._inputs import _load
 
     xyz = write_waters_xyz(tmp_path / "waters64.xyz", N, radical_first=True)
     start = time.perf_counter()
@@ -403,7 +404,7 @@ def test_input_checks_of_2000_waters_are_linear() -> None:
     Measured here: QCElemental building the molecule 0.9 s, NaN scans 0.01 s, re-validation
     0.25 s, electron check 0.08 s (one pass over the fragments, not over their subsets).
     """
-    from qcmb_async._core.inputs import check_fragment_electrons
+    from qcmb_async._core.checks import check_fragment_electrons
 
     n = 2000
     mol = waters(n, fragment_charges=[0] * n, fragment_multiplicities=[1] * n)

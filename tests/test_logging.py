@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from qcmb_async import run
-from qcmb_async._core.logs import configure_logging
+from qcmb_async._logs import configure_logging
 from tests.helpers import WATER_TRIMER, mbe_input, require_program
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -119,7 +119,7 @@ async def _run(inp: Any, executor: Any, **kw: Any) -> Any:
 def _job(program: str, basis: str, nwaters: int, timeout: float | None = None, label: str = "job") -> FragmentJob:
     inp = AtomicInput(molecule=waters(nwaters), specification={"driver": "energy",
                                                                "model": {"method": "hf", "basis": basis}})
-    return FragmentJob(label=label, level=nwaters, program=program, atomic_input=inp.model_dump(),
+    return FragmentJob(label=label, nbody=nwaters, program=program, atomic_input=inp.model_dump(),
                        task_config={"ncores": 1, "memory": 1.0, "scratch_directory": None, "retries": 0},
                        timeout=timeout)
 

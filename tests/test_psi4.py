@@ -343,7 +343,7 @@ def test_sixteen_concurrent_fragments(legacy: Psi4LegacyHarness, tmp_path: Path,
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("HOME", str(home))
     inp = _input(_water(), scf_type="pk").model_dump()
-    jobs = [FragmentJob(label=f"water{i}", level=1, program="psi4", atomic_input=inp,
+    jobs = [FragmentJob(label=f"water{i}", nbody=1, program="psi4", atomic_input=inp,
                         task_config={"ncores": 1 + i % 4, "memory": 0.25 * (1 + i % 3),
                                      "scratch_directory": str(scratch), "retries": 0})
             for i in range(16)]
@@ -380,7 +380,7 @@ def test_timeout_kills_psi4(legacy: Psi4LegacyHarness, tmp_path: Path) -> None:
     """psi4 is started through QCEngine's popen, so qcmb_async's timeout kills it."""
     big = Molecule.from_data("\n".join(f"O {3 * i} 0 0\nH {3 * i} 0.757 0.587\nH {3 * i} -0.757 0.587"
                                        for i in range(6)))
-    job = FragmentJob(label="slow", level=1, program="psi4",
+    job = FragmentJob(label="slow", nbody=1, program="psi4",
                       atomic_input=_input(big, "hessian", model={"method": "hf", "basis": "cc-pvdz"}).model_dump(),
                       task_config={"ncores": 1, "memory": 0.5, "scratch_directory": str(tmp_path), "retries": 0},
                       timeout=1.5)

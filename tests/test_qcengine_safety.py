@@ -20,13 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 COLD_START_RUNS = 30
 
 
-def run_script(name: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    for key in ("QCMB_ASYNC_UNSAFE_NO_PRIME", "QCMB_ASYNC_UNSAFE_NO_ENV_ISOLATION"):
-        if key not in env:
-            full_env.pop(key, None)
-    return subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / name)], capture_output=True, text=True,
-                          env=full_env, cwd=ROOT, timeout=300)
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / name), *args], capture_output=True,
+                          text=True, env=full_env, cwd=ROOT, timeout=300)
 
 
 def test_each_program_starts_with_its_own_thread_settings() -> None:
@@ -39,7 +36,7 @@ def test_each_program_starts_with_its_own_thread_settings() -> None:
 
 
 def test_env_probe_fails_without_isolation() -> None:
-    proc = run_script("env_probe.py", QCMB_ASYNC_UNSAFE_NO_ENV_ISOLATION="1")
+    proc = run_script("env_probe.py", "--no-isolation")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     # QCEngine's own environ_context: programs see another fragment's value.
@@ -71,7 +68,7 @@ def test_cold_start_race_fails_without_priming() -> None:
     require_program("mopac")
     outputs = []
     for _ in range(5):
-        proc = run_script("cold_start.py", QCMB_ASYNC_UNSAFE_NO_PRIME="1")
+        proc = run_script("cold_start.py", "--no-prime")
         outputs.append(proc.stdout)
         if proc.returncode != 0:
             assert "KeyError" in proc.stdout, proc.stdout
@@ -92,7 +89,7 @@ def test_recovers_from_half_filled_global_config() -> None:
 
 def test_priming_is_idempotent_and_thread_safe() -> None:
     from qcmb_async import prime_qcengine
-    from qcmb_async._core.qcengine_seams import REQUIRED_GLOBAL_KEYS
+    from qcmb_async._qcengine.seams import REQUIRED_GLOBAL_KEYS
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         values = list(pool.map(lambda _: prime_qcengine(), range(32)))
@@ -132,7 +129,7 @@ def test_cached_task_config_equals_qcengines_own(monkeypatch: pytest.MonkeyPatch
     """The get_config seam returns what QCEngine would build, per task config and QCENGINE_* env."""
     import qcengine.config as qcng_config
 
-    from qcmb_async._core import qcengine_seams as seams
+    from qcmb_async._qcengine import seams
 
     seams.prime_qcengine()
     for tc in ({"ncores": 1, "memory": 1.5, "retries": 0, "scratch_directory": None},

@@ -65,15 +65,15 @@ async def test_largest_fragments_first_across_levels() -> None:
 
 
 async def test_fifo_order_keeps_qcmanybodys_order() -> None:
-    from qcmb_async._core.inputs import make_options
+    from qcmb_async._core.options import make_options
     from qcmb_async._core.plan import make_plan
-    from qcmb_async._core.schedule import schedule
+    from qcmb_async._core.scheduler import Scheduler
     from qcmb_async.executors.threads import ThreadExecutor
 
     inp = fake_input(4, 3, 0.005)
     plan = make_plan(inp)
     async with ThreadExecutor() as exe:
-        outcome = await schedule(plan, make_options(ncores=1, memory=1, order="fifo"), exe, run_id="fifo")
+        outcome = await Scheduler(plan, make_options(ncores=1, memory=1, order="fifo"), exe, run_id="fifo").run()
     started = [r.label for r in sorted(outcome.records, key=lambda r: r.start)]
     assert started == [f.label for f in plan.fragments]
 
@@ -129,3 +129,19 @@ async def test_open_run_reraises_errors() -> None:
         with pytest.raises(FragmentError):
             await handle.result()
     assert "FragmentFailed" in kinds
+
+
+async def test_retry_policy_retries_only_transient_errors_with_capped_backoff() -> None:
+    from qcmb_async._core.contract import ErrorType
+    from qcmb_async._core.scheduler import RetryPolicy
+
+    policy = RetryPolicy(retries=3, base=0.5, cap=1.5)
+    for etype in (ErrorType.TIMEOUT, ErrorType.WORKER_DIED, "random_error", "RandomError", ErrorType.KILLED_WORKER):
+        delays = [policy.delay(etype, attempt) for attempt in (1, 2, 3)]
+        # 0.5 * 2**(attempt-1), capped at 1.5, jittered to 50-100 %.
+        for delay, full in zip(delays, (0.5, 1.0, 1.5), strict=True):
+            assert delay is not None and full / 2 <= delay <= full
+        assert policy.delay(etype, 4) is None, "a fourth retry with retries=3"
+    for etype in ("input_error", "convergence_error", "UnknownError", None):
+        assert policy.delay(etype, 1) is None, f"{etype} is not transient"
+    assert RetryPolicy(retries=0).delay(ErrorType.TIMEOUT, 1) is None

@@ -8,8 +8,9 @@ import math
 
 import pytest
 
-from qcmb_async._core.cost import PARALLEL_FRACTION, speedup
+from qcmb_async._core.cost import speedup
 from qcmb_async._core.plan import Fragment
+from qcmb_async.programs import traits
 from tests.helpers import mbe_input, require_module, waters
 
 
@@ -57,17 +58,17 @@ def check_schedule(result, workload) -> None:
 
 
 def test_runs_the_real_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
-    import qcmb_async._core.schedule as sched
+    import qcmb_async._core.scheduler as sched
     from qcmb_async.simulate import simulate
 
     calls = []
-    real = sched.schedule
+    real = sched.Scheduler.run
 
-    async def counting(*args, **kwargs):
-        calls.append(type(args[2]).__name__)
-        return await real(*args, **kwargs)
+    async def counting(self, *args, **kwargs):
+        calls.append(type(self.executor).__name__)
+        return await real(self, *args, **kwargs)
 
-    monkeypatch.setattr(sched, "schedule", counting)
+    monkeypatch.setattr(sched.Scheduler, "run", counting)
     work = solute_in_water()
     result = simulate(work, 4)
     assert calls == ["SimulatedExecutor"]
@@ -155,7 +156,7 @@ def test_multi_core_fragments_run_faster_by_amdahl() -> None:
     big = [r for r in result.records if r.label.startswith("big")]
     assert all(r.cores > 1 for r in big)
     for r in result.records:
-        expected = durations[r.label] / speedup(r.cores, PARALLEL_FRACTION["pyscf"])
+        expected = durations[r.label] / speedup(r.cores, traits("pyscf").parallel_fraction)
         assert r.end - r.start == pytest.approx(expected)
     assert result.multi_core_fragments >= 2
     one_core = simulate(work, 8, fragment_ncores=1)

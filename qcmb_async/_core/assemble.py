@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .plan import Plan, make_plan
+
+if TYPE_CHECKING:
+    from qcmanybody.models.v2 import ManyBodyResult
 
 _PROPERTIES = ("energy", "gradient", "hessian")
 
@@ -48,7 +51,7 @@ def slim(plan: Plan, result: Any) -> Any:
     return component_properties(result, driver_of(plan))
 
 
-def assemble(plan: Plan, results: dict[str, Any], extras: dict[str, Any] | None = None) -> Any:
+def assemble(plan: Plan, results: dict[str, Any], extras: dict[str, Any] | None = None) -> ManyBodyResult:
     """Build the ``ManyBodyResult`` (v2) from fragment results exactly as QCManyBody would.
 
     ``results`` maps every label of ``plan`` to its ``AtomicResult`` or to its properties as
@@ -74,7 +77,8 @@ def assemble(plan: Plan, results: dict[str, Any], extras: dict[str, Any] | None 
     return mbres
 
 
-def assemble_through(plan: Plan, nbody: int, results: dict[str, Any], extras: dict[str, Any] | None = None) -> Any:
+def assemble_through(plan: Plan, nbody: int, results: dict[str, Any],
+                     extras: dict[str, Any] | None = None) -> ManyBodyResult | None:
     """MBE(``nbody``) result from the results of a larger plan, or ``None`` when it cannot be built.
 
     Re-plans the same input with ``max_nbody=nbody`` (QCManyBody decides which fragments that

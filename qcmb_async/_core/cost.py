@@ -13,10 +13,13 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from qcelemental import periodictable
+
+from ..programs import traits
 
 # Contracted basis functions per element row (H-He, Li-Ne, Na-Ar) for common basis sets
 # (spherical d/f except for Pople *, which are Cartesian as most programs run them).
@@ -66,9 +69,10 @@ def fragment_size(symbols: Sequence[str], basis: str | None, *, charge: float = 
 def method_exponent(method: str, program: str = "") -> float:
     """How the method's cost grows with size (HF/DFT ~3.5, MP2 5, CCSD 6, CCSD(T) 7, ...)."""
     m = method.lower()
-    if any(m.startswith(x) for x in _FORCE_FIELDS) or program.lower() in ("rdkit", "openmm"):
+    kind = traits(program) if program else None
+    if any(m.startswith(x) for x in _FORCE_FIELDS) or (kind is not None and kind.force_field):
         return 1.0
-    if any(x in m for x in _SEMIEMPIRICAL) or program.lower() in ("mopac", "xtb"):
+    if any(x in m for x in _SEMIEMPIRICAL) or (kind is not None and kind.semi_empirical):
         return 2.5
     if "ccsdt" in m or "(t)" in m or "cc3" in m:
         return 7.0
@@ -118,18 +122,15 @@ class CostModel:
     def __init__(self, exponents: dict[str, float] | None = None) -> None:
         self._exponents = dict(exponents or {})
         self._fits: dict[str, _Fit] = {}
-        self.version = 0
-        """Bumped whenever an estimate changes enough to be worth re-ordering for."""
 
     def exponent(self, group: str) -> float:
+        """``p`` of ``seconds = a * size ** p`` for ``group`` (fitted once sizes differ)."""
         fit = self._fits.get(group)
         return fit.p if fit is not None and fit.p else self._exponents.get(group, 3.5)
 
     def set_exponent(self, group: str, p: float) -> None:
+        """The a-priori exponent of ``group`` (kept if one was set before)."""
         self._exponents.setdefault(group, p)
-
-    def calibrated(self, group: str) -> bool:
-        return group in self._fits
 
     def seconds_per_unit(self, group: str) -> float:
         """``a`` of ``seconds = a * size ** p`` for ``group``; the median of calibrated groups when unseen."""
@@ -149,7 +150,6 @@ class CostModel:
         if seconds <= 0 or size <= 0:
             return
         fit = self._fits.setdefault(group, _Fit(p=self._exponents.get(group, 3.5)))
-        old = fit.a
         fit.add(math.log(size), math.log(seconds), self.WINDOW)
         n = len(fit.xs)
         mx, my = fit.sx / n, fit.sy / n
@@ -159,8 +159,6 @@ class CostModel:
             fit.p = min(8.0, max(0.5, slope))  # keep a noisy fit physical
         # Geometric mean of the ratios: robust to the odd slow fragment.
         fit.a = math.exp(my - fit.p * mx)
-        if old == 0.0 or abs(fit.a / old - 1) > 0.1:
-            self.version += 1
 
 
 def speedup(cores: int, parallel_fraction: float) -> float:
@@ -168,9 +166,15 @@ def speedup(cores: int, parallel_fraction: float) -> float:
     return 1.0 / ((1.0 - parallel_fraction) + parallel_fraction / cores)
 
 
-#: Share of a program's run time that its own threads parallelise, when it gets its cores
-#: through QCEngine's task_config. NWChem takes cores only through MPI, which we do not launch.
-PARALLEL_FRACTION: dict[str, float] = {"pyscf": 0.85, "psi4": 0.85, "mopac": 0.6, "nwchem": 0.0, "cfour": 0.8}
+def parallel_fraction(program: str, overrides: Mapping[str, float] | None = None) -> float:
+    """Share of ``program``'s run time its own threads parallelise, 0..1.
+
+    From :mod:`qcmb_async.programs`, or from ``overrides`` (program -> fraction, 0 if absent) when
+    given (the simulator's what-if runs).
+    """
+    if overrides is not None:
+        return overrides.get(program, 0.0)
+    return traits(program).parallel_fraction
 
 
 def predict_makespan(durations: Sequence[float], cores: Sequence[int], ncores: int) -> float:
@@ -237,3 +241,26 @@ def allot_cores(durations: Sequence[float], ncores: int, parallel_fraction: Iter
         if span < best * 0.98:
             best, best_cores = span, list(cores)
     return best_cores
+
+
+#: Above this many fragments core allotment is skipped: one core each already packs the cores
+#: and the greedy search is O(n log n) per step.
+ALLOT_MAX_FRAGMENTS = 4096
+
+
+def allotment(fragments: Sequence[Any], model: CostModel, *, ncores: int, memory: float,
+              auto_memory: bool) -> dict[str, int]:
+    """Cores per fragment label, for the fragments that should get more than one.
+
+    ``fragments`` carry ``label``, ``group``, ``size`` and ``program`` (a plan's ``Fragment`` s).
+    A fragment never takes more cores than its per-core memory share allows when the caller
+    fixed the memory per fragment (``auto_memory=False``).
+    """
+    if ncores <= 1 or not fragments or len(fragments) > ALLOT_MAX_FRAGMENTS:
+        return {}
+    durations = [model.estimate(f.group, f.size) for f in fragments]
+    fractions = [parallel_fraction(f.program) for f in fragments]
+    per_core = memory / ncores
+    max_cores = ncores if auto_memory else max(1, int(memory // max(per_core, 1e-9)))
+    cores = allot_cores(durations, ncores, fractions, max_cores=max_cores)
+    return {f.label: c for f, c in zip(fragments, cores, strict=True) if c > 1}

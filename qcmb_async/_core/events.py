@@ -10,55 +10,79 @@ from typing import Any
 
 @dataclass(frozen=True)
 class RunStarted:
+    """A run is about to dispatch its first fragment."""
+
     run_id: str
     total: int
+    """Fragments in the plan."""
     per_level: dict[int, int]
+    """Fragments per n-body level (QCManyBody's nbody: number of real fragments)."""
     ncores: int
+    """Cores the run may use."""
     memory: float
+    """Memory the run may use, GiB."""
 
 
 @dataclass(frozen=True)
 class FragmentStarted:
+    """An attempt at a fragment was handed to the executor."""
+
     run_id: str
     label: str
+    """QCManyBody's label, e.g. ``'["(auto)", [1], [1, 2]]'``."""
     level: int
+    """n-body level (number of real fragments)."""
     program: str
     cores: int
+    """Cores given to this fragment."""
     memory: float
+    """Memory given to this fragment, GiB."""
     attempt: int
+    """1 for the first attempt."""
 
 
 @dataclass(frozen=True)
 class FragmentFinished:
+    """A fragment succeeded (or its result was found in the store)."""
+
     run_id: str
     label: str
     level: int
     program: str
     wall_time: float
+    """Seconds of the successful attempt (0 for a stored result)."""
     worker: str
+    """Where it ran (``host:pid:thread``), or ``"store"``."""
     cached: bool = False
     """True when the result came from the result store, not a computation."""
 
 
 @dataclass(frozen=True)
 class FragmentRetried:
+    """An attempt failed with a transient error; another follows after ``delay``."""
+
     run_id: str
     label: str
     level: int
     program: str
     attempt: int
+    """The attempt that failed."""
     error_type: str
     error_message: str
     delay: float
+    """Seconds before the next attempt."""
 
 
 @dataclass(frozen=True)
 class FragmentFailed:
+    """A fragment failed for good (no retries left, or not a transient error)."""
+
     run_id: str
     label: str
     level: int
     program: str
     attempts: int
+    """Attempts made."""
     error_type: str
     error_message: str
 
@@ -70,7 +94,9 @@ class LevelComplete:
     run_id: str
     level: int
     done: int
+    """Fragments of this level finished (equal to ``total``)."""
     total: int
+    """Fragments of this level."""
     partial_result: Any = None
     """MBE(level) ``ManyBodyResult`` when this and all lower levels succeeded and a higher level
     is still to come (built only when someone listens to events); ``None`` otherwise."""
@@ -78,10 +104,14 @@ class LevelComplete:
 
 @dataclass(frozen=True)
 class RunFinished:
+    """Every fragment was dispatched and has ended."""
+
     run_id: str
     succeeded: int
+    """Fragments with a result (computed or from the store)."""
     failed: int
     wall_time: float
+    """Seconds from the first dispatch to the end of the last fragment."""
 
 
 Event = RunStarted | FragmentStarted | FragmentFinished | FragmentRetried | FragmentFailed | LevelComplete | RunFinished
@@ -96,6 +126,6 @@ async def emit(callback: Callable[[Any], Any] | None, event: Event) -> None:
         if inspect.isawaitable(out):
             await out
     except Exception:  # progress display bugs must not lose computed work
-        from .logs import get_logger
+        from .._logs import get_logger
 
         get_logger().exception("event callback failed", event_type=type(event).__name__)

@@ -13,13 +13,12 @@ import copy
 import hashlib
 import json
 import threading
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from qcmanybody.models.v2 import ManyBodyInput
-from qcmanybody.utils import delabeler, labeler
+from qcmanybody.utils import labeler
 
 from .cost import fragment_size, method_exponent
 
@@ -84,21 +83,6 @@ class Plan:
     def input_hash(self) -> str:
         """Content hash of the ManyBodyInput (identifies 'the same run' in the result store)."""
         return hashlib.sha256(self.input.model_dump_json().encode()).hexdigest()
-
-    def by_level(self) -> dict[int, list[Fragment]]:
-        """Fragments grouped by n-body level, levels ascending."""
-        out: dict[int, list[Fragment]] = {}
-        for frag in sorted(self.fragments, key=lambda f: f.level):
-            out.setdefault(frag.level, []).append(frag)
-        return out
-
-    def counts(self) -> dict[tuple[int, str], int]:
-        """Number of fragments per (level, model chemistry)."""
-        return dict(sorted(Counter((f.level, f.mc) for f in self.fragments).items()))
-
-    @property
-    def programs(self) -> set[str]:
-        return {f.program for f in self.fragments}
 
     def molecule(self, frag: Fragment) -> Any:
         """The fragment's ``Molecule``, identical to what ``ManyBodyCore.iterate_molecules`` yields."""
@@ -323,9 +307,3 @@ def make_plan(inp: ManyBodyInput) -> Plan:
     return Plan(input=inp, computer=computer, fragments=fragments, specs=specs,
                 keep_results=str(getattr(proto, "value", proto)) == "all",
                 driver=str(getattr(driver, "value", driver)))
-
-
-def delabel(label: str) -> tuple[str, list[int], list[int]]:
-    """``(mc, real, basis)`` of a QCManyBody label."""
-    mc, real, basis = delabeler(label)
-    return str(mc), list(real), list(basis)

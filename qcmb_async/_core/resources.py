@@ -46,7 +46,6 @@ class ResourcePool:
         self.memory = memory
         self._free_cores = ncores
         self._free_memory = memory
-        self._cond = anyio.Condition()
         self._released = anyio.Event()
         self.usage = Usage()
 
@@ -77,25 +76,5 @@ class ResourcePool:
         self._released = anyio.Event()
 
     def fits(self, cores: int, memory: float) -> bool:
+        """Whether ``cores`` and ``memory`` (GiB) are both free now."""
         return cores <= self._free_cores and memory <= self._free_memory + _EPS
-
-    async def acquire(self, cores: int, memory: float) -> None:
-        """Wait until ``cores`` and ``memory`` are both free, then take them."""
-        if cores > self.ncores or memory > self.memory + _EPS:
-            raise ValueError(f"request ({cores} cores, {memory} GiB) exceeds the pool ({self.ncores}, {self.memory})")
-        async with self._cond:
-            if not self.fits(cores, memory):
-                self.usage.waits += 1
-            while not self.fits(cores, memory):
-                await self._cond.wait()
-            self._free_cores -= cores
-            self._free_memory -= memory
-            self.usage.peak_cores = max(self.usage.peak_cores, self.ncores - self._free_cores)
-            self.usage.peak_memory = max(self.usage.peak_memory, self.memory - self._free_memory)
-
-    async def release(self, cores: int, memory: float) -> None:
-        """Give back what :meth:`acquire` took and wake waiting borrowers."""
-        async with self._cond:
-            self._free_cores += cores
-            self._free_memory += memory
-            self._cond.notify_all()

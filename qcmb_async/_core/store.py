@@ -23,7 +23,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .._version import __version__
 from ..errors import QCMBAsyncError
+from ..settings import get_settings
 
 STORE_FORMAT_VERSION: int = 1
 """Layout version written to ``meta.format_version``; a store with another version is refused."""
@@ -93,6 +95,22 @@ def default_store_path() -> Path:
         with contextlib.suppress(OSError):
             os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
     return directory / "results.sqlite"
+
+
+
+def store_path(store: str | os.PathLike[str] | None = "default") -> Path | None:
+    """The store file a run with ``store=`` opens, or ``None`` for no store.
+
+    ``"default"``: ``$QCMB_ASYNC_STORE`` (``none`` disables) or :func:`default_store_path`.
+    """
+    if store is None:
+        return None
+    if isinstance(store, str) and store == "default":
+        settings = get_settings()
+        if settings.store_disabled:
+            return None
+        return Path(settings.store).expanduser() if settings.store else default_store_path()
+    return Path(store)
 
 
 class ResultStore:
@@ -542,8 +560,4 @@ def _loads_or(text: str | None, default: Any) -> Any:
 
 
 def _creator() -> str:
-    try:
-        from .. import __version__
-    except ImportError:  # partially imported package
-        __version__ = "unknown"
     return f"qcmb_async {__version__}"

@@ -84,17 +84,16 @@ def _run(job: Any) -> Any:
     import time
     import traceback
 
-    from .._core.worker import execute_job
-    from .base import JobOutcome
+    from .._core.contract import JobOutcome
+    from .._qcengine.worker import execute_job
 
     start = time.time()
     try:
         return execute_job(job)
     except BaseException as exc:
-        return JobOutcome(label=job.label, result={}, success=False, start=start, end=time.time(),
-                          host=socket.gethostname(), worker=f"{socket.gethostname()}:{os.getpid()}:MainThread",
-                          pid=os.getpid(), error_type=type(exc).__name__,
-                          error_message=f"{exc}\n{traceback.format_exc()}")
+        return JobOutcome.failure(job, type(exc).__name__, f"{exc}\n{traceback.format_exc()}", start=start,
+                                  host=socket.gethostname(), pid=os.getpid(),
+                                  worker=f"{socket.gethostname()}:{os.getpid()}:MainThread")
 
 
 def main() -> int:
@@ -108,15 +107,15 @@ def main() -> int:
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
     proto_out.write(MAGIC)
     try:
-        from .._core import qcengine_seams
-        from .._core.worker import prepare_worker
+        from .._qcengine import seams as qcengine_seams
+        from .._qcengine.worker import prepare_worker
 
         # Programs stay in this worker's process group: the parent kills both with one killpg.
         qcengine_seams.PROGRAMS_IN_OWN_SESSION = False
         prepare_worker()
         warm = sys.argv[sys.argv.index("--warm") + 1] if "--warm" in sys.argv else ""
         if warm:
-            from .._core.worker import warm_program
+            from .._qcengine.worker import warm_program
 
             for name in warm.split(","):
                 warm_program(name)  # e.g. imports pyscf now, not in the first fragment

@@ -1,92 +1,24 @@
-"""The executor protocol: where a fragment runs is a plug-in behind this interface.
+"""The base class of the built-in executors: lifecycle and the contract's defaults.
 
-The scheduler only ever calls ``async with executor`` and ``await executor.run(job)``.
-Jobs and outcomes are plain, picklable data (QCSchema dicts) so the same protocol works
-for threads, worker processes and remote Dask workers.
+The contract itself (:class:`FragmentJob`, :class:`JobOutcome`, :class:`Executor`) lives in
+:mod:`qcmb_async._core.contract`, which the scheduler imports too; it is re-exported here for
+executor authors.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Protocol, Self, runtime_checkable
+from collections.abc import Callable
+from typing import Self
 
 import anyio
 import anyio.lowlevel
 
+from .._core.contract import Executor, FragmentJob, JobOutcome
 from ..errors import InputError
 
-
-@dataclass(frozen=True)
-class FragmentJob:
-    """Everything a worker needs to run one fragment, and nothing that cannot be pickled."""
-
-    label: str
-    """QCManyBody's label, e.g. ``'["(auto)", [1], [1, 2]]'``."""
-    level: int
-    """n-body level: the number of real fragments."""
-    program: str
-    atomic_input: Any
-    """The ``AtomicInput`` (QCSchema v2): the pydantic model, or the same as a dict."""
-    task_config: dict[str, Any]
-    """A complete QCEngine ``task_config`` (ncores, memory, scratch_directory, retries)."""
-    run_id: str = ""
-    timeout: float | None = None
-    """Seconds after which the program process is killed; ``None`` waits forever."""
-    attempt: int = 1
-
-    @property
-    def ncores(self) -> int:
-        return int(self.task_config["ncores"])
-
-    @property
-    def memory(self) -> float:
-        return float(self.task_config["memory"])
-
-
-@dataclass
-class JobOutcome:
-    """What came back from one attempt at a fragment."""
-
-    label: str
-    result: Any
-    """The ``AtomicResult`` (QCSchema v2) on success; the ``FailedOperation`` as a dict otherwise."""
-    success: bool
-    start: float
-    """Wall-clock (``time.time()``) when QCEngine was called in the worker."""
-    end: float
-    host: str
-    worker: str
-    pid: int
-    error_type: str | None = None
-    error_message: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def wall_time(self) -> float:
-        return self.end - self.start
-
-
-@runtime_checkable
-class Executor(Protocol):
-    """Runs fragments somewhere. Implementations: threads, processes, dask."""
-
-    name: str
-
-    async def __aenter__(self) -> Executor:
-        """Start workers and prime QCEngine wherever fragments will run."""
-        ...
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Stop workers; no program process started by this executor survives."""
-        ...
-
-    async def run(self, job: FragmentJob) -> JobOutcome:
-        """Run one fragment and return its outcome; QCEngine failures are outcomes, not exceptions.
-
-        Cancelling the awaiting task must stop the fragment's program process.
-        """
-        ...
+__all__ = ["Executor", "FragmentJob", "JobOutcome", "ReusableExecutor"]
 
 
 class ReusableExecutor(ABC):
@@ -107,9 +39,16 @@ class ReusableExecutor(ABC):
     """
 
     name: str = "executor"
+    clock: Callable[[], float] = staticmethod(time.time)
+    """Wall-clock time stamps the scheduler's records."""
     _users: int = 0
     _loop: anyio.lowlevel.EventLoopToken | None = None
     _lifecycle: anyio.Lock | None = None
+
+    @property
+    def capacity(self) -> tuple[float, float] | None:
+        """``(cores, memory GiB)`` this executor offers; ``None``: this machine's (the default)."""
+        return None
 
     @property
     def running(self) -> bool:

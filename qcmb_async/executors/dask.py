@@ -36,14 +36,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._core.contract import ErrorType, FragmentJob, JobOutcome
 from ..errors import InputError
-from .base import FragmentJob, JobOutcome, ReusableExecutor
+from ..settings import get_settings
+from .base import ReusableExecutor
 
 if TYPE_CHECKING:
     import distributed
 
 #: Environment variable naming the scheduler when none is passed.
-SCHEDULER_ENV = "QCMB_DASK_SCHEDULER"
+SCHEDULER_ENV = "QCMB_ASYNC_DASK_SCHEDULER"
 _WORKER_SYNTAX = 'dask worker tcp://<scheduler>:8786 --resources "cores=16,memory=64"'
 _THREE_WAYS = (
     f"DaskExecutor(scheduler='tcp://host:8786'), DaskExecutor(scheduler=<distributed.Client>), "
@@ -68,7 +70,7 @@ class DaskExecutor(ReusableExecutor):
 
     Args:
         scheduler: Scheduler address (``"tcp://host:8786"``), a ``distributed.Client``, or ``None`` to
-            read ``$QCMB_DASK_SCHEDULER``. An asynchronous Client on the running event loop is used as
+            read ``$QCMB_ASYNC_DASK_SCHEDULER``. An asynchronous Client on the running event loop is used as
             it is and left open. A synchronous Client (or one bound to another event loop, e.g. when
             :func:`qcmb_async.run` runs the core on its private loop) cannot be awaited here: the
             executor connects its own asynchronous Client to the same scheduler and closes it on exit;
@@ -96,7 +98,7 @@ class DaskExecutor(ReusableExecutor):
         self._given_client: Any = None
         self._address: str | None = None
         if scheduler is None:
-            scheduler = os.environ.get(SCHEDULER_ENV, "").strip() or None
+            scheduler = get_settings().dask_scheduler
             if scheduler is None:
                 raise InputError(f"the Dask executor needs a scheduler: pass one of {_THREE_WAYS}")
         if isinstance(scheduler, str):
@@ -189,7 +191,7 @@ class DaskExecutor(ReusableExecutor):
         resources = self._resources(job)
         unmet = await self._unsatisfiable(resources)
         if unmet:
-            return _failed(job, "ResourcesUnavailable", unmet)
+            return _failed(job, ErrorType.RESOURCES_UNAVAILABLE, unmet)
         digest = hashlib.sha1(job.label.encode()).hexdigest()[:10]
         # The nonce keeps keys unique when the same job is submitted twice (direct use, reruns).
         key = f"qcmb-{job.run_id or 'direct'}-{digest}-{job.attempt}-{secrets.token_hex(3)}"
@@ -202,7 +204,8 @@ class DaskExecutor(ReusableExecutor):
                 try:
                     return await future
                 except KilledWorker as exc:
-                    return _failed(job, "KilledWorker", f"Dask gave up on fragment {job.label}: {exc}", submitted)
+                    return _failed(job, ErrorType.KILLED_WORKER, f"Dask gave up on fragment {job.label}: {exc}",
+                                   submitted)
                 except anyio.get_cancelled_exc_class():
                     # Our own deadline or the caller cancelling: either way the task must go.
                     await self._abandon(future, key)
@@ -210,7 +213,7 @@ class DaskExecutor(ReusableExecutor):
                 except Exception as exc:
                     return _failed(job, type(exc).__name__, f"Dask task {key} failed: {exc}", submitted)
             return _failed(
-                job, "TimeoutError",
+                job, ErrorType.TIMEOUT,
                 f"fragment {job.label} gave no result within its timeout of {job.timeout} s "
                 f"(+{self.timeout_grace} s grace for queueing on the cluster); Dask task cancelled, programs killed",
                 submitted,
@@ -329,11 +332,7 @@ def _client_address(client: Any) -> str:
 
 
 def _failed(job: FragmentJob, error_type: str, message: str, start: float | None = None) -> JobOutcome:
-    now = time.time()
-    return JobOutcome(
-        label=job.label, result={}, success=False, start=start if start is not None else now, end=now,
-        host="", worker="dask", pid=0, error_type=error_type, error_message=message,
-    )
+    return JobOutcome.failure(job, error_type, message, start=start, worker="dask")
 
 
 # ----------------------------------------------------------- runs on the Dask workers
@@ -348,7 +347,7 @@ _found: set[str] = set()
 
 def _prepare_dask_worker() -> int:
     """``client.run`` target: harnesses, QCEngine seams and priming, once per worker process."""
-    from .._core.worker import prepare_worker
+    from .._qcengine.worker import prepare_worker
 
     prepare_worker()
     return os.getpid()
@@ -385,8 +384,8 @@ def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
     """The Dask task: check the program, run :func:`execute_job` under a timeout watchdog, tag the worker."""
     from distributed import get_worker
 
-    from .._core.qcengine_seams import FRAGMENT, FragmentContext
-    from .._core.worker import execute_job, prepare_worker
+    from .._qcengine.seams import FRAGMENT, FragmentContext
+    from .._qcengine.worker import execute_job, prepare_worker
 
     worker = get_worker()
     address, wname = worker.address, str(worker.name)
@@ -394,7 +393,7 @@ def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
     prepare_worker()
     if not _program_found(job.program):
         outcome = _failed(
-            job, "ProgramNotAvailable",
+            job, ErrorType.PROGRAM_NOT_AVAILABLE,
             f"program {job.program!r} is not available on Dask worker {address} (name {wname}, host "
             f"{socket.gethostname()}): install it there (on the PATH of the `dask worker` process), or keep "
             f"{job.program} fragments off workers without it: declare it as a resource where it is installed "
@@ -429,7 +428,7 @@ def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
         with _worker_lock:
             _running.pop(key, None)
     if expired.is_set() and not outcome.success:
-        outcome.error_type = "TimeoutError"
+        outcome.error_type = ErrorType.TIMEOUT
         outcome.error_message = (f"fragment {job.label} exceeded its timeout of {job.timeout} s on Dask worker "
                                  f"{address}; program killed")
     extras["thread"] = outcome.worker

@@ -5,7 +5,7 @@ GIL and keep process-global state, and only a separate process can be killed on 
 
 Each worker is a fresh interpreter (``python -m qcmb_async.executors._procworker``) started
 in its own session, so it leads a process group; the programs it starts stay in that group
-(``qcengine_seams.PROGRAMS_IN_OWN_SESSION = False`` in the worker). One
+(``_qcengine.seams.PROGRAMS_IN_OWN_SESSION = False`` in the worker). One
 ``os.killpg(worker_pid, SIGKILL)`` therefore stops a worker together with every program it
 started, including programs orphaned by a worker that died. Workers start concurrently when
 the executor is entered (QCEngine import and priming, ~1.5 s) and are reused for every
@@ -36,9 +36,10 @@ import anyio
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from .._core.logs import get_logger
+from .._core.contract import ErrorType, FragmentJob, JobOutcome
+from .._logs import get_logger
 from ._procworker import HEADER, MAGIC
-from .base import FragmentJob, JobOutcome, ReusableExecutor
+from .base import ReusableExecutor
 
 __all__ = ["ProcessExecutor", "WorkerStartError"]
 
@@ -77,7 +78,7 @@ def _describe_exit(returncode: int | None) -> str:
 
 def _worker_env() -> dict[str, str]:
     """This process's environment, with the directory holding ``qcmb_async`` on PYTHONPATH."""
-    from .._core.qcengine_seams import INHERIT_ENV, prime_qcengine
+    from .._qcengine.seams import INHERIT_ENV, prime_qcengine
 
     env = dict(os.environ)
     # Workers reuse this process's QCEngine globals instead of probing the CPU again (~1 s each).
@@ -231,7 +232,7 @@ class ProcessExecutor(ReusableExecutor):
                         died = True
                 if scope.cancelled_caught:
                     await self._discard(worker)
-                    return self._failure(job, worker, sent, "TimeoutError",
+                    return self._failure(job, worker, sent, ErrorType.TIMEOUT,
                                          f"fragment {job.label} exceeded its timeout of {job.timeout} s; "
                                          f"worker process {worker.pid} and its programs killed")
                 if died or not (isinstance(message, tuple) and message[0] == "outcome"):
@@ -318,13 +319,13 @@ class ProcessExecutor(ReusableExecutor):
         tail = worker.log_tail()
         text = f"worker process {worker.pid} {what} while running fragment {job.label}"
         log.warning("worker process died", pid=worker.pid, status=status, label=job.label)
-        return self._failure(job, worker, sent, "WorkerDied", f"{text}\nworker stderr:\n{tail}" if tail else text)
+        message = f"{text}\nworker stderr:\n{tail}" if tail else text
+        return self._failure(job, worker, sent, ErrorType.WORKER_DIED, message)
 
     def _failure(self, job: FragmentJob, worker: _Worker, start: float, error_type: str, message: str
                  ) -> JobOutcome:
-        return JobOutcome(label=job.label, result={}, success=False, start=start, end=time.time(), host=self._host,
-                          worker=f"{self._host}:{worker.pid}", pid=worker.pid, error_type=error_type,
-                          error_message=message)
+        return JobOutcome.failure(job, error_type, message, start=start, host=self._host,
+                                  worker=f"{self._host}:{worker.pid}", pid=worker.pid)
 
     async def _shutdown(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 
-from .._core.cost import PARALLEL_FRACTION, speedup
-from .base import FragmentJob, JobOutcome
+from .._core.contract import FragmentJob, JobOutcome
+from .._core.cost import parallel_fraction, speedup
 
 _RESULT: Any = None
 
@@ -46,7 +46,7 @@ class SimulatedExecutor:
         durations: one-core seconds per fragment label, or a callable ``FragmentJob -> seconds``.
         parallel_fraction: per program, the share of its run time its threads parallelise
             (Amdahl); a fragment given ``c`` cores sleeps ``duration / speedup(c, fraction)``.
-            Default: the scheduler's own :data:`~qcmb_async._core.cost.PARALLEL_FRACTION`, so
+            Default: the scheduler's own ``parallel_fraction`` of :mod:`qcmb_async.programs`, so
             the simulated speedup is the one the scheduler assumed when it allotted the cores.
 
     ``clock`` is ``anyio.current_time`` (the event loop's clock: virtual under a ``MockClock``);
@@ -54,11 +54,12 @@ class SimulatedExecutor:
     """
 
     name = "simulated"
+    capacity = None
 
     def __init__(self, durations: Mapping[str, float] | Callable[[FragmentJob], float],
                  parallel_fraction: Mapping[str, float] | None = None) -> None:
         self._durations = durations
-        self._fractions = dict(PARALLEL_FRACTION if parallel_fraction is None else parallel_fraction)
+        self._fractions = None if parallel_fraction is None else dict(parallel_fraction)
         # An instance attribute, not a class attribute: a plain function stored on the class
         # would become a bound method.
         self.clock: Callable[[], float] = anyio.current_time
@@ -80,7 +81,7 @@ class SimulatedExecutor:
         d = self._durations(job) if callable(self._durations) else self._durations[job.label]
         cores = job.ncores
         if cores > 1:
-            d /= speedup(cores, self._fractions.get(job.program, 0.0))
+            d /= speedup(cores, parallel_fraction(job.program, self._fractions))
         return float(d)
 
     async def run(self, job: FragmentJob) -> JobOutcome:

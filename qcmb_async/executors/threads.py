@@ -11,9 +11,10 @@ import time
 
 import anyio
 
-from .._core.qcengine_seams import FRAGMENT, FragmentContext
-from .._core.worker import execute_job, prepare_worker
-from .base import FragmentJob, JobOutcome, ReusableExecutor
+from .._core.contract import ErrorType, FragmentJob, JobOutcome
+from .._qcengine.seams import FRAGMENT, FragmentContext
+from .._qcengine.worker import execute_job, prepare_worker
+from .base import ReusableExecutor
 
 #: Seconds to wait for a worker thread to wind down after its program was killed.
 _WIND_DOWN = 10.0
@@ -57,19 +58,10 @@ class ThreadExecutor(ReusableExecutor):
                     raise
             assert scope.cancelled_caught
             await _stop(ctx)
-            now = time.time()
-            return JobOutcome(
-                label=job.label,
-                result={},
-                success=False,
-                start=now - (job.timeout or 0.0),  # the thread may not report back: approximate
-                end=now,
-                host="",
-                worker="thread",
-                pid=0,
-                error_type="TimeoutError",
-                error_message=f"fragment {job.label} exceeded its timeout of {job.timeout} s; program killed",
-            )
+            return JobOutcome.failure(
+                job, ErrorType.TIMEOUT, f"fragment {job.label} exceeded its timeout of {job.timeout} s; program killed",
+                start=time.time() - (job.timeout or 0.0),  # the thread may not report back: approximate
+                worker="thread")
         finally:
             FRAGMENT.reset(token)
 

@@ -11,9 +11,10 @@ processes) must call :func:`register_harnesses` before ``qcengine.compute(..., "
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import threading
+
+from ..settings import get_settings
 
 __all__ = ["PSI4_HARNESS_ENV", "register_harnesses"]
 
@@ -36,7 +37,7 @@ def _register_psi4() -> None:
     with _lock:
         if _psi4_done:
             return
-        if os.environ.get(PSI4_HARNESS_ENV, "auto").lower() != "qcengine" and shutil.which("psi4") is not None:
+        if get_settings().psi4_harness != "qcengine" and shutil.which("psi4") is not None:
             from .psi4_legacy import install
 
             install()

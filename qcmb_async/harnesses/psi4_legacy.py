@@ -52,7 +52,7 @@ from qcelemental.util import parse_version, safe_version
 from qcengine.exceptions import ConvergenceError, InputError, RandomError, ResourceError, UnknownError
 from qcengine.programs.model import ProgramHarness
 
-from .._core.logs import get_logger
+from .._logs import get_logger
 
 if TYPE_CHECKING:
     from qcelemental.models.v2 import AtomicInput

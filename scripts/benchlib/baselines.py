@@ -16,14 +16,14 @@ def run_level_barrier_fifo(inp: ManyBodyInput, ncores: int, memory: float) -> di
     """The earlier design: all inputs built up front, then level by level (a barrier between
     levels), FIFO in QCManyBody's order, on a pool of ``ncores`` threads, one core per fragment.
 
-    Each fragment goes through ``qcmb_async._core.worker.execute_job`` (our QCEngine seams: primed
+    Each fragment goes through ``qcmb_async._qcengine.worker.execute_job`` (our QCEngine seams: primed
     globals, per-fragment environment), without which QCEngine breaks under threads; assembly is
     qcmb_async's (QCManyBody's ``analyze``/``get_results``). Returns the result, wall (s), pool
     stage (s), fragment records and the cores other processes used.
     """
     from qcmb_async._core.assemble import assemble
     from qcmb_async._core.plan import make_plan
-    from qcmb_async._core.worker import execute_job
+    from qcmb_async._qcengine.worker import execute_job
     from qcmb_async.executors.base import FragmentJob
 
     with CpuMeter() as meter:
@@ -57,7 +57,7 @@ def noop_compute_cost(n: int = 1000, *, as_shipped: bool = True) -> float:
     when an earlier section installed qcmb_async's seams, which reuse that TaskConfig; False
     measures the call as qcmb_async's workers make it.
     """
-    from qcmb_async._core import qcengine_seams as seams
+    from qcmb_async._qcengine import seams
 
     compute_module = importlib.import_module("qcengine.compute")
     patched = compute_module.get_config

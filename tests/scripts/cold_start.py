@@ -1,6 +1,6 @@
 """16 MOPAC fragments start at once in a fresh interpreter; prints OK or the error.
 
-QCMB_ASYNC_UNSAFE_NO_PRIME=1 switches QCEngine priming off.
+``--no-prime`` switches QCEngine priming off (shows the race the priming fixes).
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from tests.helpers import mbe_input, waters
 
 
 def main() -> int:
+    if "--no-prime" in sys.argv:
+        from qcmb_async._qcengine import seams
+
+        seams.PRIME = False
     inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=1, molecule=waters(16))
     try:
         result = run(inp, ncores=16, memory=16)

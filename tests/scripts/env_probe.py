@@ -1,12 +1,13 @@
 """Run 8 concurrent FAKE probe fragments with different core counts; print what each program saw.
 
-Run in a fresh interpreter; QCMB_ASYNC_UNSAFE_NO_ENV_ISOLATION=1 switches the fix off.
+Run in a fresh interpreter; ``--no-isolation`` switches the fix off.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 import anyio
 from qcelemental.models.v2 import AtomicInput, Molecule
@@ -19,11 +20,15 @@ N = 8
 
 
 async def main() -> None:
+    if "--no-isolation" in sys.argv:
+        from qcmb_async._qcengine import seams
+
+        seams.ISOLATE_ENVIRONMENT = False
     register_fakes()
     water = Molecule.from_data("O 0 0 0\nH 0 0.76 0.59\nH 0 -0.76 0.59")
     inp = AtomicInput(molecule=water, specification={"driver": "energy", "model": {"method": "fake"},
                                                      "keywords": {"delay": 0.3}}).model_dump()
-    jobs = [FragmentJob(label=f"probe{i}", level=1, program="qcmb-fake-probe", atomic_input=inp,
+    jobs = [FragmentJob(label=f"probe{i}", nbody=1, program="qcmb-fake-probe", atomic_input=inp,
                         task_config={"ncores": i, "memory": 0.25 * i, "scratch_directory": None, "retries": 0})
             for i in range(1, N + 1)]
     before = dict(os.environ)

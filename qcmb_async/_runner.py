@@ -13,19 +13,25 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..errors import FailureReport, FragmentError, InputError, RunFailed, Terminated
-from ..executors import resolve_executor
-from ..executors.base import Executor
-from .assemble import assemble, assemble_through
-from .inputs import check_input, load_input, make_options
-from .logs import get_logger
-from .plan import Plan, make_plan
-from .schedule import ScheduleOutcome, schedule, unwrap_group
+from ._core.assemble import assemble, assemble_through, slim
+from ._core.checks import check_input
+from ._core.contract import Executor
+from ._core.inputs import load_input
+from ._core.options import make_options
+from ._core.plan import Plan, make_plan
+from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
+from ._logs import get_logger
+from .errors import FailureReport, FragmentError, InputError, RunFailed, Terminated
+from .executors import resolve_executor
+
+if TYPE_CHECKING:
+    from qcmanybody.models.v2 import ManyBodyResult
+
+    from ._core.store import ResultStore
 
 log = get_logger()
 
@@ -62,7 +68,7 @@ async def run_manybody(
     on_event: Callable[[Any], Any] | None = None,
     store: str | os.PathLike[str] | None = "default",
     scheduler: Any = None,
-) -> Any:
+) -> ManyBodyResult:
     """Run a many-body expansion with its fragments in parallel; return QCManyBody's result.
 
     Args:
@@ -81,7 +87,7 @@ async def run_manybody(
             An executor instance the caller already entered (``async with ProcessExecutor(...) as
             pool``) is reused as it is and left running: its workers serve run after run.
         scheduler: Dask scheduler address or ``distributed.Client`` (default
-            ``$QCMB_DASK_SCHEDULER``) for ``executor="dask"``.
+            ``$QCMB_ASYNC_DASK_SCHEDULER``) for ``executor="dask"``.
         level_barrier: Finish every n-body level before starting the next. Off by default:
             fragments do not depend on each other, and a barrier leaves cores idle.
         scratch_directory: Parent directory for programs' scratch files.
@@ -137,7 +143,7 @@ async def run_manybody(
             except BaseExceptionGroup as group:
                 raise unwrap_group(group) from None
             plan = box["plan"]
-            if (capacity := getattr(exe, "capacity", None)) is not None and (ncores is None or memory is None):
+            if (capacity := exe.capacity) is not None and (ncores is None or memory is None):
                 # A cluster's size, not this machine's, bounds a distributed run.
                 options = resize(ncores=ncores if ncores is not None else max(1, int(capacity[0])),
                                  memory=memory if memory is not None else capacity[1])
@@ -197,8 +203,9 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
             await anyio.to_thread.run_sync(functools.partial(
                 _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=started))
         try:
-            outcome = await schedule(plan, options, exe, run_id=run_id, store=result_store,
-                                     partial_result=functools.partial(assemble_through, plan))
+            outcome = await Scheduler(plan, options, exe, run_id=run_id, store=result_store,
+                                      partial_result=functools.partial(assemble_through, plan),
+                                      keep=functools.partial(slim, plan)).run()
         except BaseException as exc:
             # The run row must not stay 'running' forever: say how it ended.
             if result_store is not None:
@@ -224,7 +231,7 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
 
 def _record_run_quietly(store: Any, run_id: str, **row: Any) -> None:
     """``store.record_run``; a store that cannot be written (disk full) must not lose the computed result."""
-    from .store import StoreError
+    from ._core.store import StoreError
 
     try:
         store.record_run(run_id, **row)
@@ -238,20 +245,13 @@ def _record_end(store: Any, run_id: str, input_hash: str, started: float, status
                         summary={"run_id": run_id, "ended": reason})
 
 
-def open_store(store: str | os.PathLike[str] | None) -> Any:
+def open_store(store: str | os.PathLike[str] | None) -> ResultStore | None:
     """Open the result store selected by ``store=`` (see :func:`run_manybody`), or ``None``."""
-    if store is None:
-        return None
-    if isinstance(store, str) and store == "default":
-        env = os.environ.get("QCMB_ASYNC_STORE", "").strip()
-        if env.lower() in ("none", "off", "0", "false"):
-            return None
-    from .store import ResultStore, StoreError, default_store_path
+    from ._core.store import ResultStore, StoreError, store_path
 
-    if isinstance(store, str) and store == "default":
-        path = Path(env) if env else default_store_path()
-    else:
-        path = Path(store)
+    path = store_path(store)
+    if path is None:
+        return None
     try:
         return ResultStore(path)
     except StoreError as exc:
@@ -289,7 +289,7 @@ def _failure_report(plan: Plan, outcome: ScheduleOutcome, extras: dict[str, Any]
     return report
 
 
-def run(mbe_input: Any, **options: Any) -> Any:
+def run(mbe_input: Any, **options: Any) -> ManyBodyResult:
     """Blocking :func:`run_manybody` for scripts; also works inside a running loop (Jupyter).
 
     In a plain script the run uses ``anyio.run``; when an event loop is already running in
@@ -369,7 +369,7 @@ class RunHandle:
     def __aiter__(self) -> Any:
         return self._receive.__aiter__()
 
-    async def result(self) -> Any:
+    async def result(self) -> ManyBodyResult:
         """The ``ManyBodyResult``; raises what :func:`run_manybody` raised."""
         await self._done.wait()
         if "error" in self._box:

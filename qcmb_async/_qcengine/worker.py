@@ -12,9 +12,9 @@ import time
 import traceback
 from typing import Any
 
-from ..executors.base import FragmentJob, JobOutcome
-from .logs import get_logger
-from .qcengine_seams import FRAGMENT, FragmentContext, install_seams, prime_qcengine
+from .._core.contract import ErrorType, FragmentJob, JobOutcome
+from .._logs import get_logger
+from .seams import FRAGMENT, FragmentContext, install_seams, prime_qcengine
 
 
 def prepare_worker() -> None:
@@ -49,10 +49,6 @@ def warm_program(name: str) -> None:
         with contextlib.suppress(Exception):
             qcengine.get_program(name).get_version()
         _warmed.add(name)
-
-
-PROGRAM_KILLED = "ProgramKilled"
-"""``error_type`` of a fragment whose program process was killed by a signal (transient: retried)."""
 
 
 def killed_by_signal(exits: list[tuple[str, int, int | None]]) -> str:
@@ -118,11 +114,11 @@ def execute_job(job: FragmentJob) -> JobOutcome:
         log.debug("qcengine compute returned", worker=_worker_name(), wall_time=round(end - start, 4),
                   success=success)
         if ctx.cancelled.is_set() and not success:
-            err = {"error_type": "CancelledError", "error_message": f"fragment {job.label} was cancelled"}
+            err = {"error_type": ErrorType.CANCELLED, "error_message": f"fragment {job.label} was cancelled"}
         elif not success and (killed := killed_by_signal(ctx.exits)):
             # QCEngine then reports whatever parsing the truncated output tripped over (NWChem:
             # KeyError 'CURRENT ENERGY'); the signal is the cause, and it is worth a retry.
-            err = {"error_type": PROGRAM_KILLED,
+            err = {"error_type": ErrorType.PROGRAM_KILLED,
                    "error_message": f"{killed}\n\n{err.get('error_type', '')}: {err.get('error_message', '')}"}
         return JobOutcome(
             label=job.label,
@@ -137,19 +133,8 @@ def execute_job(job: FragmentJob) -> JobOutcome:
             error_message=None if success else err.get("error_message", ""),
         )
     except Exception as exc:  # anything QCEngine let escape (e.g. outside its error wrapper)
-        end = time.time()
-        return JobOutcome(
-            label=job.label,
-            result={},
-            success=False,
-            start=start,
-            end=end,
-            host=host,
-            worker=_worker_name(),
-            pid=os.getpid(),
-            error_type=type(exc).__name__,
-            error_message=f"{exc}\n{traceback.format_exc()}",
-        )
+        return JobOutcome.failure(job, type(exc).__name__, f"{exc}\n{traceback.format_exc()}", start=start,
+                                  host=host, worker=_worker_name(), pid=os.getpid())
     finally:
         ctx.done.set()
         if token is not None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..settings import get_settings
 from . import guardian
 
 REQUIRED_GLOBAL_KEYS = ("hostname", "memory", "username", "ncores", "nnodes", "cpuinfo", "cpu_brand")
@@ -51,9 +52,11 @@ _installed = False
 _originals: dict[str, Any] = {}
 
 
-def _unsafe(name: str) -> bool:
-    """Test-only switches that turn a fix off, so the tests can show it is needed."""
-    return os.environ.get(name) == "1"
+#: Prime QCEngine's globals before any fragment runs. Only tests that show the race turn it off.
+PRIME = True
+#: Keep OMP/MKL thread settings per fragment instead of in ``os.environ``. Only the test that
+#: shows the leak turns it off.
+ISOLATE_ENVIRONMENT = True
 
 
 # --------------------------------------------------------------------------- priming
@@ -118,10 +121,6 @@ def _inherited_globals() -> dict[str, Any] | None:
     return values
 
 
-#: Where the machine's QCEngine globals are kept between runs; ``none`` disables the cache.
-CACHE_ENV = "QCMB_ASYNC_QCENGINE_CACHE"
-
-
 def _machine_key() -> dict[str, Any]:
     import psutil
 
@@ -134,14 +133,7 @@ def _machine_key() -> dict[str, Any]:
 
 
 def _cache_path() -> Path | None:
-    raw = os.environ.get(CACHE_ENV, "").strip()
-    if raw.lower() in ("none", "off", "0", "false"):
-        return None
-    if raw:
-        return Path(raw)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("qcmb_async")) / "qcengine-globals.json"
+    return get_settings().qcengine_cache_path
 
 
 def _cached_globals() -> dict[str, Any] | None:
@@ -182,7 +174,7 @@ def prime_qcengine() -> dict[str, Any]:
     """
     import qcengine.config as qcng_config
 
-    if _unsafe("QCMB_ASYNC_UNSAFE_NO_PRIME"):
+    if not PRIME:
         return {}
     with _prime_lock:
         if _complete(qcng_config._global_values):
@@ -345,7 +337,7 @@ def _fragment_popen(
 def install_seams() -> None:
     """Install the environment-isolation seams into QCEngine (idempotent, thread-safe)."""
     global _installed
-    if _installed or _unsafe("QCMB_ASYNC_UNSAFE_NO_ENV_ISOLATION"):
+    if _installed or not ISOLATE_ENVIRONMENT:
         return
     with _install_lock:
         if _installed:
@@ -396,8 +388,3 @@ def _cached_get_config(*, hostname: Any = None, task_config: dict[str, Any] | No
             _config_cache.clear()
         _config_cache[key] = cached
     return cached.model_copy()
-
-
-def seams_installed() -> bool:
-    """Whether :func:`install_seams` has patched QCEngine in this process."""
-    return _installed

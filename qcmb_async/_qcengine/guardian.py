@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 
-from .logs import get_logger
+from .._logs import get_logger
 
 __all__ = ["forget", "guard"]
 
@@ -53,9 +53,8 @@ _owner = 0  # pid that started _proc: a forked child must not write into its par
 _groups: set[int] = set()
 
 
-def _disabled() -> bool:
-    # Test-only switch (see qcengine_seams._unsafe): shows the guardian is needed.
-    return os.environ.get("QCMB_ASYNC_UNSAFE_NO_GUARDIAN") == "1"
+#: Start the guardian. Only the test that shows programs outliving a killed runner turns it off.
+ENABLED = True
 
 
 def _start() -> subprocess.Popen[str]:
@@ -84,7 +83,7 @@ def _send(line: str) -> None:
 
 def guard(pgid: int) -> None:
     """Have the guardian kill process group ``pgid`` if this process dies before :func:`forget`."""
-    if _disabled():
+    if not ENABLED:
         return
     with _lock:
         _groups.add(pgid)

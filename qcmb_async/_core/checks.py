@@ -1,0 +1,283 @@
+"""Input checks that need more than the model: programs present, electrons that fit, embedding charges.
+
+:func:`check_input` runs them all before anything is computed; every problem is an
+:class:`~qcmb_async.errors.InputError` that says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from qcmanybody.models.v2 import ManyBodyInput
+
+from ..errors import InputError
+from ..programs import PROGRAMS, traits
+
+
+def install_hint(program: str) -> str:
+    """How to install ``program`` (from :mod:`qcmb_async.programs`); else where to look."""
+    return traits(program).install_hint or (f"see QCEngine's documentation of the {program!r} harness for what it "
+                                            "needs on PATH or in Python")
+
+
+def check_programs(programs: set[str], *, local: bool = True) -> None:
+    """Every program must be known to QCEngine and (``local``) found on this machine.
+
+    With ``local=False`` (fragments run on remote workers) availability is checked where
+    each fragment runs instead.
+    """
+    import qcengine
+    from qcengine.exceptions import InputError as QCEngineInputError
+
+    from ..harnesses import register_harnesses
+
+    register_harnesses()
+    for name in sorted(programs):
+        try:
+            harness = qcengine.get_program(name, check=False)
+        except (QCEngineInputError, KeyError):
+            raise InputError(
+                f"unknown program {name!r}: QCEngine has no harness of that name. "
+                f"Programs available here: {', '.join(sorted(qcengine.list_available_programs())) or 'none'}"
+            ) from None
+        if local and not harness.found():
+            raise InputError(
+                f"program {name!r} is not available on this machine: {install_hint(name)}. Programs available "
+                f"here: {', '.join(sorted(qcengine.list_available_programs())) or 'none'}"
+            )
+
+
+def used_specs(inp: ManyBodyInput) -> dict[str, Any]:
+    """The specifications some n-body level runs: ``levels`` may leave others unused (QCManyBody ignores them)."""
+    specs = dict(inp.specification.specification)
+    levels = inp.specification.keywords.levels
+    if not levels:
+        return specs
+    used = {k: v for k, v in specs.items() if k in {str(name) for name in levels.values()}}
+    return used or specs  # levels naming no spec: QCManyBody says what is wrong
+
+
+def embedding_programs() -> list[str]:
+    """Programs that take QCManyBody's ``embedding_charges`` (``embedding_charges`` in :mod:`qcmb_async.programs`).
+
+    QCManyBody's computer hands them only to Psi4 (as ``function_kwargs.external_potentials``,
+    psi4 >= 1.6) and raises for every other program.
+    """
+    return sorted(name for name, t in PROGRAMS.items() if t.embedding_charges)
+
+
+def check_embedding(inp: ManyBodyInput) -> None:
+    """:class:`InputError` when ``embedding_charges`` would go to a program that cannot take them."""
+    if not inp.specification.keywords.embedding_charges:
+        return
+    bad = sorted({s.program for s in used_specs(inp).values() if not traits(s.program).embedding_charges})
+    if bad:
+        raise InputError(
+            f"embedding_charges cannot be used with program(s) {', '.join(bad)}: QCManyBody passes point charges "
+            f"only to {', '.join(embedding_programs())} (as external_potentials, psi4 >= 1.6). Use that program or "
+            "remove embedding_charges")
+
+
+#: Noble-gas cores (electrons) and, after a filled d shell, the d10 a valence-only method leaves out.
+_NOBLE = (2, 10, 18, 36, 54)
+_SEMIEMPIRICAL_METHODS = ("pm3", "pm6", "pm7", "am1", "mndo", "rm1", "pddg")
+_ECP_NAMES = ("lanl", "def2-", "-pp", "sbkjc", "crenbl", "stuttgart", "ecp", "sdd")
+
+
+def _valence(z: int) -> tuple[int, int] | None:
+    """(valence electrons, valence orbitals) of a neutral atom in a semi-empirical method; None beyond Xe.
+
+    Orbitals are counted generously (s, p and d from Na on) so that no valid input is refused.
+    """
+    if z > 54:
+        return None
+    if z <= 2:
+        return z, 1
+    core = max(n for n in _NOBLE if n < z)
+    if 31 <= z <= 36 or 49 <= z <= 54:
+        core += 10  # filled (n-1)d shell
+    return z - core, 4 if z <= 10 else 9
+
+
+@functools.lru_cache(maxsize=512)
+def basis_functions(symbol: str, basis: str) -> tuple[int, bool] | None:
+    """(Cartesian basis functions, carries an ECP) of one atom of ``symbol`` in ``basis``; None when unknown.
+
+    Read from PySCF's basis library when PySCF is installed (Cartesian counts: never fewer than
+    the spherical ones a program may use). Without PySCF, the cost model's table for H-Ar with
+    a generous allowance, and ECP-looking names count as carrying an ECP beyond neon.
+    """
+    from qcelemental import periodictable
+
+    z = int(periodictable.to_Z(symbol))
+    try:
+        from pyscf import gto
+    except ImportError:
+        from .cost import _BASIS_FUNCTIONS, _row
+
+        table = _BASIS_FUNCTIONS.get(basis.lower().replace(" ", ""))
+        if table is None or z > 18:
+            return None
+        ecp = z > 10 and any(tag in basis.lower() for tag in _ECP_NAMES)
+        return int(table[_row(z)] * 1.5), ecp
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mol = gto.Mole()
+            mol.atom = f"{symbol} 0 0 0"
+            mol.basis = basis
+            mol.cart = True
+            mol.spin = z % 2
+            mol.build(dump_input=False, parse_arg=False, verbose=0)
+            ecp = bool(gto.basis.load_ecp(basis, symbol))
+    except Exception:  # basis PySCF does not know (or not for this element): nothing to check against
+        return None
+    return int(mol.nao_cart()), ecp
+
+
+def _ecp_core() -> Callable[[str, str], int] | None:
+    try:
+        from ..harnesses.pyscf import ecp_core_electrons  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return ecp_core_electrons  # type: ignore[no-any-return]
+
+
+def fragment_electrons(mol: Any) -> list[tuple[list[str], float, int]]:
+    """``(symbols of the real atoms, charge, multiplicity)`` of each fragment of a validated molecule."""
+    symbols = list(mol.symbols)
+    real = list(mol.real) if mol.real is not None else [True] * len(symbols)
+    charges = list(mol.fragment_charges)
+    mults = list(mol.fragment_multiplicities)
+    return [([symbols[i] for i in frag if real[i]], float(charges[k]), int(mults[k]))
+            for k, frag in enumerate(mol.fragments)]
+
+
+def check_fragment_electrons(inp: ManyBodyInput) -> None:
+    """Refuse a fragment whose electrons are negative, fractional, of the wrong parity, or cannot fit.
+
+    Every fragment QCManyBody builds is a union of real fragments (charge and electrons add up,
+    unpaired electrons too, as it combines fragments high spin) plus ghost atoms, which only add
+    basis functions. So a union fits when each of its fragments fits: checking each fragment once
+    is enough, O(atoms) however many fragments. "Fits": at most twice the basis functions
+    (valence orbitals for semi-empirical methods), counted per program specification that runs.
+    Bases PySCF cannot count, and atoms with ECPs (unless the core size is known), are not checked.
+    """
+    from qcelemental import periodictable
+
+    frags = fragment_electrons(inp.molecule)
+    specs = used_specs(inp)
+    ecp_core = _ecp_core()
+    for k, (symbols, charge, mult) in enumerate(frags, start=1):
+        formula = _formula(symbols)
+        zsum = sum(int(periodictable.to_Z(s)) for s in symbols)
+        electrons = zsum - charge
+        what = f"fragment {k} ({formula}, charge {charge:g}, multiplicity {mult})"
+        if not float(electrons).is_integer():
+            raise InputError(f"{what} would have {electrons:g} electrons, not a whole number: give whole fragment "
+                             "charges")
+        if electrons < 0:
+            raise InputError(f"{what} would have {electrons:g} electrons: its charge is more than its nuclei's "
+                             f"{zsum}; correct fragment_charges")
+        unpaired = mult - 1
+        if unpaired > electrons or (int(electrons) - unpaired) % 2:
+            raise InputError(f"{what}: {int(electrons)} electrons cannot have multiplicity {mult} (an "
+                             f"{'even' if int(electrons) % 2 == 0 else 'odd'} electron count needs an "
+                             f"{'odd' if int(electrons) % 2 == 0 else 'even'} multiplicity of at most "
+                             f"{int(electrons) + 1}); correct fragment_multiplicities or fragment_charges")
+        for name, spec in specs.items():
+            room = _room(symbols, spec, ecp_core)
+            if room is None:
+                continue
+            cap, count, kind = room
+            count_e = count - charge
+            alpha = (count_e + unpaired) / 2
+            if count_e < 0 or count_e > 2 * cap or alpha > cap:
+                electrons_word = f"{kind} electrons" if kind else "electrons"
+                detail = (f"{count_e:g} {electrons_word}" if count_e < 0 else
+                          f"{count_e:g} {electrons_word} ({alpha:g} of one spin) but only {cap} "
+                          f"{'valence orbitals' if kind == 'valence' else 'basis functions'} (room for "
+                          f"{2 * cap})")
+                raise InputError(f"{what} has {detail} with specification {name!r} ({spec.program} "
+                                 f"{spec.model.method}/{spec.model.basis or '-'}): the charge cannot be right; "
+                                 f"correct fragment_charges{'' if kind == 'valence' else ' (or use a larger basis)'}")
+
+
+def _formula(symbols: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for s in symbols:
+        counts[s.capitalize()] = counts.get(s.capitalize(), 0) + 1
+    return "".join(f"{s}{n if n > 1 else ''}" for s, n in counts.items()) or "no real atoms"
+
+
+def _room(symbols: list[str], spec: Any, ecp_core: Callable[[str, str], int] | None) -> tuple[int, float, str] | None:
+    """(orbitals, electrons of the neutral atoms as the method counts them, kind) or None when unknown."""
+    from qcelemental import periodictable
+
+    basis = spec.model.basis
+    method = str(spec.model.method).lower()
+    semi = spec.program.lower() == "mopac" or (not basis and method.startswith(_SEMIEMPIRICAL_METHODS))
+    if semi:
+        cap = count = 0
+        for s in symbols:
+            val = _valence(int(periodictable.to_Z(s)))
+            if val is None:
+                return None
+            count += val[0]
+            cap += val[1]
+        return cap, float(count), "valence"
+    if not isinstance(basis, str) or not basis:
+        return None
+    cap = count = 0
+    for s in symbols:
+        nbf = basis_functions(s.capitalize(), basis)
+        if nbf is None:
+            return None
+        count += int(periodictable.to_Z(s))
+        if nbf[1]:
+            if ecp_core is None:
+                return None  # core size unknown: better no check than a wrong refusal
+            try:
+                count -= int(ecp_core(s.capitalize(), basis))
+            except Exception:
+                return None
+        cap += nbf[0]
+    return cap, float(count), ""
+
+
+def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
+    """Structural checks QCManyBody would only fail on later (or not at all)."""
+    nfrag = len(inp.molecule.fragments) if inp.molecule.fragments is not None else 0
+    if nfrag < 2:
+        raise InputError(
+            f"the molecule has {nfrag} fragment(s); a many-body expansion needs at least two. "
+            "Separate fragments with '--' lines in the geometry string or set 'fragments'."
+        )
+    max_nbody = inp.specification.keywords.max_nbody
+    if max_nbody is not None and max_nbody > nfrag:
+        raise InputError(
+            f"max_nbody={max_nbody} is larger than the number of fragments ({nfrag}): "
+            f"use max_nbody <= {nfrag}"
+        )
+    # Only specs some level runs: QCManyBody's own test inputs carry unused specs for other programs.
+    specs = used_specs(inp)
+    check_programs({spec.program for spec in specs.values()}, local=local)
+    for spec in specs.values():
+        if spec.program == "pyscf":  # basis sets / ECPs PySCF cannot resolve, unknown methods: before any run
+            from ..harnesses.pyscf import check_model
+
+            check_model(inp.molecule.symbols, spec.model)
+    check_embedding(inp)
+    check_fragment_electrons(inp)
+    bsse = {str(getattr(b, "value", b)) for b in (inp.specification.keywords.bsse_type or [])}
+    if bsse & {"cp", "vmfc"} and any(not traits(s.program).ghost_atoms for s in specs.values()):
+        from .._logs import get_logger
+
+        # Same numbers as QCManyBody's own computer, but physically meaningless: say so.
+        get_logger().warning("QCEngine's MOPAC harness writes ghost atoms as real atoms: cp/vmfc fragments are "
+                             "computed with every ghost as a real atom, so these energies are not a BSSE "
+                             "correction (use nocp with MOPAC)", bsse=sorted(bsse))

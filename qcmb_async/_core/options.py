@@ -1,0 +1,175 @@
+"""Run options as one pydantic model (units in the field descriptions; the docs render them from here).
+
+:func:`make_options` is the one way in: it validates what a caller gave ``run_manybody``, fills the
+defaults from this machine, and turns any problem into an :class:`~qcmb_async.errors.InputError`
+that says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from ..errors import InputError, describe_validation
+from .resources import default_memory, default_ncores
+
+OnError = Literal["raise", "continue"]
+_EVEN_SHARE = object()  # fragment_memory not given
+
+
+class RunOptions(BaseModel):
+    """Validated run options (keyword arguments of :func:`qcmb_async.run_manybody`)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    ncores: int = Field(default_factory=default_ncores, description=(
+        "Total cores the run may use. Default: this process's CPU affinity (Dask: the cores its workers declare)."))
+    memory: float = Field(default_factory=default_memory, description=(
+        "Total memory the run may use, GiB. Default: 80 % of the memory available now (Dask: the workers' declared "
+        "memory)."))
+    fragment_ncores: int = Field(1, description=(
+        "Cores per fragment (QCEngine `task_config.ncores`, `OMP_NUM_THREADS`). Default: chosen by the scheduler, 1 "
+        "or more for a few large fragments of a threaded program when that shortens the run."))
+    fragment_memory: float = Field(description=(
+        "Memory per fragment, GiB. Default: `memory / ncores` for every core the fragment gets."))
+    level_barrier: bool = Field(False, description=(
+        "Finish every n-body level before starting the next (off: fragments do not depend on each other)."))
+    scratch_directory: str | None = Field(None, description=(
+        "Parent directory for programs' scratch files; `$VAR` and `~` expanded as QCEngine does. Default: "
+        "QCEngine's own (`QCENGINE_SCRATCH_DIRECTORY`, `qcengine.yaml`, else the system temporary directory)."))
+    retries: int = Field(0, description=(
+        "Extra attempts for transient failures (QCEngine `random_error`, timeouts, dead workers, killed programs)."))
+    timeout: float | None = Field(None, description=(
+        "Seconds per fragment attempt; the program process is killed after that. Default: no limit."))
+    on_error: OnError = Field("raise", description=(
+        "`raise`: stop at the first failed fragment; `continue`: compute all that can be, then raise `RunFailed`."))
+    on_event: Callable[[Any], Any] | None = Field(None, exclude=True, description=(
+        "Sync or async callable receiving progress events (`qcmb_async.events`)."))
+    order: Literal["cost", "fifo"] = Field("cost", description=(
+        "`cost`: largest predicted fragment first; `fifo`: QCManyBody's order (benchmark baselines)."))
+    auto_cores: bool = Field(True, description="Cores per fragment left to the scheduler (`fragment_ncores` unset).")
+    auto_memory: bool = Field(True, description="Memory per fragment is a per-core share (`fragment_memory` unset).")
+
+    @property
+    def slots(self) -> int:
+        """How many fragments can run at once."""
+        return max(1, min(self.ncores // self.fragment_ncores, int(self.memory / self.fragment_memory + 1e-9)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        # ``None`` means "not given" for every option: the machine's defaults, and the scheduler chooses.
+        if not isinstance(data, dict):
+            return data
+        given = {k: v for k, v in data.items() if v is not None}
+        given.setdefault("auto_cores", data.get("fragment_ncores") is None)
+        given.setdefault("auto_memory", data.get("fragment_memory") is None)
+        given.setdefault("fragment_memory", _EVEN_SHARE)  # filled in once ncores and memory are known
+        return given
+
+    @field_validator("ncores", "fragment_ncores", mode="before")
+    @classmethod
+    def _cores(cls, value: Any, info: ValidationInfo) -> Any:
+        return int(_positive(str(info.field_name), value, integer=True))
+
+    @field_validator("memory", "timeout", mode="before")
+    @classmethod
+    def _amount(cls, value: Any, info: ValidationInfo) -> Any:
+        return _positive(str(info.field_name), value, integer=False)
+
+    @field_validator("fragment_memory", mode="before")
+    @classmethod
+    def _fragment_memory(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is _EVEN_SHARE:
+            cores, memory, per = info.data.get("ncores"), info.data.get("memory"), info.data.get("fragment_ncores")
+            if cores is None or memory is None or per is None:
+                return value  # an earlier field failed; its error is the one to report
+            return round(memory / max(1, cores // per), 6)
+        return _positive("fragment_memory", value, integer=False)
+
+    @field_validator("retries", mode="before")
+    @classmethod
+    def _retries(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"retries must be a whole number >= 0, got {value!r}")
+        return value
+
+    @field_validator("on_error", mode="before")
+    @classmethod
+    def _on_error(cls, value: Any) -> Any:
+        if value not in ("raise", "continue"):
+            raise ValueError(f"on_error must be 'raise' or 'continue', got {value!r}")
+        return value
+
+    @field_validator("order", mode="before")
+    @classmethod
+    def _order(cls, value: Any) -> Any:
+        if value not in ("cost", "fifo"):
+            raise ValueError(f"order must be 'cost' or 'fifo', got {value!r}")
+        return value
+
+    @field_validator("scratch_directory", mode="before")
+    @classmethod
+    def _scratch(cls, value: Any) -> Any:
+        return expand_scratch(value)
+
+    @model_validator(mode="after")
+    def _fits(self) -> RunOptions:
+        if self.fragment_ncores > self.ncores:
+            raise ValueError(f"fragment_ncores={self.fragment_ncores} is more than the run's total "
+                             f"ncores={self.ncores}: lower fragment_ncores or raise ncores")
+        if self.fragment_memory > self.memory + 1e-9:
+            raise ValueError(f"fragment_memory={self.fragment_memory} GiB is more than the run's total "
+                             f"memory={self.memory} GiB: lower fragment_memory or raise memory")
+        return self
+
+
+def make_options(**given: Any) -> RunOptions:
+    """Validate run options (``None`` = not given) and fill the defaults; :class:`InputError` if one is wrong."""
+    try:
+        return RunOptions(**given)
+    except ValidationError as exc:
+        for err in exc.errors():
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, ValueError):  # our own message: what is wrong and what to do
+                raise InputError(str(cause)) from None
+        raise InputError(f"bad run option: {describe_validation(exc)}") from None
+
+
+def _positive(name: str, value: Any, integer: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if math.isinf(float(value)):
+        omit = " (leave it out for no limit)" if name == "timeout" else " (leave it out for the default)"
+        raise ValueError(f"{name} must be a finite number, got {value!r}: give a value{omit}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    if integer and int(value) != value:
+        raise ValueError(f"{name} must be a whole number of cores, got {value!r}")
+    return float(value)
+
+
+def expand_scratch(scratch_directory: str | os.PathLike[str]) -> str:
+    """``$VAR``/``${VAR}`` and ``~`` expanded as QCEngine expands its task_config; the directory must exist.
+
+    QCEngine would turn a path still starting with ``$`` (an unset variable) into "no scratch
+    directory" and put scratch files in the system temporary directory: refused here instead.
+    Raises ``ValueError`` (an :class:`InputError`) naming the directory.
+    """
+    given = os.fspath(scratch_directory)
+    if not isinstance(given, str) or not given.strip():
+        raise InputError(f"scratch_directory must name a directory, got {scratch_directory!r}")
+    scratch = os.path.expanduser(os.path.expandvars(given))
+    if "$" in scratch:
+        raise InputError(f"scratch_directory {given!r}: environment variable(s) in it are not set (expanded to "
+                         f"{scratch!r}): set them or give the directory itself")
+    if not Path(scratch).is_dir():
+        shown = given if scratch == given else f"{given!r} (= {scratch!r})"
+        raise InputError(f"scratch_directory {shown} does not exist or is not a directory: create it first")
+    return scratch

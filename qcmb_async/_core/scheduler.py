@@ -1,0 +1,434 @@
+"""Schedule stage: the largest predicted fragment first, under core and memory limits.
+
+:class:`Scheduler` runs one plan on one entered :class:`~qcmb_async._core.contract.Executor`.
+Its methods are the steps a fragment goes through: the *feeder* (:meth:`Scheduler._feed`)
+builds fragments best first a little ahead of dispatch and looks them up in the result store;
+the *dispatcher* (:meth:`Scheduler._dispatch`) starts each when its cores and memory are free;
+:meth:`Scheduler._run_fragment` runs its attempts, :meth:`Scheduler._record_attempt` notes each
+one, :class:`RetryPolicy` decides whether to try again, and :meth:`Scheduler._finish_level`
+announces MBE(n) once level n is done. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import structlog
+
+from .._logs import get_logger
+from ..errors import FragmentError
+from . import events as ev
+from .contract import ErrorType, Executor, FragmentJob, JobOutcome, is_transient
+from .cost import CostModel, allotment, parallel_fraction, speedup
+from .options import RunOptions
+from .plan import Fragment, Job, Plan
+from .ready import ReadyQueue
+from .resources import ResourcePool, Usage
+
+log = get_logger()
+
+
+class FragmentStore(Protocol):
+    """What the scheduler needs of a result store (:class:`~qcmb_async._core.store.ResultStore`)."""
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        """Stored results (QCSchema dicts or models) of those ``keys`` that have one."""
+        ...
+
+    def put(self, key: str, **fields: Any) -> None:
+        """Commit one successful result; raises ``StoreError`` when it cannot."""
+        ...
+
+    def record_failure(self, key: str, **fields: Any) -> None:
+        """Note one failed fragment; raises ``StoreError`` when it cannot."""
+        ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed attempt is tried again: transient errors only, ``retries`` times, with backoff."""
+
+    retries: int = 0
+    base: float = 0.5
+    """Seconds before the first retry (jittered to 50-100 %), doubling per attempt."""
+    cap: float = 30.0
+    """Longest wait between attempts, s."""
+
+    def delay(self, error_type: str | None, attempt: int) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up."""
+        if not is_transient(error_type) or attempt > self.retries:
+            return None
+        return min(self.cap, self.base * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+
+
+@dataclass
+class FragmentRecord:
+    """What happened to one fragment (for tests, reports and the timeline)."""
+
+    label: str
+    level: int
+    """QCManyBody's n-body level: the number of real fragments."""
+    program: str
+    cores: int
+    memory: float
+    """GiB."""
+    status: str = "pending"
+    """``ok``, ``failed``, or ``cached`` (read from the result store)."""
+    attempts: int = 0
+    start: float | None = None
+    """Start of the last attempt, s (the executor's clock: wall-clock ``time.time()``)."""
+    end: float | None = None
+    host: str = ""
+    worker: str = ""
+    pid: int = 0
+    error_type: str | None = None
+    error_message: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per attempt: start, end, worker, host, error_type, error_message."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict (shallow on purpose: ``dataclasses.asdict`` deep-copies every history entry)."""
+        return {**self.__dict__, "history": [dict(h) for h in self.history]}
+
+
+@dataclass
+class ScheduleOutcome:
+    """Results of the schedule stage."""
+
+    results: dict[str, Any]
+    """``{label: AtomicResult}`` of every fragment that succeeded (slimmed unless kept whole)."""
+    records: list[FragmentRecord]
+    failures: list[FragmentError]
+    usage: Usage
+    started: float
+    finished: float
+    not_stored: int = 0
+    """Computed results the result store could not keep (disk full, I/O error): a rerun recomputes them."""
+
+
+def unwrap_group(group: BaseExceptionGroup) -> BaseException:
+    """The exception a user should see from a task group's exception group."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for sub in exc.exceptions:
+                walk(sub)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, FragmentError):
+            return leaf
+    real = [leaf for leaf in leaves if not isinstance(leaf, anyio.get_cancelled_exc_class())]
+    if len(real) == 1:
+        return real[0]
+    return group
+
+
+class Scheduler:
+    """Runs every fragment of ``plan`` on an entered ``executor``; :meth:`run` returns the outcome.
+
+    One dispatcher takes the best ready fragment (see :class:`~qcmb_async._core.ready.ReadyQueue`)
+    whenever its cores and memory are free, so no core idles while a fragment that fits waits.
+    ``store`` (a :class:`FragmentStore`) is consulted before a fragment runs and receives each
+    new result as soon as it exists. ``partial_result(n, results)`` (blocking, run on a thread)
+    builds the MBE(n) result carried by :class:`~qcmb_async.events.LevelComplete`. ``keep(result)``
+    is what of each ``AtomicResult`` is kept in memory for assembly (default: all of it).
+    """
+
+    def __init__(self, plan: Plan, options: RunOptions, executor: Executor, *, run_id: str,
+                 store: FragmentStore | None = None,
+                 partial_result: Callable[[int, dict[str, Any]], Any] | None = None,
+                 cost_model: CostModel | None = None, keep: Callable[[Any], Any] | None = None) -> None:
+        self.plan, self.options, self.executor, self.run_id = plan, options, executor, run_id
+        self.keep: Callable[[Any], Any] = keep or (lambda result: result)
+        self.store = store
+        self.partial_result = partial_result
+        self.clock: Callable[[], float] = executor.clock
+        self.model = cost_model or CostModel()
+        for frag in plan.fragments:
+            self.model.set_exponent(frag.group, _exponent_of(frag))
+        self.retry = RetryPolicy(options.retries)
+        self.pool = ResourcePool(options.ncores, options.memory)
+        self.queue = ReadyQueue(plan.fragments, self.model, options.order)
+        self.multi = allotment(plan.fragments, self.model, ncores=options.ncores, memory=options.memory,
+                               auto_memory=options.auto_memory) if options.auto_cores else {}
+        self.results: dict[str, Any] = {}
+        self.failures: list[FragmentError] = []
+        self.records: dict[str, FragmentRecord] = {}
+        self.remaining = Counter(f.level for f in plan.fragments)
+        self.per_level = dict(sorted(self.remaining.items()))
+        self.failed_levels: set[int] = set()
+        self.reused = 0
+        self.unstored = 0
+        """Results computed but not committed to the store (a rerun would compute them again)."""
+        self._announced: list[int] = []
+        self._announce_lock = anyio.Lock()
+        self._level_done = anyio.Event()
+
+    async def run(self) -> ScheduleOutcome:
+        """Run the plan; raises :class:`FragmentError` first failure when ``on_error="raise"``."""
+        options, on_event = self.options, self.options.on_event
+        if self.multi:
+            log.info("fragments given more than one core", run_id=self.run_id, fragments=len(self.multi),
+                     cores=sorted(set(self.multi.values())))
+        started = self.clock()
+        await ev.emit(on_event, ev.RunStarted(self.run_id, len(self.plan.fragments), self.per_level,
+                                              options.ncores, options.memory))
+        send, receive = anyio.create_memory_object_stream[tuple[Fragment, Job, Any]](
+            max_buffer_size=max(8, 2 * options.slots))
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._feed, send, name="qcmb_async feeder")
+                await self._dispatch(receive, tg)
+        except BaseExceptionGroup as group:
+            raise unwrap_group(group) from None
+        finished = self.clock()
+        if self.store is not None:
+            log.info("result store consulted", run_id=self.run_id, reused=self.reused,
+                     computed=len(self.results) - self.reused)
+        if self.unstored:
+            log.warning("results not in the store: a rerun would recompute them", run_id=self.run_id,
+                        not_stored=self.unstored, computed=len(self.results) - self.reused)
+        await ev.emit(on_event, ev.RunFinished(self.run_id, len(self.results), len(self.failures),
+                                               finished - started))
+        ordered = [self.records[f.label] for f in self.plan.fragments if f.label in self.records]
+        return ScheduleOutcome(self.results, ordered, self.failures, self.pool.usage, started, finished,
+                               not_stored=self.unstored)
+
+    def needs(self, frag: Fragment) -> tuple[int, float]:
+        """``(cores, memory GiB)`` ``frag`` runs with."""
+        options = self.options
+        if not options.auto_cores:
+            return options.fragment_ncores, options.fragment_memory
+        cores = self.multi.get(frag.label, 1)
+        per_core = options.fragment_memory / options.fragment_ncores
+        memory = cores * per_core if options.auto_memory else options.fragment_memory
+        return cores, min(memory, options.memory)
+
+    async def _feed(self, send: Any) -> None:
+        """Build fragments best first, a little ahead of dispatch, and look them up in the store."""
+        batch = 1  # the first fragment starts as soon as it is built
+        async with send:
+            while len(self.queue):
+                level = None
+                if self.options.level_barrier:
+                    # Only the lowest level with work left is open; wait for it to drain first.
+                    level = min(lv for lv, n in self.remaining.items() if n > 0)
+                    if level not in self.queue.levels():
+                        await self._level_done.wait()
+                        continue
+                frags = []
+                while len(frags) < batch and (frag := self.queue.pop(level)) is not None:
+                    frags.append(frag)
+                if not frags:
+                    await self._level_done.wait()
+                    continue
+                if self.plan.inline:
+                    built = _build(self.plan, self.store, frags)
+                else:
+                    built = await anyio.to_thread.run_sync(_build, self.plan, self.store, frags)
+                try:
+                    for item in built:
+                        await send.send(item)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return  # the dispatcher stopped (failure or cancellation): nothing more to feed
+                batch = min(batch * 2, 64)
+
+    async def _dispatch(self, receive: Any, tg: Any) -> None:
+        """Start each built fragment as soon as its cores and memory are free."""
+        async with receive:
+            async for frag, job, cached in receive:
+                cores, memory = self.needs(frag)
+                self.records[frag.label] = FragmentRecord(frag.label, frag.level, frag.program, cores, memory)
+                if cached is not None:
+                    await self._reuse(frag, cached)
+                    continue
+                while not self.pool.take(cores, memory):
+                    await self.pool.wait_release()
+                tg.start_soon(self._run_fragment, frag, job, cores, memory, name=f"fragment {frag.label}")
+
+    async def _reuse(self, frag: Fragment, cached: Any) -> None:
+        """Take a fragment's result from the store instead of computing it."""
+        self.results[frag.label] = self.keep(cached)
+        self.records[frag.label].status = "cached"
+        self.reused += 1
+        await ev.emit(self.options.on_event, ev.FragmentFinished(self.run_id, frag.label, frag.level, frag.program,
+                                                                 0.0, "store", cached=True))
+        await self._finish_level(frag)
+
+    async def _run_fragment(self, frag: Fragment, job: Job, cores: int, memory: float) -> None:
+        """Attempt ``frag`` until it succeeds, fails for good, or runs out of retries."""
+        options, on_event, rec = self.options, self.options.on_event, self.records[frag.label]
+        task_config = {**_task_config(options), "ncores": cores, "memory": memory}
+        # Each task runs in its own copy of the context, and to_thread copies it again, so
+        # these fields reach every log line of this fragment, worker threads included.
+        structlog.contextvars.bind_contextvars(run_id=self.run_id, label=frag.label, nbody=frag.level,
+                                               program=frag.program, cores=cores, memory=memory)
+        try:
+            for attempt in range(1, options.retries + 2):
+                fjob = FragmentJob(label=frag.label, nbody=frag.level, program=frag.program,
+                                   atomic_input=job.atomic_input, task_config=task_config, run_id=self.run_id,
+                                   timeout=options.timeout, attempt=attempt)
+                rec.attempts = attempt
+                if on_event is not None:
+                    await ev.emit(on_event, ev.FragmentStarted(self.run_id, frag.label, frag.level, frag.program,
+                                                               cores, memory, attempt))
+                outcome = await self.executor.run(fjob)
+                self._record_attempt(rec, attempt, outcome)
+                if outcome.success:
+                    await self._succeed(frag, job, cores, outcome)
+                    return
+                etype, emsg = outcome.error_type or ErrorType.UNKNOWN, outcome.error_message or ""
+                delay = self.retry.delay(etype, attempt)
+                if delay is None:
+                    await self._fail(frag, job, attempt, outcome)
+                    return
+                log.warning("fragment retried", attempt=attempt, error_type=etype, delay=round(delay, 3))
+                await ev.emit(on_event, ev.FragmentRetried(self.run_id, frag.label, frag.level, frag.program,
+                                                           attempt, etype, emsg, delay))
+                await anyio.sleep(delay)
+        finally:
+            with anyio.CancelScope(shield=True):
+                self.pool.give(cores, memory)
+                await self._finish_level(frag)
+
+    @staticmethod
+    def _record_attempt(rec: FragmentRecord, attempt: int, outcome: JobOutcome) -> None:
+        """Note one attempt in the fragment's record."""
+        rec.history.append({"attempt": attempt, "start": outcome.start, "end": outcome.end,
+                            "worker": outcome.worker, "host": outcome.host,
+                            "error_type": outcome.error_type, "error_message": outcome.error_message})
+        rec.start, rec.end = outcome.start, outcome.end
+        rec.host, rec.worker, rec.pid = outcome.host, outcome.worker, outcome.pid
+
+    async def _succeed(self, frag: Fragment, job: Job, cores: int, outcome: JobOutcome) -> None:
+        """Commit a result to the store, keep it, calibrate the cost model, tell listeners."""
+        rec = self.records[frag.label]
+        result = _atomic_result(outcome.result)
+        if self.store is not None:
+            # Shielded: a finished fragment is committed even if the run is being cancelled.
+            with anyio.CancelScope(shield=True):
+                problem = await anyio.to_thread.run_sync(_store_put, self.store, frag, job.key, result, rec,
+                                                         self.run_id)
+            if problem is not None:
+                self.unstored += 1
+                if self.unstored == 1:
+                    # Once: a full disk would otherwise log the same line for every fragment.
+                    log.error("result not stored; the run goes on, later results that cannot be "
+                              "stored are counted in the summary, not logged", reason=problem)
+        self.results[frag.label] = self.keep(result)
+        rec.status = "ok"
+        # Calibrate in one-core seconds, whatever this fragment was given.
+        self.model.observe(frag.group, frag.size,
+                           outcome.wall_time * speedup(cores, parallel_fraction(frag.program)))
+        log.info("fragment finished", wall_time=round(outcome.wall_time, 4), worker=outcome.worker)
+        if self.options.on_event is not None:
+            await ev.emit(self.options.on_event, ev.FragmentFinished(
+                self.run_id, frag.label, frag.level, frag.program, outcome.wall_time, outcome.worker))
+
+    async def _fail(self, frag: Fragment, job: Job, attempt: int, outcome: JobOutcome) -> None:
+        """A fragment failed for good: record it, then raise or carry on as ``on_error`` says."""
+        rec = self.records[frag.label]
+        etype, emsg = outcome.error_type or ErrorType.UNKNOWN, outcome.error_message or ""
+        rec.status, rec.error_type, rec.error_message = "failed", etype, emsg
+        self.failed_levels.add(frag.level)
+        if self.store is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_store_failure, self.store, frag, job.key, rec, self.run_id)
+        err = FragmentError(frag.label, frag.level, frag.program, etype, emsg, attempt, outcome.result)
+        log.error("fragment failed", attempts=attempt, error_type=etype)
+        await ev.emit(self.options.on_event, ev.FragmentFailed(self.run_id, frag.label, frag.level, frag.program,
+                                                               attempt, etype, emsg))
+        if self.options.on_error == "raise":
+            raise err
+        self.failures.append(err)
+
+    async def _finish_level(self, frag: Fragment) -> None:
+        """Count ``frag`` done; announce every level that is now complete, in level order."""
+        self.remaining[frag.level] -= 1
+        if self.remaining[frag.level] != 0:
+            return
+        self._level_done.set()
+        self._level_done = anyio.Event()
+        on_event = self.options.on_event
+        top_level = max(self.per_level) if self.per_level else 0
+        async with self._announce_lock:
+            for lv, count in self.per_level.items():
+                if lv in self._announced:
+                    continue
+                if self.remaining[lv] != 0:
+                    break
+                self._announced.append(lv)
+                partial = None
+                if (self.partial_result is not None and on_event is not None and lv < top_level
+                        and not any(f <= lv for f in self.failed_levels)):
+                    partial = await anyio.to_thread.run_sync(self.partial_result, lv, dict(self.results))
+                await ev.emit(on_event, ev.LevelComplete(self.run_id, lv, count, count, partial))
+
+
+def _task_config(options: RunOptions) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "ncores": options.fragment_ncores,
+        "memory": options.fragment_memory,
+        # Retries of RandomError are ours (recorded, with backoff), not QCEngine's silent ones.
+        "retries": 0,
+    }
+    if options.scratch_directory is not None:
+        # Left out when not given, so QCENGINE_SCRATCH_DIRECTORY / qcengine.yaml still apply.
+        config["scratch_directory"] = options.scratch_directory
+    return config
+
+
+def _exponent_of(frag: Fragment) -> float:
+    return math.log(frag.cost) / math.log(frag.size) if frag.size > 1 and frag.cost > 1 else 3.5
+
+
+def _build(plan: Plan, store: FragmentStore | None, frags: list[Fragment]) -> list[tuple[Fragment, Job, Any]]:
+    jobs = [plan.materialise(f) for f in frags]
+    cached: dict[str, Any] = {}
+    if store is not None:
+        cached = {key: _atomic_result(data) for key, data in store.get_many([j.key for j in jobs]).items()}
+    return [(f, j, cached.get(j.key)) for f, j in zip(frags, jobs, strict=True)]
+
+
+def _store_put(store: FragmentStore, frag: Fragment, key: str, result: Any, rec: FragmentRecord,
+               run_id: str) -> str | None:
+    """Commit one result; ``None``, or why it could not be stored (the caller logs and counts)."""
+    from .store import StoreError
+
+    last = rec.history[-1] if rec.history else {}
+    wall = (last["end"] - last["start"]) if last.get("end") and last.get("start") else None
+    try:
+        store.put(key, label=frag.label, level=frag.level, program=frag.program,
+                  result_json=result.model_dump_json(), run_id=run_id, attempts=rec.history,
+                  host=last.get("host", ""), worker=last.get("worker", ""), wall_time=wall)
+    except StoreError as exc:
+        # The result is still in memory and the run goes on; only resumability of this fragment is lost.
+        return f"fragment {frag.label}: {exc}"
+    return None
+
+
+def _store_failure(store: FragmentStore, frag: Fragment, key: str, rec: FragmentRecord, run_id: str) -> None:
+    from .store import StoreError
+
+    try:
+        store.record_failure(key, label=frag.label, level=frag.level, program=frag.program, run_id=run_id,
+                             attempts=rec.history, error_type=rec.error_type or "",
+                             error_message=rec.error_message or "")
+    except StoreError as exc:
+        log.error("failure not recorded in the store", label=frag.label, reason=str(exc))
+
+
+def _atomic_result(data: Any) -> Any:
+    from qcelemental.models.v2 import AtomicResult
+
+    return data if isinstance(data, AtomicResult) else AtomicResult(**data)

@@ -1,0 +1,80 @@
+"""Options shared by the commands (typer ``Annotated`` types) and their enumerations."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+class LogFormat(StrEnum):
+    console = "console"
+    json = "json"
+
+
+class Driver(StrEnum):
+    energy = "energy"
+    gradient = "gradient"
+    hessian = "hessian"
+
+
+class OnError(StrEnum):
+    raise_ = "raise"
+    continue_ = "continue"
+
+
+def _opt(*names: str, metavar: str | None = None, help: str) -> Any:
+    return typer.Option(*names, metavar=metavar, help=help)
+
+
+InputArg = Annotated[Path, typer.Argument(help="ManyBodyInput as JSON or YAML, or an XYZ file with '--' lines "
+                                                "between fragments.", show_default=False, metavar="INPUT")]
+MethodOpt = Annotated[str | None, _opt("--method", metavar="METHOD", help="XYZ input: method, e.g. pm7, mp2.")]
+BasisOpt = Annotated[str | None, _opt("--basis", metavar="BASIS", help="XYZ input: basis set (none for "
+                                                                        "semi-empirical methods).")]
+ProgramOpt = Annotated[str | None, _opt("--program", metavar="PROGRAM", help="XYZ input: QCEngine program, e.g. "
+                                                                              "mopac, psi4, nwchem.")]
+BsseOpt = Annotated[list[str] | None, _opt("--bsse", metavar="cp,nocp,vmfc", help="XYZ input: BSSE treatment(s); "
+                                                                                   "repeat or comma separate. "
+                                                                                   "Default cp.")]
+MaxNbodyOpt = Annotated[int | None, _opt("--max-nbody", metavar="N", help="XYZ input: highest n-body level.")]
+KeywordsOpt = Annotated[str | None, _opt("--keywords", metavar="JSON", help="XYZ input: program keywords, a JSON "
+                                                                             "object.")]
+DriverOpt = Annotated[Driver | None, _opt("--driver", help="XYZ input: energy (default), gradient or hessian.")]
+ChargeOpt = Annotated[str | None, _opt("--charge", metavar="Q[,Q...]", help="XYZ input: fragment charges, one per "
+                                                                             "fragment or one for all. Default 0.")]
+MultOpt = Annotated[str | None, _opt("--multiplicity", metavar="M[,M...]", help="XYZ input: fragment "
+                                                                                 "multiplicities, one per fragment "
+                                                                                 "or one for all. Default: a "
+                                                                                 "fragment's 'charge mult' line, "
+                                                                                 "else 1 for an even and 2 for an "
+                                                                                 "odd electron count (neutral "
+                                                                                 "fragments), 1 for fragments "
+                                                                                 "charged with --charge.")]
+LogFormatOpt = Annotated[LogFormat, _opt("--log-format", help="Log lines on stderr: console or json.")]
+QuietOpt = Annotated[bool, _opt("--quiet", "-q", help="No progress display or summary line.")]
+DebugOpt = Annotated[bool, _opt("--debug", help="Debug logs, and a traceback with errors.")]
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log lines (-v info, -vv debug).")]
+NcoresOpt = Annotated[int | None, _opt("--ncores", metavar="N", help="Total cores (default: all this process may "
+                                                                      "use).")]
+MemoryOpt = Annotated[float | None, _opt("--memory", metavar="GIB", help="Total memory in GiB (default: 80% of "
+                                                                          "the free memory).")]
+FragNcoresOpt = Annotated[int | None, _opt("--fragment-ncores", metavar="N", help="Cores per fragment (default 1).")]
+FragMemoryOpt = Annotated[float | None, _opt("--fragment-memory", metavar="GIB", help="GiB per fragment (default: "
+                                                                                      "an even share).")]
+ExecutorOpt = Annotated[str, _opt("--executor", metavar="NAME", help="auto, threads, processes or dask.")]
+SchedulerOpt = Annotated[str | None, _opt("--scheduler", metavar="ADDRESS", help="Dask scheduler address.")]
+StoreOpt = Annotated[Path | None, _opt("--store", metavar="PATH", help="SQLite result store (default: one in the "
+                                                                        "user cache directory).")]
+NoStoreOpt = Annotated[bool, _opt("--no-store", help="Use no result store.")]
+RetriesOpt = Annotated[int, _opt("--retries", metavar="N", help="Extra attempts for transient failures.")]
+TimeoutOpt = Annotated[float | None, _opt("--timeout", metavar="SECONDS", help="Seconds per fragment attempt.")]
+OnErrorOpt = Annotated[OnError, _opt("--on-error", help="raise: stop at the first failure; continue: compute all "
+                                                        "that can be.")]
+BarrierOpt = Annotated[bool, _opt("--level-barrier", help="Finish each n-body level before the next.")]
+OutputOpt = Annotated[Path | None, _opt("--output", "-o", metavar="RESULT.json", help="Write the ManyBodyResult "
+                                                                                      "JSON here.")]
+TimelineOpt = Annotated[Path | None, _opt("--timeline", metavar="FILE.png", help="Write a Gantt chart of the "
+                                                                                 "fragments (PNG, SVG, PDF).")]

@@ -1,0 +1,93 @@
+"""Energy tables, named with QCManyBody's own ``BsseEnum`` terms."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from qcmanybody.models.v2 import BsseEnum
+
+#: What the tables call each BSSE treatment (QCManyBody's ``BsseEnum``).
+BSSE_NAMES: dict[BsseEnum, str] = {
+    BsseEnum.cp: "counterpoise-corrected (cp)",
+    BsseEnum.nocp: "uncorrected (nocp)",
+    BsseEnum.vmfc: "Valiron-Mayer function counterpoise (vmfc)",
+}
+_BSSE = "|".join(b.value for b in BsseEnum)
+_TOTAL = re.compile(rf"^({_BSSE})_corrected_total_energy_through_(\d+)_body$")
+_INTER = re.compile(rf"^({_BSSE})_corrected_interaction_energy_through_(\d+)_body$")
+_CONTRIB = re.compile(rf"^({_BSSE})_corrected_(\d+)_body_contribution_to_energy$")
+
+
+def _kcal_per_eh() -> float:
+    from qcelemental import constants
+
+    return float(constants.hartree2kcalmol)  # = conversion_factor("hartree", "kcal/mol"), without loading pint
+
+
+def format_eh(value: float) -> str:
+    """How the tables print an energy in hartree."""
+    return f"{value:.10f}"
+
+
+def format_kcal(value: float) -> str:
+    """How the tables print an energy in kcal/mol (``value`` in hartree)."""
+    return f"{value * _kcal_per_eh():.6f}"
+
+
+def energy_rows(properties: Any) -> dict[str, list[tuple[int, str, float]]]:
+    """``{bsse: [(n, quantity, E/Eh), ...]}`` from ``ManyBodyResult.properties``, ordered by n.
+
+    Quantities: ``total`` (through n), ``interaction`` (through n), ``contribution`` (the
+    n-body term); each only when the result has it.
+    """
+    data = properties.model_dump() if hasattr(properties, "model_dump") else dict(properties)
+    found: dict[str, dict[tuple[int, int], tuple[str, float]]] = {}
+    order = {"total": 0, "interaction": 1, "contribution": 2}
+    for key, value in data.items():
+        if value is None or not isinstance(value, int | float):
+            continue
+        for kind, rx in (("total", _TOTAL), ("interaction", _INTER), ("contribution", _CONTRIB)):
+            m = rx.match(key)
+            if m:
+                n = int(m.group(2))
+                found.setdefault(m.group(1), {})[(n, order[kind])] = (kind, float(value))
+    out: dict[str, list[tuple[int, str, float]]] = {}
+    for bsse in ("cp", "nocp", "vmfc"):
+        if bsse in found:
+            out[bsse] = [(n, kind, val) for (n, _), (kind, val) in sorted(found[bsse].items())]
+    return out
+
+
+def _energy_tables(console: Any, result: Any, heading: str | None = None) -> None:
+    from rich import box
+    from rich.table import Table
+
+    rows = energy_rows(result.properties)
+    requested = [str(getattr(b, "value", b)) for b in result.input_data.specification.keywords.bsse_type]
+    if heading:
+        console.print(heading, markup=False, soft_wrap=True)
+    if not rows:
+        console.print("the result holds no many-body energies", markup=False, soft_wrap=True)
+    order = list(dict.fromkeys([*requested, "cp", "nocp", "vmfc"]))  # requested first, in their order
+    for bsse in sorted(rows, key=order.index):
+        note = "" if bsse in requested else " (by-product)"
+        table = Table(title=f"{BSSE_NAMES[bsse]}{note}", box=box.SIMPLE, title_justify="left")
+        table.add_column("n", justify="right")
+        table.add_column("quantity")
+        table.add_column("E / Eh", justify="right")
+        table.add_column("E / kcal/mol", justify="right")
+        labels = {"total": "total energy through {n}-body", "interaction": "interaction energy through {n}-body",
+                  "contribution": "{n}-body contribution"}
+        for n, kind, value in rows[bsse]:
+            table.add_row(str(n), labels[kind].format(n=n), format_eh(value), format_kcal(value))
+        console.print(table)
+    props = result.properties
+    if props.return_energy is not None:
+        console.print(f"return energy ({requested[0] if requested else '?'}): {format_eh(props.return_energy)} Eh "
+                      f"= {format_kcal(props.return_energy)} kcal/mol", markup=False, soft_wrap=True)
+    for name in ("return_gradient", "return_hessian"):
+        value = getattr(props, name, None)
+        if value is not None:
+            shape = "x".join(str(d) for d in getattr(value, "shape", ()))
+            console.print(f"{name}: {shape} array (written with --output)", markup=False, soft_wrap=True)

@@ -1,0 +1,157 @@
+"""``qcmb-async report``: energies and timings of a saved result, or a result store's runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import InputError, describe_validation
+from ._app import app
+from ._console import Usage, _errors, _short, _stdout
+from ._options import DebugOpt, _opt
+from ._render import _energy_tables
+
+
+@app.command()
+def report(
+    source: Annotated[Path, typer.Argument(help="A result JSON written by 'run --output', or a result store "
+                                                "(.sqlite).", show_default=False, metavar="RESULT")],
+    run_id: Annotated[str | None, _opt("--run", metavar="RUN_ID", help="Store: only this run's fragments.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Print the energies and per-fragment timings of a saved result, or a result store's runs."""
+    with _errors(debug):
+        if not source.exists():
+            raise InputError(f"{str(source)!r} does not exist: give a result JSON (run --output) or a result store")
+        if source.is_dir():
+            raise InputError(f"{str(source)!r} is a directory: give a result JSON or a result store file")
+        with source.open("rb") as fh:
+            head = fh.read(16)
+        if head.startswith(b"SQLite format 3"):
+            _report_store(source, run_id)
+        else:
+            if run_id is not None:
+                raise Usage("--run applies to result stores, not to a result JSON")
+            _report_json(source)
+
+
+def _load_result(path: Path) -> Any:
+    from pydantic import ValidationError
+    from qcmanybody.models.v2 import ManyBodyResult
+
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise InputError(f"{str(path)!r} is neither a result JSON (run --output) nor a result store") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{str(path)!r} is not valid JSON ({exc}): give a file written by 'run --output'") from None
+    if isinstance(data, dict) and "input_data" not in data and "specification" in data and "molecule" in data:
+        raise InputError(f"{str(path)!r} is a ManyBodyInput, not a result: compute it with 'qcmb-async run "
+                         f"{path}', or report the file written by its --output")
+    try:
+        return ManyBodyResult.model_validate_json(text)
+    except ValidationError as exc:
+        raise InputError(f"{str(path)!r} is not a ManyBodyResult: {_short(describe_validation(exc), False)}") from None
+
+
+def _report_json(path: Path) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from ..timeline import timeline_stats
+
+    result = _load_result(path)
+    out = _stdout()
+    _energy_tables(out, result)
+    meta = (result.extras or {}).get("qcmb_async")
+    if not meta:
+        out.print("no per-fragment records: this result was not computed by qcmb_async", markup=False, soft_wrap=True)
+        return
+    frags = sorted(meta.get("fragments", []), key=lambda f: (f.get("start") or math.inf, f.get("label", "")))
+    table = Table(box=box.SIMPLE, title="fragments", title_justify="left")
+    for name, justify in (("fragment", "left"), ("n-body", "right"), ("status", "left"), ("attempts", "right"),
+                          ("wall / s", "right"), ("worker", "left")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for frag in frags:
+        wall = (frag["end"] - frag["start"]) if frag.get("start") is not None and frag.get("end") else None
+        table.add_row(frag.get("label", "?"), str(frag.get("level", "")), str(frag.get("status", "")),
+                      str(frag.get("attempts", "")), f"{wall:.3f}" if wall is not None else "-",
+                      str(frag.get("worker") or "-"))
+    out.print(table)
+    stats = timeline_stats(result)
+    eff = f"{stats['efficiency']:.2f}" if stats["efficiency"] is not None else "n/a"
+    out.print(f"run {meta.get('run_id', '?')}: {len(frags)} fragments on {stats['ncores']} cores "
+              f"({meta.get('executor', '?')} executor); makespan {stats['makespan']:.2f} s, lower bound "
+              f"{stats['lower_bound']:.2f} s, efficiency {eff}, idle {stats['idle_fraction']:.0%}", markup=False,
+              soft_wrap=True)
+
+
+def _when(ts: Any) -> str:
+    if not isinstance(ts, int | float):
+        return str(ts) if ts is not None else "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _report_store(path: Path, run_id: str | None) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from ..store import ResultStore, StoreError
+    try:
+        store = ResultStore(path, readonly=True)
+    except StoreError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        runs = list(store.runs())
+        frags = list(store.fragments(run_id=run_id))
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+    out = _stdout()
+    table = Table(box=box.SIMPLE, title=f"runs in {path}", title_justify="left")
+    for name in ("run", "status", "started", "finished", "wall / s"):
+        table.add_column(name)
+    for r in runs:
+        started, finished = r.get("started"), r.get("finished")
+        wall = f"{finished - started:.2f}" if isinstance(started, int | float) and isinstance(
+            finished, int | float) else "-"
+        table.add_row(str(r.get("run_id", "?")), str(r.get("status", "-")), _when(started), _when(finished), wall)
+    out.print(table)
+    programs = sorted({str(f.get("program", "")) for f in frags})
+    title = f"fragments of run {run_id}" if run_id else "fragments"
+    if len(programs) == 1:
+        title += f" ({programs[0]})"
+    ftable = Table(box=box.SIMPLE, title=title, title_justify="left")
+    ftable.add_column("fragment", no_wrap=True)
+    ftable.add_column("n-body", justify="right")
+    if len(programs) > 1:
+        ftable.add_column("program")
+    for name, justify in (("status", "left"), ("attempts", "right"), ("wall / s", "right"), ("worker", "left"),
+                          ("run", "left")):
+        ftable.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for f in sorted(frags, key=lambda f: (f.get("level") or 0, f.get("label", ""))):
+        attempts = f.get("attempts")
+        if isinstance(attempts, list):
+            attempts = len(attempts)
+        wall = f.get("wall_time")
+        status = str(f.get("status", "-"))
+        if f.get("error_type"):
+            status += f" ({f['error_type']})"
+        cells = [str(f.get("label", "?")), str(f.get("level", ""))]
+        if len(programs) > 1:
+            cells.append(str(f.get("program", "")))
+        cells += [status, str(attempts if attempts is not None else "-"),
+                  f"{wall:.3f}" if isinstance(wall, int | float) else "-", str(f.get("worker") or "-"),
+                  str(f.get("run_id") or "-")]
+        ftable.add_row(*cells)
+    out.print(ftable)
+    ok = sum(f.get("status") == "ok" for f in frags)
+    out.print(f"{len(runs)} run(s); {len(frags)} fragment record(s), {ok} ok", markup=False, soft_wrap=True)

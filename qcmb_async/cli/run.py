@@ -1,0 +1,154 @@
+"""``qcmb-async run``: compute a many-body expansion and print its energies."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..errors import RunFailed
+from ._app import app
+from ._console import Usage, _errors, _setup_logging, _stderr, _stdout
+from ._inputs import _check_not_store, _check_writable, _load
+from ._options import (
+    BarrierOpt,
+    BasisOpt,
+    BsseOpt,
+    ChargeOpt,
+    DebugOpt,
+    DriverOpt,
+    ExecutorOpt,
+    FragMemoryOpt,
+    FragNcoresOpt,
+    InputArg,
+    KeywordsOpt,
+    LogFormat,
+    LogFormatOpt,
+    MaxNbodyOpt,
+    MemoryOpt,
+    MethodOpt,
+    MultOpt,
+    NcoresOpt,
+    NoStoreOpt,
+    OnError,
+    OnErrorOpt,
+    OutputOpt,
+    ProgramOpt,
+    QuietOpt,
+    RetriesOpt,
+    SchedulerOpt,
+    StoreOpt,
+    TimelineOpt,
+    TimeoutOpt,
+    VerboseOpt,
+)
+from ._render import _energy_tables
+
+
+@app.command()
+def run(
+    input: InputArg,
+    method: MethodOpt = None,
+    basis: BasisOpt = None,
+    program: ProgramOpt = None,
+    bsse: BsseOpt = None,
+    max_nbody: MaxNbodyOpt = None,
+    keywords: KeywordsOpt = None,
+    driver: DriverOpt = None,
+    charge: ChargeOpt = None,
+    multiplicity: MultOpt = None,
+    ncores: NcoresOpt = None,
+    memory: MemoryOpt = None,
+    fragment_ncores: FragNcoresOpt = None,
+    fragment_memory: FragMemoryOpt = None,
+    executor: ExecutorOpt = "auto",
+    scheduler: SchedulerOpt = None,
+    store: StoreOpt = None,
+    no_store: NoStoreOpt = False,
+    retries: RetriesOpt = 0,
+    timeout: TimeoutOpt = None,
+    on_error: OnErrorOpt = OnError.raise_,
+    level_barrier: BarrierOpt = False,
+    output: OutputOpt = None,
+    timeline: TimelineOpt = None,
+    log_format: LogFormatOpt = LogFormat.console,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Compute a many-body expansion and print its energies."""
+    with _errors(debug):
+        _setup_logging(log_format, verbose, debug)
+        mbe = _load(input, method=method, basis=basis, program=program, bsse=bsse, max_nbody=max_nbody,
+                    keywords=keywords, driver=driver, charge=charge, multiplicity=multiplicity)
+        _check_writable("--output", output)
+        _check_writable("--timeline", timeline)
+        _check_not_store(store, no_store, output=output, timeline=timeline)
+        if timeline is not None:
+            from ..timeline import _import_matplotlib
+
+            try:
+                _import_matplotlib()
+            except ImportError as exc:
+                raise Usage(f"--timeline: {exc}") from None
+        options: dict[str, Any] = {
+            "ncores": ncores, "memory": memory, "fragment_ncores": fragment_ncores,
+            "fragment_memory": fragment_memory, "executor": executor, "retries": retries, "timeout": timeout,
+            "on_error": on_error.value, "level_barrier": level_barrier,
+        }
+        if store is not None and no_store:
+            raise Usage("--store and --no-store contradict each other: give one")
+        if no_store:
+            options["store"] = None
+        elif store is not None:
+            options["store"] = str(store)
+        if scheduler is not None:
+            options["scheduler"] = scheduler
+        if quiet and log_format is LogFormat.console and logging.getLogger("qcmb_async").level == logging.WARNING:
+            # --quiet: only the final lines; advisories (e.g. MOPAC and ghost atoms) stay out of it.
+            logging.getLogger("qcmb_async").setLevel(logging.ERROR)
+        _run(mbe, options, output=output, timeline=timeline, quiet=quiet, json_logs=log_format is LogFormat.json)
+
+
+def _run(mbe: Any, options: dict[str, Any], *, output: Path | None, timeline: Path | None, quiet: bool,
+         json_logs: bool) -> None:
+    from .. import run as run_sync
+    from .._logs import get_logger
+    from ..progress import ProgressDisplay
+
+    out = _stdout()
+    # With JSON logs stderr stays machine-readable: the summary becomes a log line, no bars.
+    progress = ProgressDisplay(_stderr(), quiet=quiet or json_logs)
+    try:
+        with progress:
+            result = run_sync(mbe, on_event=progress, **options)
+    except RunFailed as exc:
+        partial = exc.report.partial_result
+        if partial is not None:
+            through = max(exc.report.complete_levels)
+            _energy_tables(out, partial, heading=f"partial result through {through}-body (complete levels only)")
+            if output is not None:
+                output.write_text(partial.model_dump_json())
+        raise
+    finally:
+        if json_logs:
+            get_logger().info("run summary", run_id=progress.run_id, total=progress.total, done=progress.done,
+                              computed=progress.succeeded, cached=progress.cached, failed=progress.failed,
+                              retries=progress.retried, wall_time=progress.wall_time)
+    _energy_tables(out, result)
+    not_stored = int(((result.extras or {}).get("qcmb_async") or {}).get("not_stored") or 0)
+    if not_stored:
+        # Said once, here, not once per fragment: a full disk fails every write the same way.
+        _stderr().print(f"warning: {not_stored} computed result(s) are not in the result store (it could not be "
+                        "written; see the first 'result not stored' log line for why): a rerun would recompute "
+                        "them", markup=False, soft_wrap=True)
+    if output is not None:
+        output.write_text(result.model_dump_json())
+        if not quiet and not json_logs:
+            _stderr().print(f"result written to {output}", markup=False, soft_wrap=True)
+    if timeline is not None:
+        from ..timeline import plot_timeline
+
+        plot_timeline(result, timeline)
+        if not quiet and not json_logs:
+            _stderr().print(f"timeline written to {timeline}", markup=False, soft_wrap=True)

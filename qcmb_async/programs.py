@@ -1,0 +1,112 @@
+"""What qcmb_async knows about each QC program, in one registry (capabilities as data).
+
+The scheduler, cost model, executors and input checks read a program's :class:`ProgramTraits`
+here and nowhere else; adding a program is one entry in :data:`PROGRAMS` (plus its harness
+when QCEngine has none, registered in :mod:`qcmb_async.harnesses`). A program without an entry
+gets traits seeded from its QCEngine harness's own flags (``thread_parallel``), see :func:`traits`.
+docs/programs.md ("Adding a program") walks through it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+
+__all__ = ["PROGRAMS", "ProgramTraits", "register_traits", "traits"]
+
+
+@dataclass(frozen=True)
+class ProgramTraits:
+    """One program's capabilities, as far as scheduling and input checks need them."""
+
+    name: str
+    """QCEngine's program name (``qcengine.compute(..., program=name)``)."""
+    in_process: bool = False
+    """Runs inside the Python process (GIL-bound, process-global state): ``executor="auto"`` uses
+    worker processes for it, never threads."""
+    parallel_fraction: float = 0.0
+    """Share of its run time its own threads parallelise when given ``ncores`` in the task config
+    (Amdahl's law, 0..1); 0 = one core is all it uses (NWChem: cores only through MPI)."""
+    semi_empirical: bool = False
+    """Cost counts valence orbitals, not basis functions; cost exponent 2.5."""
+    force_field: bool = False
+    """Cost grows linearly with size."""
+    ghost_atoms: bool = True
+    """Its QCEngine harness honours ghost atoms (``real=False``); ``False``: CP/VMFC are meaningless."""
+    embedding_charges: bool = False
+    """Its QCEngine harness passes ``embedding_charges`` point charges to the program."""
+    install_hint: str = ""
+    """How to install it, shown when it is missing."""
+
+
+#: The registry. Values measured or read from the harnesses shipped with QCEngine 0.52 and ours.
+PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
+    ProgramTraits("pyscf", in_process=True, parallel_fraction=0.85,
+                  install_hint="pip install pyscf (or pip install 'qcmb_async[pyscf]'; its harness ships with "
+                               "qcmb_async)"),
+    # QCManyBody hands embedding_charges only to Psi4 (function_kwargs.external_potentials, psi4 >= 1.6).
+    ProgramTraits("psi4", parallel_fraction=0.85, embedding_charges=True,
+                  install_hint="apt-get install psi4 (Debian/Ubuntu, psi4 1.3.2) or conda install -c conda-forge psi4"),
+    ProgramTraits("nwchem", parallel_fraction=0.0,
+                  install_hint="apt-get install nwchem (Debian/Ubuntu) or conda install -c conda-forge nwchem"),
+    ProgramTraits("mopac", parallel_fraction=0.6, semi_empirical=True, ghost_atoms=False,
+                  install_hint="apt-get install mopac (Debian/Ubuntu) or conda install -c conda-forge mopac"),
+    ProgramTraits("cfour", parallel_fraction=0.8,
+                  install_hint="CFOUR is not in package managers: obtain it from https://cfour.de under its licence "
+                               "and put xcfour on PATH"),
+    ProgramTraits("qchem", install_hint="Q-Chem is commercial software: obtain a licensed copy from "
+                                        "https://www.q-chem.com and put qchem on PATH"),
+    ProgramTraits("gamess", install_hint="GAMESS is not in package managers: obtain it from its authors "
+                                         "(https://www.msg.chem.iastate.edu) under its licence and put rungms on PATH"),
+    ProgramTraits("orca", install_hint="ORCA is not in package managers: download it from "
+                                       "https://orcaforum.kofo.mpg.de (free for academic use) and put orca on PATH"),
+    ProgramTraits("molpro", install_hint="Molpro is commercial software: obtain a licensed copy from "
+                                         "https://www.molpro.net"),
+    ProgramTraits("turbomole", install_hint="TURBOMOLE is commercial software: obtain a licensed copy from its vendor"),
+    ProgramTraits("terachem", install_hint="TeraChem is commercial software: obtain a licensed copy from its vendor"),
+    ProgramTraits("xtb", in_process=True, parallel_fraction=0.6, semi_empirical=True,
+                  install_hint="conda install -c conda-forge xtb-python"),
+    ProgramTraits("rdkit", in_process=True, force_field=True, install_hint="pip install rdkit"),
+    ProgramTraits("openmm", in_process=True, force_field=True, install_hint="conda install -c conda-forge openmm"),
+    ProgramTraits("torchani", in_process=True, install_hint="pip install torchani"),
+    ProgramTraits("mace", in_process=True, install_hint="conda install -c conda-forge pymace (QCEngine's hint)"),
+    ProgramTraits("aimnet2", in_process=True,
+                  install_hint="pip install git+https://github.com/jthorton/AIMNet2.git@main (QCEngine's hint)"),
+)}
+
+_lock = threading.Lock()
+_seeded: dict[str, ProgramTraits] = {}
+
+
+def register_traits(new: ProgramTraits) -> None:
+    """Add or replace a program's traits (for a harness registered with QCEngine at run time)."""
+    with _lock:
+        PROGRAMS[new.name] = new
+        _seeded.pop(new.name, None)
+
+
+def traits(name: str) -> ProgramTraits:
+    """The traits of program ``name``: its registry entry, else seeded from its QCEngine harness.
+
+    A harness QCEngine marks ``thread_parallel`` is assumed to use its cores at 80 %; one that is
+    not, only one core. Unknown names get the defaults (one core, subprocess, ghost atoms).
+    """
+    key = name.lower()
+    known = PROGRAMS.get(key)
+    if known is not None:
+        return known
+    with _lock:
+        if key not in _seeded:
+            _seeded[key] = _from_qcengine(key)
+        return _seeded[key]
+
+
+def _from_qcengine(name: str) -> ProgramTraits:
+    try:
+        from qcengine.programs.base import programs
+
+        defaults = getattr(programs.get(name), "_defaults", {}) or {}
+    except ImportError:
+        defaults = {}
+    base = ProgramTraits(name)
+    return replace(base, parallel_fraction=0.8) if defaults.get("thread_parallel") else base

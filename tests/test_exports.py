@@ -1,0 +1,41 @@
+"""Guards the public surface (trio's test_exports): what ``import qcmb_async`` offers changes only on purpose."""
+
+from __future__ import annotations
+
+import inspect
+
+import qcmb_async
+
+#: The public API. Changing it is an API change: update this list, the docs and the changelog together.
+PUBLIC = {
+    "__version__", "Executor", "FailureReport", "Fragment", "FragmentError", "FragmentJob", "InputError",
+    "JobOutcome", "Plan", "QCMBAsyncError", "RunFailed", "RunHandle", "Terminated", "events", "open_run",
+    "plan_manybody", "prime_qcengine", "read_xyz", "run", "run_manybody",
+}
+
+
+def test_all_is_the_public_api() -> None:
+    assert set(qcmb_async.__all__) == PUBLIC
+    for name in qcmb_async.__all__:
+        assert hasattr(qcmb_async, name), f"qcmb_async.__all__ names {name!r}, which the package does not define"
+
+
+def test_no_private_module_leaks_into_the_namespace() -> None:
+    public = {n for n in dir(qcmb_async) if not n.startswith("_")}
+    # Subpackages users import explicitly (``qcmb_async.executors.threads``...) may appear once imported.
+    modules = {"executors", "errors", "harnesses", "programs", "settings", "store", "cli", "timeline", "progress",
+               "simulate"}
+    extra = public - PUBLIC - modules - {"logging", "annotations"}
+    assert not extra, f"names in qcmb_async's namespace that are not public API: {sorted(extra)}"
+
+
+def test_every_public_callable_and_class_is_documented() -> None:
+    for name in PUBLIC - {"__version__", "events"}:
+        obj = getattr(qcmb_async, name)
+        assert inspect.getdoc(obj), f"qcmb_async.{name} has no docstring"
+
+
+def test_errors_share_one_base() -> None:
+    for name in ("InputError", "FragmentError", "RunFailed"):
+        assert issubclass(getattr(qcmb_async, name), qcmb_async.QCMBAsyncError)
+    assert issubclass(qcmb_async.InputError, ValueError)  # callers that catch ValueError keep working
