@@ -231,7 +231,7 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
 
 def _record_run_quietly(store: Any, run_id: str, **row: Any) -> None:
     """``store.record_run``; a store that cannot be written (disk full) must not lose the computed result."""
-    from ._core.store import StoreError
+    from .errors import StoreError
 
     try:
         store.record_run(run_id, **row)
@@ -247,7 +247,9 @@ def _record_end(store: Any, run_id: str, input_hash: str, started: float, status
 
 def open_store(store: str | os.PathLike[str] | None) -> ResultStore | None:
     """Open the result store selected by ``store=`` (see :func:`run_manybody`), or ``None``."""
-    from ._core.store import ResultStore, StoreError, store_path
+    from ._core.store import ResultStore
+    from ._core.store_layout import store_path
+    from .errors import StoreError
 
     path = store_path(store)
     if path is None:

@@ -265,7 +265,8 @@ def test_rerun_reuses_everything(tmp_path: Path) -> None:
 
 
 def test_corrupt_and_future_stores_give_clear_errors(tmp_path: Path) -> None:
-    from qcmb_async._core.store import STORE_FORMAT_VERSION, ResultStore
+    from qcmb_async._core.store import ResultStore
+    from qcmb_async._core.store_layout import STORE_FORMAT_VERSION
 
     bad = tmp_path / "corrupt.sqlite"
     bad.write_bytes(os.urandom(8192))
