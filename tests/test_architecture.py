@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"_qcengine", "executors"},                                        # execute
     {"_core.assemble"},                                                # assemble
     {"_runner", "simulate"},                                           # the pipeline put together
+    {"_fronts"},                                                       # blocking and streaming fronts
     {"events", "store", "__init__"},                                   # the public facade
     {"cli", "timeline", "progress", "__main__"},                       # front ends
 ]
