@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from qcmb_async import FragmentError, InputError, RunFailed, run, run_manybody
-from tests.helpers import alive, mbe_input, require_program, waters
+from tests.helpers import alive, mbe_input, require_program, start_durable_run, waters
 from tests.wrappers import FlakyMopac, register_wrappers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,9 +204,7 @@ def test_ctrl_c_in_a_script_returns_within_10_s(tmp_path: Path) -> None:
     from qcmb_async._core.store import ResultStore
 
     store, out = tmp_path / "int.sqlite", tmp_path / "int.json"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/scripts/durable_run.py"), str(store), "nwchem", "5",
-                             "cp", "3", str(out)], env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_durable_run(store, out, tmp_path, _env())
     t_start = time.monotonic()
     while _store_rows(store)["ok"] < 2 and time.monotonic() - t_start < 120:
         time.sleep(0.05)
