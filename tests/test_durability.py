@@ -46,12 +46,15 @@ def _store_rows(path: Path) -> dict[str, int]:
 
 
 def _programs_alive(names: tuple[str, ...]) -> list[psutil.Process]:
-    """Running processes with one of ``names``; zombies (killed, not yet reaped) are dead."""
+    """This test session's running processes with one of ``names``; zombies (killed, not yet reaped) are dead."""
     alive = []
+    session = os.environ["QCMB_TEST_SESSION"]
     for proc in psutil.process_iter(["name", "status"]):
         name = (proc.info["name"] or "").lower()
         if any(n in name for n in names) and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            alive.append(proc)
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get("QCMB_TEST_SESSION") == session:
+                    alive.append(proc)
     return alive
 
 
