@@ -16,8 +16,9 @@ from . import events
 from ._core.contract import Executor, FragmentJob, JobOutcome
 from ._core.plan import Fragment, Plan
 from ._core.xyz import xyz_input as read_xyz
+from ._fronts import RunHandle, open_run, run
 from ._qcengine.seams import prime_qcengine
-from ._runner import RunHandle, open_run, plan_manybody, run, run_manybody
+from ._runner import plan_manybody, run_manybody
 from ._version import __version__
 from .errors import FailureReport, FragmentError, InputError, QCMBAsyncError, RunFailed, Terminated
 

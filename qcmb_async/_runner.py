@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-import math
 import os
-import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,7 +22,7 @@ from ._core.options import make_options
 from ._core.plan import Plan, make_plan
 from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
 from ._logs import get_logger
-from .errors import FailureReport, FragmentError, InputError, RunFailed, Terminated
+from .errors import FailureReport, FragmentError, InputError, RunFailed
 from .executors import resolve_executor
 
 if TYPE_CHECKING:
@@ -231,7 +228,7 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
 
 def _record_run_quietly(store: Any, run_id: str, **row: Any) -> None:
     """``store.record_run``; a store that cannot be written (disk full) must not lose the computed result."""
-    from ._core.store import StoreError
+    from .errors import StoreError
 
     try:
         store.record_run(run_id, **row)
@@ -247,7 +244,9 @@ def _record_end(store: Any, run_id: str, input_hash: str, started: float, status
 
 def open_store(store: str | os.PathLike[str] | None) -> ResultStore | None:
     """Open the result store selected by ``store=`` (see :func:`run_manybody`), or ``None``."""
-    from ._core.store import ResultStore, StoreError, store_path
+    from ._core.store import ResultStore
+    from ._core.store_layout import store_path
+    from .errors import StoreError
 
     path = store_path(store)
     if path is None:
@@ -287,125 +286,3 @@ def _failure_report(plan: Plan, outcome: ScheduleOutcome, extras: dict[str, Any]
         if report.partial_result is None:
             log.warning("partial result not assembled", through=max(complete))
     return report
-
-
-def run(mbe_input: Any, **options: Any) -> ManyBodyResult:
-    """Blocking :func:`run_manybody` for scripts; also works inside a running loop (Jupyter).
-
-    In a plain script the run uses ``anyio.run``; when an event loop is already running in
-    this thread, it runs on a private event-loop thread and this call blocks until it ends.
-    Ctrl-C cancels the run in both cases. In a plain script SIGTERM (a batch scheduler's stop)
-    cancels it the same way, then raises :class:`~qcmb_async.errors.Terminated` (unless the
-    caller installed its own SIGTERM handler).
-    """
-    call = functools.partial(run_manybody, mbe_input, **options)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        box: dict[str, Any] = {}
-
-        async def main() -> None:
-            box["result"] = await call()
-
-        # The result stays out of the loop's main task: asyncio.Runner formats that task (and
-        # so the whole ManyBodyResult) on the way out, 0.1 s and more for a large expansion.
-        with _sigterm_as_interrupt() as got:
-            try:
-                anyio.run(main)
-            except KeyboardInterrupt:
-                if got:
-                    raise Terminated(got[0]) from None
-                raise
-        return box["result"]
-    with anyio.from_thread.start_blocking_portal() as portal:
-        future = portal.start_task_soon(call)
-        try:
-            return future.result()
-        except KeyboardInterrupt:
-            future.cancel()
-            raise
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[list[int]]:
-    """While a run owns the main thread, SIGTERM stops it the way Ctrl-C does.
-
-    Batch schedulers (SLURM, PBS, Kubernetes) send SIGTERM before SIGKILL. Python's default
-    action ends the process at once, leaving program processes, worker processes and scratch
-    directories behind and the store's run row at ``running``. Here SIGTERM is handed to the
-    SIGINT handler the event loop installed (it cancels the run: programs killed, scratch
-    removed); the yielded list receives the signal number. A handler the caller installed is
-    left alone.
-    """
-    got: list[int] = []
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield got
-        return
-
-    def on_term(signum: int, frame: Any) -> None:
-        got.append(signum)
-        handler = signal.getsignal(signal.SIGINT)
-        if callable(handler):
-            handler(signal.SIGINT, frame)
-        else:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield got
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-class RunHandle:
-    """A run started by :func:`open_run`: iterate its events, then await its result."""
-
-    def __init__(self, receive: Any, done: anyio.Event, box: dict[str, Any]) -> None:
-        self._receive = receive
-        self._done = done
-        self._box = box
-
-    def __aiter__(self) -> Any:
-        return self._receive.__aiter__()
-
-    async def result(self) -> ManyBodyResult:
-        """The ``ManyBodyResult``; raises what :func:`run_manybody` raised."""
-        await self._done.wait()
-        if "error" in self._box:
-            raise self._box["error"]
-        return self._box["result"]
-
-
-@contextlib.asynccontextmanager
-async def open_run(mbe_input: Any, **options: Any) -> AsyncIterator[RunHandle]:
-    """Start :func:`run_manybody` and stream its progress events as an async iterator.
-
-    >>> async with open_run(inp, ncores=8) as handle:
-    ...     async for event in handle:
-    ...         print(event)
-    ...     result = await handle.result()
-
-    Leaving the block before the run ended cancels it.
-    """
-    if "on_event" in options:
-        raise InputError("open_run streams the events itself: do not pass on_event")
-    send, receive = anyio.create_memory_object_stream[Any](max_buffer_size=math.inf)
-    done = anyio.Event()
-    box: dict[str, Any] = {}
-
-    async def worker() -> None:
-        async with send:
-            try:
-                box["result"] = await run_manybody(mbe_input, on_event=send.send, **options)
-            except Exception as exc:
-                box["error"] = exc
-            finally:
-                done.set()
-
-    async with anyio.create_task_group() as tg, receive:
-        tg.start_soon(worker)
-        try:
-            yield RunHandle(receive, done, box)
-        finally:
-            tg.cancel_scope.cancel()

@@ -14,6 +14,14 @@ class InputError(QCMBAsyncError, ValueError):
     """Bad input, found before anything was computed. The message says what to change."""
 
 
+class StoreError(QCMBAsyncError):
+    """The result store cannot be used (corrupt, foreign, locked, unreadable, or from an incompatible version)."""
+
+
+class WorkerStartError(QCMBAsyncError, RuntimeError):
+    """A worker process could not be started or failed to prepare itself."""
+
+
 def describe_validation(exc: Exception) -> str:
     """One line per problem of a pydantic ``ValidationError`` (``field.path: message``), for InputErrors.
 

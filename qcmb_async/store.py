@@ -9,6 +9,8 @@ See docs/store.md for what is stored and how a rerun resumes from it.
 
 from __future__ import annotations
 
-from ._core.store import ResultStore, StoreError, default_store_path, store_path
+from ._core.store import ResultStore
+from ._core.store_layout import default_store_path, store_path
+from .errors import StoreError
 
 __all__ = ["ResultStore", "StoreError", "default_store_path", "store_path"]

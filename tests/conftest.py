@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 
@@ -12,6 +13,9 @@ os.environ.setdefault("QCMB_ASYNC_STORE", "none")
 # Likewise QCEngine's machine description is built fresh in every test process (the race and
 # recovery tests need QCEngine's own first call); tests of the cache point it at a temp file.
 os.environ.setdefault("QCMB_ASYNC_QCENGINE_CACHE", "none")
+# Program processes inherit this, so a test looking for leftover programs finds only its own
+# session's, not those of another test run on the same machine.
+os.environ.setdefault("QCMB_TEST_SESSION", uuid.uuid4().hex)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -150,3 +153,10 @@ def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
         except psutil.Error:
             pass
     return out
+
+
+def start_durable_run(store: Path, out: Path, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """tests/scripts/durable_run.py in a subprocess: NWChem, 5 waters, CP, 3-body, into ``store`` and ``out``."""
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "scripts" / "durable_run.py"),
+                             str(store), "nwchem", "5", "cp", "3", str(out)], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

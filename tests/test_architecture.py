@@ -19,10 +19,11 @@ LAYERS: list[set[str]] = [
     {"harnesses"},
     {"_core.cost", "_core.chgmult", "_core.xyz", "_core.inputs", "_core.options", "_core.checks"},  # input
     {"_core.plan"},                                                    # plan
-    {"_core.ready", "_core.store", "_core.scheduler"},                 # schedule
+    {"_core.ready", "_core.store_layout", "_core.store", "_core.scheduler"},  # schedule
     {"_qcengine", "executors"},                                        # execute
     {"_core.assemble"},                                                # assemble
     {"_runner", "simulate"},                                           # the pipeline put together
+    {"_fronts"},                                                       # blocking and streaming fronts
     {"events", "store", "__init__"},                                   # the public facade
     {"cli", "timeline", "progress", "__main__"},                       # front ends
 ]

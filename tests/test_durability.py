@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from qcmb_async import FragmentError, InputError, RunFailed, run, run_manybody
-from tests.helpers import alive, mbe_input, require_program, waters
+from tests.helpers import alive, mbe_input, require_program, start_durable_run, waters
 from tests.wrappers import FlakyMopac, register_wrappers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,12 +46,15 @@ def _store_rows(path: Path) -> dict[str, int]:
 
 
 def _programs_alive(names: tuple[str, ...]) -> list[psutil.Process]:
-    """Running processes with one of ``names``; zombies (killed, not yet reaped) are dead."""
+    """This test session's running processes with one of ``names``; zombies (killed, not yet reaped) are dead."""
     alive = []
+    session = os.environ["QCMB_TEST_SESSION"]
     for proc in psutil.process_iter(["name", "status"]):
         name = (proc.info["name"] or "").lower()
         if any(n in name for n in names) and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            alive.append(proc)
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get("QCMB_TEST_SESSION") == session:
+                    alive.append(proc)
     return alive
 
 
@@ -204,9 +207,7 @@ def test_ctrl_c_in_a_script_returns_within_10_s(tmp_path: Path) -> None:
     from qcmb_async._core.store import ResultStore
 
     store, out = tmp_path / "int.sqlite", tmp_path / "int.json"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/scripts/durable_run.py"), str(store), "nwchem", "5",
-                             "cp", "3", str(out)], env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_durable_run(store, out, tmp_path, _env())
     t_start = time.monotonic()
     while _store_rows(store)["ok"] < 2 and time.monotonic() - t_start < 120:
         time.sleep(0.05)
@@ -265,7 +266,8 @@ def test_rerun_reuses_everything(tmp_path: Path) -> None:
 
 
 def test_corrupt_and_future_stores_give_clear_errors(tmp_path: Path) -> None:
-    from qcmb_async._core.store import STORE_FORMAT_VERSION, ResultStore
+    from qcmb_async._core.store import ResultStore
+    from qcmb_async._core.store_layout import STORE_FORMAT_VERSION
 
     bad = tmp_path / "corrupt.sqlite"
     bad.write_bytes(os.urandom(8192))

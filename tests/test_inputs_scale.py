@@ -311,11 +311,11 @@ def write_waters_xyz(path: Path, n: int, radical_first: bool = False) -> Path:
 def test_64_fragment_xyz_through_the_cli_loader(tmp_path: Path, no_big_search: None) -> None:
     require_program("mopac")
     from qcmb_async.cli._inputs import _load
+    from qcmb_async.cli._options import XyzOptions
 
     xyz = write_waters_xyz(tmp_path / "waters64.xyz", N, radical_first=True)
     start = time.perf_counter()
-    mbe = _load(xyz, method="pm7", basis=None, program="mopac", bsse=["nocp"], max_nbody=2, keywords=None,
-                driver=None, charge=None, multiplicity=None)
+    mbe = _load(xyz, XyzOptions(method="pm7", program="mopac", bsse=["nocp"], max_nbody=2))
     plan = plan_manybody(mbe)
     seconds = time.perf_counter() - start
     assert seconds < 10

@@ -27,7 +27,7 @@ import qcmb_async.harnesses as harnesses
 from qcmb_async import run
 from qcmb_async.executors.base import FragmentJob
 from qcmb_async.executors.threads import ThreadExecutor
-from qcmb_async.harnesses import psi4_legacy
+from qcmb_async.harnesses import _psi4_schema, psi4_legacy
 from qcmb_async.harnesses.psi4_legacy import Psi4LegacyHarness, Psi4Probe
 from tests.helpers import IN_CI, mbe_input, require_program, trimer
 
@@ -91,14 +91,14 @@ def test_v1_document() -> None:
     config = qcengine.config.TaskConfig(ncores=3, memory=2.0, nnodes=1, retries=0, scratch_directory=None,
                                        mpiexec_command=None)
     oh = Molecule(symbols=["O", "H"], geometry=[0, 0, 0, 0, 0, 1.83], molecular_multiplicity=2)
-    doc = psi4_legacy.v1_document(_input(oh, "gradient", scf_type="pk", MP2_TYPE="conv"), config)
+    doc = _psi4_schema.v1_document(_input(oh, "gradient", scf_type="pk", MP2_TYPE="conv"), config)
     assert doc["schema_name"] == "qcschema_input" and doc["schema_version"] == 1
     assert doc["driver"] == "gradient" and doc["model"] == {"method": "hf", "basis": "sto-3g"}
     assert doc["keywords"] == {"scf_type": "pk", "MP2_TYPE": "conv", "reference": "uhf"}  # passed through
     assert doc["nthreads"] == 3 and doc["memory"] == int(2 * 1024**3 * 0.95) and doc["return_output"] is True
-    assert psi4_legacy.psi4_memory(0.25) == 250 * 1024**2  # psi4's minimum, still within the fragment's share
+    assert _psi4_schema.psi4_memory(0.25) == 250 * 1024**2  # psi4's minimum, still within the fragment's share
     with pytest.raises(qcengine.exceptions.InputError, match="at least 250 MiB"):
-        psi4_legacy.psi4_memory(0.2)
+        _psi4_schema.psi4_memory(0.2)
     assert doc["molecule"]["fix_com"] is True and doc["molecule"]["fix_orientation"] is True
     ghosted = psi4_legacy.v1_document(_input(_cp_monomer(), reference="rhf"), config)
     assert ghosted["molecule"]["real"] == [True] * 3 + [False] * 3

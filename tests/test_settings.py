@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from qcmb_async.errors import InputError
 from qcmb_async.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_prefix_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -41,35 +46,29 @@ def test_bad_value_is_an_input_error_naming_the_variable(monkeypatch: pytest.Mon
         get_settings()
 
 
-def test_every_setting_is_documented() -> None:
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("render_models", root / "docs" / "hooks" / "render_models.py")
+def _docs_hook() -> Any:
+    """docs/hooks/render_models.py, the mkdocs hook that renders the tables."""
+    spec = importlib.util.spec_from_file_location("render_models", ROOT / "docs" / "hooks" / "render_models.py")
     assert spec is not None and spec.loader is not None
     hook = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hook)
-    page = (root / "docs" / "configuration.md").read_text()
+    return hook
+
+
+def test_every_setting_is_documented() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text()
     assert "<!-- render: settings -->" in page
-    rendered = hook.render(page)
+    rendered = _docs_hook().render(page)
     for name, field in Settings.model_fields.items():
         assert field.description, f"setting {name} has no description"
         assert f"`QCMB_ASYNC_{name.upper()}`" in rendered
 
 
 def test_every_run_option_is_documented() -> None:
-    import importlib.util
-    from pathlib import Path
-
     from qcmb_async._core.options import RunOptions
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("render_models", root / "docs" / "hooks" / "render_models.py")
-    assert spec is not None and spec.loader is not None
-    hook = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hook)
-    rendered = hook.render((root / "docs" / "configuration.md").read_text())
+    hook = _docs_hook()
+    rendered = hook.render((ROOT / "docs" / "configuration.md").read_text())
     for name, field in RunOptions.model_fields.items():
         assert field.description, f"run option {name} has no description"
         if name not in hook.INTERNAL:

@@ -20,13 +20,9 @@ import numpy as np
 import pytest
 from qcelemental.models.v2 import AtomicResult, Molecule
 
-from qcmb_async._core.store import (
-    APPLICATION_ID,
-    STORE_FORMAT_VERSION,
-    ResultStore,
-    StoreError,
-    default_store_path,
-)
+from qcmb_async._core.store import ResultStore
+from qcmb_async._core.store_layout import APPLICATION_ID, STORE_FORMAT_VERSION, default_store_path
+from qcmb_async.errors import StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENERGY = -74.96340213676

@@ -21,6 +21,7 @@ from .resources import default_memory, default_ncores
 
 OnError = Literal["raise", "continue"]
 _EVEN_SHARE = object()  # fragment_memory not given
+_CHOICES = {"on_error": ("raise", "continue"), "order": ("cost", "fifo")}
 
 
 class RunOptions(BaseModel):
@@ -100,18 +101,12 @@ class RunOptions(BaseModel):
             raise ValueError(f"retries must be a whole number >= 0, got {value!r}")
         return value
 
-    @field_validator("on_error", mode="before")
+    @field_validator("on_error", "order", mode="before")
     @classmethod
-    def _on_error(cls, value: Any) -> Any:
-        if value not in ("raise", "continue"):
-            raise ValueError(f"on_error must be 'raise' or 'continue', got {value!r}")
-        return value
-
-    @field_validator("order", mode="before")
-    @classmethod
-    def _order(cls, value: Any) -> Any:
-        if value not in ("cost", "fifo"):
-            raise ValueError(f"order must be 'cost' or 'fifo', got {value!r}")
+    def _choice(cls, value: Any, info: ValidationInfo) -> Any:
+        first, second = _CHOICES[str(info.field_name)]
+        if value not in (first, second):
+            raise ValueError(f"{info.field_name} must be {first!r} or {second!r}, got {value!r}")
         return value
 
     @field_validator("scratch_directory", mode="before")

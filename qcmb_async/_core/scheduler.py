@@ -403,7 +403,7 @@ def _build(plan: Plan, store: FragmentStore | None, frags: list[Fragment]) -> li
 def _store_put(store: FragmentStore, frag: Fragment, key: str, result: Any, rec: FragmentRecord,
                run_id: str) -> str | None:
     """Commit one result; ``None``, or why it could not be stored (the caller logs and counts)."""
-    from .store import StoreError
+    from ..errors import StoreError
 
     last = rec.history[-1] if rec.history else {}
     wall = (last["end"] - last["start"]) if last.get("end") and last.get("start") else None
@@ -418,7 +418,7 @@ def _store_put(store: FragmentStore, frag: Fragment, key: str, result: Any, rec:
 
 
 def _store_failure(store: FragmentStore, frag: Fragment, key: str, rec: FragmentRecord, run_id: str) -> None:
-    from .store import StoreError
+    from ..errors import StoreError
 
     try:
         store.record_failure(key, label=frag.label, level=frag.level, program=frag.program, run_id=run_id,

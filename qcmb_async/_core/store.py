@@ -24,93 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..errors import QCMBAsyncError
-from ..settings import get_settings
-
-STORE_FORMAT_VERSION: int = 1
-"""Layout version written to ``meta.format_version``; a store with another version is refused."""
-
-APPLICATION_ID: int = 0x51434D42
-"""``PRAGMA application_id`` of qcmb_async stores ("QCMB" in ASCII), so foreign SQLite files are recognised."""
-
-DEFAULT_TIMEOUT: float = 30.0
-"""Seconds an operation waits for another process's write lock before giving up (SQLite busy timeout)."""
-
-_FRAGMENT_COLUMNS = ("key", "label", "level", "program", "status", "attempts", "host", "worker", "wall_time",
-                     "run_id", "created_at", "error_type", "error_message")
-_RUN_COLUMNS = ("run_id", "input_hash", "started", "finished", "status", "summary", "host", "pid", "pid_started")
-
-RUN_STATUSES = ("running", "ok", "failed", "error", "interrupted")
-"""Values of ``runs.status`` written by qcmb_async; :meth:`ResultStore.runs` adds ``died`` for a ``running``
-row whose process is gone."""
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS fragments (
-        key TEXT PRIMARY KEY,
-        label TEXT NOT NULL,
-        level INTEGER NOT NULL,
-        program TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
-        result_json TEXT,
-        result_sha256 TEXT,
-        run_id TEXT NOT NULL,
-        attempts TEXT NOT NULL,
-        host TEXT NOT NULL DEFAULT '',
-        worker TEXT NOT NULL DEFAULT '',
-        wall_time REAL,
-        error_type TEXT,
-        error_message TEXT,
-        created_at REAL NOT NULL,
-        CHECK (status = 'failed' OR result_json IS NOT NULL)
-    )""",
-    "CREATE INDEX IF NOT EXISTS fragments_run ON fragments (run_id)",
-    """CREATE TABLE IF NOT EXISTS runs (
-        run_id TEXT PRIMARY KEY,
-        input_hash TEXT NOT NULL,
-        started REAL NOT NULL,
-        finished REAL,
-        status TEXT NOT NULL,
-        summary TEXT,
-        host TEXT,
-        pid INTEGER,
-        pid_started REAL
-    )""",
+from ..errors import StoreError
+from .store_layout import (
+    _FRAGMENT_COLUMNS,
+    _RUN_COLUMNS,
+    APPLICATION_ID,
+    DEFAULT_TIMEOUT,
+    _process_gone,
+    _this_process,
+    check_version,
+    create_schema,
+    migrate,
 )
 
 _MOVE_AWAY = "Move it away (a new store is created on the next run) or pass another store path."
-
-
-class StoreError(QCMBAsyncError):
-    """The result store cannot be used (corrupt, foreign, locked, unreadable, or from an incompatible version)."""
-
-
-def default_store_path() -> Path:
-    """``<user cache dir>/qcmb_async/results.sqlite``; creates the directory owner-only (0o700)."""
-    import platformdirs
-
-    directory = Path(platformdirs.user_cache_dir("qcmb_async"))
-    if not directory.is_dir():
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with contextlib.suppress(OSError):
-            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
-    return directory / "results.sqlite"
-
-
-
-def store_path(store: str | os.PathLike[str] | None = "default") -> Path | None:
-    """The store file a run with ``store=`` opens, or ``None`` for no store.
-
-    ``"default"``: ``$QCMB_ASYNC_STORE`` (``none`` disables) or :func:`default_store_path`.
-    """
-    if store is None:
-        return None
-    if isinstance(store, str) and store == "default":
-        settings = get_settings()
-        if settings.store_disabled:
-            return None
-        return Path(settings.store).expanduser() if settings.store else default_store_path()
-    return Path(store)
 
 
 class ResultStore:
@@ -221,12 +148,7 @@ class ResultStore:
             self._set_wal()  # before the first write, so even the creation is journaled in WAL
             with self._transaction():
                 # Idempotent: another process may be creating the same store at the same moment.
-                con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                for statement in _SCHEMA:
-                    con.execute(statement)
-                con.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)", (str(STORE_FORMAT_VERSION),))
-                con.execute("INSERT OR IGNORE INTO meta VALUES ('created_by', ?)", (_creator(),))
-                con.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (repr(time.time()),))
+                create_schema(con, _creator())
         self._check_version()
         if not self.readonly:
             self._set_wal()
@@ -242,25 +164,7 @@ class ResultStore:
         con.execute("PRAGMA synchronous = FULL")
 
     def _check_version(self) -> None:
-        meta = dict(self._con.execute("SELECT key, value FROM meta").fetchall())
-        self.created_by = meta.get("created_by", "")
-        raw = meta.get("format_version")
-        try:
-            version = int(raw) if raw is not None else None
-        except ValueError:
-            version = None
-        if version is None:
-            raise StoreError(f"result store {self._name} has no valid format version ({raw!r}): it is damaged. "
-                             f"{_MOVE_AWAY}")
-        if version > STORE_FORMAT_VERSION:
-            by = f" (written by {self.created_by})" if self.created_by else ""
-            raise StoreError(
-                f"result store {self._name} has format version {version}{by}, but this qcmb_async reads "
-                f"version {STORE_FORMAT_VERSION}: upgrade qcmb_async, or use another store path")
-        if version < STORE_FORMAT_VERSION:  # no older version exists yet; kept for when one does
-            raise StoreError(
-                f"result store {self._name} has the old format version {version}, but this qcmb_async reads "
-                f"version {STORE_FORMAT_VERSION}. {_MOVE_AWAY}")
+        self.created_by = check_version(self._con, self._name, _MOVE_AWAY)
 
     def _set_wal(self) -> None:
         """Switch to WAL (persistent in the file), retrying while another process holds a lock."""
@@ -278,22 +182,7 @@ class ResultStore:
                              "put the store on a local file system")
 
     def _migrate(self) -> None:
-        # Stores written before result_sha256 existed (same format version; their rows stay unverified).
-        columns = {r[1] for r in self._con.execute("PRAGMA table_info(fragments)")}
-        if "result_sha256" not in columns:
-            with self._transaction():
-                columns = {r[1] for r in self._con.execute("PRAGMA table_info(fragments)")}
-                if "result_sha256" not in columns:
-                    self._con.execute("ALTER TABLE fragments ADD COLUMN result_sha256 TEXT")
-        # Stores written before runs recorded their process (their 'running' rows cannot be judged).
-        run_columns = {r[1] for r in self._con.execute("PRAGMA table_info(runs)")}
-        missing = [c for c in ("host", "pid", "pid_started") if c not in run_columns]
-        if missing:
-            with self._transaction():
-                run_columns = {r[1] for r in self._con.execute("PRAGMA table_info(runs)")}
-                for column, kind in (("host", "TEXT"), ("pid", "INTEGER"), ("pid_started", "REAL")):
-                    if column not in run_columns:
-                        self._con.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+        migrate(self._con, self._transaction)
 
     def _restrict_sidecars(self) -> None:
         for suffix in ("-wal", "-shm"):
@@ -503,37 +392,6 @@ class ResultStore:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("read-only" if self.readonly else "open")
         return f"ResultStore({str(self.path)!r}, {state})"
-
-
-def _this_process() -> tuple[str, int, float | None]:
-    import socket
-
-    try:
-        import psutil
-
-        started: float | None = psutil.Process().create_time()
-    except Exception:  # psutil missing or /proc unreadable: pid alone
-        started = None
-    return socket.gethostname(), os.getpid(), started
-
-
-def _process_gone(host: str | None, pid: int | None, started: float | None) -> bool:
-    """Whether the process that wrote a ``running`` row on this host has ended (pid reuse included)."""
-    import socket
-
-    if not host or not pid or host != socket.gethostname():
-        return False
-    import psutil
-
-    try:
-        proc = psutil.Process(int(pid))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return True
-        return started is not None and abs(proc.create_time() - started) > 1.0
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:
-        return False
 
 
 def _cannot_open(exc: sqlite3.Error) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import InputError
 from ._console import Usage
-from ._options import Driver
+from ._options import Driver, XyzOptions
 
 
 def _ints(name: str, text: str | None) -> list[int] | None:
@@ -24,10 +24,9 @@ def _ints(name: str, text: str | None) -> list[int] | None:
 _XYZ_ONLY = ("method", "basis", "program", "bsse", "max_nbody", "keywords", "charge", "multiplicity")
 
 
-def _load(path: Path, *, method: str | None, basis: str | None, program: str | None, bsse: list[str] | None,
-          max_nbody: int | None, keywords: str | None, driver: Driver | None, charge: str | None,
-          multiplicity: str | None) -> Any:
+def _load(path: Path, xyz: XyzOptions) -> Any:
     """The ``run_manybody`` input for ``path``: a ManyBodyInput for .xyz, else the path itself."""
+    method, program, driver = xyz.method, xyz.program, xyz.driver
     from .._core.inputs import check_input_path
 
     check_input_path(path)  # a directory, FIFO or device: refused before anything opens it
@@ -39,13 +38,11 @@ def _load(path: Path, *, method: str | None, basis: str | None, program: str | N
         from .. import read_xyz
         from .._core.xyz import parse_keywords
 
-        return read_xyz(path, method=str(method), program=str(program), basis=basis, bsse=bsse,
-                         max_nbody=max_nbody, keywords=parse_keywords(keywords),
-                         driver=(driver or Driver.energy).value, charges=_ints("charge", charge),
-                         multiplicities=_ints("multiplicity", multiplicity))
-    given = {"method": method, "basis": basis, "program": program, "bsse": bsse, "max_nbody": max_nbody,
-             "keywords": keywords, "charge": charge, "multiplicity": multiplicity, "driver": driver}
-    extra = [f"--{k.replace('_', '-')}" for k, v in given.items() if v]
+        return read_xyz(path, method=str(method), program=str(program), basis=xyz.basis, bsse=xyz.bsse,
+                        max_nbody=xyz.max_nbody, keywords=parse_keywords(xyz.keywords),
+                        driver=(driver or Driver.energy).value, charges=_ints("charge", xyz.charge),
+                        multiplicities=_ints("multiplicity", xyz.multiplicity))
+    extra = [f"--{k.replace('_', '-')}" for k, v in vars(xyz).items() if v]
     if extra:
         verb = "applies" if len(extra) == 1 else "apply"
         raise Usage(f"{', '.join(extra)} {verb} to .xyz inputs only: {str(path)!r} is a ManyBodyInput (JSON/YAML) "

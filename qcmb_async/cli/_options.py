@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -78,3 +82,45 @@ OutputOpt = Annotated[Path | None, _opt("--output", "-o", metavar="RESULT.json",
                                                                                       "JSON here.")]
 TimelineOpt = Annotated[Path | None, _opt("--timeline", metavar="FILE.png", help="Write a Gantt chart of the "
                                                                                  "fragments (PNG, SVG, PDF).")]
+
+
+@dataclass(frozen=True)
+class XyzOptions:
+    """What to compute for an XYZ input (``None``: not given); a ManyBodyInput file carries its own."""
+
+    method: str | None = None
+    basis: str | None = None
+    program: str | None = None
+    bsse: list[str] | None = None
+    max_nbody: int | None = None
+    keywords: str | None = None
+    driver: Driver | None = None
+    charge: str | None = None
+    multiplicity: str | None = None
+
+
+_XYZ_PARAMETERS = [
+    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=annotation)
+    for name, annotation in (("method", MethodOpt), ("basis", BasisOpt), ("program", ProgramOpt), ("bsse", BsseOpt),
+                             ("max_nbody", MaxNbodyOpt), ("keywords", KeywordsOpt), ("driver", DriverOpt),
+                             ("charge", ChargeOpt), ("multiplicity", MultOpt))
+]
+
+
+def with_xyz_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the XYZ options (after its first argument); it receives them as ``xyz: XyzOptions``.
+
+    One declaration for every command that reads an input file, so ``run`` and ``plan`` cannot drift.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "xyz"]
+    parameters = [own[0], *_XYZ_PARAMETERS, *own[1:]]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: object) -> None:
+        xyz = XyzOptions(**{p.name: kwargs.pop(p.name) for p in _XYZ_PARAMETERS})  # type: ignore[arg-type]
+        command(xyz=xyz, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper

@@ -8,35 +8,21 @@ from ._app import app
 from ._console import _errors, _setup_logging, _stdout
 from ._inputs import _load
 from ._options import (
-    BasisOpt,
-    BsseOpt,
-    ChargeOpt,
     DebugOpt,
-    DriverOpt,
     InputArg,
-    KeywordsOpt,
     LogFormat,
     LogFormatOpt,
-    MaxNbodyOpt,
-    MethodOpt,
-    MultOpt,
-    ProgramOpt,
     VerboseOpt,
+    XyzOptions,
+    with_xyz_options,
 )
 
 
 @app.command()
+@with_xyz_options
 def plan(
     input: InputArg,
-    method: MethodOpt = None,
-    basis: BasisOpt = None,
-    program: ProgramOpt = None,
-    bsse: BsseOpt = None,
-    max_nbody: MaxNbodyOpt = None,
-    keywords: KeywordsOpt = None,
-    driver: DriverOpt = None,
-    charge: ChargeOpt = None,
-    multiplicity: MultOpt = None,
+    xyz: XyzOptions,
     log_format: LogFormatOpt = LogFormat.console,
     verbose: VerboseOpt = 0,
     debug: DebugOpt = False,
@@ -44,8 +30,7 @@ def plan(
     """Show the fragments per n-body level and model chemistry; computes nothing."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
-        mbe = _load(input, method=method, basis=basis, program=program, bsse=bsse, max_nbody=max_nbody,
-                    keywords=keywords, driver=driver, charge=charge, multiplicity=multiplicity)
+        mbe = _load(input, xyz)
         from .. import plan_manybody
 
         _print_plan(_stdout(), plan_manybody(mbe))

@@ -12,28 +12,19 @@ from ._console import Usage, _errors, _setup_logging, _stderr, _stdout
 from ._inputs import _check_not_store, _check_writable, _load
 from ._options import (
     BarrierOpt,
-    BasisOpt,
-    BsseOpt,
-    ChargeOpt,
     DebugOpt,
-    DriverOpt,
     ExecutorOpt,
     FragMemoryOpt,
     FragNcoresOpt,
     InputArg,
-    KeywordsOpt,
     LogFormat,
     LogFormatOpt,
-    MaxNbodyOpt,
     MemoryOpt,
-    MethodOpt,
-    MultOpt,
     NcoresOpt,
     NoStoreOpt,
     OnError,
     OnErrorOpt,
     OutputOpt,
-    ProgramOpt,
     QuietOpt,
     RetriesOpt,
     SchedulerOpt,
@@ -41,22 +32,17 @@ from ._options import (
     TimelineOpt,
     TimeoutOpt,
     VerboseOpt,
+    XyzOptions,
+    with_xyz_options,
 )
 from ._render import _energy_tables
 
 
 @app.command()
+@with_xyz_options
 def run(
     input: InputArg,
-    method: MethodOpt = None,
-    basis: BasisOpt = None,
-    program: ProgramOpt = None,
-    bsse: BsseOpt = None,
-    max_nbody: MaxNbodyOpt = None,
-    keywords: KeywordsOpt = None,
-    driver: DriverOpt = None,
-    charge: ChargeOpt = None,
-    multiplicity: MultOpt = None,
+    xyz: XyzOptions,
     ncores: NcoresOpt = None,
     memory: MemoryOpt = None,
     fragment_ncores: FragNcoresOpt = None,
@@ -79,8 +65,7 @@ def run(
     """Compute a many-body expansion and print its energies."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
-        mbe = _load(input, method=method, basis=basis, program=program, bsse=bsse, max_nbody=max_nbody,
-                    keywords=keywords, driver=driver, charge=charge, multiplicity=multiplicity)
+        mbe = _load(input, xyz)
         _check_writable("--output", output)
         _check_writable("--timeline", timeline)
         _check_not_store(store, no_store, output=output, timeline=timeline)

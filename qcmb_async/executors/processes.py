@@ -38,6 +38,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
 from .._logs import get_logger
+from ..errors import WorkerStartError
 from ._procworker import HEADER, MAGIC
 from .base import ReusableExecutor
 
@@ -58,10 +59,6 @@ _MAX_PREAMBLE = 1 << 20
 
 _STREAM_ERRORS = (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError,
                   OSError, pickle.UnpicklingError, EOFError)
-
-
-class WorkerStartError(RuntimeError):
-    """A worker process could not be started or failed to prepare itself."""
 
 
 def _describe_exit(returncode: int | None) -> str:
