@@ -15,15 +15,19 @@ from ._options import (
     BasisOpt,
     BsseOpt,
     ChargeOpt,
+    ClusterOpt,
     DebugOpt,
     DriverOpt,
     ExecutorOpt,
     FragMemoryOpt,
     FragNcoresOpt,
     InputArg,
+    JobCoresOpt,
+    JobMemoryOpt,
     KeywordsOpt,
     LogFormat,
     LogFormatOpt,
+    MaxJobsOpt,
     MaxNbodyOpt,
     MemoryOpt,
     MethodOpt,
@@ -34,13 +38,16 @@ from ._options import (
     OnErrorOpt,
     OutputOpt,
     ProgramOpt,
+    QueueOpt,
     QuietOpt,
     RetriesOpt,
+    SchedulerFileOpt,
     SchedulerOpt,
     StoreOpt,
     TimelineOpt,
     TimeoutOpt,
     VerboseOpt,
+    WalltimeOpt,
 )
 from ._render import _energy_tables
 
@@ -63,6 +70,13 @@ def run(
     fragment_memory: FragMemoryOpt = None,
     executor: ExecutorOpt = "auto",
     scheduler: SchedulerOpt = None,
+    scheduler_file: SchedulerFileOpt = None,
+    cluster: ClusterOpt = None,
+    queue: QueueOpt = None,
+    job_cores: JobCoresOpt = None,
+    job_memory: JobMemoryOpt = None,
+    max_jobs: MaxJobsOpt = None,
+    walltime: WalltimeOpt = None,
     store: StoreOpt = None,
     no_store: NoStoreOpt = False,
     retries: RetriesOpt = 0,
@@ -102,12 +116,30 @@ def run(
             options["store"] = None
         elif store is not None:
             options["store"] = str(store)
-        if scheduler is not None:
-            options["scheduler"] = scheduler
+        options.update(_dask_target(scheduler, scheduler_file, cluster, queue=queue, job_cores=job_cores,
+                                    job_memory=job_memory, max_jobs=max_jobs, walltime=walltime))
         if quiet and log_format is LogFormat.console and logging.getLogger("qcmb_async").level == logging.WARNING:
             # --quiet: only the final lines; advisories (e.g. MOPAC and ghost atoms) stay out of it.
             logging.getLogger("qcmb_async").setLevel(logging.ERROR)
         _run(mbe, options, output=output, timeline=timeline, quiet=quiet, json_logs=log_format is LogFormat.json)
+
+
+def _dask_target(scheduler: str | None, scheduler_file: Path | None, cluster: Any, **jobs: Any) -> dict[str, Any]:
+    """``scheduler=``/``cluster=`` from --scheduler, --scheduler-file, --cluster and the job options."""
+    given = [name for name, value in (("--scheduler", scheduler), ("--scheduler-file", scheduler_file),
+                                      ("--cluster", cluster)) if value is not None]
+    if len(given) > 1:
+        raise Usage(f"{' and '.join(given)} contradict each other: give one")
+    job_flags = [f"--{k.replace('_', '-')}" for k, v in jobs.items() if v is not None]
+    if job_flags and cluster is None:
+        raise Usage(f"{', '.join(job_flags)} size the jobs of --cluster: add --cluster slurm (or pbs)")
+    if cluster is not None:
+        from ..executors.hpc import cluster_options
+
+        return {"cluster": cluster_options(cluster.value, **jobs)}
+    if scheduler_file is not None:
+        return {"scheduler": scheduler_file}
+    return {"scheduler": scheduler} if scheduler is not None else {}
 
 
 def _run(mbe: Any, options: dict[str, Any], *, output: Path | None, timeline: Path | None, quiet: bool,

@@ -32,6 +32,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
 SCHEDULER_ENV = "QCMB_ASYNC_DASK_SCHEDULER"
 _WORKER_SYNTAX = 'dask worker tcp://<scheduler>:8786 --resources "cores=16,memory=64"'
 _THREE_WAYS = (
-    f"DaskExecutor(scheduler='tcp://host:8786'), DaskExecutor(scheduler=<distributed.Client>), "
+    f"DaskExecutor(scheduler='tcp://host:8786'), DaskExecutor(scheduler=<distributed.Client or a dask-jobqueue "
+    f"cluster>), DaskExecutor(scheduler=Path('scheduler.json')) (a scheduler file), DaskExecutor(cluster='slurm'), "
     f"or the environment variable {SCHEDULER_ENV}=tcp://host:8786"
 )
 #: Seconds allowed for remote kills and for closing the client.
@@ -69,10 +71,12 @@ class DaskExecutor(ReusableExecutor):
     connection serves them all (see :class:`~qcmb_async.executors.base.ReusableExecutor`).
 
     Args:
-        scheduler: Scheduler address (``"tcp://host:8786"``), a ``distributed.Client``, or ``None`` to
-            read ``$QCMB_ASYNC_DASK_SCHEDULER``. An asynchronous Client on the running event loop is used as
-            it is and left open. A synchronous Client (or one bound to another event loop, e.g. when
-            :func:`qcmb_async.run` runs the core on its private loop) cannot be awaited here: the
+        scheduler: Scheduler address (``"tcp://host:8786"``), a ``distributed.Client``, a Dask cluster object
+            (e.g. dask-jobqueue's ``SLURMCluster``; used as it is, left open), a scheduler file
+            (a :class:`pathlib.Path` to the JSON ``dask scheduler --scheduler-file`` writes; waited for up to
+            ``connect_timeout``), or ``None`` to read ``$QCMB_ASYNC_DASK_SCHEDULER``. An asynchronous Client on
+            the running event loop is used as it is and left open. A synchronous Client (or one bound to another
+            event loop, e.g. when :func:`qcmb_async.run` runs the core on its private loop) cannot be awaited here: the
             executor connects its own asynchronous Client to the same scheduler and closes it on exit;
             the given Client is not touched.
         cores_resource: Name of the worker resource counting cores.
@@ -81,6 +85,13 @@ class DaskExecutor(ReusableExecutor):
             declare the program, e.g. ``--resources "cores=16,memory=64,nwchem=16"``.
         connect_timeout: Seconds to connect to the scheduler and to wait for a first worker.
         timeout_grace: Seconds the client waits beyond a fragment's ``timeout`` before giving up on it.
+        cluster: Start a batch cluster for the run instead (``"slurm"``, ``"pbs"``, a dict or
+            :class:`~qcmb_async.executors.hpc.ClusterOptions`; extra ``qcmb_async[hpc]``): TLS, adaptive jobs,
+            closed (jobs cancelled) at the last exit. Exclusive with ``scheduler``.
+
+    With a dask-jobqueue cluster (given or started) the executor does not wait for workers: fragments are
+    submitted at once, Dask's ``adapt`` requests jobs for them, and the first fragment starts when the first
+    job does. Capacity and what a fragment may ask for come from the job template (its ``--resources``).
     """
 
     name = "dask"
@@ -94,21 +105,40 @@ class DaskExecutor(ReusableExecutor):
         program_resources: bool = False,
         connect_timeout: float = 30.0,
         timeout_grace: float = 30.0,
+        cluster: Any = None,
     ) -> None:
         self._given_client: Any = None
+        self._given_cluster: Any = None
+        self._cluster_options: Any = None
+        self._scheduler_file: Path | None = None
         self._address: str | None = None
-        if scheduler is None:
+        if cluster is not None:
+            from .hpc import cluster_options
+
+            if scheduler is not None:
+                raise InputError("give either scheduler= (an existing Dask cluster) or cluster= (start one), not both")
+            self._cluster_options = cluster_options(cluster)
+        elif scheduler is None:
             scheduler = get_settings().dask_scheduler
             if scheduler is None:
                 raise InputError(f"the Dask executor needs a scheduler: pass one of {_THREE_WAYS}")
-        if isinstance(scheduler, str):
+        if isinstance(scheduler, str) and self._cluster_options is None:
             if not scheduler.strip():
                 raise InputError(f"empty Dask scheduler address: pass one of {_THREE_WAYS}")
             self._address = scheduler.strip()
+        if self._cluster_options is not None:
+            pass
+        elif isinstance(scheduler, os.PathLike):
+            self._scheduler_file = Path(scheduler)
+        elif isinstance(scheduler, str):
+            pass
         elif _is_client(scheduler):
             self._given_client = scheduler
+        elif hasattr(scheduler, "scheduler_address"):
+            self._given_cluster = scheduler
         else:
-            raise InputError(f"scheduler must be an address string or a distributed.Client, got {scheduler!r}")
+            raise InputError(f"scheduler must be an address string, a scheduler file Path, a distributed.Client or a "
+                             f"Dask cluster, got {scheduler!r}")
         self.cores_resource = cores_resource
         self.memory_resource = memory_resource
         self.program_resources = program_resources
@@ -118,6 +148,12 @@ class DaskExecutor(ReusableExecutor):
         self._owns_client = False
         self._workers: dict[str, _WorkerInfo] = {}
         self._inflight: set[str] = set()
+        self._cluster: Any = None
+        """The dask-jobqueue cluster started here (closed at the last exit)."""
+        self._shared: Path | None = None
+        self._template: dict[str, float] | None = None
+        """Resources one batch job's worker declares, when the cluster is a dask-jobqueue one."""
+        self._max_jobs: int | None = None
 
     @property
     def client(self) -> distributed.Client:
@@ -128,7 +164,14 @@ class DaskExecutor(ReusableExecutor):
 
     @property
     def capacity(self) -> tuple[float, float]:
-        """Total declared ``(cores, memory GiB)`` of the workers seen last (inside ``async with``)."""
+        """Total declared ``(cores, memory GiB)`` of the workers seen last (inside ``async with``).
+
+        For a dask-jobqueue cluster: one job's resources times the most jobs it may run (jobs are requested
+        as fragments wait, so the run is sized for the cluster it may grow to, not the workers up now).
+        """
+        if self._template is not None and self._max_jobs:
+            return (self._template.get(self.cores_resource, 0.0) * self._max_jobs,
+                    self._template.get(self.memory_resource, 0.0) * self._max_jobs)
         cores = sum(w.resources.get(self.cores_resource, 0.0) for w in self._workers.values())
         memory = sum(w.resources.get(self.memory_resource, 0.0) for w in self._workers.values())
         return cores, memory
@@ -146,15 +189,27 @@ class DaskExecutor(ReusableExecutor):
         except RuntimeError:
             raise InputError("the Dask executor needs anyio's asyncio backend (distributed runs on asyncio)") from None
         given = self._given_client
+        cluster = self._given_cluster
+        if self._cluster_options is not None:
+            from .hpc import start_cluster
+
+            self._cluster, self._shared = await start_cluster(self._cluster_options)
+            cluster = self._cluster
+        if self._scheduler_file is not None:
+            self._address = await self._read_scheduler_file()
         if given is not None and given.asynchronous and _client_loop(given) is loop:
             self._client, self._owns_client = await given, False
         else:
-            address = self._address if given is None else _client_address(given)
+            if cluster is not None:
+                address, security = str(cluster.scheduler_address), getattr(cluster, "security", None)
+            else:
+                address = self._address if given is None else _client_address(given)
+                security = getattr(given, "security", None)
             client = None
             try:
-                # A given Client's TLS credentials (distributed.security.Security) go with its address.
+                # A given Client's or cluster's TLS credentials (distributed.security.Security) go with its address.
                 client = distributed.Client(address, asynchronous=True, timeout=self.connect_timeout,
-                                            set_as_default=False, security=getattr(given, "security", None))
+                                            set_as_default=False, security=security)
                 with anyio.fail_after(self.connect_timeout + 5):
                     self._client = await client
             except BaseException as exc:
@@ -162,6 +217,7 @@ class DaskExecutor(ReusableExecutor):
                 if client is not None:
                     with anyio.CancelScope(shield=True), contextlib.suppress(Exception), anyio.move_on_after(5):
                         await client.close()
+                await self._close()
                 if not isinstance(exc, (OSError, TimeoutError, ValueError)):
                     raise
                 raise InputError(
@@ -170,7 +226,14 @@ class DaskExecutor(ReusableExecutor):
                 ) from exc
             self._owns_client = True
         try:
-            await self._check_workers()
+            if cluster is not None:
+                from .hpc import job_resources, max_jobs
+
+                self._template, self._max_jobs = job_resources(cluster), max_jobs(cluster)
+            if self._template is not None:
+                self._check_template()
+            else:
+                await self._check_workers()
             await self._prepare_workers()
         except BaseException:
             await self._close()
@@ -273,11 +336,46 @@ class DaskExecutor(ReusableExecutor):
                 "and qcengine installed in the Python environment that runs `dask worker`"
             )
 
+    def _check_template(self) -> None:
+        assert self._template is not None
+        needed = (self.cores_resource, self.memory_resource)
+        if not all(r in self._template for r in needed):
+            raise InputError(
+                f"the batch jobs' workers declare the resources {self._template}, not {needed[0]!r} and "
+                f"{needed[1]!r} (memory in GiB) that every fragment requests: build the cluster with "
+                f"worker_extra_args=['--resources', 'cores=<job cores>,memory=<job GiB>'] (or use cluster=...)"
+            )
+        if not self._max_jobs:
+            raise InputError("the dask-jobqueue cluster may start no job: call cluster.adapt(minimum_jobs=..., "
+                             "maximum_jobs=N) or cluster.scale(jobs=N) before the run")
+
+    async def _read_scheduler_file(self) -> str:
+        """The address in the scheduler file, waiting up to ``connect_timeout`` for it to be written."""
+        import json
+
+        path = self._scheduler_file
+        assert path is not None
+        with anyio.move_on_after(self.connect_timeout):
+            while True:
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    return str(json.loads(path.read_text())["address"])
+                await anyio.sleep(0.2)
+        raise InputError(f"no Dask scheduler address in the scheduler file {str(path)!r} after {self.connect_timeout} "
+                         "s: start `dask scheduler --scheduler-file PATH` first (see docs/hpc.md)")
+
     async def _unsatisfiable(self, resources: dict[str, float]) -> str | None:
         """Why no current worker could ever run a task asking for ``resources`` (``None``: some can)."""
 
         def fits(w: _WorkerInfo) -> bool:
             return all(w.resources.get(r, 0.0) >= amount - 1e-9 for r, amount in resources.items())
+
+        if self._template is not None:
+            # Workers of batch jobs come and go: what matters is whether a job could run it.
+            if fits(_WorkerInfo("", "job", self._template)):
+                return None
+            return (f"no batch job of the cluster can run a fragment asking for {resources} (memory in GiB): each "
+                    f"job offers {self._template}. Raise --job-cores/--job-memory, or lower "
+                    "fragment_ncores/fragment_memory")
 
         if any(fits(w) for w in self._workers.values()):
             return None
@@ -308,6 +406,14 @@ class DaskExecutor(ReusableExecutor):
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception), \
                     anyio.move_on_after(_REMOTE_CALL_TIMEOUT):
                 await client.close()
+        cluster, self._cluster = self._cluster, None
+        shared, self._shared = self._shared, None
+        if cluster is not None:
+            from .hpc import stop_cluster
+
+            # Cancels the batch jobs (scancel/qdel), stops the scheduler, removes the TLS files.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception), anyio.move_on_after(60):
+                await stop_cluster(cluster, shared)
 
 
 def _is_client(obj: object) -> bool:
@@ -386,16 +492,21 @@ def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
 
     from .._qcengine.seams import FRAGMENT, FragmentContext
     from .._qcengine.worker import execute_job, prepare_worker
+    from .hpc import job_id
 
     worker = get_worker()
     address, wname = worker.address, str(worker.name)
     extras = {"dask_worker": address, "dask_worker_name": wname, "dask_key": key}
+    batch_job = job_id()
+    if batch_job:
+        extras["batch_job"] = batch_job
     prepare_worker()
     if not _program_found(job.program):
         outcome = _failed(
             job, ErrorType.PROGRAM_NOT_AVAILABLE,
             f"program {job.program!r} is not available on Dask worker {address} (name {wname}, host "
-            f"{socket.gethostname()}): install it there (on the PATH of the `dask worker` process), or keep "
+            f"{socket.gethostname()}{', ' + batch_job if batch_job else ''}): install it there "
+            "(on the PATH of the `dask worker` process), or keep "
             f"{job.program} fragments off workers without it: declare it as a resource where it is installed "
             f'(`dask worker ... --resources "cores=16,memory=64,{job.program}=16"`) and use '
             "DaskExecutor(..., program_resources=True)",
