@@ -23,6 +23,7 @@ from ._core.contract import Executor
 from ._core.inputs import load_input
 from ._core.options import make_options
 from ._core.plan import Plan, make_plan
+from ._core.resources import ResourcePool
 from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
 from ._logs import get_logger
 from .errors import FailureReport, FragmentError, InputError, RunFailed, Terminated
@@ -222,9 +223,14 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
             await anyio.to_thread.run_sync(functools.partial(
                 _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=started))
         try:
-            outcome = await Scheduler(plan, options, exe, run_id=run_id, store=result_store,
-                                      partial_result=functools.partial(assemble_through, plan),
-                                      keep=functools.partial(slim, plan)).run()
+            scheduler = Scheduler(plan, options, exe, run_id=run_id, store=result_store,
+                                  partial_result=functools.partial(assemble_through, plan),
+                                  keep=functools.partial(slim, plan))
+            if hasattr(exe, "queue_depth"):
+                # An executor that batches small fragments (Dask) wants more of them in hand than cores;
+                # its workers' resources, not this pool, bound what runs at once.
+                scheduler.pool = ResourcePool(options.ncores, options.memory, depth=lambda: exe.queue_depth)
+            outcome = await scheduler.run()
         except BaseException as exc:
             # The run row must not stay 'running' forever: say how it ended.
             if result_store is not None:

@@ -23,6 +23,7 @@ Timing, cancellation and lost workers:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import math
@@ -31,7 +32,7 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,13 @@ class DaskExecutor(ReusableExecutor):
             declare the program, e.g. ``--resources "cores=16,memory=64,nwchem=16"``.
         connect_timeout: Seconds to connect to the scheduler and to wait for a first worker.
         timeout_grace: Seconds the client waits beyond a fragment's ``timeout`` before giving up on it.
+        max_batch: Most fragments in one Dask task (1: no batching). Small fragments are batched so that
+            the measured per-task transport is ``transport_share`` of the task's predicted time; large ones
+            stay one per task. Records, events and the store stay per fragment.
+        batch_window: Seconds a batch waits for more small fragments before it is submitted.
+        transport_share: Target share of a task's time spent in transport.
+        direct_to_workers: Fetch results from the workers directly instead of through the scheduler (less
+            work for the scheduler; needs this process to reach the workers). ``None``: Dask's default.
         cluster: Start a batch cluster for the run instead (``"slurm"``, ``"pbs"``, a dict or
             :class:`~qcmb_async.executors.hpc.ClusterOptions`; extra ``qcmb_async[hpc]``): TLS, adaptive jobs,
             closed (jobs cancelled) at the last exit. Exclusive with ``scheduler``.
@@ -106,6 +114,10 @@ class DaskExecutor(ReusableExecutor):
         connect_timeout: float = 30.0,
         timeout_grace: float = 30.0,
         cluster: Any = None,
+        max_batch: int = 8,
+        batch_window: float = 0.002,
+        transport_share: float = 0.05,
+        direct_to_workers: bool | None = None,
     ) -> None:
         self._given_client: Any = None
         self._given_cluster: Any = None
@@ -154,6 +166,19 @@ class DaskExecutor(ReusableExecutor):
         self._template: dict[str, float] | None = None
         """Resources one batch job's worker declares, when the cluster is a dask-jobqueue one."""
         self._max_jobs: int | None = None
+        from .._core.cost import CostModel
+
+        self.direct_to_workers = direct_to_workers
+        self.max_batch = max(1, int(max_batch))
+        self.batch_window = batch_window
+        self.transport_share = transport_share
+        self._model = CostModel()
+        self._calibrated: set[str] = set()
+        self._transport = 0.005
+        """Seconds one task costs beyond its work (submit, scheduling, result transfer): measured at start."""
+        self._batch_hint = 1
+        self._buckets: dict[Any, _Bucket] = {}
+        self._batches: set[asyncio.Future[None]] = set()
 
     @property
     def client(self) -> distributed.Client:
@@ -209,7 +234,8 @@ class DaskExecutor(ReusableExecutor):
             try:
                 # A given Client's or cluster's TLS credentials (distributed.security.Security) go with its address.
                 client = distributed.Client(address, asynchronous=True, timeout=self.connect_timeout,
-                                            set_as_default=False, security=security)
+                                            set_as_default=False, security=security,
+                                            direct_to_workers=self.direct_to_workers)
                 with anyio.fail_after(self.connect_timeout + 5):
                     self._client = await client
             except BaseException as exc:
@@ -235,19 +261,38 @@ class DaskExecutor(ReusableExecutor):
             else:
                 await self._check_workers()
             await self._prepare_workers()
+            await self._measure_transport()
         except BaseException:
             await self._close()
             raise
 
     async def _stop(self) -> None:
         """Kill programs of fragments still in flight, then close the Client if this executor opened it."""
+        for task in list(self._batches):
+            task.cancel()
         with anyio.CancelScope(shield=True):
             if self._inflight and self._client is not None:
                 await self._kill_remote(sorted(self._inflight))
             await self._close()
 
+    @property
+    def queue_depth(self) -> float:
+        """How many fragments per core the executor wants in hand (read by the run's resource pool).
+
+        1 until the cost model predicts fragments short enough to batch, then twice the batch size: enough
+        to fill one batch per core and have the next one queued on the worker, so no core waits for a round
+        trip to this process. The workers' declared resources still bound what runs at once.
+        """
+        return 2.0 * self._batch_hint if self._batch_hint > 1 else 1.0
+
     async def run(self, job: FragmentJob) -> JobOutcome:
         """Submit ``job`` to the cluster and await its outcome (see the module docstring for failures)."""
+        size = self._batch_size(job)
+        if size > 1:
+            return await self._run_batched(job, size)
+        return await self._run_single(job)
+
+    async def _run_single(self, job: FragmentJob) -> JobOutcome:
         from distributed.scheduler import KilledWorker
 
         client = self.client
@@ -255,9 +300,7 @@ class DaskExecutor(ReusableExecutor):
         unmet = await self._unsatisfiable(resources)
         if unmet:
             return _failed(job, ErrorType.RESOURCES_UNAVAILABLE, unmet)
-        digest = hashlib.sha1(job.label.encode()).hexdigest()[:10]
-        # The nonce keeps keys unique when the same job is submitted twice (direct use, reruns).
-        key = f"qcmb-{job.run_id or 'direct'}-{digest}-{job.attempt}-{secrets.token_hex(3)}"
+        key = _task_key(job)
         future = client.submit(_run_on_worker, job, key, resources=resources, pure=False, key=key)
         self._inflight.add(key)
         submitted = time.time()
@@ -265,7 +308,9 @@ class DaskExecutor(ReusableExecutor):
             wait = None if job.timeout is None else job.timeout + self.timeout_grace
             with anyio.move_on_after(wait):
                 try:
-                    return await future
+                    outcome: JobOutcome = await future
+                    self._learn([job], [outcome])
+                    return outcome
                 except KilledWorker as exc:
                     return _failed(job, ErrorType.KILLED_WORKER, f"Dask gave up on fragment {job.label}: {exc}",
                                    submitted)
@@ -283,6 +328,144 @@ class DaskExecutor(ReusableExecutor):
             )
         finally:
             self._inflight.discard(key)
+
+    # ------------------------------------------------------------------ batching
+
+    def _batch_size(self, job: FragmentJob) -> int:
+        """Fragments per Dask task for ``job``: enough that transport is ``transport_share`` of the task.
+
+        The cost model (calibrated by this executor's own outcomes, one-core seconds) predicts the
+        fragment's time; the per-task transport is measured too. An uncalibrated group runs one per task.
+        """
+        if self.max_batch <= 1:
+            return 1
+        group, size = _cost_key(job)
+        if group not in self._calibrated:
+            return 1
+        predicted = self._model.estimate(group, size)
+        target = self._transport / self.transport_share
+        n = max(1, min(self.max_batch, int(target // max(predicted, 1e-6))))
+        self._batch_hint = max(self._batch_hint, n)
+        # Never fewer tasks than twice the cores for the fragments in hand: one long batch on one worker
+        # while the others idle is the tail a run ends with.
+        cores = max(1.0, self.capacity[0] / max(1, job.ncores))
+        return max(1, min(n, int((len(self._inflight) + 1) // (2 * cores))))
+
+    def _learn(self, jobs: list[FragmentJob], outcomes: list[JobOutcome]) -> None:
+        """Calibrate the cost model (one-core seconds per cost group) from one finished task."""
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if outcome.success and outcome.wall_time > 0 and job.ncores == 1:
+                group, size = _cost_key(job)
+                self._model.observe(group, size, outcome.wall_time)
+                self._calibrated.add(group)
+
+    async def _measure_transport(self) -> None:
+        """Time a few empty tasks: what one task costs beyond its work (submit, scheduling, result)."""
+        if not self._workers or self.max_batch <= 1:
+            return
+        times = []
+        with contextlib.suppress(Exception), anyio.move_on_after(10):
+            for _ in range(5):
+                t0 = time.perf_counter()
+                await self.client.submit(_noop, pure=False)
+                times.append(time.perf_counter() - t0)
+        if times:
+            self._transport = sorted(times)[len(times) // 2]
+
+    async def _run_batched(self, job: FragmentJob, size: int) -> JobOutcome:
+        """Join (or open) the batch of small fragments with the same resources; await this fragment's outcome."""
+        bucket_key = (job.ncores, job.memory, job.program if self.program_resources else "", job.timeout)
+        bucket = self._buckets.get(bucket_key)
+        entry = _Entry(job, _task_key(job))
+        if bucket is None or bucket.sealed:
+            bucket = self._buckets[bucket_key] = _Bucket(size)
+            leader = True
+        else:
+            leader = False
+        bucket.entries.append(entry)
+        self._inflight.add(entry.key)
+        try:
+            if len(bucket.entries) >= bucket.limit:
+                self._seal(bucket_key, bucket)
+            elif leader:
+                # The coalescing window: concurrent small fragments join this batch meanwhile.
+                with anyio.move_on_after(self.batch_window):
+                    await bucket.full.wait()
+                self._seal(bucket_key, bucket)
+            await entry.done.wait()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                entry.cancelled = True
+                if self._buckets.get(bucket_key) is bucket:
+                    self._seal(bucket_key, bucket)  # the others still go
+                await self._kill_remote([entry.key])
+            raise
+        finally:
+            self._inflight.discard(entry.key)
+        assert entry.outcome is not None
+        return entry.outcome
+
+    def _seal(self, bucket_key: Any, bucket: _Bucket) -> None:
+        if bucket.sealed:
+            return
+        bucket.sealed = True
+        bucket.full.set()
+        if self._buckets.get(bucket_key) is bucket:
+            del self._buckets[bucket_key]
+        # Its own task: no single fragment's cancellation may take the batch down with it.
+        task = asyncio.ensure_future(self._submit_batch(bucket.entries))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _submit_batch(self, entries: list[_Entry]) -> None:
+        from distributed.scheduler import KilledWorker
+
+        live = [e for e in entries if not e.cancelled]
+        if not live:
+            return
+        first = live[0].job
+        resources = self._resources(first)
+        # Like a single fragment's key, with the label digests of the whole batch joined by dots.
+        digests = ".".join(hashlib.sha1(e.job.label.encode()).hexdigest()[:10] for e in live)
+        key = f"qcmb-{first.run_id or 'direct'}-{digests}-batch-{secrets.token_hex(3)}"
+        submitted = time.time()
+
+        def fail_all(error_type: str, message: str) -> None:
+            for e in live:
+                if e.outcome is None:
+                    e.outcome = _failed(e.job, error_type, message.replace("{label}", e.job.label), submitted)
+                e.done.set()
+
+        try:
+            unmet = await self._unsatisfiable(resources)
+            if unmet:
+                fail_all(ErrorType.RESOURCES_UNAVAILABLE, unmet)
+                return
+            future = self.client.submit(_run_batch_on_worker, [e.job for e in live], [e.key for e in live], key,
+                                        resources=resources, pure=False, key=key)
+            timeout = first.timeout
+            wait = None if timeout is None else timeout * len(live) + self.timeout_grace
+            with anyio.move_on_after(wait) as scope:
+                try:
+                    outcomes: list[JobOutcome] = await future
+                except KilledWorker as exc:
+                    fail_all(ErrorType.KILLED_WORKER, f"Dask gave up on fragment {{label}} (batch {key}): {exc}")
+                    return
+                except Exception as exc:
+                    fail_all(type(exc).__name__, f"Dask task {key} (batch with fragment {{label}}) failed: {exc}")
+                    return
+            if scope.cancelled_caught:
+                await self._abandon(future, key, [e.key for e in live])
+                fail_all(ErrorType.TIMEOUT, f"fragment {{label}} gave no result within its timeout of {timeout} s "
+                         f"(its batch of {len(live)}: +{self.timeout_grace} s grace); Dask task cancelled, programs "
+                         "killed")
+                return
+            self._learn([e.job for e in live], outcomes)
+            for e, outcome in zip(live, outcomes, strict=True):
+                e.outcome = outcome
+                e.done.set()
+        finally:
+            fail_all(ErrorType.CANCELLED, "fragment {label}: its batch was stopped with the executor")
 
     # ------------------------------------------------------------------ helpers
 
@@ -389,12 +572,12 @@ class DaskExecutor(ReusableExecutor):
             f"workers with enough, e.g. `{_WORKER_SYNTAX}`"
         )
 
-    async def _abandon(self, future: Any, key: str) -> None:
+    async def _abandon(self, future: Any, key: str, fragment_keys: list[str] | None = None) -> None:
         """Cancel the task and kill its program processes wherever it runs (shielded, best effort)."""
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(Exception), anyio.move_on_after(_REMOTE_CALL_TIMEOUT):
                 await self.client.cancel([future], reason="qcmb_async: fragment cancelled or timed out")
-            await self._kill_remote([key])
+            await self._kill_remote(fragment_keys or [key])
 
     async def _kill_remote(self, keys: list[str]) -> None:
         with contextlib.suppress(Exception), anyio.move_on_after(_REMOTE_CALL_TIMEOUT):
@@ -414,6 +597,47 @@ class DaskExecutor(ReusableExecutor):
             # Cancels the batch jobs (scancel/qdel), stops the scheduler, removes the TLS files.
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception), anyio.move_on_after(60):
                 await stop_cluster(cluster, shared)
+
+
+@dataclass
+class _Entry:
+    """One fragment waiting in a batch."""
+
+    job: FragmentJob
+    key: str
+    outcome: JobOutcome | None = None
+    cancelled: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass
+class _Bucket:
+    """Small fragments with the same resources, collected during the coalescing window."""
+
+    limit: int
+    entries: list[_Entry] = field(default_factory=list)
+    sealed: bool = False
+    full: anyio.Event = field(default_factory=anyio.Event)
+
+
+def _task_key(job: FragmentJob) -> str:
+    digest = hashlib.sha1(job.label.encode()).hexdigest()[:10]
+    # The nonce keeps keys unique when the same job is submitted twice (direct use, reruns).
+    return f"qcmb-{job.run_id or 'direct'}-{digest}-{job.attempt}-{secrets.token_hex(3)}"
+
+
+def _cost_key(job: FragmentJob) -> tuple[str, float]:
+    """``(cost group, size)`` of a job for the cost model: program/method/basis and basis functions."""
+    from .._core.cost import fragment_size
+
+    inp = job.atomic_input
+    if isinstance(inp, dict):  # QCSchema v2: the model is in the specification
+        model, symbols = inp["specification"]["model"], inp["molecule"]["symbols"]
+        method, basis = model["method"], model.get("basis")
+    else:
+        method, basis, symbols = inp.specification.model.method, inp.specification.model.basis, inp.molecule.symbols
+    basis_name = basis if isinstance(basis, str) or basis is None else "custom"
+    return f"{job.program}/{method}/{basis_name}", fragment_size(list(symbols), basis_name)
 
 
 def _is_client(obj: object) -> bool:
@@ -484,6 +708,20 @@ def _program_found(program: str) -> bool:
     if found:
         _found.add(program)
     return found
+
+
+def _noop() -> None:
+    return None
+
+
+def _run_batch_on_worker(jobs: list[FragmentJob], keys: list[str], batch: str) -> list[JobOutcome]:
+    """The Dask task of a batch: its fragments one after the other, each with its own key and timeout."""
+    outcomes = []
+    for i, (job, key) in enumerate(zip(jobs, keys, strict=True)):
+        outcome = _run_on_worker(job, key)
+        outcome.extras = {**outcome.extras, "dask_batch": batch, "batch_index": i, "batch_size": len(jobs)}
+        outcomes.append(outcome)
+    return outcomes
 
 
 def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
