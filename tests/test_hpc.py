@@ -109,6 +109,18 @@ def test_cli_job_options_need_a_cluster(tmp_path: Path) -> None:
     assert out.returncode == 2 and "HH:MM:SS" in out.stderr
 
 
+def test_missing_scheduler_file_is_an_input_error(tmp_path: Path) -> None:
+    require_module("distributed")
+    from qcmb_async.executors.dask import DaskExecutor
+
+    async def main() -> None:
+        async with DaskExecutor(tmp_path / "nowhere.json", connect_timeout=1):
+            pass
+
+    with pytest.raises(InputError, match="no Dask scheduler address in the scheduler file"):
+        anyio.run(main)
+
+
 # ----------------------------------------------------------------- real SLURM
 
 
@@ -180,11 +192,11 @@ def test_plain_tcp_client_cannot_submit_to_a_started_cluster(slurm: str) -> None
     anyio.run(main)
 
 
-def test_executor_does_not_wait_for_jobs_before_the_run_starts(slurm: str) -> None:
-    """Entering the executor starts no job and waits for none; the run's fragments bring the first job."""
+def test_jobs_come_with_waiting_fragments_and_go_when_the_queue_drains(slurm: str) -> None:
+    """Entering the executor starts no job and waits for none; the run brings jobs; adapt releases them after."""
     from qcmb_async.executors.dask import DaskExecutor
 
-    async def main() -> tuple[float, int, tuple[float, float]]:
+    async def main() -> tuple[float, int, tuple[float, float], list[str]]:
         exe = DaskExecutor(cluster={**JOB, "max_jobs": 2, "host": "127.0.0.1"})
         t0 = time.monotonic()
         async with exe:
@@ -194,11 +206,31 @@ def test_executor_does_not_wait_for_jobs_before_the_run_starts(slurm: str) -> No
             inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2, molecule=waters(3))
             result = await run_manybody(inp, executor=exe, store=None)
             assert abs(float(result.return_result) - _reference(inp)) < TOL
-        return entered, workers, capacity
+            # Still inside `async with`: the cluster lives on, but with nothing to do its jobs are released.
+            left = await anyio.to_thread.run_sync(_wait_no_jobs, "qcmb-worker", 90)
+        return entered, workers, capacity, left
 
-    entered, workers, capacity = anyio.run(main)
+    entered, workers, capacity, left = anyio.run(main)
     assert workers == 0 and entered < 20, (entered, workers)
     assert capacity == (2.0, 2.0)  # sized for the jobs it may grow to: 2 jobs x (1 core, 1 GiB)
+    assert left == [], "adapt kept jobs after the queue drained"
+    assert _wait_no_jobs() == []
+
+
+def test_cli_cluster_slurm_runs_on_the_default_address(slurm: str, tmp_path: Path) -> None:
+    """`qcmb-async run --cluster slurm ...` as a user types it (scheduler on this host's address)."""
+    inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2, molecule=waters(3))
+    (tmp_path / "in.json").write_text(inp.model_dump_json())
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "qcmb_async", "run", "in.json", "--cluster", "slurm", "--job-cores",
+                          "1", "--job-memory", "1", "--max-jobs", "2", "--walltime", "00:10:00", "--no-store",
+                          "-o", "out.json", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert abs(result["return_result"] - _reference(inp)) < TOL
+    workers = {f["worker"] for f in result["extras"]["qcmb_async"]["fragments"]}
+    assert all(w.startswith("tls://") for w in workers), workers
     assert _wait_no_jobs() == []
 
 
