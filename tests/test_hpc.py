@@ -298,7 +298,8 @@ def test_whole_allocation_killed_then_rerun_recomputes_nothing_stored(slurm: str
         "from qcmb_async import run\n"
         "from tests.helpers import mbe_input, waters\n"
         f"inp = mbe_input('mopac-counting', 'pm7', None, bsse={bsse!r}, max_nbody={maxnb}, molecule=waters({nwat}))\n"
-        f"job = {{**{JOB!r}, 'max_jobs': 2, 'host': '127.0.0.1', 'worker_args': ['--preload', 'tests.wrappers']}}\n"
+        f"job = {{**{JOB!r}, 'max_jobs': 2, 'host': '127.0.0.1', 'worker_args': ['--preload', 'tests.wrappers'], "
+        f"'shared_directory': {str(tmp_path / 'shared')!r}}}\n"
         "from tests.wrappers import register_wrappers\nregister_wrappers()\n"
         f"result = run(inp, cluster=job, store={str(store)!r})\n"
         f"open({str(out)!r}, 'w').write(result.model_dump_json())\n")
@@ -332,6 +333,8 @@ def test_whole_allocation_killed_then_rerun_recomputes_nothing_stored(slurm: str
     assert stored < nfrag  # the first run really was cut short
     assert abs(result["return_result"] - reference) < TOL
     assert _wait_no_jobs() == []
+    # The killed run could not remove its directory (workers' TLS files); the rerun swept it.
+    assert list((tmp_path / "shared").glob("cluster-*")) == []
 
 
 def test_sbatch_script_runs_an_mbe_inside_one_allocation(slurm: str, tmp_path: Path) -> None:

@@ -165,8 +165,36 @@ def _kwargs(opts: ClusterOptions, shared: Path, security: Any) -> dict[str, Any]
 def _shared_directory(opts: ClusterOptions) -> Path:
     base = Path(opts.shared_directory or "~/.cache/qcmb_async/hpc").expanduser()
     base.mkdir(parents=True, exist_ok=True)
+    _sweep(base)
     # Private (0700): the workers' TLS key is written here for the jobs to read.
-    return Path(tempfile.mkdtemp(prefix="cluster-", dir=base))
+    path = Path(tempfile.mkdtemp(prefix="cluster-", dir=base))
+    (path / "owner").write_text(_owner())
+    return path
+
+
+def _owner(pid: int | None = None) -> str:
+    import psutil
+
+    proc = psutil.Process(pid)
+    return f"{socket.gethostname()} {proc.pid} {proc.create_time():.3f}"
+
+
+def _sweep(base: Path) -> None:
+    """Remove the directories of clusters whose process died on this host (a killed run cannot clean up)."""
+    host = socket.gethostname()
+    for path in base.glob("cluster-*"):
+        try:
+            owner_host, pid, _ = (path / "owner").read_text().split()
+        except (OSError, ValueError):
+            continue
+        if owner_host != host:
+            continue
+        try:
+            alive = _owner(int(pid)) == (path / "owner").read_text()
+        except Exception:  # psutil.NoSuchProcess and friends: that process is gone
+            alive = False
+        if not alive:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _security(opts: ClusterOptions) -> Any:
