@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -628,8 +629,6 @@ def _task_key(job: FragmentJob) -> str:
 
 def _cost_key(job: FragmentJob) -> tuple[str, float]:
     """``(cost group, size)`` of a job for the cost model: program/method/basis and basis functions."""
-    from .._core.cost import fragment_size
-
     inp = job.atomic_input
     if isinstance(inp, dict):  # QCSchema v2: the model is in the specification
         model, symbols = inp["specification"]["model"], inp["molecule"]["symbols"]
@@ -637,7 +636,14 @@ def _cost_key(job: FragmentJob) -> tuple[str, float]:
     else:
         method, basis, symbols = inp.specification.model.method, inp.specification.model.basis, inp.molecule.symbols
     basis_name = basis if isinstance(basis, str) or basis is None else "custom"
-    return f"{job.program}/{method}/{basis_name}", fragment_size(list(symbols), basis_name)
+    return f"{job.program}/{method}/{basis_name}", _size(tuple(symbols), basis_name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _size(symbols: tuple[str, ...], basis: str | None) -> float:
+    from .._core.cost import fragment_size
+
+    return fragment_size(list(symbols), basis)
 
 
 def _is_client(obj: object) -> bool:
