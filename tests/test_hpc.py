@@ -124,7 +124,7 @@ def test_missing_scheduler_file_is_an_input_error(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- real SLURM
 
 
-def test_mbe_on_a_slurm_cluster_passed_in_uses_both_jobs(slurm: str) -> None:
+def test_mbe_on_a_slurm_cluster_passed_in_uses_both_jobs(slurm: str, tmp_path: Path) -> None:
     """The issue's example: a user's SLURMCluster (2 one-core jobs) as scheduler=; both jobs compute."""
     from dask_jobqueue import SLURMCluster
     from distributed import Client
@@ -134,7 +134,8 @@ def test_mbe_on_a_slurm_cluster_passed_in_uses_both_jobs(slurm: str) -> None:
 
     async def main() -> tuple[Any, dict[str, str]]:
         async with SLURMCluster(cores=1, memory="1GiB", processes=1, walltime="00:15:00", asynchronous=True,
-                                job_name="qcmb-worker", scheduler_options={"host": "127.0.0.1",
+                                job_name="qcmb-worker", log_directory=str(tmp_path),
+                                scheduler_options={"host": "127.0.0.1",
                                                                            "dashboard_address": None},
                                 worker_extra_args=["--resources", "cores=1,memory=1"]) as cluster:
             cluster.scale(jobs=2)
