@@ -235,6 +235,19 @@ def test_cli_cluster_slurm_runs_on_the_default_address(slurm: str, tmp_path: Pat
     assert _wait_no_jobs() == []
 
 
+@pytest.mark.parametrize(("jobs", "match"), [
+    ({"queue": "no-such-partition"}, "invalid partition"),
+    ({"job_cores": 512}, "SLURM refuses the batch job"),
+])
+def test_a_job_slurm_refuses_is_an_input_error_not_a_hang(slurm: str, jobs: dict[str, Any], match: str) -> None:
+    inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2, molecule=waters(2))
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match=match):
+        run(inp, cluster={**JOB, "max_jobs": 1, "host": "127.0.0.1", **jobs}, store=None)
+    assert time.monotonic() - t0 < 60
+    assert _wait_no_jobs() == []
+
+
 def test_node_without_the_program_is_a_clear_error_naming_the_job(slurm: str) -> None:
     inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2, molecule=waters(2))
     with pytest.raises(FragmentError) as err:

@@ -253,6 +253,11 @@ async def start_cluster(opts: ClusterOptions) -> tuple[Any, Path]:
     shared = _shared_directory(opts)
     try:
         cluster = await cls(**_kwargs(opts, shared, _security(opts)))
+        try:
+            await _check_submission(opts, cluster, shared)
+        except BaseException:
+            await stop_cluster(cluster, None)
+            raise
         # Jobs come while fragments wait and go when the queue drains (Dask's Adaptive, every second).
         cluster.adapt(minimum_jobs=opts.min_jobs, maximum_jobs=opts.max_jobs, interval="1s", wait_count=5,
                       target_duration="2s")
@@ -260,6 +265,26 @@ async def start_cluster(opts: ClusterOptions) -> tuple[Any, Path]:
         shutil.rmtree(shared, ignore_errors=True)
         raise
     return cluster, shared
+
+
+async def _check_submission(opts: ClusterOptions, cluster: Any, shared: Path) -> None:
+    """Let SLURM validate the job (``sbatch --test-only``) before any fragment waits for it.
+
+    dask-jobqueue only logs a failed submission (and retries), so a bad partition, account or size would
+    leave the run waiting for a job that never comes. PBS has no such dry run: there the job logs tell.
+    """
+    import anyio
+
+    if opts.kind != "slurm" or shutil.which("sbatch") is None:
+        return
+    script = shared / "check-job.sh"
+    script.write_text(str(cluster.job_script()))
+    done = await anyio.run_process(["sbatch", "--test-only", str(script)], check=False)
+    if done.returncode != 0:
+        why = (done.stderr or done.stdout).decode(errors="replace").strip()
+        raise InputError(f"SLURM refuses the batch job for the Dask workers: {why}. Check --queue, the account, "
+                         f"--job-cores/--job-memory and --walltime against the partition's limits (`sinfo`, "
+                         f"`scontrol show partition`)")
 
 
 _RESOURCES = re.compile(r"--resources[ =]+['\"]?([A-Za-z0-9_.=,\-]+)")
