@@ -135,16 +135,14 @@ class DaskExecutor(ReusableExecutor):
             scheduler = get_settings().dask_scheduler
             if scheduler is None:
                 raise InputError(f"the Dask executor needs a scheduler: pass one of {_THREE_WAYS}")
-        if isinstance(scheduler, str) and self._cluster_options is None:
+        if self._cluster_options is not None:
+            pass
+        elif isinstance(scheduler, str):
             if not scheduler.strip():
                 raise InputError(f"empty Dask scheduler address: pass one of {_THREE_WAYS}")
             self._address = scheduler.strip()
-        if self._cluster_options is not None:
-            pass
         elif isinstance(scheduler, os.PathLike):
             self._scheduler_file = Path(scheduler)
-        elif isinstance(scheduler, str):
-            pass
         elif _is_client(scheduler):
             self._given_client = scheduler
         elif hasattr(scheduler, "scheduler_address"):
