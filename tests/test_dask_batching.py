@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from qcmanybody.v2 import ManyBodyComputer
 
 from qcmb_async import run_manybody
@@ -85,3 +86,46 @@ def test_large_fragments_are_not_batched() -> None:
     assert exe.queue_depth == 16
     exe._inflight = {"k0", "k1", "k2"}  # the run's tail: no batch may leave a core idle
     assert exe._batch_size(fjob) == 1
+
+
+def test_a_failing_fragment_in_a_batch_fails_alone_and_raise_does_not_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-fragment outcomes inside a batch: only the failing fragments fail; on_error='raise' stops the run."""
+    require_program("mopac")
+    distributed = require_module("distributed")
+    from qcmb_async import FragmentError, RunFailed
+    from tests.wrappers import register_wrappers
+
+    register_wrappers()  # in this process: the in-process workers below see the same QCEngine registry
+    # Monomers fail: the smallest fragments, dispatched last (largest first), once the group is calibrated.
+    monkeypatch.setenv("QCMB_TEST_FAIL_REAL", "3")
+    batched: list[int] = []
+    original = DaskExecutor._submit_batch
+
+    async def spy(self: DaskExecutor, entries: list[Any]) -> None:
+        batched.extend(sum(e.job.atomic_input.molecule.real) for e in entries)
+        await original(self, entries)
+
+    monkeypatch.setattr(DaskExecutor, "_submit_batch", spy)
+    inp = mbe_input("mopac-failing", "pm7", None, bsse="nocp", max_nbody=3, molecule=waters(5))
+
+    async def main(on_error: str) -> BaseException:
+        async with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                            dashboard_address=":0", resources={"cores": 1, "memory": 2},
+                                            asynchronous=True) as cluster, \
+                distributed.Client(cluster, asynchronous=True, set_as_default=False) as client:
+            exe = DaskExecutor(client, max_batch=4, transport_share=1e-4)
+            try:
+                with anyio.fail_after(120):
+                    await run_manybody(inp, executor=exe, store=None, on_error=on_error)
+            except (RunFailed, FragmentError) as exc:
+                return exc
+        raise AssertionError("the run did not fail")
+
+    failed = anyio.run(main, "continue")
+    assert isinstance(failed, RunFailed)
+    # FailingMopac fails fragments with 3 real atoms: the 5 monomers, and nothing else.
+    assert sorted(e.level for e in failed.report.failed) == [1] * 5
+    assert all("SCF exploded" in str(e) for e in failed.report.failed)
+    assert 3 in batched, "no failing fragment ran inside a batch"
+    stopped = anyio.run(main, "raise")
+    assert isinstance(stopped, FragmentError) and stopped.level == 1
