@@ -97,6 +97,14 @@ def test_bad_cluster_options_are_input_errors(given: dict[str, Any], match: str)
         cluster_options(given)
 
 
+def test_cluster_conflicts_are_input_errors_before_anything_runs() -> None:
+    inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2, molecule=waters(2))
+    with pytest.raises(InputError, match="executor must be 'auto' or 'dask'"):
+        run(inp, cluster="slurm", executor="threads", store=None)
+    with pytest.raises(InputError, match="not both"):
+        run(inp, cluster="slurm", scheduler="tcp://127.0.0.1:8786", store=None)
+
+
 def test_cli_job_options_need_a_cluster(tmp_path: Path) -> None:
     xyz = tmp_path / "w.xyz"
     xyz.write_text("O 0 0 0\nH 0.76 0.59 0\nH -0.76 0.59 0\n--\nO 3 0 0\nH 3.76 0.59 0\nH 2.24 0.59 0\n")
