@@ -78,6 +78,8 @@ def test_job_scripts_carry_resources_tls_and_job_sizes() -> None:
     assert "#SBATCH -p normal" in slurm and "#SBATCH --cpus-per-task=4" in slurm and "#SBATCH -t 04:00:00" in slurm
     assert re.search(r"#SBATCH --mem=(8G|8192M)", slurm), slurm
     assert "--resources cores=4,memory=8" in slurm
+    # Workers retire 5 min before the 4 h walltime (staggered), so adapt replaces them before SLURM kills them.
+    assert "--lifetime 14100s --lifetime-stagger 150s" in slurm
     assert "tls://127.0.0.1:" in slurm and "--tls-key" in slurm and "0.0.0.0" not in slurm
     pbs = job_script(cluster_options("pbs", queue="workq", job_cores=2, job_memory=3.5, walltime="01:30:00",
                                      host="127.0.0.1"))

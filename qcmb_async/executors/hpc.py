@@ -149,7 +149,7 @@ def _kwargs(opts: ClusterOptions, shared: Path, security: Any) -> dict[str, Any]
         "interface": opts.interface,
         "job_name": "qcmb-worker",
         "worker_extra_args": ["--resources", f"cores={opts.job_cores:g},memory={res['memory']:g}",
-                              *opts.worker_args],
+                              *_lifetime(opts.walltime), *opts.worker_args],
         "job_extra_directives": list(opts.job_directives),
         "job_script_prologue": list(opts.prologue),
         "python": opts.python or sys.executable,
@@ -160,6 +160,26 @@ def _kwargs(opts: ClusterOptions, shared: Path, security: Any) -> dict[str, Any]
         "asynchronous": True,
     }
     return kwargs
+
+
+def walltime_seconds(walltime: str) -> int:
+    """``[D-]HH:MM:SS`` in seconds."""
+    days, _, clock = walltime.rpartition("-")
+    h, m, sec = (int(x) for x in clock.split(":"))
+    return int(days or 0) * 86400 + h * 3600 + m * 60 + sec
+
+
+def _lifetime(walltime: str) -> list[str]:
+    """Workers leave on their own a little before the batch system kills their job at its walltime.
+
+    A worker that retires is replaced by adapt while fragments wait; one killed at the walltime loses
+    the fragments it runs (Dask reruns them elsewhere). Staggered, so the jobs do not all leave at once.
+    """
+    total = walltime_seconds(walltime)
+    if total < 600:
+        return []
+    margin = min(300, total // 10)
+    return ["--lifetime", f"{total - margin}s", "--lifetime-stagger", f"{margin // 2}s"]
 
 
 def _shared_directory(opts: ClusterOptions) -> Path:
