@@ -20,6 +20,7 @@ from ._core.contract import Executor
 from ._core.inputs import load_input
 from ._core.options import make_options
 from ._core.plan import Plan, make_plan
+from ._core.resources import ResourcePool
 from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
 from ._logs import get_logger
 from .errors import FailureReport, FragmentError, InputError, RunFailed
@@ -65,6 +66,7 @@ async def run_manybody(
     on_event: Callable[[Any], Any] | None = None,
     store: str | os.PathLike[str] | None = "default",
     scheduler: Any = None,
+    cluster: Any = None,
 ) -> ManyBodyResult:
     """Run a many-body expansion with its fragments in parallel; return QCManyBody's result.
 
@@ -83,8 +85,12 @@ async def run_manybody(
             ``"processes"``, ``"dask"``, or an :class:`~qcmb_async.executors.base.Executor`.
             An executor instance the caller already entered (``async with ProcessExecutor(...) as
             pool``) is reused as it is and left running: its workers serve run after run.
-        scheduler: Dask scheduler address or ``distributed.Client`` (default
-            ``$QCMB_ASYNC_DASK_SCHEDULER``) for ``executor="dask"``.
+        scheduler: Dask scheduler address, ``distributed.Client``, Dask cluster object (e.g. dask-jobqueue's
+            ``SLURMCluster``) or scheduler file (a ``pathlib.Path``) for ``executor="dask"`` (default
+            ``$QCMB_ASYNC_DASK_SCHEDULER``).
+        cluster: Start a batch cluster for this run and stop it after: ``"slurm"``, ``"pbs"``, or a dict /
+            :class:`~qcmb_async.executors.hpc.ClusterOptions` with the job sizes (``job_cores``, ``job_memory``
+            GiB, ``max_jobs``, ``walltime``, ``queue``...); extra ``qcmb_async[hpc]``. See docs/hpc.md.
         level_barrier: Finish every n-body level before starting the next. Off by default:
             fragments do not depend on each other, and a barrier leaves cores idle.
         scratch_directory: Parent directory for programs' scratch files.
@@ -116,6 +122,8 @@ async def run_manybody(
             level_barrier=level_barrier, scratch_directory=scratch_directory, retries=retries, timeout=timeout,
             on_error=on_error, on_event=on_event,
         )
+        if cluster is not None:
+            executor = _cluster_executor(cluster, executor, scheduler)
         remote = scheduler is not None or executor == "dask" or getattr(executor, "name", None) == "dask"
         # Program checks start subprocesses and planning takes seconds: keep both off the loop.
         await anyio.to_thread.run_sync(functools.partial(check_input, inp, local=not remote))
@@ -149,6 +157,18 @@ async def run_manybody(
             report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
             raise RunFailed(report)
         return await anyio.to_thread.run_sync(assemble, plan, outcome.results, extras)
+
+
+def _cluster_executor(cluster: Any, executor: Any, scheduler: Any) -> Executor:
+    """The Dask executor that starts the batch cluster ``cluster=`` describes (checked before anything runs)."""
+    if scheduler is not None:
+        raise InputError("give either scheduler= (an existing Dask cluster) or cluster= (start one), not both")
+    if executor not in ("auto", "dask"):
+        raise InputError(f"cluster= runs fragments on Dask workers: executor must be 'auto' or 'dask', "
+                         f"not {executor!r}")
+    from .executors.dask import DaskExecutor
+
+    return DaskExecutor(cluster=cluster)
 
 
 #: Seconds between event-loop wake-ups inside an IPython kernel (see :func:`_interruptible`).
@@ -200,9 +220,14 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
             await anyio.to_thread.run_sync(functools.partial(
                 _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=started))
         try:
-            outcome = await Scheduler(plan, options, exe, run_id=run_id, store=result_store,
-                                      partial_result=functools.partial(assemble_through, plan),
-                                      keep=functools.partial(slim, plan)).run()
+            scheduler = Scheduler(plan, options, exe, run_id=run_id, store=result_store,
+                                  partial_result=functools.partial(assemble_through, plan),
+                                  keep=functools.partial(slim, plan))
+            if hasattr(exe, "queue_depth"):
+                # An executor that batches small fragments (Dask) wants more of them in hand than cores;
+                # its workers' resources, not this pool, bound what runs at once.
+                scheduler.pool = ResourcePool(options.ncores, options.memory, depth=lambda: exe.queue_depth)
+            outcome = await scheduler.run()
         except BaseException as exc:
             # The run row must not stay 'running' forever: say how it ended.
             if result_store is not None:

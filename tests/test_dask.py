@@ -244,9 +244,10 @@ async def test_worker_killed_mid_run_gives_correct_result(cluster: Cluster) -> N
     recs = fragments(result)
     assert all(f["status"] == "ok" and f["attempts"] == 1 for f in recs)  # Dask re-ran them, not our retries
     assert not [f for f in recs if f["worker"] == doomed and f["end"] > seen["killed_at"]]
-    # Task keys are qcmb-<run>-<sha1(label)[:10]>-<attempt>-<nonce>: the fragments the dead worker held ran elsewhere.
+    # Task keys are qcmb-<run>-<sha1(label)[:10]>-<attempt>-<nonce> (a batch: the digests joined by dots):
+    # the fragments the dead worker held ran elsewhere.
     by_digest = {hashlib.sha1(f["label"].encode()).hexdigest()[:10]: f for f in recs}
-    rerun = [by_digest[str(key).split("-")[2]] for key in seen["processing"]]
+    rerun = [by_digest[d] for key in seen["processing"] for d in str(key).split("-")[2].split(".")]
     assert rerun and all(f["worker"] in cluster.workers.values() for f in rerun), (seen["processing"], rerun)
 
 

@@ -76,3 +76,8 @@ def register_wrappers() -> None:
     for harness in (CountingMopac(), FlakyMopac(), FailingMopac()):
         if harness.name not in programs:
             qcengine.register_program(harness)
+
+
+def dask_setup(worker: Any = None) -> None:
+    """``dask worker --preload tests.wrappers``: the wrappers exist on batch-job workers too."""
+    register_wrappers()

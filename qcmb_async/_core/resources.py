@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -39,11 +40,17 @@ class ResourcePool:
     """Cores and memory (GiB), acquired together or not at all.
 
     Only whole requests are granted, so no borrower ever holds part of what it needs.
+
+    ``depth()`` (default 1) lets an executor that queues fragments itself -- Dask, whose workers'
+    resources are the real limit -- hold that many times the cores and memory in fragments handed
+    to it; it is asked at every :meth:`take`, so it can change during a run. :class:`Usage` stays
+    the cores and memory in use, at most ``ncores``/``memory``.
     """
 
-    def __init__(self, ncores: int, memory: float) -> None:
+    def __init__(self, ncores: int, memory: float, *, depth: Callable[[], float] | None = None) -> None:
         self.ncores = ncores
         self.memory = memory
+        self._depth = depth
         self._free_cores = ncores
         self._free_memory = memory
         self._released = anyio.Event()
@@ -59,8 +66,8 @@ class ResourcePool:
             return False
         self._free_cores -= cores
         self._free_memory -= memory
-        self.usage.peak_cores = max(self.usage.peak_cores, self.ncores - self._free_cores)
-        self.usage.peak_memory = max(self.usage.peak_memory, self.memory - self._free_memory)
+        self.usage.peak_cores = max(self.usage.peak_cores, min(self.ncores, self.ncores - self._free_cores))
+        self.usage.peak_memory = max(self.usage.peak_memory, min(self.memory, self.memory - self._free_memory))
         return True
 
     def give(self, cores: int, memory: float) -> None:
@@ -77,4 +84,9 @@ class ResourcePool:
 
     def fits(self, cores: int, memory: float) -> bool:
         """Whether ``cores`` and ``memory`` (GiB) are both free now."""
+        if self._depth is not None and (depth := self._depth()) > 1:
+            # Free counts go negative while the executor holds more than it runs.
+            extra = depth - 1
+            return (cores <= self._free_cores + extra * self.ncores
+                    and memory <= self._free_memory + extra * self.memory + _EPS)
         return cores <= self._free_cores and memory <= self._free_memory + _EPS

@@ -70,6 +70,26 @@ FragMemoryOpt = Annotated[float | None, _opt("--fragment-memory", metavar="GIB",
                                                                                       "an even share).")]
 ExecutorOpt = Annotated[str, _opt("--executor", metavar="NAME", help="auto, threads, processes or dask.")]
 SchedulerOpt = Annotated[str | None, _opt("--scheduler", metavar="ADDRESS", help="Dask scheduler address.")]
+SchedulerFileOpt = Annotated[Path | None, _opt("--scheduler-file", metavar="PATH", help="Dask scheduler file (JSON "
+                                                                                       "written by `dask scheduler "
+                                                                                       "--scheduler-file`).")]
+
+
+class ClusterKind(StrEnum):
+    slurm = "slurm"
+    pbs = "pbs"
+
+
+ClusterOpt = Annotated[ClusterKind | None, _opt("--cluster", help="Start a batch cluster (Dask workers in jobs) for "
+                                                                  "this run.")]
+QueueOpt = Annotated[str | None, _opt("--queue", metavar="QUEUE", help="--cluster: partition/queue of the jobs.")]
+JobCoresOpt = Annotated[int | None, _opt("--job-cores", metavar="N", help="--cluster: cores per job (default 1).")]
+JobMemoryOpt = Annotated[float | None, _opt("--job-memory", metavar="GIB", help="--cluster: GiB per job (default 4).")]
+MaxJobsOpt = Annotated[int | None, _opt("--max-jobs", metavar="N", help="--cluster: most jobs at once (default 1); "
+                                                                        "jobs come and go with the waiting "
+                                                                        "fragments.")]
+WalltimeOpt = Annotated[str | None, _opt("--walltime", metavar="HH:MM:SS", help="--cluster: job wall time (default "
+                                                                                "01:00:00).")]
 StoreOpt = Annotated[Path | None, _opt("--store", metavar="PATH", help="SQLite result store (default: one in the "
                                                                         "user cache directory).")]
 NoStoreOpt = Annotated[bool, _opt("--no-store", help="Use no result store.")]

@@ -12,26 +12,33 @@ from ._console import Usage, _errors, _setup_logging, _stderr, _stdout
 from ._inputs import _check_not_store, _check_writable, _load
 from ._options import (
     BarrierOpt,
+    ClusterOpt,
     DebugOpt,
     ExecutorOpt,
     FragMemoryOpt,
     FragNcoresOpt,
     InputArg,
+    JobCoresOpt,
+    JobMemoryOpt,
     LogFormat,
     LogFormatOpt,
+    MaxJobsOpt,
     MemoryOpt,
     NcoresOpt,
     NoStoreOpt,
     OnError,
     OnErrorOpt,
     OutputOpt,
+    QueueOpt,
     QuietOpt,
     RetriesOpt,
+    SchedulerFileOpt,
     SchedulerOpt,
     StoreOpt,
     TimelineOpt,
     TimeoutOpt,
     VerboseOpt,
+    WalltimeOpt,
     XyzOptions,
     with_xyz_options,
 )
@@ -49,6 +56,13 @@ def run(
     fragment_memory: FragMemoryOpt = None,
     executor: ExecutorOpt = "auto",
     scheduler: SchedulerOpt = None,
+    scheduler_file: SchedulerFileOpt = None,
+    cluster: ClusterOpt = None,
+    queue: QueueOpt = None,
+    job_cores: JobCoresOpt = None,
+    job_memory: JobMemoryOpt = None,
+    max_jobs: MaxJobsOpt = None,
+    walltime: WalltimeOpt = None,
     store: StoreOpt = None,
     no_store: NoStoreOpt = False,
     retries: RetriesOpt = 0,
@@ -87,12 +101,30 @@ def run(
             options["store"] = None
         elif store is not None:
             options["store"] = str(store)
-        if scheduler is not None:
-            options["scheduler"] = scheduler
+        options.update(_dask_target(scheduler, scheduler_file, cluster, queue=queue, job_cores=job_cores,
+                                    job_memory=job_memory, max_jobs=max_jobs, walltime=walltime))
         if quiet and log_format is LogFormat.console and logging.getLogger("qcmb_async").level == logging.WARNING:
             # --quiet: only the final lines; advisories (e.g. MOPAC and ghost atoms) stay out of it.
             logging.getLogger("qcmb_async").setLevel(logging.ERROR)
         _run(mbe, options, output=output, timeline=timeline, quiet=quiet, json_logs=log_format is LogFormat.json)
+
+
+def _dask_target(scheduler: str | None, scheduler_file: Path | None, cluster: Any, **jobs: Any) -> dict[str, Any]:
+    """``scheduler=``/``cluster=`` from --scheduler, --scheduler-file, --cluster and the job options."""
+    given = [name for name, value in (("--scheduler", scheduler), ("--scheduler-file", scheduler_file),
+                                      ("--cluster", cluster)) if value is not None]
+    if len(given) > 1:
+        raise Usage(f"{' and '.join(given)} contradict each other: give one")
+    job_flags = [f"--{k.replace('_', '-')}" for k, v in jobs.items() if v is not None]
+    if job_flags and cluster is None:
+        raise Usage(f"{', '.join(job_flags)} size the jobs of --cluster: add --cluster slurm (or pbs)")
+    if cluster is not None:
+        from ..executors.hpc import cluster_options
+
+        return {"cluster": cluster_options(cluster.value, **jobs)}
+    if scheduler_file is not None:
+        return {"scheduler": scheduler_file}
+    return {"scheduler": scheduler} if scheduler is not None else {}
 
 
 def _run(mbe: Any, options: dict[str, Any], *, output: Path | None, timeline: Path | None, quiet: bool,

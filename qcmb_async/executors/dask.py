@@ -23,7 +23,9 @@ Timing, cancellation and lost workers:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -31,7 +33,8 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -48,7 +51,8 @@ if TYPE_CHECKING:
 SCHEDULER_ENV = "QCMB_ASYNC_DASK_SCHEDULER"
 _WORKER_SYNTAX = 'dask worker tcp://<scheduler>:8786 --resources "cores=16,memory=64"'
 _THREE_WAYS = (
-    f"DaskExecutor(scheduler='tcp://host:8786'), DaskExecutor(scheduler=<distributed.Client>), "
+    f"DaskExecutor(scheduler='tcp://host:8786'), DaskExecutor(scheduler=<distributed.Client or a dask-jobqueue "
+    f"cluster>), DaskExecutor(scheduler=Path('scheduler.json')) (a scheduler file), DaskExecutor(cluster='slurm'), "
     f"or the environment variable {SCHEDULER_ENV}=tcp://host:8786"
 )
 #: Seconds allowed for remote kills and for closing the client.
@@ -69,10 +73,12 @@ class DaskExecutor(ReusableExecutor):
     connection serves them all (see :class:`~qcmb_async.executors.base.ReusableExecutor`).
 
     Args:
-        scheduler: Scheduler address (``"tcp://host:8786"``), a ``distributed.Client``, or ``None`` to
-            read ``$QCMB_ASYNC_DASK_SCHEDULER``. An asynchronous Client on the running event loop is used as
-            it is and left open. A synchronous Client (or one bound to another event loop, e.g. when
-            :func:`qcmb_async.run` runs the core on its private loop) cannot be awaited here: the
+        scheduler: Scheduler address (``"tcp://host:8786"``), a ``distributed.Client``, a Dask cluster object
+            (e.g. dask-jobqueue's ``SLURMCluster``; used as it is, left open), a scheduler file
+            (a :class:`pathlib.Path` to the JSON ``dask scheduler --scheduler-file`` writes; waited for up to
+            ``connect_timeout``), or ``None`` to read ``$QCMB_ASYNC_DASK_SCHEDULER``. An asynchronous Client on
+            the running event loop is used as it is and left open. A synchronous Client (or one bound to another
+            event loop, e.g. when :func:`qcmb_async.run` runs the core on its private loop) cannot be awaited here: the
             executor connects its own asynchronous Client to the same scheduler and closes it on exit;
             the given Client is not touched.
         cores_resource: Name of the worker resource counting cores.
@@ -81,6 +87,20 @@ class DaskExecutor(ReusableExecutor):
             declare the program, e.g. ``--resources "cores=16,memory=64,nwchem=16"``.
         connect_timeout: Seconds to connect to the scheduler and to wait for a first worker.
         timeout_grace: Seconds the client waits beyond a fragment's ``timeout`` before giving up on it.
+        max_batch: Most fragments in one Dask task (1: no batching). Small fragments are batched so that
+            the measured per-task transport is ``transport_share`` of the task's predicted time; large ones
+            stay one per task. Records, events and the store stay per fragment.
+        batch_window: Seconds a batch waits for more small fragments before it is submitted.
+        transport_share: Target share of a task's time spent in transport.
+        direct_to_workers: Fetch results from the workers directly instead of through the scheduler (less
+            work for the scheduler; needs this process to reach the workers). ``None``: Dask's default.
+        cluster: Start a batch cluster for the run instead (``"slurm"``, ``"pbs"``, a dict or
+            :class:`~qcmb_async.executors.hpc.ClusterOptions`; extra ``qcmb_async[hpc]``): TLS, adaptive jobs,
+            closed (jobs cancelled) at the last exit. Exclusive with ``scheduler``.
+
+    With a dask-jobqueue cluster (given or started) the executor does not wait for workers: fragments are
+    submitted at once, Dask's ``adapt`` requests jobs for them, and the first fragment starts when the first
+    job does. Capacity and what a fragment may ask for come from the job template (its ``--resources``).
     """
 
     name = "dask"
@@ -94,21 +114,42 @@ class DaskExecutor(ReusableExecutor):
         program_resources: bool = False,
         connect_timeout: float = 30.0,
         timeout_grace: float = 30.0,
+        cluster: Any = None,
+        max_batch: int = 8,
+        batch_window: float = 0.002,
+        transport_share: float = 0.05,
+        direct_to_workers: bool | None = None,
     ) -> None:
         self._given_client: Any = None
+        self._given_cluster: Any = None
+        self._cluster_options: Any = None
+        self._scheduler_file: Path | None = None
         self._address: str | None = None
-        if scheduler is None:
+        if cluster is not None:
+            from .hpc import cluster_options
+
+            if scheduler is not None:
+                raise InputError("give either scheduler= (an existing Dask cluster) or cluster= (start one), not both")
+            self._cluster_options = cluster_options(cluster)
+        elif scheduler is None:
             scheduler = get_settings().dask_scheduler
             if scheduler is None:
                 raise InputError(f"the Dask executor needs a scheduler: pass one of {_THREE_WAYS}")
-        if isinstance(scheduler, str):
+        if self._cluster_options is not None:
+            pass
+        elif isinstance(scheduler, str):
             if not scheduler.strip():
                 raise InputError(f"empty Dask scheduler address: pass one of {_THREE_WAYS}")
             self._address = scheduler.strip()
+        elif isinstance(scheduler, os.PathLike):
+            self._scheduler_file = Path(scheduler)
         elif _is_client(scheduler):
             self._given_client = scheduler
+        elif hasattr(scheduler, "scheduler_address"):
+            self._given_cluster = scheduler
         else:
-            raise InputError(f"scheduler must be an address string or a distributed.Client, got {scheduler!r}")
+            raise InputError(f"scheduler must be an address string, a scheduler file Path, a distributed.Client or a "
+                             f"Dask cluster, got {scheduler!r}")
         self.cores_resource = cores_resource
         self.memory_resource = memory_resource
         self.program_resources = program_resources
@@ -118,6 +159,25 @@ class DaskExecutor(ReusableExecutor):
         self._owns_client = False
         self._workers: dict[str, _WorkerInfo] = {}
         self._inflight: set[str] = set()
+        self._cluster: Any = None
+        """The dask-jobqueue cluster started here (closed at the last exit)."""
+        self._shared: Path | None = None
+        self._template: dict[str, float] | None = None
+        """Resources one batch job's worker declares, when the cluster is a dask-jobqueue one."""
+        self._max_jobs: int | None = None
+        from .._core.cost import CostModel
+
+        self.direct_to_workers = direct_to_workers
+        self.max_batch = max(1, int(max_batch))
+        self.batch_window = batch_window
+        self.transport_share = transport_share
+        self._model = CostModel()
+        self._calibrated: set[str] = set()
+        self._transport = 0.005
+        """Seconds one task costs beyond its work (submit, scheduling, result transfer): measured at start."""
+        self._batch_hint = 1
+        self._buckets: dict[Any, _Bucket] = {}
+        self._batches: set[asyncio.Future[None]] = set()
 
     @property
     def client(self) -> distributed.Client:
@@ -128,7 +188,14 @@ class DaskExecutor(ReusableExecutor):
 
     @property
     def capacity(self) -> tuple[float, float]:
-        """Total declared ``(cores, memory GiB)`` of the workers seen last (inside ``async with``)."""
+        """Total declared ``(cores, memory GiB)`` of the workers seen last (inside ``async with``).
+
+        For a dask-jobqueue cluster: one job's resources times the most jobs it may run (jobs are requested
+        as fragments wait, so the run is sized for the cluster it may grow to, not the workers up now).
+        """
+        if self._template is not None and self._max_jobs:
+            return (self._template.get(self.cores_resource, 0.0) * self._max_jobs,
+                    self._template.get(self.memory_resource, 0.0) * self._max_jobs)
         cores = sum(w.resources.get(self.cores_resource, 0.0) for w in self._workers.values())
         memory = sum(w.resources.get(self.memory_resource, 0.0) for w in self._workers.values())
         return cores, memory
@@ -146,15 +213,28 @@ class DaskExecutor(ReusableExecutor):
         except RuntimeError:
             raise InputError("the Dask executor needs anyio's asyncio backend (distributed runs on asyncio)") from None
         given = self._given_client
+        cluster = self._given_cluster
+        if self._cluster_options is not None:
+            from .hpc import start_cluster
+
+            self._cluster, self._shared = await start_cluster(self._cluster_options)
+            cluster = self._cluster
+        if self._scheduler_file is not None:
+            self._address = await self._read_scheduler_file()
         if given is not None and given.asynchronous and _client_loop(given) is loop:
             self._client, self._owns_client = await given, False
         else:
-            address = self._address if given is None else _client_address(given)
+            if cluster is not None:
+                address, security = str(cluster.scheduler_address), getattr(cluster, "security", None)
+            else:
+                address = self._address if given is None else _client_address(given)
+                security = getattr(given, "security", None)
             client = None
             try:
-                # A given Client's TLS credentials (distributed.security.Security) go with its address.
+                # A given Client's or cluster's TLS credentials (distributed.security.Security) go with its address.
                 client = distributed.Client(address, asynchronous=True, timeout=self.connect_timeout,
-                                            set_as_default=False, security=getattr(given, "security", None))
+                                            set_as_default=False, security=security,
+                                            direct_to_workers=self.direct_to_workers)
                 with anyio.fail_after(self.connect_timeout + 5):
                     self._client = await client
             except BaseException as exc:
@@ -162,6 +242,7 @@ class DaskExecutor(ReusableExecutor):
                 if client is not None:
                     with anyio.CancelScope(shield=True), contextlib.suppress(Exception), anyio.move_on_after(5):
                         await client.close()
+                await self._close()
                 if not isinstance(exc, (OSError, TimeoutError, ValueError)):
                     raise
                 raise InputError(
@@ -170,21 +251,47 @@ class DaskExecutor(ReusableExecutor):
                 ) from exc
             self._owns_client = True
         try:
-            await self._check_workers()
+            if cluster is not None:
+                from .hpc import job_resources, max_jobs
+
+                self._template, self._max_jobs = job_resources(cluster), max_jobs(cluster)
+            if self._template is not None:
+                self._check_template()
+            else:
+                await self._check_workers()
             await self._prepare_workers()
+            await self._measure_transport()
         except BaseException:
             await self._close()
             raise
 
     async def _stop(self) -> None:
         """Kill programs of fragments still in flight, then close the Client if this executor opened it."""
+        for task in list(self._batches):
+            task.cancel()
         with anyio.CancelScope(shield=True):
             if self._inflight and self._client is not None:
                 await self._kill_remote(sorted(self._inflight))
             await self._close()
 
+    @property
+    def queue_depth(self) -> float:
+        """How many fragments per core the executor wants in hand (read by the run's resource pool).
+
+        1 until the cost model predicts fragments short enough to batch, then twice the batch size: enough
+        to fill one batch per core and have the next one queued on the worker, so no core waits for a round
+        trip to this process. The workers' declared resources still bound what runs at once.
+        """
+        return 2.0 * self._batch_hint if self._batch_hint > 1 else 1.0
+
     async def run(self, job: FragmentJob) -> JobOutcome:
         """Submit ``job`` to the cluster and await its outcome (see the module docstring for failures)."""
+        size = self._batch_size(job)
+        if size > 1:
+            return await self._run_batched(job, size)
+        return await self._run_single(job)
+
+    async def _run_single(self, job: FragmentJob) -> JobOutcome:
         from distributed.scheduler import KilledWorker
 
         client = self.client
@@ -192,9 +299,7 @@ class DaskExecutor(ReusableExecutor):
         unmet = await self._unsatisfiable(resources)
         if unmet:
             return _failed(job, ErrorType.RESOURCES_UNAVAILABLE, unmet)
-        digest = hashlib.sha1(job.label.encode()).hexdigest()[:10]
-        # The nonce keeps keys unique when the same job is submitted twice (direct use, reruns).
-        key = f"qcmb-{job.run_id or 'direct'}-{digest}-{job.attempt}-{secrets.token_hex(3)}"
+        key = _task_key(job)
         future = client.submit(_run_on_worker, job, key, resources=resources, pure=False, key=key)
         self._inflight.add(key)
         submitted = time.time()
@@ -202,7 +307,9 @@ class DaskExecutor(ReusableExecutor):
             wait = None if job.timeout is None else job.timeout + self.timeout_grace
             with anyio.move_on_after(wait):
                 try:
-                    return await future
+                    outcome: JobOutcome = await future
+                    self._learn([job], [outcome])
+                    return outcome
                 except KilledWorker as exc:
                     return _failed(job, ErrorType.KILLED_WORKER, f"Dask gave up on fragment {job.label}: {exc}",
                                    submitted)
@@ -220,6 +327,144 @@ class DaskExecutor(ReusableExecutor):
             )
         finally:
             self._inflight.discard(key)
+
+    # ------------------------------------------------------------------ batching
+
+    def _batch_size(self, job: FragmentJob) -> int:
+        """Fragments per Dask task for ``job``: enough that transport is ``transport_share`` of the task.
+
+        The cost model (calibrated by this executor's own outcomes, one-core seconds) predicts the
+        fragment's time; the per-task transport is measured too. An uncalibrated group runs one per task.
+        """
+        if self.max_batch <= 1:
+            return 1
+        group, size = _cost_key(job)
+        if group not in self._calibrated:
+            return 1
+        predicted = self._model.estimate(group, size)
+        target = self._transport / self.transport_share
+        n = max(1, min(self.max_batch, int(target // max(predicted, 1e-6))))
+        self._batch_hint = max(self._batch_hint, n)
+        # Never fewer tasks than twice the cores for the fragments in hand: one long batch on one worker
+        # while the others idle is the tail a run ends with.
+        cores = max(1.0, self.capacity[0] / max(1, job.ncores))
+        return max(1, min(n, int((len(self._inflight) + 1) // (2 * cores))))
+
+    def _learn(self, jobs: list[FragmentJob], outcomes: list[JobOutcome]) -> None:
+        """Calibrate the cost model (one-core seconds per cost group) from one finished task."""
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if outcome.success and outcome.wall_time > 0 and job.ncores == 1:
+                group, size = _cost_key(job)
+                self._model.observe(group, size, outcome.wall_time)
+                self._calibrated.add(group)
+
+    async def _measure_transport(self) -> None:
+        """Time a few empty tasks: what one task costs beyond its work (submit, scheduling, result)."""
+        if not self._workers or self.max_batch <= 1:
+            return
+        times = []
+        with contextlib.suppress(Exception), anyio.move_on_after(10):
+            for _ in range(5):
+                t0 = time.perf_counter()
+                await self.client.submit(_noop, pure=False)
+                times.append(time.perf_counter() - t0)
+        if times:
+            self._transport = sorted(times)[len(times) // 2]
+
+    async def _run_batched(self, job: FragmentJob, size: int) -> JobOutcome:
+        """Join (or open) the batch of small fragments with the same resources; await this fragment's outcome."""
+        bucket_key = (job.ncores, job.memory, job.program if self.program_resources else "", job.timeout)
+        bucket = self._buckets.get(bucket_key)
+        entry = _Entry(job, _task_key(job))
+        if bucket is None or bucket.sealed:
+            bucket = self._buckets[bucket_key] = _Bucket(size)
+            leader = True
+        else:
+            leader = False
+        bucket.entries.append(entry)
+        self._inflight.add(entry.key)
+        try:
+            if len(bucket.entries) >= bucket.limit:
+                self._seal(bucket_key, bucket)
+            elif leader:
+                # The coalescing window: concurrent small fragments join this batch meanwhile.
+                with anyio.move_on_after(self.batch_window):
+                    await bucket.full.wait()
+                self._seal(bucket_key, bucket)
+            await entry.done.wait()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                entry.cancelled = True
+                if self._buckets.get(bucket_key) is bucket:
+                    self._seal(bucket_key, bucket)  # the others still go
+                await self._kill_remote([entry.key])
+            raise
+        finally:
+            self._inflight.discard(entry.key)
+        assert entry.outcome is not None
+        return entry.outcome
+
+    def _seal(self, bucket_key: Any, bucket: _Bucket) -> None:
+        if bucket.sealed:
+            return
+        bucket.sealed = True
+        bucket.full.set()
+        if self._buckets.get(bucket_key) is bucket:
+            del self._buckets[bucket_key]
+        # Its own task: no single fragment's cancellation may take the batch down with it.
+        task = asyncio.ensure_future(self._submit_batch(bucket.entries))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _submit_batch(self, entries: list[_Entry]) -> None:
+        from distributed.scheduler import KilledWorker
+
+        live = [e for e in entries if not e.cancelled]
+        if not live:
+            return
+        first = live[0].job
+        resources = self._resources(first)
+        # Like a single fragment's key, with the label digests of the whole batch joined by dots.
+        digests = ".".join(hashlib.sha1(e.job.label.encode()).hexdigest()[:10] for e in live)
+        key = f"qcmb-{first.run_id or 'direct'}-{digests}-batch-{secrets.token_hex(3)}"
+        submitted = time.time()
+
+        def fail_all(error_type: str, message: str) -> None:
+            for e in live:
+                if e.outcome is None:
+                    e.outcome = _failed(e.job, error_type, message.replace("{label}", e.job.label), submitted)
+                e.done.set()
+
+        try:
+            unmet = await self._unsatisfiable(resources)
+            if unmet:
+                fail_all(ErrorType.RESOURCES_UNAVAILABLE, unmet)
+                return
+            future = self.client.submit(_run_batch_on_worker, [e.job for e in live], [e.key for e in live], key,
+                                        resources=resources, pure=False, key=key)
+            timeout = first.timeout
+            wait = None if timeout is None else timeout * len(live) + self.timeout_grace
+            with anyio.move_on_after(wait) as scope:
+                try:
+                    outcomes: list[JobOutcome] = await future
+                except KilledWorker as exc:
+                    fail_all(ErrorType.KILLED_WORKER, f"Dask gave up on fragment {{label}} (batch {key}): {exc}")
+                    return
+                except Exception as exc:
+                    fail_all(type(exc).__name__, f"Dask task {key} (batch with fragment {{label}}) failed: {exc}")
+                    return
+            if scope.cancelled_caught:
+                await self._abandon(future, key, [e.key for e in live])
+                fail_all(ErrorType.TIMEOUT, f"fragment {{label}} gave no result within its timeout of {timeout} s "
+                         f"(its batch of {len(live)}: +{self.timeout_grace} s grace); Dask task cancelled, programs "
+                         "killed")
+                return
+            self._learn([e.job for e in live], outcomes)
+            for e, outcome in zip(live, outcomes, strict=True):
+                e.outcome = outcome
+                e.done.set()
+        finally:
+            fail_all(ErrorType.CANCELLED, "fragment {label}: its batch was stopped with the executor")
 
     # ------------------------------------------------------------------ helpers
 
@@ -273,11 +518,46 @@ class DaskExecutor(ReusableExecutor):
                 "and qcengine installed in the Python environment that runs `dask worker`"
             )
 
+    def _check_template(self) -> None:
+        assert self._template is not None
+        needed = (self.cores_resource, self.memory_resource)
+        if not all(r in self._template for r in needed):
+            raise InputError(
+                f"the batch jobs' workers declare the resources {self._template}, not {needed[0]!r} and "
+                f"{needed[1]!r} (memory in GiB) that every fragment requests: build the cluster with "
+                f"worker_extra_args=['--resources', 'cores=<job cores>,memory=<job GiB>'] (or use cluster=...)"
+            )
+        if not self._max_jobs:
+            raise InputError("the dask-jobqueue cluster may start no job: call cluster.adapt(minimum_jobs=..., "
+                             "maximum_jobs=N) or cluster.scale(jobs=N) before the run")
+
+    async def _read_scheduler_file(self) -> str:
+        """The address in the scheduler file, waiting up to ``connect_timeout`` for it to be written."""
+        import json
+
+        path = self._scheduler_file
+        assert path is not None
+        with anyio.move_on_after(self.connect_timeout):
+            while True:
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    return str(json.loads(path.read_text())["address"])
+                await anyio.sleep(0.2)
+        raise InputError(f"no Dask scheduler address in the scheduler file {str(path)!r} after {self.connect_timeout} "
+                         "s: start `dask scheduler --scheduler-file PATH` first (see docs/hpc.md)")
+
     async def _unsatisfiable(self, resources: dict[str, float]) -> str | None:
         """Why no current worker could ever run a task asking for ``resources`` (``None``: some can)."""
 
         def fits(w: _WorkerInfo) -> bool:
             return all(w.resources.get(r, 0.0) >= amount - 1e-9 for r, amount in resources.items())
+
+        if self._template is not None:
+            # Workers of batch jobs come and go: what matters is whether a job could run it.
+            if fits(_WorkerInfo("", "job", self._template)):
+                return None
+            return (f"no batch job of the cluster can run a fragment asking for {resources} (memory in GiB): each "
+                    f"job offers {self._template}. Raise --job-cores/--job-memory, or lower "
+                    "fragment_ncores/fragment_memory")
 
         if any(fits(w) for w in self._workers.values()):
             return None
@@ -291,12 +571,12 @@ class DaskExecutor(ReusableExecutor):
             f"workers with enough, e.g. `{_WORKER_SYNTAX}`"
         )
 
-    async def _abandon(self, future: Any, key: str) -> None:
+    async def _abandon(self, future: Any, key: str, fragment_keys: list[str] | None = None) -> None:
         """Cancel the task and kill its program processes wherever it runs (shielded, best effort)."""
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(Exception), anyio.move_on_after(_REMOTE_CALL_TIMEOUT):
                 await self.client.cancel([future], reason="qcmb_async: fragment cancelled or timed out")
-            await self._kill_remote([key])
+            await self._kill_remote(fragment_keys or [key])
 
     async def _kill_remote(self, keys: list[str]) -> None:
         with contextlib.suppress(Exception), anyio.move_on_after(_REMOTE_CALL_TIMEOUT):
@@ -308,6 +588,60 @@ class DaskExecutor(ReusableExecutor):
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception), \
                     anyio.move_on_after(_REMOTE_CALL_TIMEOUT):
                 await client.close()
+        cluster, self._cluster = self._cluster, None
+        shared, self._shared = self._shared, None
+        if cluster is not None:
+            from .hpc import stop_cluster
+
+            # Cancels the batch jobs (scancel/qdel), stops the scheduler, removes the TLS files.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception), anyio.move_on_after(60):
+                await stop_cluster(cluster, shared)
+
+
+@dataclass
+class _Entry:
+    """One fragment waiting in a batch."""
+
+    job: FragmentJob
+    key: str
+    outcome: JobOutcome | None = None
+    cancelled: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass
+class _Bucket:
+    """Small fragments with the same resources, collected during the coalescing window."""
+
+    limit: int
+    entries: list[_Entry] = field(default_factory=list)
+    sealed: bool = False
+    full: anyio.Event = field(default_factory=anyio.Event)
+
+
+def _task_key(job: FragmentJob) -> str:
+    digest = hashlib.sha1(job.label.encode()).hexdigest()[:10]
+    # The nonce keeps keys unique when the same job is submitted twice (direct use, reruns).
+    return f"qcmb-{job.run_id or 'direct'}-{digest}-{job.attempt}-{secrets.token_hex(3)}"
+
+
+def _cost_key(job: FragmentJob) -> tuple[str, float]:
+    """``(cost group, size)`` of a job for the cost model: program/method/basis and basis functions."""
+    inp = job.atomic_input
+    if isinstance(inp, dict):  # QCSchema v2: the model is in the specification
+        model, symbols = inp["specification"]["model"], inp["molecule"]["symbols"]
+        method, basis = model["method"], model.get("basis")
+    else:
+        method, basis, symbols = inp.specification.model.method, inp.specification.model.basis, inp.molecule.symbols
+    basis_name = basis if isinstance(basis, str) or basis is None else "custom"
+    return f"{job.program}/{method}/{basis_name}", _size(tuple(symbols), basis_name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _size(symbols: tuple[str, ...], basis: str | None) -> float:
+    from .._core.cost import fragment_size
+
+    return fragment_size(list(symbols), basis)
 
 
 def _is_client(obj: object) -> bool:
@@ -380,22 +714,41 @@ def _program_found(program: str) -> bool:
     return found
 
 
+def _noop() -> None:
+    return None
+
+
+def _run_batch_on_worker(jobs: list[FragmentJob], keys: list[str], batch: str) -> list[JobOutcome]:
+    """The Dask task of a batch: its fragments one after the other, each with its own key and timeout."""
+    outcomes = []
+    for i, (job, key) in enumerate(zip(jobs, keys, strict=True)):
+        outcome = _run_on_worker(job, key)
+        outcome.extras = {**outcome.extras, "dask_batch": batch, "batch_index": i, "batch_size": len(jobs)}
+        outcomes.append(outcome)
+    return outcomes
+
+
 def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
     """The Dask task: check the program, run :func:`execute_job` under a timeout watchdog, tag the worker."""
     from distributed import get_worker
 
     from .._qcengine.seams import FRAGMENT, FragmentContext
     from .._qcengine.worker import execute_job, prepare_worker
+    from .hpc import job_id
 
     worker = get_worker()
     address, wname = worker.address, str(worker.name)
     extras = {"dask_worker": address, "dask_worker_name": wname, "dask_key": key}
+    batch_job = job_id()
+    if batch_job:
+        extras["batch_job"] = batch_job
     prepare_worker()
     if not _program_found(job.program):
         outcome = _failed(
             job, ErrorType.PROGRAM_NOT_AVAILABLE,
             f"program {job.program!r} is not available on Dask worker {address} (name {wname}, host "
-            f"{socket.gethostname()}): install it there (on the PATH of the `dask worker` process), or keep "
+            f"{socket.gethostname()}{', ' + batch_job if batch_job else ''}): install it there "
+            "(on the PATH of the `dask worker` process), or keep "
             f"{job.program} fragments off workers without it: declare it as a resource where it is installed "
             f'(`dask worker ... --resources "cores=16,memory=64,{job.program}=16"`) and use '
             "DaskExecutor(..., program_resources=True)",

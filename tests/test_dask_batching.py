@@ -1,0 +1,131 @@
+"""Small fragments batched into one Dask task: results, records, events and the store stay per fragment."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from qcmanybody.v2 import ManyBodyComputer
+
+from qcmb_async import run_manybody
+from qcmb_async._core import events as ev
+from qcmb_async.executors.dask import DaskExecutor
+from tests.helpers import max_overlap, mbe_input, require_module, require_program, waters
+
+
+def test_batched_run_keeps_results_records_events_and_store_exact(tmp_path: Path) -> None:
+    require_program("mopac")
+    distributed = require_module("distributed")
+    from qcmb_async._core.store import ResultStore
+
+    inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=3, molecule=waters(5))
+    reference = float(ManyBodyComputer.from_manybodyinput(inp).return_result)
+    events: list[Any] = []
+    store = tmp_path / "store.sqlite"
+
+    async def main() -> tuple[Any, list[dict[str, Any]]]:
+        async with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                            dashboard_address=":0", resources={"cores": 1, "memory": 2},
+                                            asynchronous=True) as cluster, \
+                distributed.Client(cluster, asynchronous=True, set_as_default=False) as client:
+            # A tiny transport share asks for long tasks: every calibrated fragment is batched (up to 4).
+            exe = DaskExecutor(client, max_batch=4, transport_share=1e-4)
+            async with distributed.get_task_stream(client) as stream:
+                result = await run_manybody(inp, executor=exe, store=str(store), on_event=events.append)
+            return result, list(stream.data)
+
+    result, tasks = anyio.run(main)
+    assert abs(float(result.return_result) - reference) < 1e-9
+    records = result.extras["qcmb_async"]["fragments"]
+    nfrag = len(records)
+    qcmb_tasks = [t for t in tasks if str(t["key"]).startswith("qcmb-")]
+    batches = [t for t in qcmb_tasks if "-batch-" in str(t["key"])]
+    assert batches and len(qcmb_tasks) < nfrag, (len(qcmb_tasks), nfrag)  # fewer Dask tasks than fragments
+    # Per fragment, as without batching: one record with its own interval, one start and one finish event.
+    assert all(r["status"] == "ok" and r["attempts"] == 1 and r["end"] > r["start"] for r in records)
+    per_worker: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        per_worker.setdefault(r["worker"], []).append((r["start"], r["end"]))
+    assert all(max_overlap(iv) == 1 for iv in per_worker.values())  # one core per worker: one at a time
+    started = Counter(e.label for e in events if isinstance(e, ev.FragmentStarted))
+    finished = Counter(e.label for e in events if isinstance(e, ev.FragmentFinished))
+    assert set(started.values()) == {1} and set(finished.values()) == {1} and len(finished) == nfrag
+    with ResultStore(store, readonly=True) as rs:
+        rows = rs.fragments()
+    assert len(rows) == nfrag and all(row["status"] == "ok" for row in rows)
+
+
+def test_large_fragments_are_not_batched() -> None:
+    """A fragment predicted longer than the target task length runs one per task."""
+    require_program("mopac")
+    require_module("distributed")
+    from qcmb_async import plan_manybody
+    from qcmb_async._core.contract import FragmentJob
+
+    exe = DaskExecutor("tcp://127.0.0.1:1", max_batch=8)  # never entered: only its batch sizing is used
+    plan = plan_manybody(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=1, molecule=waters(2)))
+    frag = plan.fragments[0]
+    fjob = FragmentJob(label=frag.label, nbody=1, program="mopac", atomic_input=plan.materialise(frag).atomic_input,
+                       task_config={"ncores": 1, "memory": 1.0, "retries": 0})
+    assert exe._batch_size(fjob) == 1  # uncalibrated: one per task
+    from qcmb_async.executors.dask import _cost_key
+
+    group, size = _cost_key(fjob)
+    exe._workers = {"w": type("W", (), {"resources": {"cores": 2.0, "memory": 4.0}})()}  # type: ignore[dict-item]
+    exe._inflight = {f"k{i}" for i in range(64)}
+    exe._transport = 0.002  # 2 ms per task: target task 40 ms at 5 %
+    exe._model.observe(group, size, 10.0)  # 10 s fragments
+    exe._calibrated.add(group)
+    assert exe._batch_size(fjob) == 1
+    exe._model = type(exe._model)()
+    exe._model.observe(group, size, 0.004)  # 4 ms fragments: 10 per 40 ms task, capped at max_batch
+    assert exe._batch_size(fjob) == 8
+    assert exe.queue_depth == 16
+    exe._inflight = {"k0", "k1", "k2"}  # the run's tail: no batch may leave a core idle
+    assert exe._batch_size(fjob) == 1
+
+
+def test_a_failing_fragment_in_a_batch_fails_alone_and_raise_does_not_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-fragment outcomes inside a batch: only the failing fragments fail; on_error='raise' stops the run."""
+    require_program("mopac")
+    distributed = require_module("distributed")
+    from qcmb_async import FragmentError, RunFailed
+    from tests.wrappers import register_wrappers
+
+    register_wrappers()  # in this process: the in-process workers below see the same QCEngine registry
+    # Monomers fail: the smallest fragments, dispatched last (largest first), once the group is calibrated.
+    monkeypatch.setenv("QCMB_TEST_FAIL_REAL", "3")
+    batched: list[int] = []
+    original = DaskExecutor._submit_batch
+
+    async def spy(self: DaskExecutor, entries: list[Any]) -> None:
+        batched.extend(sum(e.job.atomic_input.molecule.real) for e in entries)
+        await original(self, entries)
+
+    monkeypatch.setattr(DaskExecutor, "_submit_batch", spy)
+    inp = mbe_input("mopac-failing", "pm7", None, bsse="nocp", max_nbody=3, molecule=waters(5))
+
+    async def main(on_error: str) -> BaseException:
+        async with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                            dashboard_address=":0", resources={"cores": 1, "memory": 2},
+                                            asynchronous=True) as cluster, \
+                distributed.Client(cluster, asynchronous=True, set_as_default=False) as client:
+            exe = DaskExecutor(client, max_batch=4, transport_share=1e-4)
+            try:
+                with anyio.fail_after(120):
+                    await run_manybody(inp, executor=exe, store=None, on_error=on_error)
+            except (RunFailed, FragmentError) as exc:
+                return exc
+        raise AssertionError("the run did not fail")
+
+    failed = anyio.run(main, "continue")
+    assert isinstance(failed, RunFailed)
+    # FailingMopac fails fragments with 3 real atoms: the 5 monomers, and nothing else.
+    assert sorted(e.level for e in failed.report.failed) == [1] * 5
+    assert all("SCF exploded" in str(e) for e in failed.report.failed)
+    assert 3 in batched, "no failing fragment ran inside a batch"
+    stopped = anyio.run(main, "raise")
+    assert isinstance(stopped, FragmentError) and stopped.level == 1
