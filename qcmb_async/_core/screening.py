@@ -141,16 +141,24 @@ class Expansion:
 
     # ---- static (distance) enumeration --------------------------------------------------------
     def _passes_distance(self, base: Subset, j: int, k: int) -> bool:
+        """Every pair of ``base + (j,)`` within the order-``k`` cutoff (``base`` passed a larger one, maybe)."""
         near = self._near.get(k)
-        return near is None or all(j in near[i] for i in base)
+        if near is None:
+            return True
+        return all(j in near[i] for i in base) and all(b in near[a] for a, b in combinations(base, 2))
 
     def _extend(self, k: int) -> Iterable[Subset]:
         """Candidates of order ``k``: kept (k-1)-subsets extended upwards, all (k-1)-subsets kept."""
         below = self.kept.get(k - 1, set())
+        near = self._near.get(k)
         for base in sorted(below):
-            for j in range(base[-1] + 1, self.nfrag + 1):
-                if not self._passes_distance(base, j, k):
-                    continue
+            if near is None:
+                js: Iterable[int] = range(base[-1] + 1, self.nfrag + 1)
+            else:
+                if not all(b in near[a] for a, b in combinations(base, 2)):
+                    continue  # base itself is wider than this order's cutoff
+                js = sorted(j for j in set.intersection(*(near[i] for i in base)) if j > base[-1])
+            for j in js:
                 s = (*base, j)
                 if all(s[:i] + s[i + 1:] in below for i in range(k - 1)):  # the last one is ``base``
                     yield s
