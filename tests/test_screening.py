@@ -95,7 +95,7 @@ def test_distance_plan_matches_brute_force() -> None:
     for k in range(1, 5):
         assert summary[str(k)]["kept"] == sum(len(s) == k for s in expected)
         assert summary[str(k)]["possible"] == math.comb(12, k)
-    assert 0 < summary["3"]["dropped"] and 0 < summary["4"]["kept"]
+    assert summary["3"]["dropped"] > 0 and summary["4"]["kept"] > 0
 
 
 def test_planning_100_waters_mbe4_is_lazy() -> None:
@@ -308,3 +308,60 @@ def test_energy_screening_dropped_subsets_never_reach_qcengine(tmp_path: Path) -
     assert partial is not None
     kept3 = {s for s in expected if len(s) <= 3}
     assert partial.properties.return_energy == pytest.approx(e_ref.interaction("nocp", kept3), abs=TOL, rel=0)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_with_energy_screening_recomputes_nothing_finished(tmp_path: Path) -> None:
+    """SIGKILL an energy-screened run mid-way: the rerun reproduces the decisions from stored results,
+    computes only what was not stored, and gives the uninterrupted result."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_durability import ROOT, _env, _store_rows
+
+    require_program("mopac")
+    from tests.wrappers import register_wrappers
+
+    register_wrappers()
+    nwat, maxnb = 8, 4
+    full_inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=maxnb, molecule=lattice(nwat))
+    data = full_inp.model_dump()
+    data["specification"]["protocols"] = {"cluster_results": "all"}
+    e_ref = Reference(run(type(full_inp)(**data), store=None), "energy")
+    thresholds = {3: _quantile_threshold(e_ref, 3, set()), 4: 0.0}
+    thresholds[4] = _quantile_threshold(e_ref, 4, energy_kept(e_ref, "nocp", {3: thresholds[3]}, 3))
+    reference = run(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=maxnb, molecule=lattice(nwat)),
+                    store=None, screening={"energy": thresholds})
+    total = len(reference.extras["qcmb_async"]["fragments"])
+    assert total == len(energy_kept(e_ref, "nocp", thresholds, maxnb))
+    rng = random.Random(20261130)
+    partial = 0
+    for i in range(4):
+        store, out, count = tmp_path / f"s{i}.sqlite", tmp_path / f"r{i}.json", tmp_path / f"c{i}.txt"
+        cmd = [sys.executable, str(ROOT / "tests/scripts/screened_run.py"), str(store), "mopac-counting", str(nwat),
+               str(maxnb), json.dumps(thresholds), str(out)]
+        target = rng.randrange(total // 4, 3 * total // 4)  # past the dimers: decisions are being made
+        proc = subprocess.Popen(cmd, env=_env(QCMB_TEST_COUNT_FILE=str(count)), cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if _store_rows(store)["ok"] >= target:
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        before = _store_rows(store)["ok"]
+        partial += 0 < before < total
+        recount = tmp_path / f"rc{i}.txt"
+        done = subprocess.run(cmd, env=_env(QCMB_TEST_COUNT_FILE=str(recount)), cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        recomputed = len(recount.read_text().split()) if recount.exists() else 0
+        assert recomputed == total - before, (i, target, before, recomputed)
+        result = json.loads(out.read_text())
+        assert result["return_result"] == pytest.approx(reference.return_result, abs=1e-9)
+        assert os.path.exists(store)
+    assert partial >= 2

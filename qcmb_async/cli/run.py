@@ -14,9 +14,12 @@ from ._options import (
     BarrierOpt,
     BasisOpt,
     BsseOpt,
+    CentroidOpt,
     ChargeOpt,
+    CutoffOpt,
     DebugOpt,
     DriverOpt,
+    EnergyScreenOpt,
     ExecutorOpt,
     FragMemoryOpt,
     FragNcoresOpt,
@@ -41,6 +44,7 @@ from ._options import (
     TimelineOpt,
     TimeoutOpt,
     VerboseOpt,
+    screening_option,
 )
 from ._render import _energy_tables
 
@@ -69,6 +73,9 @@ def run(
     timeout: TimeoutOpt = None,
     on_error: OnErrorOpt = OnError.raise_,
     level_barrier: BarrierOpt = False,
+    cutoff: CutoffOpt = None,
+    energy_threshold: EnergyScreenOpt = None,
+    centroid: CentroidOpt = False,
     output: OutputOpt = None,
     timeline: TimelineOpt = None,
     log_format: LogFormatOpt = LogFormat.console,
@@ -95,6 +102,7 @@ def run(
             "ncores": ncores, "memory": memory, "fragment_ncores": fragment_ncores,
             "fragment_memory": fragment_memory, "executor": executor, "retries": retries, "timeout": timeout,
             "on_error": on_error.value, "level_barrier": level_barrier,
+            "screening": screening_option(cutoff, energy_threshold, centroid),
         }
         if store is not None and no_store:
             raise Usage("--store and --no-store contradict each other: give one")
