@@ -1,0 +1,48 @@
+"""Screened expansions: subsystems computed, wall time and error per monomer vs the unscreened MBE.
+
+(H2O)20 MBE(4) and (H2O)32 MBE(3), MOPAC PM7 NoCP, and (H2O)6 MBE(3) CP with PySCF HF/STO-3G: each
+unscreened once, then each distance/energy screening with no result store (every kept fragment is
+really computed). Also plans 100 waters MBE(4) with distance screening (time, memory). Writes
+``scripts/results/bench-screening.json`` and prints a Markdown table for docs/performance.md.
+
+    python scripts/bench_screening.py [--cases w20-mbe4-mopac,w32-mbe3-mopac,w6-mbe3-cp-pyscf] [--ncores 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from benchlib.screening import CASES, markdown, planning_100, run_case
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(c.key for c in CASES))
+    parser.add_argument("--ncores", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args()
+    wanted = args.cases.split(",")
+    unknown = set(wanted) - {c.key for c in CASES}
+    if unknown:
+        parser.error(f"unknown case(s) {sorted(unknown)}")
+    planning = planning_100()
+    print(json.dumps(planning), flush=True)
+    cases = []
+    for case in CASES:
+        if case.key in wanted:
+            cases.append(run_case(case, args.ncores))
+            print(json.dumps({k: v for k, v in cases[-1].items() if k != "rows"}), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench-screening.json").write_text(json.dumps({"planning_100": planning, "cases": cases},
+                                                             indent=1, default=str))
+    print(markdown(cases, planning))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
