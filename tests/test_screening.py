@@ -365,3 +365,27 @@ def test_sigkill_mid_run_with_energy_screening_recomputes_nothing_finished(tmp_p
         assert result["return_result"] == pytest.approx(reference.return_result, abs=1e-9)
         assert os.path.exists(store)
     assert partial >= 2
+
+
+@pytest.mark.parametrize("bsse", ["nocp", "cp", "vmfc"])
+def test_direct_assembly_equals_filled_assembly(bsse: str, pyscf_full: tuple[Any, Path],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large expansions are assembled from the kept increments directly: the same numbers as the fills."""
+    from qcmb_async._core import fill
+
+    _, store = pyscf_full
+    inp = mbe_input("pyscf", "hf", "sto-3g", bsse=bsse, max_nbody=3, molecule=grid(5), driver="gradient",
+                    mb_keywords={"return_total_data": True})
+    cut = {"distance": {2: 3.4, 3: 3.305}}
+    filled = run(inp, store=store, screening=cut)
+    monkeypatch.setattr(fill, "FILL_LIMIT", 0)
+    direct = run(inp, store=store, screening=cut)
+    np.testing.assert_allclose(np.asarray(direct.return_result), np.asarray(filled.return_result), atol=1e-10,
+                               rtol=0)
+    a, b = direct.properties.model_dump(), filled.properties.model_dump()
+    for key, value in b.items():
+        if isinstance(value, float):
+            assert a[key] == pytest.approx(value, abs=1e-10, rel=0), key
+        elif value is None:
+            assert a[key] is None, key
+    assert direct.properties.calcinfo_nmbe == filled.properties.calcinfo_nmbe < 130

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qcmanybody.utils import labeler
+from qcmanybody.utils import delabeler
 
-from .fill import complete_properties
-from .plan import Plan, iterate_labels, make_plan
+from . import fill
+from .fill import analyze_kept, complete_properties, unscreened_label_count
+from .plan import Plan, make_plan
+from .screening import subset_of
 
 if TYPE_CHECKING:
     from qcmanybody.models.v2 import ManyBodyResult
@@ -76,9 +78,14 @@ def _assemble(computer: Any, ordered: dict[str, Any], kept: set[tuple[int, ...]]
     props = {label: res if isinstance(res, dict) else component_properties(res, driver)
              for label, res in ordered.items()}
     computed = len(props)
-    if kept is not None:
-        props = complete_properties(computer.qcmb_core, kept, props)
-    analyzed = computer.qcmb_core.analyze(props)
+    core = computer.qcmb_core
+    if kept is not None and len(core.nbodies_per_mc_level) == 1 and unscreened_label_count(core) > fill.FILL_LIMIT:
+        # Too many labels to fill for analyze(): the same sums from the kept increments directly.
+        analyzed = analyze_kept(core, kept, props)
+    else:
+        if kept is not None:
+            props = complete_properties(core, kept, props)
+        analyzed = core.analyze(props)
     analyzed["nbody_number"] = computed
     full = {label: res for label, res in ordered.items() if not isinstance(res, dict)}
     if keep_all and len(full) != len(ordered):
@@ -115,9 +122,13 @@ def assemble_through(plan: Plan, nbody: int, results: dict[str, Any],
             return None
         return assemble(sub, results, extras)
     kept = {s for s in plan.screen.kept_family() if len(s) <= nbody}
-    labels = {labeler(mc, real, basis) for mc, real, basis in iterate_labels(computer.qcmb_core)}
-    ordered = {label: res for label, res in results.items() if label in labels}
+    nfrag = computer.qcmb_core.nfragments
+    ordered = {}
+    for label, res in results.items():
+        _, real, basis = delabeler(label)
+        if subset_of(tuple(real), tuple(basis), nfrag) in kept:
+            ordered[label] = res
     try:
         return _assemble(computer, ordered, kept, keeps_results(plan), driver_of(plan), extras)
-    except ValueError:
+    except (ValueError, KeyError):
         return None  # a kept fragment of MBE(nbody) has no result (failed)

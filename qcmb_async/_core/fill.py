@@ -139,3 +139,130 @@ class _Filler:
     def _vmfc_only(self, mc: str) -> bool:
         """VMFC labels without NoCP ones in this model chemistry: every dropped label is zero."""
         return "nocp" not in {str(getattr(b, "value", b)) for b in self.core.bsse_type}
+
+
+#: Above this many labels in the unscreened expansion a screened run is assembled from its kept
+#: increments directly (:func:`analyze_kept`) instead of filling every dropped label for ``analyze()``.
+FILL_LIMIT = 200_000
+
+
+def unscreened_label_count(core: Any) -> int:
+    """Labels QCManyBody would plan without screening (counted, not enumerated)."""
+    from math import comb
+
+    n, total = core.nfragments, 0
+    bsse = {str(getattr(b, "value", b)) for b in core.bsse_type}
+    for nbs in core.nbodies_per_mc_level.values():
+        ints = [int(x) for x in nbs if x != "supersystem"]
+        if not ints:
+            continue
+        top = max(ints)
+        subsets = sum(comb(n, k) for k in range(1, top + 1))
+        total += subsets * (("nocp" in bsse) + ("cp" in bsse))
+        if "vmfc" in bsse:
+            total += sum(comb(n, k) * (2 ** k - 1) for k in ints)
+    return total
+
+
+def analyze_kept(core: Any, kept: set[Subset], props: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What ``core.analyze()`` returns, computed from the kept increments alone (one model chemistry).
+
+    For expansions whose full label set is too large to fill (:data:`FILL_LIMIT`): the body
+    dictionaries are the sums of the kept increments (NoCP, CP in the cluster basis plus monomers in
+    their own basis, VMFC basis terms), then QCManyBody's own ``print_nbody_energy`` and
+    ``collect_vars`` turn them into its summary and properties. Memory and time grow with the kept
+    family, not with C(N, n). Raises ``ValueError`` for multilevel inputs or missing kept results.
+    """
+    from qcmanybody.utils import collect_vars, delabeler, modelchem_labels, print_nbody_energy
+
+    if len(core.nbodies_per_mc_level) != 1:
+        raise ValueError("direct screened assembly handles one model chemistry; multilevel inputs are filled")
+    mc, nbs = next(iter(core.nbodies_per_mc_level.items()))
+    nbodies = [int(x) for x in nbs]
+    top = max(nbodies)
+    nfrag = core.nfragments
+    everything: Subset = tuple(range(1, nfrag + 1))
+    bsse = [b for b in core.bsse_type]
+    names = {str(getattr(b, "value", b)) for b in bsse}
+    keyed = {}
+    for label, value in props.items():
+        _, real, basis = delabeler(label)
+        keyed[(tuple(real), tuple(basis))] = value
+    available = {"energy"} | {p for v in props.values() for p in v}
+    embedded = bool(core.embedding_charges)
+    results: dict[str, Any] = {}
+    component_properties: dict[str, dict[str, Any]] = {}
+    body_dicts: dict[str, dict[str, dict[int, Any]]] = {}
+    by_order: dict[int, list[Subset]] = {}
+    for s in kept:
+        by_order.setdefault(len(s), []).append(s)
+    for prop in sorted(available):
+        filler = _Filler(core, kept, {(mc, r, b): v for (r, b), v in keyed.items()}, prop, set(), everything)
+
+        def val(real: Subset, basis: Subset, _f: _Filler = filler) -> Any:
+            return _f._full(keyed[(real, basis)][_f.prop], basis)
+
+        bodies: dict[str, dict[int, Any]] = {}
+        if "nocp" in names:
+            level = {k: sum((filler.increment(mc, s, False) for s in by_order.get(k, [])), filler._zero())
+                     for k in range(1, top + 1)}
+            bodies["nocp"] = _cumulative(level, top, filler._zero())
+        if "cp" in names:
+            mono = [(i,) for i in everything if ((i,), (i,)) in keyed]
+            start = sum((val(m, m) for m in mono), filler._zero()) if mono else filler._zero()
+            level = {k: sum((filler.increment(mc, s, True) for s in by_order.get(k, [])), filler._zero())
+                     for k in range(2, top + 1)}
+            level[1] = start
+            bodies["cp"] = _cumulative(level, top, filler._zero())
+        if "vmfc" in names:
+            level = {}
+            for k in range(1, top + 1):
+                total = filler._zero()
+                for b in by_order.get(k, []):
+                    for n in range(1, k + 1):
+                        for t in combinations(b, n):
+                            total = total + (-1) ** (k - n) * val(t, b)
+                level[k] = total
+            bodies["vmfc"] = _cumulative(level, top, filler._zero())
+        ret_bsse = str(getattr(core.return_bsse_type, "value", core.return_bsse_type))
+        ret = bodies[ret_bsse][top]
+        if not core.return_total_data:
+            ret = ret - bodies[ret_bsse][1]
+        results[f"ret_{prop}"] = ret
+        body_dicts[prop] = bodies
+        for (real, basis), value in keyed.items():
+            if prop in value:
+                lab = _label(mc, real, basis)
+                component_properties.setdefault(lab, {})["calcinfo_natom"] = len(core.molecule.symbols)
+                component_properties[lab][f"return_{prop}"] = val(real, basis)
+    nbody_dict: dict[str, Any] = {}
+    stdout = ""
+    labels = modelchem_labels(core.nbodies_per_mc_level, presorted=True)
+    for b in bsse:
+        bt = str(getattr(b, "value", b))
+        stdout += print_nbody_energy(body_dicts["energy"][bt], f"{b.formal()} ({b.abbr()})", nfrag, labels,
+                                     embedded, core.supersystem_ie_only, None)
+    for prop, bodies in body_dicts.items():
+        for b in bsse:
+            bt = str(getattr(b, "value", b))
+            nbody_dict.update(collect_vars(bt, prop, bodies[bt], top, embedded, core.supersystem_ie_only,
+                                           core.has_supersystem))
+    out = {**results, "results": nbody_dict, "component_properties": component_properties, "stdout": stdout}
+    for prop, bodies in body_dicts.items():
+        out[f"{prop}_body_dict"] = bodies
+    out["energy_body_dict"] = {str(k) + bt: v for bt, d in body_dicts["energy"].items() for k, v in d.items()}
+    return out
+
+
+def _cumulative(level: dict[int, Any], top: int, zero: Any) -> dict[int, Any]:
+    out, running = {}, zero
+    for k in range(1, top + 1):
+        running = running + level.get(k, zero)
+        out[k] = running
+    return out
+
+
+def _label(mc: str, real: Subset, basis: Subset) -> str:
+    from qcmanybody.utils import labeler
+
+    return labeler(mc, real, basis)
