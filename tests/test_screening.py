@@ -389,3 +389,61 @@ def test_direct_assembly_equals_filled_assembly(bsse: str, pyscf_full: tuple[Any
         elif value is None:
             assert a[key] is None, key
     assert direct.properties.calcinfo_nmbe == filled.properties.calcinfo_nmbe < 130
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+def _xyz(mol: Molecule, path: Path) -> Path:
+    geom = np.asarray(mol.geometry) * 0.529177210903
+    blocks = ["\n".join(f"{mol.symbols[a]} {geom[a][0]:.6f} {geom[a][1]:.6f} {geom[a][2]:.6f}" for a in frag)
+              for frag in mol.fragments]
+    path.write_text(f"{len(mol.symbols)}\ncluster\n" + "\n--\n".join(blocks) + "\n")
+    return path
+
+
+def test_cli_plan_prints_kept_dropped_cost_and_predicted_wall_time(tmp_path: Path) -> None:
+    from tests.test_cli import cli
+
+    require_program("mopac")
+    mol = lattice(12)
+    xyz = _xyz(mol, tmp_path / "w12.xyz")
+    base = ["--program", "mopac", "--method", "pm7", "--bsse", "nocp", "--max-nbody", "4", "--ncores", "2"]
+    store = tmp_path / "store.sqlite"
+    proc = cli("plan", str(xyz), *base, "--cutoff", "2:5,3:4.5,4:4.2", "--store", str(store), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    kept = distance_kept(mol, {2: 5.0, 3: 4.5, 4: 4.2}, 4)
+    rows = {line.split()[0]: line.split() for line in proc.stdout.split("screened expansion")[1].splitlines()
+            if line.strip()[:1].isdigit()}
+    for k, possible in ((2, 66), (3, 220), (4, 495)):
+        n = sum(len(s) == k for s in kept)
+        assert rows[str(k)][1:4] == [f"{possible:,}", f"{n:,}", f"{possible - n:,}"], rows[str(k)]
+    assert "cost units on 2 core(s)" in proc.stdout and "no fragment of this plan is in the result store" in proc.stdout
+    assert not store.exists()
+    # Once the kept fragments are in the store, their measured times give a prediction in seconds.
+    done = cli("run", str(xyz), *base, "--cutoff", "2:5,3:4.5,4:4.2", "--store", str(store), "--output",
+               str(tmp_path / "r.json"), "--quiet", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "screened expansion (dropped subsets contribute zero)" in done.stdout
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["extras"]["qcmb_async"]["screening"]["orders"]["3"]["kept"] == sum(len(s) == 3 for s in kept)
+    again = cli("plan", str(xyz), *base, "--cutoff", "2:5,3:4.5,4:4.2", "--store", str(store), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert " s on 2 core(s)" in again.stdout and "calibrated from" in again.stdout
+
+
+@pytest.mark.parametrize(("flags", "match"), [
+    (["--cutoff", "2=9"], "is not ORDER:VALUE"),
+    (["--cutoff", "1:9"], "order 1 is below 2"),
+    (["--energy-threshold", "2:1e-5"], "order 2 would be decided"),
+    (["--centroid"], "give --cutoff too"),
+])
+def test_cli_bad_screening_exits_2(flags: list[str], match: str, tmp_path: Path) -> None:
+    from tests.test_cli import cli
+
+    require_program("mopac")
+    xyz = _xyz(waters(4), tmp_path / "w4.xyz")
+    for command in ("plan", "run"):
+        proc = cli(command, str(xyz), "--program", "mopac", "--method", "pm7", "--bsse", "nocp", "--max-nbody", "3",
+                   "--no-store", *flags, cwd=tmp_path)
+        assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
+        assert match in proc.stderr
