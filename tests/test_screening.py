@@ -300,6 +300,15 @@ def test_energy_screening_dropped_subsets_never_reach_qcengine(tmp_path: Path) -
     assert set(ran) == expected
     # return_total_data is False by default for energies: the result is the interaction energy.
     assert ours.properties.return_energy == pytest.approx(e_ref.interaction("nocp", expected), abs=TOL, rel=0)
+    started = next(e for e in events if type(e).__name__ == "RunStarted")
+    released = [e for e in events if type(e).__name__ == "FragmentsReleased"]
+    assert started.total == sum(len(s) <= 2 for s in expected)  # orders below the first threshold up front
+    assert released and released[-1].total == len(expected)
+    assert started.total + sum(sum(e.per_level.values()) for e in released) == len(expected)
+    # No level barrier: some trimer started before the last dimer finished.
+    first_trimer = min(i for i, e in enumerate(events) if type(e).__name__ == "FragmentStarted" and e.level == 3)
+    last_dimer = max(i for i, e in enumerate(events) if type(e).__name__ == "FragmentFinished" and e.level == 2)
+    assert first_trimer < last_dimer
     levels = [e for e in events if type(e).__name__ == "LevelComplete"]
     assert [e.level for e in levels] == [1, 2, 3, 4]
     assert [e.total for e in levels] == [sum(len(s) == k for s in expected) for k in (1, 2, 3, 4)]

@@ -158,7 +158,10 @@ class Scheduler:
             self.model.set_exponent(frag.group, _exponent_of(frag))
         self.retry = RetryPolicy(options.retries)
         self.pool = ResourcePool(options.ncores, options.memory)
-        self.queue = ReadyQueue(plan.fragments, self.model, options.order)
+        energy = plan.screen.spec.energy if plan.screen is not None else {}
+        # Energy screening: results of levels below the highest threshold decide what runs next.
+        self.queue = ReadyQueue(plan.fragments, self.model, options.order,
+                                prerequisites=max(energy) if energy else None)
         self.multi = allotment(plan.fragments, self.model, ncores=options.ncores, memory=options.memory,
                                auto_memory=options.auto_memory) if options.auto_cores else {}
         self.results: dict[str, Any] = {}
@@ -174,6 +177,10 @@ class Scheduler:
         self.inflight = 0
         """Fragments popped from the ready queue and not finished yet (their results may release more)."""
         self._seq = len(plan.fragments)
+        # How far the feeder builds ahead of dispatch. Under energy screening, fragments released
+        # later are often larger and must be able to overtake: build only about one round ahead.
+        self._lookahead = max(1, options.slots) if self.screen is not None else max(8, 2 * options.slots)
+        self._batch_cap = max(1, options.slots) if self.screen is not None else 64
         self.failed_levels: set[int] = set()
         self.reused = 0
         self.unstored = 0
@@ -193,7 +200,7 @@ class Scheduler:
         await ev.emit(on_event, ev.RunStarted(self.run_id, len(self.plan.fragments), self.per_level,
                                               options.ncores, options.memory))
         send, receive = anyio.create_memory_object_stream[tuple[Fragment, Job, Any]](
-            max_buffer_size=max(8, 2 * options.slots))
+            max_buffer_size=self._lookahead)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._feed, send, name="qcmb_async feeder")
@@ -255,7 +262,7 @@ class Scheduler:
                         await send.send(item)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     return  # the dispatcher stopped (failure or cancellation): nothing more to feed
-                batch = min(batch * 2, 64)
+                batch = min(batch * 2, self._batch_cap)
 
     async def _dispatch(self, receive: Any, tg: Any) -> None:
         """Start each built fragment as soon as its cores and memory are free."""
@@ -275,7 +282,7 @@ class Scheduler:
         self.results[frag.label] = self.keep(cached)
         self.records[frag.label].status = "cached"
         self.reused += 1
-        self._release(frag, cached)
+        await self._release(frag, cached)
         await ev.emit(self.options.on_event, ev.FragmentFinished(self.run_id, frag.label, frag.level, frag.program,
                                                                  0.0, "store", cached=True))
         await self._finish_level(frag)
@@ -342,7 +349,7 @@ class Scheduler:
                               "stored are counted in the summary, not logged", reason=problem)
         self.results[frag.label] = self.keep(result)
         rec.status = "ok"
-        self._release(frag, result)
+        await self._release(frag, result)
         # Calibrate in one-core seconds, whatever this fragment was given.
         self.model.observe(frag.group, frag.size,
                            outcome.wall_time * speedup(cores, parallel_fraction(frag.program)))
@@ -351,10 +358,11 @@ class Scheduler:
             await ev.emit(self.options.on_event, ev.FragmentFinished(
                 self.run_id, frag.label, frag.level, frag.program, outcome.wall_time, outcome.worker))
 
-    def _release(self, frag: Fragment, result: Any) -> None:
+    async def _release(self, frag: Fragment, result: Any) -> None:
         """Energy screening: pass ``frag``'s energy on; queue the fragments of subsets now decided kept."""
         if self.screen is None:
             return
+        added: Counter[int] = Counter()
         for key in self.screen.observe((frag.mc, frag.real, frag.basis), _energy_of(result)):
             new = self.plan.make_fragment(key)
             self.plan.fragments.append(new)
@@ -363,6 +371,10 @@ class Scheduler:
             self.remaining[new.level] += 1
             self.per_level[new.level] = self.per_level.get(new.level, 0) + 1
             self.model.set_exponent(new.group, _exponent_of(new))
+            added[new.level] += 1
+        if added:
+            await ev.emit(self.options.on_event, ev.FragmentsReleased(self.run_id, dict(sorted(added.items())),
+                                                                      len(self.plan.fragments)))
 
     async def _fail(self, frag: Fragment, job: Job, attempt: int, outcome: JobOutcome) -> None:
         """A fragment failed for good: record it, then raise or carry on as ``on_error`` says."""
