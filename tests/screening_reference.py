@@ -70,13 +70,19 @@ class Reference:
         self.values: dict[tuple[tuple[int, ...], tuple[int, ...]], Any] = {}
         for label, res in full_result.cluster_results.items():
             _, real, basis = parse(label)
+            atoms = [a for f in basis for a in self.mol.fragments[f - 1]]
             if prop == "energy":
                 self.values[(real, basis)] = float(res.properties.return_energy)
+            elif prop == "hessian":
+                hess = np.asarray(res.properties.return_hessian).reshape(3 * len(atoms), 3 * len(atoms))
+                idx = [3 * a + c for a in atoms for c in range(3)]
+                full = np.zeros((3 * self.nat, 3 * self.nat))
+                full[np.ix_(idx, idx)] = hess
+                self.values[(real, basis)] = full
             else:
                 grad = np.asarray(res.return_result if res.properties.return_gradient is None
                                   else res.properties.return_gradient).reshape(-1, 3)
                 full = np.zeros((self.nat, 3))
-                atoms = [a for f in basis for a in self.mol.fragments[f - 1]]
                 full[atoms] = grad
                 self.values[(real, basis)] = full
 

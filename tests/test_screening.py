@@ -456,3 +456,24 @@ def test_cli_bad_screening_exits_2(flags: list[str], match: str, tmp_path: Path)
                    "--no-store", *flags, cwd=tmp_path)
         assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
         assert match in proc.stderr
+
+
+def test_distance_screened_hessian_equals_independent_reference() -> None:
+    """Hessians too: dropped dimers contribute zero, in QCManyBody's own assembly (NoCP, PySCF HF/STO-3G)."""
+    require_module("pyscf")
+    mol = grid(4)
+    cut = {2: 3.0}
+    kept = distance_kept(mol, cut, 2)
+    assert sum(len(s) == 2 for s in kept) == 3
+    inp = mbe_input("pyscf", "hf", "sto-3g", bsse="nocp", max_nbody=2, molecule=mol, driver="hessian",
+                    mb_keywords={"return_total_data": True})
+    data = inp.model_dump()
+    data["specification"]["protocols"] = {"cluster_results": "all"}
+    full = run(type(inp)(**data), store=None)
+    ours = run(inp, store=None, screening={"distance": cut})
+    ref = Reference(full, "hessian")
+    expected = ref.total("nocp", kept)
+    nat = len(mol.symbols)
+    np.testing.assert_allclose(np.asarray(ours.return_result).reshape(3 * nat, 3 * nat), expected, atol=TOL,
+                               rtol=0)
+    assert ours.properties.calcinfo_nmbe == 4 + 3
