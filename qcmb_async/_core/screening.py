@@ -190,8 +190,9 @@ class Expansion:
         s = subset_of(real, basis, self.nfrag)
         if s not in self._own_left:
             return []
-        if energy is not None:
-            self._energies[key] = float(energy)
+        if energy is None:
+            raise ValueError(f"energy screening needs every fragment's energy; fragment {key} returned none")
+        self._energies[key] = float(energy)
         self._own_left[s] -= 1
         released: list[LabelKey] = []
         if self._own_left[s] == 0:
