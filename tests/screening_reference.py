@@ -38,9 +38,17 @@ def closest_distances(molecule: Any) -> np.ndarray:
     return out
 
 
-def distance_kept(molecule: Any, cutoffs: dict[int, float], max_nbody: int) -> set[tuple[int, ...]]:
+def centroid_distances(molecule: Any) -> np.ndarray:
+    """Distances (Å) between the fragments' geometric centres."""
+    geom = np.asarray(molecule.geometry) * BOHR_TO_ANGSTROM
+    cent = [geom[list(f)].mean(axis=0) for f in molecule.fragments]
+    return np.array([[np.linalg.norm(a - b) for b in cent] for a in cent])
+
+
+def distance_kept(molecule: Any, cutoffs: dict[int, float], max_nbody: int,
+                  metric: str = "closest") -> set[tuple[int, ...]]:
     """Kept family: every (k-1)-subset kept and, if order k has a cutoff, every pair within it."""
-    d = closest_distances(molecule)
+    d = closest_distances(molecule) if metric == "closest" else centroid_distances(molecule)
     n = len(molecule.fragments)
     kept = set(subsets(n, 1))
     for k in range(2, max_nbody + 1):

@@ -98,6 +98,17 @@ def test_distance_plan_matches_brute_force() -> None:
     assert summary["3"]["dropped"] > 0 and summary["4"]["kept"] > 0
 
 
+def test_centroid_metric_matches_brute_force() -> None:
+    mol = lattice(12)
+    cut = {2: 6.0, 3: 5.0, 4: 4.5}
+    plan = plan_manybody(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=4, molecule=mol),
+                         screening={"distance": cut, "metric": "centroid"})
+    expected = distance_kept(mol, cut, 4, metric="centroid")
+    assert plan.screen.kept_family() == expected
+    assert expected != distance_kept(mol, cut, 4)  # the metric matters here
+    assert 0 < sum(len(s) == 4 for s in expected) < 495
+
+
 def test_planning_100_waters_mbe4_is_lazy() -> None:
     """Distance screening of 100 waters at 4-body never enumerates the 3.9 M tetramers: <= 2 s, <= 500 MiB."""
     mol = lattice(100)
