@@ -488,3 +488,20 @@ def test_distance_screened_hessian_equals_independent_reference() -> None:
     np.testing.assert_allclose(np.asarray(ours.return_result).reshape(3 * nat, 3 * nat), expected, atol=TOL,
                                rtol=0)
     assert ours.properties.calcinfo_nmbe == 4 + 3
+
+
+def test_progress_display_grows_with_released_fragments() -> None:
+    import io
+
+    from rich.console import Console
+
+    from qcmb_async.progress import ProgressDisplay
+
+    require_program("mopac")
+    display = ProgressDisplay(Console(file=io.StringIO(), force_terminal=True, width=120), live=True)
+    with display:
+        result = run(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=4, molecule=lattice(8)), store=None,
+                     screening={"energy": {3: 1e-4, 4: 1e-5}}, on_event=display)
+    computed = len(result.extras["qcmb_async"]["fragments"])
+    assert display.total == display.done == computed > 8 + 28
+    assert display.summary().startswith(f"run {display.run_id}: {computed}/{computed} fragments done")
