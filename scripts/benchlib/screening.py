@@ -43,7 +43,10 @@ CASES = [
         {"distance": {2: 8.0, 3: 6.0, 4: 5.0}},
         {"distance": {2: 6.0, 3: 5.0, 4: 4.5}},
         {"distance": {2: 5.0, 3: 4.0, 4: 3.5}},
+        {"distance": {2: 7.0, 3: 5.5, 4: 4.8}},
+        {"distance": {2: 8.0, 3: 5.5, 4: 4.5}},
         {"energy": {3: 1e-4, 4: 1e-5}},
+        {"distance": {2: 8.0, 3: 6.0}, "energy": {4: 1e-4}},
         {"distance": {2: 8.0}, "energy": {3: 2e-4, 4: 5e-5}},
     ]),
     ScreeningCase("w32-mbe3-mopac", "(H2O)32 MBE(3), NoCP, MOPAC PM7", 32, "mopac", "pm7", None, "nocp", 3, [
@@ -68,16 +71,21 @@ def _upper_body_share(summary: dict[str, Any] | None, nfrag: int, max_nbody: int
     return kept / possible if possible else 1.0
 
 
-def run_case(case: ScreeningCase, ncores: int) -> dict[str, Any]:
+def run_case(case: ScreeningCase, ncores: int, reference: dict[str, Any] | None = None,
+             only: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The unscreened run (or ``reference``: its row from an earlier run of this case), then each screening
+    (or only those in ``only``)."""
     inp = case.input()
-    t0 = time.perf_counter()
-    full = run(inp, store=None, ncores=ncores)
-    full_wall = time.perf_counter() - t0
-    e_full = float(full.properties.return_energy)
-    n_full = len(full.extras["qcmb_async"]["fragments"])
-    rows = [{"screening": None, "fragments": n_full, "fragments_pct": 100.0, "upper_body_pct": 100.0,
-             "wall_s": full_wall, "energy_eh": e_full, "error_kcal_per_monomer": 0.0}]
-    for spec in case.screenings:
+    if reference is None:
+        t0 = time.perf_counter()
+        full = run(inp, store=None, ncores=ncores)
+        full_wall = time.perf_counter() - t0
+        reference = {"screening": None, "fragments": len(full.extras["qcmb_async"]["fragments"]),
+                     "fragments_pct": 100.0, "upper_body_pct": 100.0, "wall_s": full_wall,
+                     "energy_eh": float(full.properties.return_energy), "error_kcal_per_monomer": 0.0}
+    e_full, n_full = reference["energy_eh"], reference["fragments"]
+    rows = [reference]
+    for spec in case.screenings if only is None else only:
         t0 = time.perf_counter()
         res = run(inp, store=None, ncores=ncores, screening=spec)
         wall = time.perf_counter() - t0
