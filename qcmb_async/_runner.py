@@ -18,7 +18,7 @@ from ._core.assemble import assemble, assemble_through, slim
 from ._core.checks import check_input
 from ._core.contract import Executor
 from ._core.inputs import load_input
-from ._core.options import make_options
+from ._core.options import make_options, make_screening
 from ._core.plan import Plan, make_plan
 from ._core.resources import ResourcePool
 from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
@@ -34,18 +34,23 @@ if TYPE_CHECKING:
 log = get_logger()
 
 
-def plan_manybody(mbe_input: Any) -> Plan:
-    """Validate ``mbe_input`` and enumerate its fragments without computing anything (blocking)."""
+def plan_manybody(mbe_input: Any, *, screening: Any = None) -> Plan:
+    """Validate ``mbe_input`` and enumerate its fragments without computing anything (blocking).
+
+    ``screening`` as for :func:`run_manybody`: only kept subsets' fragments are planned (energy
+    screening: those decided before anything runs); ``plan.screen.summary()`` counts them per order.
+    """
     inp = load_input(mbe_input)
+    spec = make_screening(screening)
     check_input(inp)
-    return _plan(inp)
+    return _plan(inp, spec)
 
 
-def _plan(inp: Any) -> Plan:
+def _plan(inp: Any, screening: Any = None) -> Plan:
     from pydantic import ValidationError
 
     try:
-        return make_plan(inp)
+        return make_plan(inp, screening)
     except ValidationError as exc:
         raise InputError(f"QCManyBody rejected the input: {exc}") from exc
 
@@ -67,6 +72,7 @@ async def run_manybody(
     store: str | os.PathLike[str] | None = "default",
     scheduler: Any = None,
     cluster: Any = None,
+    screening: dict[str, Any] | None = None,
 ) -> ManyBodyResult:
     """Run a many-body expansion with its fragments in parallel; return QCManyBody's result.
 
@@ -100,6 +106,14 @@ async def run_manybody(
         on_error: ``"raise"`` stops at the first failed fragment (others are cancelled);
             ``"continue"`` computes everything it can, then raises :class:`RunFailed`.
         on_event: Sync or async callable receiving :mod:`qcmb_async.events` progress events.
+        screening: Screened expansion. ``{"distance": {2: 9.0, 3: 7.0}}``: keep a k-subset only if every
+            pair of its fragments is within the order's cutoff (Å; smallest atom-atom distance, or
+            ``"metric": "centroid"``). ``{"energy": {3: 1e-5}}``: keep a k-subset (k >= 3) only if one of its
+            (k-1)-subsets has an increment above the threshold (Eh), decided during the run. A subset is
+            kept only if all its subsets are; dropped subsets contribute zero increments (energy,
+            gradient, Hessian; NoCP, CP and VMFC) and are never computed. Needs ``max_nbody`` below the
+            number of fragments and no supersystem level. What was kept is in
+            ``result.extras["qcmb_async"]["screening"]``.
         store: SQLite result store path. Finished fragments are committed there at once and
             reused by any later run (resume after a crash: run the same input again).
             ``"default"``: ``$QCMB_ASYNC_STORE`` if set (``none`` disables), else a store in
@@ -120,7 +134,7 @@ async def run_manybody(
         options = make_options(
             ncores=ncores, memory=memory, fragment_ncores=fragment_ncores, fragment_memory=fragment_memory,
             level_barrier=level_barrier, scratch_directory=scratch_directory, retries=retries, timeout=timeout,
-            on_error=on_error, on_event=on_event,
+            on_error=on_error, on_event=on_event, screening=screening,
         )
         if cluster is not None:
             executor = _cluster_executor(cluster, executor, scheduler)
@@ -132,14 +146,15 @@ async def run_manybody(
                                psiapi=any(s.program == "psi4" and (s.extras or {}).get("psiapi") for s in specs))
         resize = functools.partial(
             make_options, fragment_ncores=fragment_ncores, fragment_memory=fragment_memory, level_barrier=level_barrier,
-            scratch_directory=scratch_directory, retries=retries, timeout=timeout, on_error=on_error, on_event=on_event)
+            scratch_directory=scratch_directory, retries=retries, timeout=timeout, on_error=on_error, on_event=on_event,
+            screening=screening)
         async with contextlib.AsyncExitStack() as stack:
             # Worker start-up (seconds for processes) overlaps QCManyBody's enumeration. The executor
             # is entered in this task (its exit runs here too); only planning runs in a child task.
             box: dict[str, Plan] = {}
 
             async def make() -> None:
-                box["plan"] = await anyio.to_thread.run_sync(_plan, inp)
+                box["plan"] = await anyio.to_thread.run_sync(_plan, inp, options.screening)
 
             try:
                 async with anyio.create_task_group() as tg:
@@ -239,6 +254,8 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
                                                    status, exc)
             raise
         extras = _extras(run_id, exe.name, options, outcome)
+        if plan.screen is not None:
+            extras["screening"] = plan.screen.summary()
         if result_store is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(functools.partial(

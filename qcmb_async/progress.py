@@ -129,6 +129,8 @@ class ProgressDisplay:
             self.done += 1
             self.failed += 1
             self._advance(event.level)
+        elif isinstance(event, ev.FragmentsReleased):
+            self._on_released(event)
         elif isinstance(event, ev.FragmentRetried):
             self.retried += 1
             self._note(event.level)
@@ -149,6 +151,20 @@ class ProgressDisplay:
             self._levels[level] = self._progress.add_task(f"{level}-body", total=count, note="")
         if not self.is_jupyter:
             self._progress.start()
+
+    def _on_released(self, event: ev.FragmentsReleased) -> None:
+        """Energy screening added fragments: the bars' totals grow."""
+        self.total = event.total
+        for level, count in event.per_level.items():
+            self._level_total[level] = self._level_total.get(level, 0) + count
+        if self._progress is None:
+            return
+        self._progress.update(self._overall, total=event.total)
+        for level, count in event.per_level.items():
+            if level in self._levels:
+                self._progress.update(self._levels[level], total=self._level_total[level])
+            else:
+                self._levels[level] = self._progress.add_task(f"{level}-body", total=count, note="")
 
     def _note(self, level: int) -> None:
         if self._progress is None:

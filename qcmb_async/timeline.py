@@ -223,14 +223,24 @@ def plot_timeline(source: Any, path: str | os.PathLike[str] | None = None, *, nc
     eff_text = f"efficiency {eff:.2f} (makespan / lower bound)" if eff is not None else "nothing computed"
     head = title or f"qcmb_async run {meta.get('run_id', '')}".strip()
     fig.suptitle(f"{head}\n{len(intervals)} fragment runs on {cores} cores, makespan {makespan:.2f} s "
-                 f"(lower bound {stats['lower_bound']:.2f} s), {eff_text}, idle {stats['idle_fraction']:.0%}",
-                 fontsize=10)
+                 f"(lower bound {stats['lower_bound']:.2f} s), {eff_text}, idle {stats['idle_fraction']:.0%}"
+                 + screening_line(meta.get("screening")), fontsize=10)
     if path is not None:
         fig.savefig(Path(path), dpi=120)
     return fig
 
 
 _FIGURE_CLASS: Any = None
+
+
+def screening_line(summary: dict[str, Any] | None) -> str:
+    """``"\nscreened: 2-body 127/190 kept, ..."`` for a screened run's title; ``""`` otherwise."""
+    if not summary:
+        return ""
+    parts = [f"{k}-body {row['kept']:,}/{row['possible']:,}" for k, row in summary["orders"].items() if k != "1"]
+    tests = [f"{k}: {v:g} Å" for k, v in (summary.get("distance") or {}).items()]
+    tests += [f"{k}: {v:g} Eh" for k, v in (summary.get("energy") or {}).items()]
+    return f"\nscreened ({', '.join(tests)}): kept {', '.join(parts)}"
 
 
 def _figure_class(base: type) -> type:

@@ -18,10 +18,10 @@ LAYERS: list[set[str]] = [
      "_core", "_core.causes", "_core.contract", "_core.events", "_core.resources"},
     {"harnesses"},
     {"_core.cost", "_core.chgmult", "_core.xyz", "_core.inputs", "_core.options", "_core.checks"},  # input
-    {"_core.plan"},                                                    # plan
+    {"_core.screening", "_core.plan"},                                 # plan
     {"_core.ready", "_core.store_layout", "_core.store", "_core.scheduler"},  # schedule
     {"_qcengine", "executors"},                                        # execute
-    {"_core.assemble"},                                                # assemble
+    {"_core.fill", "_core.assemble"},                                  # assemble
     {"_runner", "simulate"},                                           # the pipeline put together
     {"_fronts"},                                                       # blocking and streaming fronts
     {"events", "store", "__init__"},                                   # the public facade

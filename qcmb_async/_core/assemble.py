@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from qcmanybody.utils import delabeler
+
+from . import fill
+from .fill import analyze_kept, complete_properties, unscreened_label_count
 from .plan import Plan, make_plan
+from .screening import subset_of
 
 if TYPE_CHECKING:
     from qcmanybody.models.v2 import ManyBodyResult
@@ -55,23 +60,37 @@ def assemble(plan: Plan, results: dict[str, Any], extras: dict[str, Any] | None 
     """Build the ``ManyBodyResult`` (v2) from fragment results exactly as QCManyBody would.
 
     ``results`` maps every label of ``plan`` to its ``AtomicResult`` or to its properties as
-    :func:`slim` keeps them. ``extras`` lands in ``result.extras["qcmb_async"]``.
+    :func:`slim` keeps them. ``extras`` lands in ``result.extras["qcmb_async"]``. For a screened
+    plan the labels of dropped subsets get zero-increment values (:mod:`~qcmb_async._core.fill`)
+    and QCManyBody's ``analyze()`` still does the arithmetic.
     """
-    computer = plan.computer
-    driver = driver_of(plan)
     missing = [f.label for f in plan.fragments if f.label not in results]
     if missing:
         raise ValueError(f"cannot assemble: {len(missing)} fragment result(s) missing, e.g. {missing[0]}")
     # Same label order as QCManyBody's sequential loop (iterate_molecules order).
     ordered = {f.label: results[f.label] for f in plan.fragments}
+    kept = plan.screen.kept_family() if plan.screen is not None else None
+    return _assemble(plan.computer, ordered, kept, keeps_results(plan), driver_of(plan), extras)
+
+
+def _assemble(computer: Any, ordered: dict[str, Any], kept: set[tuple[int, ...]] | None, keep_all: bool,
+              driver: str, extras: dict[str, Any] | None) -> ManyBodyResult:
     props = {label: res if isinstance(res, dict) else component_properties(res, driver)
              for label, res in ordered.items()}
-    analyzed = computer.qcmb_core.analyze(props)
-    analyzed["nbody_number"] = len(props)
+    computed = len(props)
+    core = computer.qcmb_core
+    if kept is not None and len(core.nbodies_per_mc_level) == 1 and unscreened_label_count(core) > fill.FILL_LIMIT:
+        # Too many labels to fill for analyze(): the same sums from the kept increments directly.
+        analyzed = analyze_kept(core, kept, props)
+    else:
+        if kept is not None:
+            props = complete_properties(core, kept, props)
+        analyzed = core.analyze(props)
+    analyzed["nbody_number"] = computed
     full = {label: res for label, res in ordered.items() if not isinstance(res, dict)}
-    if keeps_results(plan) and len(full) != len(ordered):
+    if keep_all and len(full) != len(ordered):
         raise ValueError("cannot assemble: cluster_results='all' needs every fragment's AtomicResult")
-    mbres = computer.get_results(external_results=analyzed, component_results=full if keeps_results(plan) else {})
+    mbres = computer.get_results(external_results=analyzed, component_results=full if keep_all else {})
     if extras is not None:
         mbres = mbres.model_copy(update={"extras": {**mbres.extras, "qcmb_async": extras}})
     return mbres
@@ -83,14 +102,33 @@ def assemble_through(plan: Plan, nbody: int, results: dict[str, Any],
 
     Re-plans the same input with ``max_nbody=nbody`` (QCManyBody decides which fragments that
     needs) and assembles it if every one of them is in ``results``. Multilevel inputs whose
-    ``levels`` fix the n-body range cannot be truncated and give ``None``.
+    ``levels`` fix the n-body range cannot be truncated and give ``None``. A screened plan keeps
+    its kept family up to ``nbody`` (decided so far).
     """
     try:
         data = plan.input.model_dump()
         data["specification"]["keywords"]["max_nbody"] = nbody
-        sub = make_plan(type(plan.input)(**data))
+        sub_input = type(plan.input)(**data)
+        if plan.screen is not None:
+            from qcmanybody.v2 import ManyBodyComputer
+
+            computer = ManyBodyComputer.from_manybodyinput(sub_input, build_tasks=False)
+        else:
+            sub = make_plan(sub_input)
     except Exception:
         return None
-    if not all(f.label in results for f in sub.fragments):
-        return None
-    return assemble(sub, results, extras)
+    if plan.screen is None:
+        if not all(f.label in results for f in sub.fragments):
+            return None
+        return assemble(sub, results, extras)
+    kept = {s for s in plan.screen.kept_family() if len(s) <= nbody}
+    nfrag = computer.qcmb_core.nfragments
+    ordered = {}
+    for label, res in results.items():
+        _, real, basis = delabeler(label)
+        if subset_of(tuple(real), tuple(basis), nfrag) in kept:
+            ordered[label] = res
+    try:
+        return _assemble(computer, ordered, kept, keeps_results(plan), driver_of(plan), extras)
+    except (ValueError, KeyError):
+        return None  # a kept fragment of MBE(nbody) has no result (failed)

@@ -24,6 +24,17 @@ class RunStarted:
 
 
 @dataclass(frozen=True)
+class FragmentsReleased:
+    """Energy screening decided subsets kept during the run: their fragments joined the plan."""
+
+    run_id: str
+    per_level: dict[int, int]
+    """New fragments per n-body level."""
+    total: int
+    """Fragments in the plan now."""
+
+
+@dataclass(frozen=True)
 class FragmentStarted:
     """An attempt at a fragment was handed to the executor."""
 
@@ -114,7 +125,8 @@ class RunFinished:
     """Seconds from the first dispatch to the end of the last fragment."""
 
 
-Event = RunStarted | FragmentStarted | FragmentFinished | FragmentRetried | FragmentFailed | LevelComplete | RunFinished
+Event = (RunStarted | FragmentsReleased | FragmentStarted | FragmentFinished | FragmentRetried | FragmentFailed
+         | LevelComplete | RunFinished)
 
 
 async def emit(callback: Callable[[Any], Any] | None, event: Event) -> None:

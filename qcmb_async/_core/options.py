@@ -24,6 +24,89 @@ _EVEN_SHARE = object()  # fragment_memory not given
 _CHOICES = {"on_error": ("raise", "continue"), "order": ("cost", "fifo")}
 
 
+class Screening(BaseModel):
+    """Which n-body subsets a screened expansion keeps (see docs/screening.md).
+
+    A subset of ``k`` fragments is kept only if every one of its ``(k-1)``-subsets is kept (the
+    kept family is closed downwards) and it passes the test of its order, if any; every dropped
+    subset contributes a zero ``k``-body increment. Orders without a cutoff or threshold keep
+    every subset whose ``(k-1)``-subsets are all kept.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    distance: dict[int, float] = Field(default_factory=dict, description=(
+        "Per order k >= 2, Å: keep a k-subset only if every pair of its fragments is within this distance."))
+    energy: dict[int, float] = Field(default_factory=dict, description=(
+        "Per order k >= 3, Eh: keep a k-subset only if the largest |(k-1)-body increment| of its (k-1)-subsets "
+        "exceeds this threshold (decided during the run, from the BSSE treatment the result reports)."))
+    metric: Literal["closest", "centroid"] = Field("closest", description=(
+        "Fragment-fragment distance: `closest` = smallest atom-atom distance; `centroid` = distance between the "
+        "fragments' geometric centres."))
+
+    @field_validator("distance", "energy", mode="before")
+    @classmethod
+    def _orders(cls, value: Any, info: ValidationInfo) -> Any:
+        name = str(info.field_name)
+        unit, lowest = ("Å", 2) if name == "distance" else ("Eh", 3)
+        if not isinstance(value, dict):
+            raise ValueError(f"screening {name} must map n-body orders to {unit}, e.g. {{{lowest}: "
+                             f"{9.0 if name == 'distance' else 1e-5}}}; got {value!r}")
+        out: dict[int, float] = {}
+        for key, val in value.items():
+            try:
+                order = int(key)
+                if isinstance(key, bool) or (isinstance(key, float) and order != key) or (isinstance(key, str) and \
+                        str(order) != key.strip()):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise ValueError(f"screening {name}: order {key!r} is not a whole number") from None
+            if order < lowest:
+                why = ("monomers are never screened" if name == "distance" else
+                       "order 2 would be decided from monomer total energies, not interactions: screen dimers "
+                       "by distance")
+                raise ValueError(f"screening {name}: order {order} is below {lowest} ({why})")
+            if isinstance(val, bool) or not isinstance(val, numbers.Real) or not math.isfinite(float(val)) \
+                    or val < 0:
+                raise ValueError(f"screening {name}: order {order} needs a finite number >= 0 ({unit}), "
+                                 f"got {val!r}")
+            out[order] = float(val)
+        return out
+
+    @property
+    def orders(self) -> list[int]:
+        return sorted(set(self.distance) | set(self.energy))
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data for reports: cutoffs (Å), thresholds (Eh), metric."""
+        return {"distance": {str(k): v for k, v in sorted(self.distance.items())},
+                "energy": {str(k): v for k, v in sorted(self.energy.items())}, "metric": self.metric}
+
+
+def make_screening(value: Any) -> Screening | None:
+    """``None``, a :class:`Screening` or its dict form, validated; :class:`InputError` when wrong."""
+    if value is None or isinstance(value, Screening):
+        return value
+    if not isinstance(value, dict):
+        raise InputError(f"screening must be a dict like {{'distance': {{2: 9.0}}}} or "
+                         f"{{'energy': {{3: 1e-5}}}}, got {type(value).__name__}")
+    unknown = set(value) - {"distance", "energy", "metric"}
+    if unknown:
+        raise InputError(f"screening: unknown key(s) {sorted(map(str, unknown))}; use 'distance' (Å per order), "
+                         f"'energy' (Eh per order) and optionally 'metric' ('closest' or 'centroid')")
+    try:
+        spec = Screening(**value)
+    except ValidationError as exc:
+        for err in exc.errors():
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, ValueError):
+                raise InputError(str(cause)) from None
+        raise InputError(f"bad screening: {describe_validation(exc)}") from None
+    if not spec.distance and not spec.energy:
+        raise InputError("screening is empty: give 'distance' and/or 'energy' cutoffs per order, or leave it out")
+    return spec
+
+
 class RunOptions(BaseModel):
     """Validated run options (keyword arguments of :func:`qcmb_async.run_manybody`)."""
 
@@ -56,6 +139,9 @@ class RunOptions(BaseModel):
         "`cost`: largest predicted fragment first; `fifo`: QCManyBody's order (benchmark baselines)."))
     auto_cores: bool = Field(True, description="Cores per fragment left to the scheduler (`fragment_ncores` unset).")
     auto_memory: bool = Field(True, description="Memory per fragment is a per-core share (`fragment_memory` unset).")
+    screening: Screening | None = Field(None, description=(
+        "Screened expansion: `{'distance': {2: 9.0, 3: 7.0}}` (Å per order) and/or `{'energy': {3: 1e-5}}` "
+        "(Eh per order); dropped subsets contribute zero increments. Default: the full expansion."))
 
     @property
     def slots(self) -> int:
@@ -93,6 +179,11 @@ class RunOptions(BaseModel):
                 return value  # an earlier field failed; its error is the one to report
             return round(memory / max(1, cores // per), 6)
         return _positive("fragment_memory", value, integer=False)
+
+    @field_validator("screening", mode="before")
+    @classmethod
+    def _screening(cls, value: Any) -> Any:
+        return make_screening(value)
 
     @field_validator("retries", mode="before")
     @classmethod

@@ -21,6 +21,8 @@ from qcmanybody.models.v2 import ManyBodyInput
 from qcmanybody.utils import labeler
 
 from .cost import fragment_size, method_exponent
+from .options import Screening
+from .screening import Expansion, LabelKey, plan_expansion
 
 #: Bumped when the way fragment keys are computed changes (keys index the result store).
 KEY_VERSION = 1
@@ -75,6 +77,10 @@ class Plan:
     driver: str = "energy"
     inline: bool = False
     """Materialise on the event loop (only for plans whose fragments cost nothing to build)."""
+    screen: Expansion | None = None
+    """A screened expansion: its kept family, and (energy screening) the fragments released as it decides."""
+    make_fragment: Any = field(default=None, repr=False)
+    """``(mc, real, basis) -> Fragment`` for fragments released during the run (screened plans)."""
     _fast: bool | None = field(default=None, repr=False)
     """Whether :func:`_fast_fragment` reproduces QCElemental here (checked on first use)."""
     _arrays: _ParentArrays | None = field(default=None, repr=False)
@@ -263,47 +269,53 @@ def iterate_labels(core: Any) -> list[tuple[str, tuple[int, ...], tuple[int, ...
     return out
 
 
-def make_plan(inp: ManyBodyInput) -> Plan:
-    """Plan ``inp`` with QCManyBody: enumerate fragments and estimate their cost; build nothing."""
-    from qcmanybody.v2 import ManyBodyComputer
+class _FragmentMaker:
+    """Builds :class:`Fragment` records (size and a-priori cost) for labels of one computer."""
 
-    computer = ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
-    specs = _specifications(computer)
-    core = computer.qcmb_core
-    parent = core.molecule
-    frag_atoms = [list(map(int, f)) for f in parent.fragments]
-    symbols = list(parent.symbols)
-    charges = list(parent.fragment_charges)
-    sizes: dict[tuple[str, int], float] = {}  # (mc, fragment) -> size of that fragment's atoms
-    fragments: list[Fragment] = []
-    for mc, real, basis in iterate_labels(core):
-        spec = specs[mc]["specification"]
+    def __init__(self, computer: Any, specs: dict[str, dict[str, Any]]) -> None:
+        parent = computer.qcmb_core.molecule
+        self.specs = specs
+        self.frag_atoms = [list(map(int, f)) for f in parent.fragments]
+        self.symbols = list(parent.symbols)
+        self.charges = list(parent.fragment_charges)
+        self.sizes: dict[tuple[str, int], float] = {}  # (mc, fragment) -> size of that fragment's atoms
+
+    def __call__(self, key: LabelKey) -> Fragment:
+        mc, real, basis = key
+        spec = self.specs[mc]["specification"]
         model = spec["model"]
         method, basis_name = str(model["method"]), model.get("basis")
         size = 0.0
         for ifr in basis:
             k = (mc, ifr)
-            if k not in sizes:
+            if k not in self.sizes:
                 # Ghost atoms carry basis functions; their electrons are not counted.
-                sizes[k] = fragment_size([symbols[a] for a in frag_atoms[ifr - 1]], basis_name,
-                                         charge=charges[ifr - 1])
-            size += sizes[k]
-        program = specs[mc]["program"]
-        fragments.append(
-            Fragment(
-                label=labeler(mc, real, basis),
-                level=len(real),
-                mc=mc,
-                program=program,
-                real=real,
-                basis=basis,
-                size=size,
-                cost=size ** method_exponent(method, program),
-                group=f"{program}:{mc}",
-            )
-        )
+                self.sizes[k] = fragment_size([self.symbols[a] for a in self.frag_atoms[ifr - 1]], basis_name,
+                                              charge=self.charges[ifr - 1])
+            size += self.sizes[k]
+        program = self.specs[mc]["program"]
+        return Fragment(label=labeler(mc, real, basis), level=len(real), mc=mc, program=program, real=real,
+                        basis=basis, size=size, cost=size ** method_exponent(method, program),
+                        group=f"{program}:{mc}")
+
+
+def make_plan(inp: ManyBodyInput, screening: Screening | None = None) -> Plan:
+    """Plan ``inp`` with QCManyBody: enumerate fragments and estimate their cost; build nothing.
+
+    With ``screening`` only the kept subsets' fragments are planned (enumerated while pruning,
+    never all ``C(N, n)``); energy screening plans the lower orders and releases the rest during
+    the run. Raises :class:`~qcmb_async.errors.InputError` when the screening cannot apply.
+    """
+    from qcmanybody.v2 import ManyBodyComputer
+
+    computer = ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
+    specs = _specifications(computer)
+    maker = _FragmentMaker(computer, specs)
+    screen = plan_expansion(screening, computer) if screening is not None else None
+    keys = iterate_labels(computer.qcmb_core) if screen is None else screen.initial
+    fragments = [maker(key) for key in keys]
     proto = inp.specification.protocols.cluster_results
     driver = computer.driver
     return Plan(input=inp, computer=computer, fragments=fragments, specs=specs,
                 keep_results=str(getattr(proto, "value", proto)) == "all",
-                driver=str(getattr(driver, "value", driver)))
+                driver=str(getattr(driver, "value", driver)), screen=screen, make_fragment=maker)

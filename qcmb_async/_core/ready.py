@@ -16,11 +16,18 @@ class ReadyQueue:
     scheduling), across levels and groups; one heap per (level, cost group) keyed by size, so
     calibration of a group's cost model re-orders the groups at no cost. ``order="fifo"``:
     QCManyBody's own order. With ``level_barrier`` only the lowest unfinished level is open.
+
+    ``prerequisites=k`` (energy screening): fragments below level ``k`` feed decisions that release
+    others, so the lowest such level with ready fragments goes first (largest first within it);
+    levels from ``k`` on are taken largest first across levels. A priority, not a barrier: a higher
+    level runs whenever nothing of a lower one is ready.
     """
 
-    def __init__(self, fragments: list[Fragment], model: CostModel, order: str) -> None:
+    def __init__(self, fragments: list[Fragment], model: CostModel, order: str,
+                 prerequisites: int | None = None) -> None:
         self._model = model
         self._order = order
+        self._prerequisites = prerequisites
         self._fifo: dict[int, deque[Fragment]] = {}
         self._heaps: dict[int, dict[str, list[tuple[float, int, Fragment]]]] = {}
         self._n = 0
@@ -52,6 +59,10 @@ class ReadyQueue:
                     return q.popleft()
             return None
         levels = [level] if level is not None else list(self._heaps)
+        if level is None and self._prerequisites is not None:
+            ready = sorted(lv for lv in levels if any(self._heaps[lv].values()))
+            if ready and ready[0] < self._prerequisites:
+                levels = ready[:1]
         best: tuple[float, list[tuple[float, int, Fragment]]] | None = None
         for lv in levels:
             for group, heap in self._heaps.get(lv, {}).items():

@@ -158,21 +158,37 @@ class Scheduler:
             self.model.set_exponent(frag.group, _exponent_of(frag))
         self.retry = RetryPolicy(options.retries)
         self.pool = ResourcePool(options.ncores, options.memory)
-        self.queue = ReadyQueue(plan.fragments, self.model, options.order)
+        energy = plan.screen.spec.energy if plan.screen is not None else {}
+        # Energy screening: results of levels below the highest threshold decide what runs next.
+        self.queue = ReadyQueue(plan.fragments, self.model, options.order,
+                                prerequisites=max(energy) if energy else None)
         self.multi = allotment(plan.fragments, self.model, ncores=options.ncores, memory=options.memory,
                                auto_memory=options.auto_memory) if options.auto_cores else {}
         self.results: dict[str, Any] = {}
         self.failures: list[FragmentError] = []
         self.records: dict[str, FragmentRecord] = {}
         self.remaining = Counter(f.level for f in plan.fragments)
+        self.screen = plan.screen if plan.screen is not None and plan.screen.spec.energy else None
+        """Energy screening: fragments are released as decisions land (the ready queue grows)."""
+        if self.screen is not None:
+            for lv in range(1, self.screen.max_nbody + 1):
+                self.remaining.setdefault(lv, 0)
         self.per_level = dict(sorted(self.remaining.items()))
+        self.inflight = 0
+        """Fragments popped from the ready queue and not finished yet (their results may release more)."""
+        self._seq = len(plan.fragments)
+        # How far the feeder builds ahead of dispatch. Under energy screening, fragments released
+        # later are often larger and must be able to overtake: build only about one round ahead.
+        self._lookahead = max(1, options.slots) if self.screen is not None else max(8, 2 * options.slots)
+        self._batch_cap = max(1, options.slots) if self.screen is not None else 64
         self.failed_levels: set[int] = set()
         self.reused = 0
         self.unstored = 0
         """Results computed but not committed to the store (a rerun would compute them again)."""
         self._announced: list[int] = []
         self._announce_lock = anyio.Lock()
-        self._level_done = anyio.Event()
+        self._changed = anyio.Event()
+        """Set (and replaced) whenever a fragment finishes or new fragments are released."""
 
     async def run(self) -> ScheduleOutcome:
         """Run the plan; raises :class:`FragmentError` first failure when ``on_error="raise"``."""
@@ -184,7 +200,7 @@ class Scheduler:
         await ev.emit(on_event, ev.RunStarted(self.run_id, len(self.plan.fragments), self.per_level,
                                               options.ncores, options.memory))
         send, receive = anyio.create_memory_object_stream[tuple[Fragment, Job, Any]](
-            max_buffer_size=max(8, 2 * options.slots))
+            max_buffer_size=self._lookahead)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._feed, send, name="qcmb_async feeder")
@@ -218,20 +234,25 @@ class Scheduler:
         """Build fragments best first, a little ahead of dispatch, and look them up in the store."""
         batch = 1  # the first fragment starts as soon as it is built
         async with send:
-            while len(self.queue):
+            while len(self.queue) or (self.screen is not None and self.inflight):
+                if not len(self.queue):
+                    # Energy screening: fragments in flight may release more when they finish.
+                    await self._changed.wait()
+                    continue
                 level = None
                 if self.options.level_barrier:
                     # Only the lowest level with work left is open; wait for it to drain first.
-                    level = min(lv for lv, n in self.remaining.items() if n > 0)
-                    if level not in self.queue.levels():
-                        await self._level_done.wait()
+                    level = min((lv for lv, n in self.remaining.items() if n > 0), default=None)
+                    if level is not None and level not in self.queue.levels():
+                        await self._changed.wait()
                         continue
                 frags = []
                 while len(frags) < batch and (frag := self.queue.pop(level)) is not None:
                     frags.append(frag)
                 if not frags:
-                    await self._level_done.wait()
+                    await self._changed.wait()
                     continue
+                self.inflight += len(frags)
                 if self.plan.inline:
                     built = _build(self.plan, self.store, frags)
                 else:
@@ -241,7 +262,7 @@ class Scheduler:
                         await send.send(item)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     return  # the dispatcher stopped (failure or cancellation): nothing more to feed
-                batch = min(batch * 2, 64)
+                batch = min(batch * 2, self._batch_cap)
 
     async def _dispatch(self, receive: Any, tg: Any) -> None:
         """Start each built fragment as soon as its cores and memory are free."""
@@ -261,6 +282,7 @@ class Scheduler:
         self.results[frag.label] = self.keep(cached)
         self.records[frag.label].status = "cached"
         self.reused += 1
+        await self._release(frag, cached)
         await ev.emit(self.options.on_event, ev.FragmentFinished(self.run_id, frag.label, frag.level, frag.program,
                                                                  0.0, "store", cached=True))
         await self._finish_level(frag)
@@ -327,6 +349,7 @@ class Scheduler:
                               "stored are counted in the summary, not logged", reason=problem)
         self.results[frag.label] = self.keep(result)
         rec.status = "ok"
+        await self._release(frag, result)
         # Calibrate in one-core seconds, whatever this fragment was given.
         self.model.observe(frag.group, frag.size,
                            outcome.wall_time * speedup(cores, parallel_fraction(frag.program)))
@@ -334,6 +357,24 @@ class Scheduler:
         if self.options.on_event is not None:
             await ev.emit(self.options.on_event, ev.FragmentFinished(
                 self.run_id, frag.label, frag.level, frag.program, outcome.wall_time, outcome.worker))
+
+    async def _release(self, frag: Fragment, result: Any) -> None:
+        """Energy screening: pass ``frag``'s energy on; queue the fragments of subsets now decided kept."""
+        if self.screen is None:
+            return
+        added: Counter[int] = Counter()
+        for key in self.screen.observe((frag.mc, frag.real, frag.basis), _energy_of(result)):
+            new = self.plan.make_fragment(key)
+            self.plan.fragments.append(new)
+            self.queue.push(new, self._seq)
+            self._seq += 1
+            self.remaining[new.level] += 1
+            self.per_level[new.level] = self.per_level.get(new.level, 0) + 1
+            self.model.set_exponent(new.group, _exponent_of(new))
+            added[new.level] += 1
+        if added:
+            await ev.emit(self.options.on_event, ev.FragmentsReleased(self.run_id, dict(sorted(added.items())),
+                                                                      len(self.plan.fragments)))
 
     async def _fail(self, frag: Fragment, job: Job, attempt: int, outcome: JobOutcome) -> None:
         """A fragment failed for good: record it, then raise or carry on as ``on_error`` says."""
@@ -353,20 +394,26 @@ class Scheduler:
         self.failures.append(err)
 
     async def _finish_level(self, frag: Fragment) -> None:
-        """Count ``frag`` done; announce every level that is now complete, in level order."""
+        """Count ``frag`` done; announce every level that is now complete, in level order.
+
+        Under energy screening a level is complete once no more of its fragments can be released
+        (every subset that could still add one is decided) and all released ones finished.
+        """
         self.remaining[frag.level] -= 1
-        if self.remaining[frag.level] != 0:
+        self.inflight -= 1
+        self._changed.set()
+        self._changed = anyio.Event()
+        if self.remaining[frag.level] != 0 and self.screen is None:
             return
-        self._level_done.set()
-        self._level_done = anyio.Event()
         on_event = self.options.on_event
         top_level = max(self.per_level) if self.per_level else 0
         async with self._announce_lock:
-            for lv, count in self.per_level.items():
+            for lv in list(self.per_level):
                 if lv in self._announced:
                     continue
-                if self.remaining[lv] != 0:
+                if self.remaining[lv] != 0 or (self.screen is not None and not self.screen.level_final(lv)):
                     break
+                count = self.per_level[lv]
                 self._announced.append(lv)
                 partial = None
                 if (self.partial_result is not None and on_event is not None and lv < top_level
@@ -426,6 +473,17 @@ def _store_failure(store: FragmentStore, frag: Fragment, key: str, rec: Fragment
                              error_message=rec.error_message or "")
     except StoreError as exc:
         log.error("failure not recorded in the store", label=frag.label, reason=str(exc))
+
+
+def _energy_of(result: Any) -> float | None:
+    """A fragment's energy from its ``AtomicResult`` or its slimmed properties."""
+    if isinstance(result, dict):
+        value = result.get("energy")
+    else:
+        value = result.properties.return_energy
+        if value is None and result.driver == "energy":
+            value = result.return_result
+    return None if value is None else float(value)
 
 
 def _atomic_result(data: Any) -> Any:

@@ -144,3 +144,45 @@ def with_xyz_options(command: Callable[..., None]) -> Callable[..., None]:
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper
+
+
+CutoffOpt = Annotated[str | None, _opt("--cutoff", metavar="K:Å[,K:Å...]", help="Distance screening: keep a "
+                                                                                "k-subset only if every pair of "
+                                                                                "its fragments is within the "
+                                                                                "order's cutoff (Å, closest "
+                                                                                "atoms), e.g. 2:9,3:7.")]
+EnergyScreenOpt = Annotated[str | None, _opt("--energy-threshold", metavar="K:EH[,K:EH...]", help="Energy "
+                                                                                                   "screening (Eh) "
+                                                                                                   "per order >= 3, "
+                                                                                                   "e.g. 3:1e-5.")]
+CentroidOpt = Annotated[bool, _opt("--centroid", help="Distance screening between fragment centroids instead of "
+                                                      "closest atoms.")]
+
+
+def screening_option(cutoff: str | None, energy: str | None, centroid: bool) -> dict[str, Any] | None:
+    """The ``screening`` run option from ``--cutoff``/``--energy-threshold``/``--centroid`` (InputError if bad)."""
+    from ..errors import InputError
+
+    def parse(flag: str, text: str) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for item in text.split(","):
+            order, sep, value = item.strip().partition(":")
+            try:
+                if not sep:
+                    raise ValueError
+                out[int(order)] = float(value)
+            except ValueError:
+                raise InputError(f"{flag}: {item.strip()!r} is not ORDER:VALUE (e.g. {flag} "
+                                 f"{'2:9,3:7' if flag == '--cutoff' else '3:1e-5'})") from None
+        return out
+
+    spec: dict[str, Any] = {}
+    if cutoff:
+        spec["distance"] = parse("--cutoff", cutoff)
+    if energy:
+        spec["energy"] = parse("--energy-threshold", energy)
+    if centroid:
+        if not cutoff:
+            raise InputError("--centroid changes how --cutoff measures distances: give --cutoff too")
+        spec["metric"] = "centroid"
+    return spec or None

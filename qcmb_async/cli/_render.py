@@ -82,6 +82,9 @@ def _energy_tables(console: Any, result: Any, heading: str | None = None) -> Non
         for n, kind, value in rows[bsse]:
             table.add_row(str(n), labels[kind].format(n=n), format_eh(value), format_kcal(value))
         console.print(table)
+    screening = ((result.extras or {}).get("qcmb_async") or {}).get("screening")
+    if screening:
+        screening_table(console, screening, title="screened expansion (dropped subsets contribute zero)")
     props = result.properties
     if props.return_energy is not None:
         console.print(f"return energy ({requested[0] if requested else '?'}): {format_eh(props.return_energy)} Eh "
@@ -91,3 +94,36 @@ def _energy_tables(console: Any, result: Any, heading: str | None = None) -> Non
         if value is not None:
             shape = "x".join(str(d) for d in getattr(value, "shape", ()))
             console.print(f"{name}: {shape} array (written with --output)", markup=False, soft_wrap=True)
+
+
+def screening_table(console: Any, summary: dict[str, Any], *, cost: dict[int, float] | None = None,
+                    title: str = "screening") -> None:
+    """Per order: subsets possible, kept, dropped (and the cutoff or threshold); ``cost`` adds each order's share."""
+    from rich import box
+    from rich.table import Table
+
+    dist, energy = summary.get("distance") or {}, summary.get("energy") or {}
+    metric = "centroids" if summary.get("metric") == "centroid" else "closest atoms"
+    table = Table(box=box.SIMPLE, title=title, title_justify="left")
+    for name in ("n-body", "possible", "kept", "dropped", "kept %", "test"):
+        table.add_column(name, justify="left" if name == "test" else "right")
+    if cost is not None:
+        table.add_column("est. cost", justify="right")
+    total = sum(cost.values()) if cost else 0.0
+    for order, row in summary["orders"].items():
+        tests = []
+        if order in dist:
+            tests.append(f"pairs <= {dist[order]:g} Å ({metric})")
+        if order in energy:
+            tests.append(f"max |{int(order) - 1}-body increment| > {energy[order]:g} Eh")
+        kept_share = row["kept"] / row["possible"] if row["possible"] else 0.0
+        cells = [order, f"{row['possible']:,}", f"{row['kept']:,}", f"{row['dropped']:,}", f"{kept_share:.1%}",
+                 "; ".join(tests) or ("all" if order == "1" else "all (k-1)-subsets kept")]
+        if cost is not None:
+            cells.append(f"{cost.get(int(order), 0.0) / total:.0%}" if total else "-")
+        table.add_row(*cells)
+    console.print(table)
+    if energy:
+        console.print(f"energy screening decides orders >= {min(map(int, energy))} during the run (from the "
+                      f"{summary.get('screened_bsse', '?')} increments); a plan counts those orders as not yet kept",
+                      markup=False, soft_wrap=True)

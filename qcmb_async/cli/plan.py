@@ -8,14 +8,22 @@ from ._app import app
 from ._console import _errors, _setup_logging, _stdout
 from ._inputs import _load
 from ._options import (
+    CentroidOpt,
+    CutoffOpt,
     DebugOpt,
+    EnergyScreenOpt,
     InputArg,
     LogFormat,
     LogFormatOpt,
+    NcoresOpt,
+    NoStoreOpt,
+    StoreOpt,
     VerboseOpt,
     XyzOptions,
+    screening_option,
     with_xyz_options,
 )
+from ._render import screening_table
 
 
 @app.command()
@@ -23,17 +31,39 @@ from ._options import (
 def plan(
     input: InputArg,
     xyz: XyzOptions,
+    cutoff: CutoffOpt = None,
+    energy_threshold: EnergyScreenOpt = None,
+    centroid: CentroidOpt = False,
+    ncores: NcoresOpt = None,
+    store: StoreOpt = None,
+    no_store: NoStoreOpt = False,
     log_format: LogFormatOpt = LogFormat.console,
     verbose: VerboseOpt = 0,
     debug: DebugOpt = False,
 ) -> None:
-    """Show the fragments per n-body level and model chemistry; computes nothing."""
+    """Show the fragments per n-body level and model chemistry, what screening keeps and the predicted
+    wall time on --ncores cores; computes nothing."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
+        screening = screening_option(cutoff, energy_threshold, centroid)
         mbe = _load(input, xyz)
         from .. import plan_manybody
+        from .._core.options import make_options
 
-        _print_plan(_stdout(), plan_manybody(mbe))
+        cores = make_options(ncores=ncores).ncores
+        the_plan = plan_manybody(mbe, screening=screening)
+        console = _stdout()
+        _print_plan(console, the_plan)
+        if the_plan.screen is not None:
+            from .._core.screening import subset_of
+
+            cost: dict[int, float] = {}
+            for frag in the_plan.fragments:
+                order = len(subset_of(frag.real, frag.basis, the_plan.screen.nfrag))
+                cost[order] = cost.get(order, 0.0) + frag.cost
+            screening_table(console, the_plan.screen.summary(), cost=cost,
+                            title="screened expansion (planned before the run)")
+        _print_prediction(console, the_plan, cores, None if no_store else (str(store) if store else "default"))
 
 
 def _print_plan(console: Any, the_plan: Any) -> None:
@@ -65,3 +95,55 @@ def _print_plan(console: Any, the_plan: Any) -> None:
     table.add_row("total", "", "", "", str(len(the_plan.fragments)), "100%")
     console.print(table)
     console.print("nothing was computed (plan only)", markup=False, soft_wrap=True)
+
+
+def _print_prediction(console: Any, the_plan: Any, ncores: int, store: str | None) -> None:
+    """Predicted wall time on ``ncores`` from the cost model, simulated with the real scheduler.
+
+    Seconds need a calibration: fragments of this very plan already in the result store (their
+    measured times) calibrate the cost model; without any the prediction is in cost-model units.
+    """
+    from .._core.cost import CostModel
+    from ..simulate import simulate
+
+    frags = the_plan.fragments
+    if not frags:
+        return
+    model = CostModel()
+    calibrated = _calibrate(the_plan, model, store)
+    durations = {f.label: model.estimate(f.group, f.size) if calibrated else f.cost for f in frags}
+    sim = simulate(frags, ncores, durations=durations)
+    unit = "s" if calibrated else "cost units"
+    total = sum(durations.values())
+    console.print(f"predicted: {total:,.4g} {unit} of work, wall time {sim.makespan:,.4g} {unit} on {ncores} "
+                  f"core(s) (simulated with the real scheduler; speed-up {total / sim.makespan:.2f})"
+                  + (f"; calibrated from {calibrated} fragment(s) found in the result store" if calibrated else
+                     "; no fragment of this plan is in the result store, so times are relative"),
+                  markup=False, soft_wrap=True)
+
+
+def _calibrate(the_plan: Any, model: Any, store: str | None, sample: int = 256) -> int:
+    """Feed ``model`` the measured times of up to ``sample`` of the plan's fragments found in the store."""
+    if store is None:
+        return 0
+    from ..store import ResultStore, StoreError, store_path
+
+    path = store_path(store)
+    if path is None or not path.exists():
+        return 0
+    step = max(1, len(the_plan.fragments) // sample)
+    picked = the_plan.fragments[::step][:sample]
+    try:
+        jobs = {the_plan.materialise(f).key: f for f in picked}
+        with ResultStore(path, readonly=True) as rs:
+            found = rs.get_many(list(jobs))
+    except (StoreError, OSError):
+        return 0
+    n = 0
+    for key, data in found.items():
+        wall = ((data.get("provenance") or {}) if isinstance(data, dict) else {}).get("wall_time")
+        if wall:
+            frag = jobs[key]
+            model.observe(frag.group, frag.size, float(wall))
+            n += 1
+    return n

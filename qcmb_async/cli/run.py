@@ -12,8 +12,11 @@ from ._console import Usage, _errors, _setup_logging, _stderr, _stdout
 from ._inputs import _check_not_store, _check_writable, _load
 from ._options import (
     BarrierOpt,
+    CentroidOpt,
     ClusterOpt,
+    CutoffOpt,
     DebugOpt,
+    EnergyScreenOpt,
     ExecutorOpt,
     FragMemoryOpt,
     FragNcoresOpt,
@@ -40,6 +43,7 @@ from ._options import (
     VerboseOpt,
     WalltimeOpt,
     XyzOptions,
+    screening_option,
     with_xyz_options,
 )
 from ._render import _energy_tables
@@ -69,6 +73,9 @@ def run(
     timeout: TimeoutOpt = None,
     on_error: OnErrorOpt = OnError.raise_,
     level_barrier: BarrierOpt = False,
+    cutoff: CutoffOpt = None,
+    energy_threshold: EnergyScreenOpt = None,
+    centroid: CentroidOpt = False,
     output: OutputOpt = None,
     timeline: TimelineOpt = None,
     log_format: LogFormatOpt = LogFormat.console,
@@ -94,6 +101,7 @@ def run(
             "ncores": ncores, "memory": memory, "fragment_ncores": fragment_ncores,
             "fragment_memory": fragment_memory, "executor": executor, "retries": retries, "timeout": timeout,
             "on_error": on_error.value, "level_barrier": level_barrier,
+            "screening": screening_option(cutoff, energy_threshold, centroid),
         }
         if store is not None and no_store:
             raise Usage("--store and --no-store contradict each other: give one")
