@@ -25,6 +25,7 @@ from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
 from ._logs import get_logger
 from .errors import FailureReport, FragmentError, InputError, RunFailed
 from .executors import resolve_executor
+from .settings import get_settings
 
 if TYPE_CHECKING:
     from qcmanybody.models.v2 import ManyBodyResult
@@ -130,6 +131,7 @@ async def run_manybody(
     """
     # IPython kernels turn an interrupt into a callback that does not wake the event loop.
     async with _interruptible():
+        get_settings()  # a bad QCMB_ASYNC_* variable is an InputError now, not in a worker later
         inp = load_input(mbe_input)
         options = make_options(
             ncores=ncores, memory=memory, fragment_ncores=fragment_ncores, fragment_memory=fragment_memory,
