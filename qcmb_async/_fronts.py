@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._core.scheduler import unwrap_group
 from ._runner import run_manybody
 from .errors import InputError, Terminated
 
@@ -138,9 +139,13 @@ async def open_run(mbe_input: Any, **options: Any) -> AsyncIterator[RunHandle]:
             finally:
                 done.set()
 
-    async with anyio.create_task_group() as tg, receive:
-        tg.start_soon(worker)
-        try:
-            yield RunHandle(receive, done, box)
-        finally:
-            tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg, receive:
+            tg.start_soon(worker)
+            try:
+                yield RunHandle(receive, done, box)
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The task group wraps what the caller's block raised (e.g. result()'s InputError): unwrap it.
+        raise unwrap_group(group) from None

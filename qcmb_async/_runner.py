@@ -25,6 +25,7 @@ from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
 from ._logs import get_logger
 from .errors import FailureReport, FragmentError, InputError, RunFailed
 from .executors import resolve_executor
+from .settings import get_settings
 
 if TYPE_CHECKING:
     from qcmanybody.models.v2 import ManyBodyResult
@@ -130,6 +131,8 @@ async def run_manybody(
     """
     # IPython kernels turn an interrupt into a callback that does not wake the event loop.
     async with _interruptible():
+        get_settings()  # a bad QCMB_ASYNC_* variable is an InputError now, not in a worker later
+        _check_store_argument(store)
         inp = load_input(mbe_input)
         options = make_options(
             ncores=ncores, memory=memory, fragment_ncores=fragment_ncores, fragment_memory=fragment_memory,
@@ -144,6 +147,7 @@ async def run_manybody(
         specs = inp.specification.specification.values()
         exe = resolve_executor(executor, {s.program for s in specs}, options, scheduler,
                                psiapi=any(s.program == "psi4" and (s.extras or {}).get("psiapi") for s in specs))
+        _warn_oversubscribed(exe, options)
         resize = functools.partial(
             make_options, fragment_ncores=fragment_ncores, fragment_memory=fragment_memory, level_barrier=level_barrier,
             scratch_directory=scratch_directory, retries=retries, timeout=timeout, on_error=on_error, on_event=on_event,
@@ -284,17 +288,40 @@ def _record_end(store: Any, run_id: str, input_hash: str, started: float, status
                         summary={"run_id": run_id, "ended": reason})
 
 
+def _warn_oversubscribed(exe: Executor, options: Any) -> None:
+    """More cores than this process may use on a local executor: every worker still starts; say so."""
+    import warnings
+
+    from ._core.resources import default_ncores
+
+    available = default_ncores()
+    if exe.capacity is None and options.ncores > available:
+        message = (f"ncores={options.ncores} is more than the {available} core(s) this process may use: up to "
+                   f"{options.slots} fragments (and worker processes) will share them")
+        log.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _check_store_argument(store: Any) -> None:
+    """``store=`` of the wrong kind is an InputError before any worker starts."""
+    from ._core.store_layout import store_path
+    from .errors import StoreError
+
+    try:
+        store_path(store)
+    except StoreError as exc:
+        raise InputError(str(exc)) from exc
+
+
 def open_store(store: str | os.PathLike[str] | None) -> ResultStore | None:
     """Open the result store selected by ``store=`` (see :func:`run_manybody`), or ``None``."""
     from ._core.store import ResultStore
     from ._core.store_layout import store_path
     from .errors import StoreError
 
-    path = store_path(store)
-    if path is None:
-        return None
     try:
-        return ResultStore(path)
+        path = store_path(store)
+        return None if path is None else ResultStore(path)
     except StoreError as exc:
         raise InputError(str(exc)) from exc
 

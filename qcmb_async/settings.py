@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import InputError
 
-__all__ = ["DEPRECATED_NAMES", "Settings", "get_settings"]
+__all__ = ["CACHE_FORMAT", "DEPRECATED_NAMES", "Settings", "get_settings", "is_qcengine_cache"]
 
 _OFF = frozenset({"none", "off", "0", "false", "no"})
 
@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("qcengine_cache")
+    @classmethod
+    def _not_someone_elses_file(cls, value: str | None) -> str | None:
+        # The cache is rewritten in place: naming /etc/passwd or a result store must not destroy it.
+        if value is None or value.strip().lower() in _OFF:
+            return value
+        path = Path(value.strip()).expanduser()
+        if path.is_dir():
+            raise ValueError(f"{value!r} is a directory: name a file (it is created), or 'none'")
+        if path.exists() and not is_qcengine_cache(path):
+            raise ValueError(f"{value!r} exists and is not a qcmb_async QCEngine cache file (it would be "
+                             "overwritten): name a new file, or 'none'")
+        return value
+
     @field_validator("psi4_harness", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
@@ -68,6 +82,24 @@ class Settings(BaseSettings):
         import platformdirs
 
         return Path(platformdirs.user_cache_dir("qcmb_async")) / "qcengine-globals.json"
+
+
+#: The first key of a QCEngine cache file qcmb_async writes (see ``_qcengine/seams.py``).
+CACHE_FORMAT = "qcmb_async-qcengine-globals"
+
+
+def is_qcengine_cache(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding a QCEngine cache qcmb_async wrote (safe to replace)."""
+    import json
+
+    try:
+        if not path.is_file() or path.stat().st_size > 1_000_000:
+            return False
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    # Files written before the format key existed carry just these two keys.
+    return isinstance(data, dict) and (data.get("format") == CACHE_FORMAT or set(data) == {"machine", "values"})
 
 
 def get_settings() -> Settings:

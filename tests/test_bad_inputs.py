@@ -214,6 +214,24 @@ CASES: list[Case] = [
          api_options={"scratch_directory": "$QCMB_TEST_UNSET/s"}),
     Case("scratch missing", r"scratch_directory .* does not exist or is not a directory: create it", data=mbe(),
          cli=False, api_options={"scratch_directory": "~/qcmb-no-such-dir"}),
+    # -- found by a newcomer's review ------------------------------------------------------------
+    Case("max_nbody zero", r"max_nbody=0: give a whole number from 1 to the number of fragments \(2\)",
+         data=mbe(max_nbody=0)),
+    Case("ghost atom in the input", r"ghost atoms \(atom\(s\) \[1\].*make every input atom real",
+         data=mbe({**WATER2, "real": [False, True, True, True, True, True]})),
+    Case("fractional multiplicity", r"multiplicities must be whole numbers.*1\.5.*correct them",
+         data=mbe({**WATER2, "fragment_multiplicities": [1.5, 1], "molecular_multiplicity": 1.5})),
+    Case("levels naming no spec", r"name model chemistr.*\(auto\).*specification does not define.*supersystem",
+         data=edit("specification.specification", {
+             n: {"program": "mopac", "model": {"method": "pm7"}, "driver": "energy"} for n in ("a", "b", "c")},
+             max_nbody=2, levels={"1": "a", "2": "b", "supersystem": "c"}), command="plan", api=False),
+    Case("embedding charges in testing", r"QCMANYBODY_EMBEDDING_CHARGES=1.*remove embedding_charges",
+         data=mbe(program="psi4", method="hf", basis="sto-3g",
+                  embedding_charges={"1": [-0.8, 0.4, 0.4], "2": [-0.8, 0.4, 0.4]}), needs=("psi4",)),
+    Case("store of the wrong kind", r"store= must be a file path, 'default' or None, got 5", data=mbe(),
+         api_options={"store": 5}, cli=False),
+    Case("ncores leaving no memory", r"leaves 0\.0 GiB per fragment: give fewer cores, more memory", data=mbe(),
+         cli_args=["--ncores", "10000000", "--memory", "1"], api_options={"ncores": 10**7, "memory": 1}),
 ]
 
 
@@ -420,3 +438,12 @@ def test_multiplicity_help_says_what_the_default_is() -> None:
     text = " ".join(res.output.replace("\u2502", " ").split())  # without the box's side lines
     assert "Default 1." not in text
     assert re.search(r"1 for an even and 2 for an odd electron count", text), text
+
+
+def test_cp_with_a_program_without_ghost_atoms_warns_api_users_too() -> None:
+    """MOPAC writes ghosts as real atoms: QCManyBody's numbers, but a Python warning says they are not CP."""
+    require_program("mopac")
+    from qcmb_async import plan_manybody
+
+    with pytest.warns(UserWarning, match="mopac cannot place ghost atoms.*not a BSSE correction.*nocp"):
+        plan_manybody(mbe(bsse_type=["cp"]))

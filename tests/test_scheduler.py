@@ -131,6 +131,19 @@ async def test_open_run_reraises_errors() -> None:
     assert "FragmentFailed" in kinds
 
 
+async def test_open_run_error_leaving_the_block_is_not_wrapped() -> None:
+    """The quickstart pattern: the error of result() leaves the block as itself, not as an ExceptionGroup."""
+    from qcmb_async import FragmentError, InputError, open_run
+
+    with pytest.raises(FragmentError):
+        async with open_run(fake_input(3, 2, 0.01, fail_real_atoms=[6]), ncores=2, memory=2) as handle:
+            _ = [e async for e in handle]
+            await handle.result()
+    with pytest.raises(InputError, match="retries must be a whole number"):
+        async with open_run(fake_input(3, 2, 0.01), ncores=2, memory=2, retries=-1) as handle:
+            await handle.result()
+
+
 async def test_retry_policy_retries_only_transient_errors_with_capped_backoff() -> None:
     from qcmb_async._core.contract import ErrorType
     from qcmb_async._core.scheduler import RetryPolicy

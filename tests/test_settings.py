@@ -73,3 +73,36 @@ def test_every_run_option_is_documented() -> None:
         assert field.description, f"run option {name} has no description"
         if name not in hook.INTERNAL:
             assert f"| `{name}` |" in rendered, f"run option {name} missing from docs/configuration.md"
+
+
+@pytest.mark.parametrize("victim", ["store", "passwd-like", "directory"])
+def test_qcengine_cache_never_overwrites_a_file_that_is_not_a_cache(victim: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Naming /etc/passwd or a result store as the cache must be refused before anything runs, the file intact."""
+    from qcmb_async import plan_manybody, run
+    from tests.helpers import mbe_input
+
+    target = tmp_path / "victim"
+    if victim == "directory":
+        target.mkdir()
+    else:
+        content = b"SQLite format 3\x00" + bytes(100) if victim == "store" else b"root:x:0:0:root:/root:/bin/sh\n"
+        target.write_bytes(content)
+    before = None if victim == "directory" else target.read_bytes()
+    monkeypatch.setenv("QCMB_ASYNC_QCENGINE_CACHE", str(target))
+    with pytest.raises(InputError, match="QCMB_ASYNC_QCENGINE_CACHE"):
+        run(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2), store=None)
+    if before is not None:
+        assert target.read_bytes() == before
+    monkeypatch.setenv("QCMB_ASYNC_QCENGINE_CACHE", str(tmp_path / "new.json"))
+    assert plan_manybody(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2)).fragments  # a new file is fine
+
+
+def test_an_old_cache_file_is_still_ours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qcmb_async.settings import is_qcengine_cache
+
+    old = tmp_path / "old.json"
+    old.write_text('{"machine": {}, "values": {}}')  # written before the format key existed
+    assert is_qcengine_cache(old)
+    monkeypatch.setenv("QCMB_ASYNC_QCENGINE_CACHE", str(old))
+    assert get_settings().qcengine_cache_path == old

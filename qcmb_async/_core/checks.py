@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,10 @@ def check_embedding(inp: ManyBodyInput) -> None:
             f"embedding_charges cannot be used with program(s) {', '.join(bad)}: QCManyBody passes point charges "
             f"only to {', '.join(embedding_programs())} (as external_potentials, psi4 >= 1.6). Use that program or "
             "remove embedding_charges")
+    if not os.environ.get("QCMANYBODY_EMBEDDING_CHARGES"):
+        raise InputError("embedding_charges: QCManyBody marks embedded (EE-MBE) expansions as still in testing and "
+                         "refuses them unless the environment variable QCMANYBODY_EMBEDDING_CHARGES=1 is set; set it "
+                         "to use them at your own risk, or remove embedding_charges")
 
 
 #: Noble-gas cores (electrons) and, after a filled d shell, the d10 a valence-only method leaves out.
@@ -258,6 +263,20 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
             "Separate fragments with '--' lines in the geometry string or set 'fragments'."
         )
     max_nbody = inp.specification.keywords.max_nbody
+    if max_nbody is not None and max_nbody < 1:
+        raise InputError(f"max_nbody={max_nbody}: give a whole number from 1 to the number of fragments ({nfrag})")
+    real = inp.molecule.real
+    if real is not None and not all(real):
+        ghosts = [i + 1 for i, r in enumerate(real) if not r]
+        shown = f"{ghosts[:10]}{' ...' if len(ghosts) > 10 else ''}"
+        raise InputError(f"the input molecule has ghost atoms (atom(s) {shown}, "
+                         "real=false / Gh(X) / @X): QCManyBody would compute them as real atoms in every fragment. "
+                         "The expansion places ghosts itself (bsse_type cp/vmfc): make every input atom real")
+    mults = [*(inp.molecule.fragment_multiplicities or []), inp.molecule.molecular_multiplicity]
+    if any(m is not None and not float(m).is_integer() for m in mults):
+        raise InputError(f"multiplicities must be whole numbers (2S+1), got fragment_multiplicities="
+                         f"{list(inp.molecule.fragment_multiplicities or [])}, molecular_multiplicity="
+                         f"{inp.molecule.molecular_multiplicity}: correct them")
     if max_nbody is not None and max_nbody > nfrag:
         raise InputError(
             f"max_nbody={max_nbody} is larger than the number of fragments ({nfrag}): "
@@ -275,7 +294,18 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
     check_fragment_electrons(inp)
     bsse = {str(getattr(b, "value", b)) for b in (inp.specification.keywords.bsse_type or [])}
     if bsse & {"cp", "vmfc"} and any(not traits(s.program).ghost_atoms for s in specs.values()):
+        import warnings
+
         from .._logs import get_logger
+
+        # Same numbers as QCManyBody's own computer (so not refused), but physically meaningless: say so
+        # loudly, to API users too (a library's log lines go nowhere unless the application configures logging).
+        names = sorted(s.program for s in specs.values() if not traits(s.program).ghost_atoms)
+        message = (f"{', '.join(names)} cannot place ghost atoms (QCEngine's harness writes them as real atoms): "
+                   f"the {'/'.join(sorted(bsse & {'cp', 'vmfc'}))} fragments are computed with every ghost as a "
+                   "real atom, so those energies are not a BSSE correction. Use bsse_type nocp with this program")
+        get_logger().warning(message, bsse=sorted(bsse))
+        warnings.warn(message, UserWarning, stacklevel=2)
 
         # Same numbers as QCManyBody's own computer, but physically meaningless: say so.
         get_logger().warning("QCEngine's MOPAC harness writes ghost atoms as real atoms: cp/vmfc fragments are "

@@ -177,7 +177,11 @@ class RunOptions(BaseModel):
             cores, memory, per = info.data.get("ncores"), info.data.get("memory"), info.data.get("fragment_ncores")
             if cores is None or memory is None or per is None:
                 return value  # an earlier field failed; its error is the one to report
-            return round(memory / max(1, cores // per), 6)
+            share = round(memory / max(1, cores // per), 6)
+            if share <= 0:
+                raise ValueError(f"memory={memory} GiB over ncores={cores} leaves {share} GiB per fragment: give "
+                                 "fewer cores, more memory, or fragment_memory")
+            return share
         return _positive("fragment_memory", value, integer=False)
 
     @field_validator("screening", mode="before")

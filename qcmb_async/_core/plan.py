@@ -20,6 +20,7 @@ import numpy as np
 from qcmanybody.models.v2 import ManyBodyInput
 from qcmanybody.utils import labeler
 
+from ..errors import InputError
 from .cost import fragment_size, method_exponent
 from .options import Screening
 from .screening import Expansion, LabelKey, plan_expansion
@@ -310,6 +311,14 @@ def make_plan(inp: ManyBodyInput, screening: Screening | None = None) -> Plan:
 
     computer = ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
     specs = _specifications(computer)
+    undefined = sorted({str(mc) for mc in computer.levels.values()} - set(specs))
+    if undefined:
+        # QCManyBody rewrites `levels` (e.g. a 'supersystem' level with max_nbody equal to the number of
+        # fragments becomes {n: '(auto)'}); its own computer would then fail looking the name up.
+        raise InputError(f"QCManyBody resolved the input's levels to {dict(computer.levels)}, which name model "
+                         f"chemistr{'y' if len(undefined) == 1 else 'ies'} {undefined} the specification does not "
+                         f"define (it defines {sorted(specs)}). Give levels whose names are all in 'specification' "
+                         "(a 'supersystem' level needs max_nbody below the number of fragments)")
     maker = _FragmentMaker(computer, specs)
     screen = plan_expansion(screening, computer) if screening is not None else None
     keys = iterate_labels(computer.qcmb_core) if screen is None else screen.initial

@@ -138,6 +138,8 @@ def store_path(store: str | os.PathLike[str] | None = "default") -> Path | None:
     """
     if store is None:
         return None
+    if not isinstance(store, str | os.PathLike) or not os.fspath(store).strip():
+        raise StoreError(f"store= must be a file path, 'default' or None, got {store!r}")
     if isinstance(store, str) and store == "default":
         settings = get_settings()
         if settings.store_disabled:

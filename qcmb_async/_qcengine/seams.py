@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..settings import get_settings
+from ..settings import CACHE_FORMAT, get_settings, is_qcengine_cache
 from . import guardian
 
 REQUIRED_GLOBAL_KEYS = ("hostname", "memory", "username", "ncores", "nnodes", "cpuinfo", "cpu_brand")
@@ -159,10 +159,12 @@ def _save_globals(values: dict[str, Any]) -> None:
     path = _cache_path()
     if path is None:
         return
+    if path.exists() and not is_qcengine_cache(path):
+        return  # never replace a file that is not ours (settings refuse such a path up front)
     with contextlib.suppress(OSError, TypeError, ValueError):
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"machine": _machine_key(), "values": values}))
+        tmp.write_text(json.dumps({"format": CACHE_FORMAT, "machine": _machine_key(), "values": values}))
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)  # atomic: concurrent runs never read half a file
 
