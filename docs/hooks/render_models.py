@@ -12,6 +12,8 @@ from pydantic import BaseModel
 
 #: RunOptions fields the scheduler sets itself (not keyword arguments of run_manybody).
 INTERNAL = {"order", "auto_cores", "auto_memory"}
+#: Options whose model default is only a placeholder: unset, the scheduler chooses (the description says how).
+UNSET_MEANS_CHOSEN = {"fragment_ncores"}
 
 
 def model_table(model: type[BaseModel], *, prefix: str = "", header: tuple[str, str, str]) -> str:
@@ -20,7 +22,7 @@ def model_table(model: type[BaseModel], *, prefix: str = "", header: tuple[str, 
     for name, field in model.model_fields.items():
         if name in INTERNAL:
             continue
-        if field.default_factory is not None or field.is_required():
+        if field.default_factory is not None or field.is_required() or name in UNSET_MEANS_CHOSEN:
             default = "see meaning"
         else:
             default = "unset" if field.default is None else f"`{field.default!r}`"

@@ -118,10 +118,12 @@ class RunOptions(BaseModel):
         "Total memory the run may use, GiB. Default: 80 % of the memory available now (Dask: the workers' declared "
         "memory)."))
     fragment_ncores: int = Field(1, description=(
-        "Cores per fragment (QCEngine `task_config.ncores`, `OMP_NUM_THREADS`). Default: chosen by the scheduler, 1 "
-        "or more for a few large fragments of a threaded program when that shortens the run."))
+        "Cores per fragment (QCEngine `task_config.ncores`, `OMP_NUM_THREADS`); setting it fixes it for every "
+        "fragment. Unset: the scheduler chooses, 1, or more for a few large fragments of a threaded program "
+        "when that shortens the run."))
     fragment_memory: float = Field(description=(
-        "Memory per fragment, GiB. Default: `memory / ncores` for every core the fragment gets."))
+        "Memory per fragment, GiB. Unset: an even share, `memory / (ncores // fragment_ncores)`, for each core "
+        "the fragment gets."))
     level_barrier: bool = Field(False, description=(
         "Finish every n-body level before starting the next (off: fragments do not depend on each other)."))
     scratch_directory: str | None = Field(None, description=(
