@@ -16,6 +16,8 @@ from . import events
 from ._core.contract import Executor, FragmentJob, JobOutcome
 from ._core.plan import Fragment, Plan
 from ._core.xyz import xyz_input as read_xyz
+from ._frequencies import FrequencyResult, frequencies
+from ._optimize import OptimizationResult, optimize
 from ._qcengine.seams import prime_qcengine
 from ._runner import RunHandle, open_run, plan_manybody, run, run_manybody
 from ._version import __version__
@@ -31,8 +33,10 @@ __all__ = [
     "Fragment",
     "FragmentError",
     "FragmentJob",
+    "FrequencyResult",
     "InputError",
     "JobOutcome",
+    "OptimizationResult",
     "Plan",
     "QCMBAsyncError",
     "RunFailed",
@@ -40,7 +44,9 @@ __all__ = [
     "Terminated",
     "__version__",
     "events",
+    "frequencies",
     "open_run",
+    "optimize",
     "plan_manybody",
     "prime_qcengine",
     "read_xyz",

@@ -62,6 +62,8 @@ SUPPORTED_KEYWORDS: dict[str, str] = {
     "max_cycle": "maximum number of SCF iterations (int, default 50)",
     "xc_grid": "DFT integration grid level, 0-9 (int, PySCF default 3)",
     "density_fit": "density fitting for SCF and MP2 (bool, default False)",
+    "warm_start": "seed the SCF with this fragment's last converged density when its atoms moved less than "
+                  "0.5 bohr (bool, default False)",
 }
 
 _HF_NAMES = frozenset({"hf", "scf"})
@@ -94,6 +96,10 @@ def _parse_keywords(keywords: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(density_fit, bool):
         raise InputError(f"PySCF harness: keyword density_fit={density_fit!r} must be true or false.")
     out["density_fit"] = density_fit
+    warm = kw.get("warm_start", False)
+    if not isinstance(warm, bool):
+        raise InputError(f"PySCF harness: keyword warm_start={warm!r} must be true or false.")
+    out["warm_start"] = warm
     return out
 
 
@@ -450,7 +456,9 @@ class PySCFHarness(ProgramHarness):
         from pyscf import lib, mp
 
         mf = self._build_scf(mol, kind, xc, kw)
-        mf.kernel()  # PySCF errors propagate: QCEngine reports them as unknown_error with the traceback
+        warm_key = _warm_key(mol, kind, xc, kw) if kw["warm_start"] else None
+        dm0 = _WARM.guess(warm_key, mol) if warm_key is not None else None
+        mf.kernel(dm0=dm0)  # PySCF errors propagate: QCEngine reports them as unknown_error with the traceback
         cycles = getattr(mf, "cycles", None)
         if not mf.converged:
             raise ConvergenceError(
@@ -476,6 +484,9 @@ class PySCFHarness(ProgramHarness):
         if kind == "hf" and "e2" in summary:  # for DFT PySCF lumps exact exchange into exc: not split here
             props["scf_two_electron_energy"] = float(summary["e2"])
         extras: dict[str, Any] = {"scf_class": type(mf).__name__, "xc": xc, "threads": int(lib.num_threads())}
+        if warm_key is not None:
+            _WARM.keep(warm_key, mol, mf.make_rdm1())
+            extras["warm_start"] = dm0 is not None
 
         solver = mf
         props["return_energy"] = float(mf.e_tot)
@@ -553,6 +564,47 @@ class PySCFHarness(ProgramHarness):
             rms = math.sqrt(float(np.mean(np.square(props["return_gradient"]))))
             lines.append(f"gradient rms = {rms:.3e} Eh/bohr")
         return "\n".join(lines) + "\n"
+
+
+#: Largest displacement of any atom (bohr) for which a fragment's previous density seeds its SCF.
+WARM_START_MAX_SHIFT = 0.5
+
+
+def _warm_key(mol: Any, kind: str, xc: str | None, kw: dict[str, Any]) -> tuple[Any, ...]:
+    """A fragment's identity whatever its coordinates: atoms (ghosts marked), basis, charge, spin, method."""
+    atoms = tuple(mol.atom_symbol(k) for k in range(mol.natm))
+    return (atoms, str(mol.basis), tuple(sorted(mol.ecp.items())) if isinstance(mol.ecp, dict) else str(mol.ecp),
+            int(mol.charge), int(mol.spin), kind, xc, bool(kw["density_fit"]))
+
+
+class _WarmStarts:
+    """Per worker process: each fragment's last converged density matrix and coordinates (bounded LRU).
+
+    A density from a nearby geometry is only a starting guess: the SCF still converges to
+    ``conv_tol``, so results agree with a cold start to the convergence threshold.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._data: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    def guess(self, key: tuple[Any, ...], mol: Any) -> np.ndarray | None:
+        found = self._data.get(key)
+        if found is None:
+            return None
+        coords, dm = found
+        if np.abs(coords - mol.atom_coords()).max() > WARM_START_MAX_SHIFT:
+            return None
+        return dm
+
+    def keep(self, key: tuple[Any, ...], mol: Any, dm: Any) -> None:
+        self._data.pop(key, None)
+        self._data[key] = (np.array(mol.atom_coords()), np.asarray(dm))
+        while len(self._data) > self.size:
+            self._data.pop(next(iter(self._data)))
+
+
+_WARM = _WarmStarts()
 
 
 def _gradient_in_input_order(solver: Any, natom: int, order: list[int]) -> np.ndarray:
