@@ -53,7 +53,8 @@ class FrequencyResult:
 def harmonic_analysis(hessian: Any, geometry: Any, masses: Any) -> tuple[np.ndarray, np.ndarray]:
     """Frequencies (cm⁻¹) and Cartesian normal modes with overall translations and rotations projected out.
 
-    ``hessian``: Eh/bohr², 3N x 3N; ``geometry``: bohr, N x 3; ``masses``: amu, N. The Hessian is
+    ``hessian``: Eh/bohr², 3N x 3N; ``geometry``: bohr, N x 3; ``masses``: amu, N (:func:`frequencies`
+    uses the molecule's: QCElemental's most abundant isotopes unless the input sets them). The Hessian is
     mass-weighted, the 6 (5 for a linear molecule) rigid-body vectors about the centre of mass are
     orthonormalised, and the Hessian is diagonalised in their orthogonal complement (the textbook
     projection, e.g. Gaussian's "Vibrational analysis in Gaussian" white paper). Imaginary
