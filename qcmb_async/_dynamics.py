@@ -101,7 +101,7 @@ def computed_and_cached(result: Any) -> tuple[int, int]:
 def scf_iterations(result: Any) -> list[int]:
     """SCF iterations of each fragment, when the result carries its fragments' results (protocol ``all``)."""
     out = []
-    for res in (getattr(result, "component_results", None) or {}).values():
+    for res in (getattr(result, "cluster_results", None) or {}).values():
         it = getattr(getattr(res, "properties", None), "scf_iterations", None)
         if it is not None:
             out.append(int(it))

@@ -11,7 +11,10 @@ fragments from the store instead of computing them.
 
 from __future__ import annotations
 
+import math
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ import anyio
 import anyio.from_thread
 import numpy as np
 
+from ._core.scheduler import unwrap_group
 from ._dynamics import computed_and_cached, geometry, kept_pool, prepare, run_at, scf_iterations
 from .errors import InputError
 
@@ -51,6 +55,77 @@ class OptimizationResult:
     def final_energy(self) -> float:
         """Energy (Eh) at the last evaluated geometry."""
         return self.energies[-1]
+
+
+class _Stopped(BaseException):
+    """Raised inside geomeTRIC's thread when the optimization was cancelled or a gradient failed."""
+
+
+async def _drive(optimizer: Callable[[Callable[[np.ndarray], Any]], np.ndarray],
+                 step: Callable[[np.ndarray], Any]) -> tuple[np.ndarray | None, str | None]:
+    """Run the blocking ``optimizer(evaluate)`` on a thread; each ``evaluate`` is ``await step(coords)`` here.
+
+    The MBEs run in this task, not in tasks started from the thread: cancelling the caller cancels
+    the MBE in flight at once (program processes killed) and geomeTRIC's thread is told to stop
+    (:class:`_Stopped` out of its ``evaluate``); it is not waited for. Returns the final coordinates,
+    or ``None`` and geomeTRIC's reason when it gave up.
+    """
+    send, receive = anyio.create_memory_object_stream[tuple[np.ndarray, queue.Queue[Any]]](math.inf)
+    stopped = threading.Event()
+    box: dict[str, Any] = {}
+
+    def evaluate(coords: np.ndarray) -> Any:
+        if stopped.is_set():
+            raise _Stopped
+        reply: queue.Queue[Any] = queue.Queue(maxsize=1)
+        try:
+            anyio.from_thread.run_sync(send.send_nowait, (coords, reply))
+        except Exception:  # the loop or the stream is gone: the optimization was stopped
+            raise _Stopped from None
+        out = reply.get()
+        if isinstance(out, _Stopped):
+            raise out
+        return out
+
+    def work() -> None:
+        from geometric.errors import GeomOptNotConvergedError, GeomOptStructureError
+
+        try:
+            box["final"] = optimizer(evaluate)
+        except _Stopped:
+            pass
+        except (GeomOptNotConvergedError, GeomOptStructureError) as exc:
+            box["error"] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            box["raised"] = exc
+
+    async def run_thread() -> None:
+        try:
+            await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        finally:
+            send.close()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_thread)
+            try:
+                async with receive:
+                    async for coords, reply in receive:
+                        try:
+                            out = await step(coords)
+                        except BaseException:
+                            reply.put(_Stopped())
+                            raise
+                        reply.put(out)
+            except BaseException:
+                stopped.set()
+                tg.cancel_scope.cancel()
+                raise
+    except BaseExceptionGroup as group:
+        raise unwrap_group(group) from None
+    if "raised" in box:
+        raise box["raised"]
+    return box.get("final"), box.get("error")
 
 
 def _engine_class() -> Any:
@@ -163,21 +238,9 @@ async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str |
                 on_step(record)
             return record["energy"], grad
 
-        def evaluate(coords: np.ndarray) -> tuple[float, np.ndarray]:
-            return anyio.from_thread.run(step, coords)
-
         params = {"convergence_set": convergence_set, "maxiter": maxiter, **(geometric_params or {})}
-        error = None
-        final = None
-        try:
-            final = await anyio.to_thread.run_sync(lambda: run_geometric(
-                symbols, geometry(inp), evaluate, coordsys=coordsys, constraints=constraints, params=params))
-        except Exception as exc:
-            from geometric.errors import GeomOptNotConvergedError, GeomOptStructureError
-
-            if not isinstance(exc, GeomOptNotConvergedError | GeomOptStructureError):
-                raise
-            error = f"{type(exc).__name__}: {exc}"
+        final, error = await _drive(lambda evaluate: run_geometric(
+            symbols, geometry(inp), evaluate, coordsys=coordsys, constraints=constraints, params=params), step)
     if final is None:
         final = np.asarray(steps[-1]["geometry"]) if steps else geometry(inp)
     mol = inp.molecule.model_copy(update={"geometry": np.asarray(final, dtype=float)})

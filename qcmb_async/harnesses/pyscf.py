@@ -426,6 +426,8 @@ class PySCFHarness(ProgramHarness):
         try:
             with limits:
                 mol, order = self._build_mol(input_data, config)
+                # QCManyBody names each fragment after its real and ghost fragments: part of its identity.
+                kw["_name"] = input_data.molecule.name
                 props, return_result, extras = self._run(mol, kind, xc, kw, driver, method, order)
         finally:
             lib.num_threads(previous_threads)
@@ -485,7 +487,7 @@ class PySCFHarness(ProgramHarness):
             props["scf_two_electron_energy"] = float(summary["e2"])
         extras: dict[str, Any] = {"scf_class": type(mf).__name__, "xc": xc, "threads": int(lib.num_threads())}
         if warm_key is not None:
-            _WARM.keep(warm_key, mol, mf.make_rdm1())
+            _WARM.keep(warm_key, mol, (mf.mo_coeff, mf.mo_occ))
             extras["warm_start"] = dm0 is not None
 
         solver = mf
@@ -571,37 +573,80 @@ WARM_START_MAX_SHIFT = 0.5
 
 
 def _warm_key(mol: Any, kind: str, xc: str | None, kw: dict[str, Any]) -> tuple[Any, ...]:
-    """A fragment's identity whatever its coordinates: atoms (ghosts marked), basis, charge, spin, method."""
+    """A fragment's identity whatever its coordinates: molecule name (QCManyBody's names say which real and
+    ghost fragments), atoms (ghosts marked), basis, charge, spin, method."""
     atoms = tuple(mol.atom_symbol(k) for k in range(mol.natm))
-    return (atoms, str(mol.basis), tuple(sorted(mol.ecp.items())) if isinstance(mol.ecp, dict) else str(mol.ecp),
-            int(mol.charge), int(mol.spin), kind, xc, bool(kw["density_fit"]))
+    ecp = tuple(sorted(mol.ecp.items())) if isinstance(mol.ecp, dict) else str(mol.ecp)
+    return (kw.get("_name"), atoms, str(mol.basis), ecp, int(mol.charge), int(mol.spin), kind, xc,
+            bool(kw["density_fit"]))
 
 
 class _WarmStarts:
-    """Per worker process: each fragment's last converged density matrix and coordinates (bounded LRU).
+    """Each fragment's last converged orbitals and coordinates, shared by the worker processes of a machine.
 
-    A density from a nearby geometry is only a starting guess: the SCF still converges to
-    ``conv_tol``, so results agree with a cold start to the convergence threshold.
+    Kept as small ``.npz`` files in ``$QCMB_ASYNC_WARM_START_DIR`` (default ``<user cache dir>/qcmb_async/
+    warm-start``; one per fragment
+    identity, replaced atomically), because the scheduler sends a fragment to whichever worker is
+    free: a per-process memory would miss most of the time. Not the temporary directory: QCEngine
+    points it at each fragment's own scratch directory, removed after the fragment.
+    A density from a nearby geometry is only a starting guess:
+    the SCF still converges to ``conv_tol``, so results agree with a cold start to that threshold.
     """
 
-    def __init__(self, size: int = 256) -> None:
-        self.size = size
-        self._data: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
+    @property
+    def directory(self) -> str:
+        from ..settings import get_settings
+
+        return str(get_settings().warm_start_path)
+
+    def _path(self, key: tuple[Any, ...]) -> str:
+        import hashlib
+        import os
+
+        return os.path.join(self.directory, hashlib.sha256(repr(key).encode()).hexdigest()[:32] + ".npz")
 
     def guess(self, key: tuple[Any, ...], mol: Any) -> np.ndarray | None:
-        found = self._data.get(key)
-        if found is None:
-            return None
-        coords, dm = found
-        if np.abs(coords - mol.atom_coords()).max() > WARM_START_MAX_SHIFT:
-            return None
-        return dm
+        """A density for ``mol`` from the fragment's last orbitals, or ``None`` (not seen, or moved too far).
 
-    def keep(self, key: tuple[Any, ...], mol: Any, dm: Any) -> None:
-        self._data.pop(key, None)
-        self._data[key] = (np.array(mol.atom_coords()), np.asarray(dm))
-        while len(self._data) > self.size:
-            self._data.pop(next(iter(self._data)))
+        The occupied orbitals are Löwdin-orthonormalised in the new geometry's overlap metric (the
+        basis functions moved with the atoms), so the guess is an idempotent density of the right
+        electron count, not the old density in a basis it no longer fits.
+        """
+        try:
+            with np.load(self._path(key)) as data:
+                coords, mo_coeff, mo_occ = data["coords"], data["mo_coeff"], data["mo_occ"]
+        except (OSError, KeyError, ValueError):
+            return None
+        if coords.shape != mol.atom_coords().shape or \
+                np.abs(coords - mol.atom_coords()).max() > WARM_START_MAX_SHIFT:
+            return None
+        s = mol.intor_symmetric("int1e_ovlp")
+        spins = [(mo_coeff, mo_occ)] if mo_occ.ndim == 1 else list(zip(mo_coeff, mo_occ, strict=True))
+        dms = []
+        for c, occ in spins:
+            if c.shape[0] != s.shape[0]:
+                return None
+            cocc = c[:, occ > 0]
+            w, v = np.linalg.eigh(cocc.T @ s @ cocc)
+            if w.min() < 1e-8:
+                return None  # orbitals no longer independent in the new basis: start afresh
+            cocc = cocc @ (v / np.sqrt(w)) @ v.T
+            dms.append((cocc * occ[occ > 0]) @ cocc.T)
+        return dms[0] if len(dms) == 1 else np.array(dms)
+
+    def keep(self, key: tuple[Any, ...], mol: Any, orbitals: tuple[Any, Any]) -> None:
+        import os
+        import tempfile
+
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, coords=mol.atom_coords(), mo_coeff=np.asarray(orbitals[0]),
+                         mo_occ=np.asarray(orbitals[1]))
+            os.replace(tmp, self._path(key))
+        except OSError:
+            pass  # a guess not kept only costs SCF cycles next time
 
 
 _WARM = _WarmStarts()
