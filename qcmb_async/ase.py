@@ -60,7 +60,13 @@ class _Session:
     def run(self, inp: Any, coords: np.ndarray) -> Any:
         if self.closed:
             raise RuntimeError("this ManyBodyCalculator is closed")
-        return self.portal.call(run_at, inp, coords, self.exe, self.run_options)
+        future = self.portal.start_task_soon(run_at, inp, coords, self.exe, self.run_options)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            # Ctrl-C lands in the caller's thread: cancel the MBE in flight (its programs are killed) too.
+            future.cancel()
+            raise
 
     def close(self) -> None:
         with self._lock:

@@ -117,3 +117,31 @@ def test_nve_md_conserves_energy_like_the_supersystem() -> None:
     assert mbe_drift <= 2 * super_drift + 1e-4, (mbe_drift, super_drift)
     # and the two trajectories are genuinely different potentials (the 3-body term is missing)
     assert abs(totals[0] - super_totals[0]) > 1e-4
+
+
+def test_garbage_collection_stops_the_pool() -> None:
+    require_module("ase")
+    require_program("pyscf")
+    import gc
+    import time
+
+    import psutil
+
+    from qcmb_async.ase import ManyBodyCalculator
+
+    atoms = _atoms(2)
+    calc = ManyBodyCalculator(fragments=[[0, 1, 2], [3, 4, 5]], program="pyscf",
+                              model={"method": "hf", "basis": "sto-3g"}, bsse_type="nocp", max_nbody=2,
+                              ncores=2, memory=2, store=None, executor="processes")
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    pids = {int(r["pid"]) for r in calc.results["manybody_result"].extras["qcmb_async"]["fragments"]}
+    session = calc._session
+    assert pids and all(psutil.pid_exists(p) for p in pids)  # the pool outlives the calculation
+    del calc, atoms
+    gc.collect()
+    assert session is not None and session.closed
+    deadline = time.time() + 10
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+        assert time.time() < deadline, "worker processes still running after the calculator was collected"
+        time.sleep(0.1)
