@@ -16,7 +16,9 @@ from . import events
 from ._core.contract import Executor, FragmentJob, JobOutcome
 from ._core.plan import Fragment, Plan
 from ._core.xyz import xyz_input as read_xyz
+from ._frequencies import FrequencyResult, frequencies
 from ._fronts import RunHandle, open_run, run
+from ._optimize import OptimizationResult, optimize
 from ._qcengine.seams import prime_qcengine
 from ._runner import plan_manybody, run_manybody
 from ._version import __version__
@@ -32,8 +34,10 @@ __all__ = [
     "Fragment",
     "FragmentError",
     "FragmentJob",
+    "FrequencyResult",
     "InputError",
     "JobOutcome",
+    "OptimizationResult",
     "Plan",
     "QCMBAsyncError",
     "RunFailed",
@@ -41,7 +45,9 @@ __all__ = [
     "Terminated",
     "__version__",
     "events",
+    "frequencies",
     "open_run",
+    "optimize",
     "plan_manybody",
     "prime_qcengine",
     "read_xyz",

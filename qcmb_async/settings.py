@@ -44,7 +44,11 @@ class Settings(BaseSettings):
         None, description="File caching QCEngine's machine description (its CPU probe takes ~1 s) per boot; "
                           "`none` disables. Unset: `qcengine-globals.json` in the user cache directory.")
 
-    @field_validator("store", "dask_scheduler", "qcengine_cache", mode="before")
+    warm_start_dir: str | None = Field(
+        None, description="Directory where the PySCF harness keeps each fragment's last orbitals for the "
+                          "`warm_start` keyword. Unset: `warm-start` in the user cache directory.")
+
+    @field_validator("store", "dask_scheduler", "qcengine_cache", "warm_start_dir", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -82,6 +86,15 @@ class Settings(BaseSettings):
         import platformdirs
 
         return Path(platformdirs.user_cache_dir("qcmb_async")) / "qcengine-globals.json"
+
+    @property
+    def warm_start_path(self) -> Path:
+        """Where the PySCF harness keeps orbitals for warm starts."""
+        if self.warm_start_dir is not None:
+            return Path(self.warm_start_dir.strip()).expanduser()
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("qcmb_async")) / "warm-start"
 
 
 #: The first key of a QCEngine cache file qcmb_async writes (see ``_qcengine/seams.py``).

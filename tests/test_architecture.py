@@ -24,8 +24,9 @@ LAYERS: list[set[str]] = [
     {"_core.fill", "_core.assemble"},                                  # assemble
     {"_runner", "simulate"},                                           # the pipeline put together
     {"_fronts"},                                                       # blocking and streaming fronts
+    {"_dynamics", "_optimize", "_frequencies"},                        # drivers running many MBEs
     {"events", "store", "__init__"},                                   # the public facade
-    {"cli", "timeline", "progress", "__main__"},                       # front ends
+    {"cli", "timeline", "progress", "__main__", "ase"},                # front ends
 ]
 
 

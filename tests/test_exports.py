@@ -11,6 +11,7 @@ PUBLIC = {
     "__version__", "Executor", "FailureReport", "Fragment", "FragmentError", "FragmentJob", "InputError",
     "JobOutcome", "Plan", "QCMBAsyncError", "RunFailed", "RunHandle", "Terminated", "events", "open_run",
     "plan_manybody", "prime_qcengine", "read_xyz", "run", "run_manybody",
+    "optimize", "frequencies", "OptimizationResult", "FrequencyResult",
 }
 
 
@@ -24,7 +25,7 @@ def test_no_private_module_leaks_into_the_namespace() -> None:
     public = {n for n in dir(qcmb_async) if not n.startswith("_")}
     # Subpackages users import explicitly (``qcmb_async.executors.threads``...) may appear once imported.
     modules = {"executors", "errors", "harnesses", "programs", "settings", "store", "cli", "timeline", "progress",
-               "simulate"}
+               "simulate", "ase"}
     extra = public - PUBLIC - modules - {"logging", "annotations"}
     assert not extra, f"names in qcmb_async's namespace that are not public API: {sorted(extra)}"
 

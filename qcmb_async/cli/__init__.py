@@ -1,4 +1,4 @@
-"""The ``qcmb-async`` command line: ``run``, ``plan`` and ``report`` a many-body expansion.
+"""The ``qcmb-async`` command line: ``run``, ``plan``, ``report``, ``optimize`` and ``frequencies``.
 
 One command per module (:mod:`.run`, :mod:`.plan`, :mod:`.report`), registered on the typer
 application in :mod:`._app`; options in :mod:`._options`, consoles and the exception-to-exit-code
@@ -21,7 +21,7 @@ from ._render import energy_rows, format_eh, format_kcal
 __all__ = ["COMMANDS", "app", "energy_rows", "format_eh", "format_kcal", "main"]
 
 #: Command modules, in the order ``qcmb-async --help`` lists them; importing one registers it on ``app``.
-COMMANDS = ("run", "plan", "report")
+COMMANDS = ("run", "plan", "report", "optimize", "frequencies")
 for _name in COMMANDS:
     importlib.import_module(f"{__name__}.{_name}")
 

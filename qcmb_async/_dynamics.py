@@ -1,0 +1,121 @@
+"""Shared pieces of the drivers that move atoms (optimize, frequencies, the ASE calculator).
+
+Each of them runs many MBEs of one input at different geometries on ONE entered executor: the
+input is loaded and checked once, then re-used with new coordinates (:func:`at_geometry`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import numpy as np
+
+from ._core.checks import check_input
+from ._core.contract import Executor
+from ._core.inputs import load_input
+from ._core.options import make_options
+from .errors import InputError
+from .executors import resolve_executor
+
+#: run_manybody options a driver passes through unchanged to every MBE it runs.
+RUN_OPTIONS = ("ncores", "memory", "fragment_ncores", "fragment_memory", "scratch_directory", "retries",
+               "timeout", "on_event", "store")
+
+
+def prepare(mbe_input: Any, driver: str) -> Any:
+    """Load and check ``mbe_input`` once; return it with ``driver`` and total (not interaction) results.
+
+    Moving atoms needs the total energy and its derivatives: for CP/VMFC QCManyBody returns the
+    interaction energy unless ``return_total_data`` is set, so it is set here. Blocking.
+    """
+    inp = load_input(mbe_input)
+    data = inp.model_dump()
+    spec = data["specification"]
+    spec["driver"] = driver
+    spec["keywords"]["return_total_data"] = True
+    for atomic in spec["specification"].values():
+        atomic["driver"] = driver
+    # The frame must not move between steps: gradients are in the input's frame.
+    data["molecule"] = {**data["molecule"], "fix_com": True, "fix_orientation": True}
+    out = type(inp)(**data)
+    check_input(out)
+    return out
+
+
+def geometry(inp: Any) -> np.ndarray:
+    """The input molecule's coordinates, bohr, shape (natom, 3)."""
+    return np.asarray(inp.molecule.geometry, dtype=float).reshape(-1, 3)
+
+
+def at_geometry(inp: Any, coords: Any) -> Any:
+    """``inp`` with the molecule's coordinates replaced by ``coords`` (bohr, natom x 3); nothing else changes."""
+    xyz = np.asarray(coords, dtype=float).reshape(-1, 3)
+    if xyz.shape != geometry(inp).shape:
+        raise InputError(f"coordinates of shape {xyz.shape} for a molecule of {len(inp.molecule.symbols)} atoms")
+    if not np.all(np.isfinite(xyz)):
+        raise InputError("coordinates must be finite numbers")
+    mol = inp.molecule.model_copy(update={"geometry": xyz.copy()})
+    return inp.model_copy(update={"molecule": mol})
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], str | Executor, Any]:
+    """``(run_manybody keyword options, executor, scheduler)``; unknown names are an ``InputError``."""
+    options = dict(options)
+    executor = options.pop("executor", "auto")
+    scheduler = options.pop("scheduler", None)
+    unknown = sorted(set(options) - set(RUN_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown option(s) {unknown}: use {', '.join((*RUN_OPTIONS, 'executor', 'scheduler'))}")
+    return options, executor, scheduler
+
+
+def make_executor(inp: Any, run_options: dict[str, Any], executor: str | Executor, scheduler: Any) -> Executor:
+    """The executor a driver enters once and reuses for every MBE (see ``executors.resolve_executor``)."""
+    options = make_options(**{k: run_options.get(k) for k in ("ncores", "memory", "fragment_ncores",
+                                                                "fragment_memory")})
+    specs = inp.specification.specification.values()
+    return resolve_executor(executor, {s.program for s in specs}, options, scheduler,
+                            psiapi=any(s.program == "psi4" and (s.extras or {}).get("psiapi") for s in specs))
+
+
+@contextlib.asynccontextmanager
+async def kept_pool(inp: Any, options: dict[str, Any]) -> AsyncIterator[tuple[Executor, dict[str, Any]]]:
+    """Enter the executor once; yield it with the options every ``run_manybody`` call gets."""
+    run_options, executor, scheduler = split_options(options)
+    exe = make_executor(inp, run_options, executor, scheduler)
+    async with exe:
+        yield exe, run_options
+
+
+def computed_and_cached(result: Any) -> tuple[int, int]:
+    """Fragments computed and fragments read from the store in one ``run_manybody`` result."""
+    records = (result.extras.get("qcmb_async") or {}).get("fragments", [])
+    cached = sum(1 for r in records if r.get("status") == "cached")
+    return len(records) - cached, cached
+
+
+def scf_iterations(result: Any) -> list[int]:
+    """SCF iterations of each fragment, when the result carries its fragments' results (protocol ``all``)."""
+    out = []
+    for res in (getattr(result, "cluster_results", None) or {}).values():
+        it = getattr(getattr(res, "properties", None), "scf_iterations", None)
+        if it is not None:
+            out.append(int(it))
+    return out
+
+
+async def run_at(inp: Any, coords: Any, exe: Executor, run_options: dict[str, Any]) -> Any:
+    """One MBE of ``inp`` at ``coords`` (bohr) on the entered ``exe``."""
+    from ._runner import run_manybody
+
+    moved = at_geometry(inp, coords)
+    return await run_manybody(moved, executor=exe, **run_options)
+
+
+async def off_loop(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking function on a worker thread."""
+    return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))

@@ -1,0 +1,270 @@
+"""Harmonic frequencies of an MBE: analytic Hessians, or finite differences in ONE scheduling pool.
+
+Finite differences over an MBE elsewhere run a full MBE per displaced geometry, one after another.
+Here every displacement is planned (QCManyBody enumerates its fragments), every fragment is built
+and keyed by content (``Job.key``: program + canonical ``AtomicInput``), and the union of distinct
+fragments is scheduled in one :class:`~qcmb_async._core.scheduler.Scheduler` run: no barrier
+between displacements, and a fragment whose atoms a displacement did not move is the reference
+geometry's fragment, computed once. Each displacement is then assembled by QCManyBody from its own
+plan. A displaced atom changes only the fragments that contain (or, with CP, carry the basis of)
+its monomer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._core.assemble import assemble, component_properties
+from ._core.plan import Fragment, Job, Plan
+from ._core.scheduler import Scheduler
+from ._dynamics import at_geometry, geometry, kept_pool, off_loop, prepare, split_options
+from .errors import InputError, RunFailed
+
+#: Default central-difference step, bohr (Psi4's findif default is 0.005 too).
+STEP = 0.005
+
+
+@dataclass
+class FrequencyResult:
+    """Harmonic analysis of an MBE Hessian.
+
+    ``frequencies``: cm⁻¹, ascending, 3N-6 (3N-5 linear) values, imaginary ones as negative numbers.
+    ``modes``: Cartesian displacement of each normal mode (3N x nmodes, unit-norm columns, not mass-weighted).
+    ``hessian``: Eh/bohr², 3N x 3N, symmetric. ``gradient``: Eh/bohr at the reference geometry (N x 3)
+    when the route computed it. ``energy``: Eh at the reference geometry when known.
+    ``extras``: route, step, fragment counts and timings.
+    """
+
+    frequencies: np.ndarray
+    modes: np.ndarray
+    hessian: np.ndarray
+    method: str
+    energy: float | None = None
+    gradient: np.ndarray | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def harmonic_analysis(hessian: Any, geometry: Any, masses: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Frequencies (cm⁻¹) and Cartesian normal modes with overall translations and rotations projected out.
+
+    ``hessian``: Eh/bohr², 3N x 3N; ``geometry``: bohr, N x 3; ``masses``: amu, N (:func:`frequencies`
+    uses the molecule's: QCElemental's most abundant isotopes unless the input sets them). The Hessian is
+    mass-weighted, the 6 (5 for a linear molecule) rigid-body vectors about the centre of mass are
+    orthonormalised, and the Hessian is diagonalised in their orthogonal complement (the textbook
+    projection, e.g. Gaussian's "Vibrational analysis in Gaussian" white paper). Imaginary
+    frequencies are returned as negative numbers.
+    """
+    import qcelemental as qcel
+
+    h = np.asarray(hessian, dtype=float)
+    xyz = np.asarray(geometry, dtype=float).reshape(-1, 3)
+    m = np.asarray(masses, dtype=float).reshape(-1)
+    n = len(m)
+    if h.shape != (3 * n, 3 * n):
+        raise InputError(f"Hessian of shape {h.shape} for {n} atoms: expected {(3 * n, 3 * n)}")
+    sqm = np.repeat(np.sqrt(m), 3)
+    hmw = h / np.outer(sqm, sqm)
+    hmw = (hmw + hmw.T) / 2
+    r = xyz - (m[:, None] * xyz).sum(axis=0) / m.sum()
+    rigid = []
+    for k in range(3):
+        t = np.zeros((n, 3))
+        t[:, k] = 1.0
+        rigid.append(t.reshape(-1) * sqm)
+    for k in range(3):
+        axis = np.zeros(3)
+        axis[k] = 1.0
+        rigid.append(np.cross(axis, r).reshape(-1) * sqm)
+    u, s, _ = np.linalg.svd(np.array(rigid).T, full_matrices=True)
+    nrigid = int(np.sum(s > 1e-6 * s.max()))
+    complement = u[:, nrigid:]
+    vals, vecs = np.linalg.eigh(complement.T @ hmw @ complement)
+    modes_mw = complement @ vecs
+    modes = modes_mw / sqm[:, None]
+    modes /= np.linalg.norm(modes, axis=0)
+    # Eh / (bohr² amu) -> s⁻² -> cm⁻¹
+    hartree = qcel.constants.get("hartree energy")
+    bohr = qcel.constants.get("bohr radius")
+    amu = qcel.constants.get("atomic mass constant")
+    c_cm = qcel.constants.get("speed of light in vacuum") * 100.0
+    to_wavenumber = np.sqrt(hartree / (bohr**2 * amu)) / (2 * np.pi * c_cm)
+    freqs = np.sign(vals) * np.sqrt(np.abs(vals)) * to_wavenumber
+    return freqs, modes
+
+
+@dataclass
+class CompositePlan:
+    """What the Scheduler reads of a :class:`Plan` for the distinct fragments of many plans.
+
+    Fragments are relabelled with their content key (labels must be unique in one scheduling run);
+    their jobs are already built, so the scheduler materialises them inline.
+    """
+
+    fragments: list[Fragment]
+    jobs: dict[str, Job]
+    inline: bool = True
+
+    def materialise(self, frag: Fragment) -> Job:
+        return self.jobs[frag.label]
+
+
+@dataclass
+class _Displaced:
+    plan: Plan
+    keys: dict[str, str]
+    """Label in ``plan`` -> content key in the composite plan."""
+
+
+def plan_displacements(inputs: list[Any]) -> tuple[list[_Displaced], CompositePlan, int]:
+    """Plan every input, build every fragment, keep the distinct ones; also the total planned (blocking)."""
+    from ._runner import _plan
+
+    displaced: list[_Displaced] = []
+    jobs: dict[str, Job] = {}
+    frags: list[Fragment] = []
+    planned = 0
+    for inp in inputs:
+        plan = _plan(inp)
+        keys = {}
+        for frag in plan.fragments:
+            job = plan.materialise(frag)
+            keys[frag.label] = job.key
+            planned += 1
+            if job.key not in jobs:
+                jobs[job.key] = job
+                frags.append(dataclasses.replace(frag, label=job.key))
+        displaced.append(_Displaced(plan, keys))
+    return displaced, CompositePlan(frags, jobs), planned
+
+
+def _displacements(coords: np.ndarray, step: float) -> list[np.ndarray]:
+    """Reference first, then +step and -step for every Cartesian coordinate (atom-major, x y z)."""
+    out = [coords]
+    for i in range(coords.size):
+        for sign in (1.0, -1.0):
+            moved = coords.copy().reshape(-1)
+            moved[i] += sign * step
+            out.append(moved.reshape(-1, 3))
+    return out
+
+
+def _assemble_gradients(displaced: list[_Displaced], results: dict[str, Any]) -> list[Any]:
+    out = []
+    for d in displaced:
+        res = assemble(d.plan, {label: results[key] for label, key in d.keys.items()})
+        out.append(res)
+    return out
+
+
+async def finite_difference_hessian(inp: Any, exe: Any, run_options: dict[str, Any], *,
+                                    step: float = STEP) -> tuple[np.ndarray, Any, dict[str, Any]]:
+    """Central-difference Hessian (Eh/bohr²) of MBE gradients, all displacements in one scheduling run.
+
+    ``inp``: a gradient input from :func:`~qcmb_async._dynamics.prepare`; ``exe``: an entered executor.
+    Returns ``(hessian, reference ManyBodyResult, counts)``.
+    """
+    from ._core.options import make_options
+    from ._runner import open_store
+
+    if not step > 0:
+        raise InputError(f"step must be a positive number of bohr, got {step!r}")
+    t0 = time.perf_counter()
+    coords = geometry(inp)
+    inputs = [at_geometry(inp, c) for c in _displacements(coords, step)]
+    displaced, composite, planned = await off_loop(plan_displacements, inputs)
+    t_plan = time.perf_counter() - t0
+    opts = dict(run_options)
+    store = opts.pop("store", "default")
+    options = make_options(**opts)
+    result_store = await off_loop(open_store, store)
+    try:
+        outcome = await Scheduler(composite, options, exe, run_id=uuid.uuid4().hex[:12], store=result_store,  # type: ignore[arg-type]
+                                  keep=lambda r: component_properties(r, "gradient")).run()
+    finally:
+        if result_store is not None:
+            result_store.close()
+    if outcome.failures:
+        from .errors import FailureReport
+
+        raise RunFailed(FailureReport(failed=list(outcome.failures), complete_levels=[]))
+    t_run = time.perf_counter() - t0 - t_plan
+    results = await off_loop(_assemble_gradients, displaced, outcome.results)
+    grads = [np.asarray(r.properties.return_gradient, dtype=float).reshape(-1) for r in results]
+    n3 = coords.size
+    hess = np.empty((n3, n3))
+    for i in range(n3):
+        hess[:, i] = (grads[1 + 2 * i] - grads[2 + 2 * i]) / (2 * step)
+    hess = (hess + hess.T) / 2
+    cached = sum(1 for r in outcome.records if r.status == "cached")
+    counts = {
+        "displacements": len(inputs) - 1,
+        "fragments_planned": planned,
+        "fragments_distinct": len(composite.fragments),
+        "fragments_computed": len(composite.fragments) - cached,
+        "fragments_cached": cached,
+        "plan_time": t_plan,
+        "schedule_time": t_run,
+        "assemble_time": time.perf_counter() - t0 - t_plan - t_run,
+        "fragments": [rec.as_dict() for rec in outcome.records],
+    }
+    return hess, results[0], counts
+
+
+async def frequencies(mbe_input: Any, *, method: str = "analytic", step: float = STEP,
+                      **options: Any) -> FrequencyResult:
+    """Harmonic frequencies (cm⁻¹) of a many-body expansion, rigid-body motion projected out.
+
+    Args:
+        mbe_input: A ``ManyBodyInput`` (or dict/JSON/YAML path) at the geometry to analyse; its driver is
+            replaced. CP/VMFC use total energies (``return_total_data``).
+        method: ``"analytic"``: one MBE of analytic fragment Hessians (the program must have them,
+            e.g. PySCF HF/DFT); ``"finite-difference"``: central differences of MBE gradients, ``step``
+            bohr, every displacement's fragments in one scheduling pool with identical fragments
+            computed once.
+        step: Finite-difference step, bohr.
+        **options: ``run_manybody`` options (``ncores``, ``memory``, ``executor``, ``store``...); one
+            executor is entered for the whole job.
+
+    Returns:
+        :class:`FrequencyResult`.
+
+    Raises:
+        InputError: bad input or method; FragmentError / RunFailed: a fragment failed.
+    """
+    route = method.lower().replace("_", "-")
+    if route not in ("analytic", "finite-difference"):
+        raise InputError(f"method must be 'analytic' or 'finite-difference', got {method!r}")
+    inp = await off_loop(prepare, mbe_input, "hessian" if route == "analytic" else "gradient")
+    t0 = time.perf_counter()
+    async with kept_pool(inp, options) as (exe, run_options):
+        if route == "analytic":
+            from ._runner import run_manybody
+
+            ref = await run_manybody(inp, executor=exe, **run_options)
+            hess = np.asarray(ref.return_result, dtype=float)
+            hess = (hess + hess.T) / 2
+            records = ref.extras.get("qcmb_async", {}).get("fragments", [])
+            extras: dict[str, Any] = {"fragments_computed": sum(1 for r in records if r["status"] != "cached"),
+                                      "fragments_cached": sum(1 for r in records if r["status"] == "cached")}
+        else:
+            hess, ref, extras = await finite_difference_hessian(inp, exe, run_options, step=step)
+            extras["step"] = step
+    extras["wall_time"] = time.perf_counter() - t0
+    extras["method"] = route
+    freqs, modes = harmonic_analysis(hess, geometry(inp), inp.molecule.masses)
+    grad = ref.properties.return_gradient
+    return FrequencyResult(frequencies=freqs, modes=modes, hessian=hess, method=route,
+                           energy=float(ref.properties.return_energy) if ref.properties.return_energy is not None
+                           else None,
+                           gradient=np.asarray(grad, dtype=float).reshape(-1, 3) if grad is not None else None,
+                           extras=extras)
+
+
+# `split_options` is re-exported for the CLI's option checks.
+__all__ = ["FrequencyResult", "finite_difference_hessian", "frequencies", "harmonic_analysis", "split_options"]

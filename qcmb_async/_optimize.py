@@ -1,0 +1,251 @@
+"""Geometry optimization of an MBE with geomeTRIC, every gradient an MBE on one kept worker pool.
+
+geomeTRIC (extra ``opt``) is synchronous: it runs on a worker thread and its engine
+(:class:`_ManyBodyEngine`, a ``geometric.engine.Engine``) hands each gradient back to the event
+loop (``anyio.from_thread.run``), where it is one :func:`~qcmb_async.run_manybody` on the executor
+entered once for the whole optimization. Cancelling the caller cancels the MBE in flight (its
+program processes are killed) and ends the optimization. Every finished fragment is in the result
+store: rerunning a killed optimization follows the same path and takes the finished gradients'
+fragments from the store instead of computing them.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import numpy as np
+
+from ._core.scheduler import unwrap_group
+from ._dynamics import computed_and_cached, geometry, kept_pool, prepare, run_at, scf_iterations
+from .errors import InputError
+
+#: geomeTRIC coordinate systems (``--coordsys``): TRIC handles clusters of molecules best.
+COORDSYS = ("tric", "dlc", "hdlc", "prim", "tric-p", "cart")
+
+
+@dataclass
+class OptimizationResult:
+    """A finished (or stopped) optimization, shaped like QCSchema's ``OptimizationResult``.
+
+    ``final_molecule``: QCElemental v2 ``Molecule`` at the last geometry (bohr). ``energies``: Eh per
+    gradient evaluation. ``trajectory``: the ``ManyBodyResult`` of each evaluation. ``steps``: one
+    record per evaluation (energy, gradient rms/max in Eh/bohr, wall time s, fragments computed and
+    read from the store, SCF iterations per fragment when the results carry them).
+    ``success``: geomeTRIC converged; otherwise ``error`` says why.
+    """
+
+    success: bool
+    final_molecule: Any
+    energies: list[float]
+    trajectory: list[Any]
+    steps: list[dict[str, Any]]
+    error: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_energy(self) -> float:
+        """Energy (Eh) at the last evaluated geometry."""
+        return self.energies[-1]
+
+
+class _Stopped(BaseException):
+    """Raised inside geomeTRIC's thread when the optimization was cancelled or a gradient failed."""
+
+
+async def _drive(optimizer: Callable[[Callable[[np.ndarray], Any]], np.ndarray],
+                 step: Callable[[np.ndarray], Any]) -> tuple[np.ndarray | None, str | None]:
+    """Run the blocking ``optimizer(evaluate)`` on a thread; each ``evaluate`` is ``await step(coords)`` here.
+
+    The MBEs run in this task, not in tasks started from the thread: cancelling the caller cancels
+    the MBE in flight at once (program processes killed) and geomeTRIC's thread is told to stop
+    (:class:`_Stopped` out of its ``evaluate``); it is not waited for. Returns the final coordinates,
+    or ``None`` and geomeTRIC's reason when it gave up.
+    """
+    send, receive = anyio.create_memory_object_stream[tuple[np.ndarray, queue.Queue[Any]]](math.inf)
+    stopped = threading.Event()
+    box: dict[str, Any] = {}
+
+    def evaluate(coords: np.ndarray) -> Any:
+        if stopped.is_set():
+            raise _Stopped
+        reply: queue.Queue[Any] = queue.Queue(maxsize=1)
+        try:
+            anyio.from_thread.run_sync(send.send_nowait, (coords, reply))
+        except Exception:  # the loop or the stream is gone: the optimization was stopped
+            raise _Stopped from None
+        out = reply.get()
+        if isinstance(out, _Stopped):
+            raise out
+        return out
+
+    def work() -> None:
+        from geometric.errors import GeomOptNotConvergedError, GeomOptStructureError
+
+        try:
+            box["final"] = optimizer(evaluate)
+        except _Stopped:
+            pass
+        except (GeomOptNotConvergedError, GeomOptStructureError) as exc:
+            box["error"] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            box["raised"] = exc
+
+    async def run_thread() -> None:
+        try:
+            await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        finally:
+            send.close()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_thread)
+            try:
+                async with receive:
+                    async for coords, reply in receive:
+                        try:
+                            out = await step(coords)
+                        except BaseException:
+                            reply.put(_Stopped())
+                            raise
+                        reply.put(out)
+            except BaseException:
+                stopped.set()
+                tg.cancel_scope.cancel()
+                raise
+    except BaseExceptionGroup as group:
+        raise unwrap_group(group) from None
+    if "raised" in box:
+        raise box["raised"]
+    return box.get("final"), box.get("error")
+
+
+def _engine_class() -> Any:
+    import geometric.engine
+
+    class _ManyBodyEngine(geometric.engine.Engine):  # type: ignore[misc]
+        """geomeTRIC engine whose energy and gradient are one MBE (``evaluate(coords) -> (E, grad)``)."""
+
+        def __init__(self, molecule: Any, evaluate: Callable[[np.ndarray], tuple[float, np.ndarray]]) -> None:
+            super().__init__(molecule)
+            self.evaluate = evaluate
+
+        def calc_new(self, coords: np.ndarray, dirname: str) -> dict[str, Any]:
+            energy, grad = self.evaluate(np.asarray(coords, dtype=float).reshape(-1, 3))
+            return {"energy": energy, "gradient": np.asarray(grad, dtype=float).reshape(-1)}
+
+    return _ManyBodyEngine
+
+
+def run_geometric(symbols: list[str], coords: np.ndarray, evaluate: Callable[[np.ndarray], tuple[float, np.ndarray]],
+                  *, coordsys: str = "tric", constraints: str | None = None,
+                  params: dict[str, Any] | None = None) -> np.ndarray:
+    """Optimize with geomeTRIC's Python API; return the final coordinates (bohr, N x 3). Blocking.
+
+    ``evaluate(coords_bohr) -> (energy Eh, gradient Eh/bohr)``; ``constraints``: geomeTRIC
+    constraint-file text; ``params``: geomeTRIC ``OptParams`` keywords (``convergence_set``,
+    ``maxiter``...). Raises geomeTRIC's ``GeomOptNotConvergedError`` when it gives up.
+    """
+    import geometric.internal as gi
+    import geometric.molecule
+    import geometric.optimize
+    import geometric.params
+    from geometric.nifty import ang2bohr, bohr2ang
+
+    classes = {"cart": (gi.CartesianCoordinates, False, False), "prim": (gi.PrimitiveInternalCoordinates, True, False),
+               "dlc": (gi.DelocalizedInternalCoordinates, True, False),
+               "hdlc": (gi.DelocalizedInternalCoordinates, False, True),
+               "tric-p": (gi.PrimitiveInternalCoordinates, False, False),
+               "tric": (gi.DelocalizedInternalCoordinates, False, False)}
+    if coordsys.lower() not in classes:
+        raise InputError(f"coordsys must be one of {COORDSYS}, got {coordsys!r}")
+    mol = geometric.molecule.Molecule()
+    mol.elem = list(symbols)
+    mol.xyzs = [np.asarray(coords, dtype=float).reshape(-1, 3) * bohr2ang]
+    mol.build_topology()
+    engine = _engine_class()(mol, evaluate)
+    opt_params = geometric.params.OptParams(**(params or {}))
+    cons = cvals = None
+    if constraints:
+        cons, cvals = geometric.optimize.parse_constraints(mol, constraints)
+    cls, connect, addcart = classes[coordsys.lower()]
+    ic = cls(mol, build=True, connect=connect, addcart=addcart, constraints=cons,
+             cvals=cvals[0] if cvals is not None else None)
+    with tempfile.TemporaryDirectory(prefix="qcmb_async-geometric-") as tmp:
+        progress = geometric.optimize.Optimize(np.asarray(coords, dtype=float).reshape(-1) * 1.0, mol, ic, engine,
+                                               tmp, opt_params)
+    return np.asarray(progress.xyzs[-1], dtype=float) * ang2bohr
+
+
+async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str | None = None,
+                   convergence_set: str = "GAU", maxiter: int = 300, geometric_params: dict[str, Any] | None = None,
+                   on_step: Callable[[dict[str, Any]], Any] | None = None, **options: Any) -> OptimizationResult:
+    """Optimize the geometry of ``mbe_input``'s molecule with geomeTRIC; every gradient is one MBE.
+
+    Args:
+        mbe_input: ``ManyBodyInput`` (or dict/JSON/YAML path); its driver becomes ``gradient``. CP and
+            VMFC optimize total energies (``return_total_data`` is set).
+        coordsys: geomeTRIC coordinate system (:data:`COORDSYS`), TRIC by default.
+        constraints: geomeTRIC constraint-file text (``$freeze``, ``$set``...), optional.
+        convergence_set: geomeTRIC convergence set (``GAU``, ``GAU_TIGHT``, ``GAU_VERYTIGHT``, ...).
+        maxiter: Most optimization cycles.
+        geometric_params: More geomeTRIC ``OptParams`` keywords.
+        on_step: Called (on the event loop, sync) with each evaluation's record.
+        **options: ``run_manybody`` options (``ncores``, ``memory``, ``executor``, ``store``, ``on_event``...);
+            one executor is entered for the whole optimization.
+
+    Returns:
+        :class:`OptimizationResult` (``success`` False with ``error`` when geomeTRIC did not converge).
+
+    Raises:
+        InputError: bad input or options; ModuleNotFoundError: geomeTRIC is not installed
+        (``pip install qcmb_async[opt]``); FragmentError / RunFailed: a fragment failed.
+    """
+    try:
+        import geometric  # noqa: F401
+    except ImportError as exc:
+        raise ModuleNotFoundError("optimize() needs geomeTRIC: pip install 'qcmb_async[opt]'") from exc
+    if coordsys.lower() not in COORDSYS:
+        raise InputError(f"coordsys must be one of {COORDSYS}, got {coordsys!r}")
+    inp = await anyio.to_thread.run_sync(prepare, mbe_input, "gradient")
+    symbols = [str(s) for s in inp.molecule.symbols]
+    steps: list[dict[str, Any]] = []
+    trajectory: list[Any] = []
+    t0 = time.perf_counter()
+
+    async with kept_pool(inp, options) as (exe, run_options):
+
+        async def step(coords: np.ndarray) -> tuple[float, np.ndarray]:
+            start = time.perf_counter()
+            res = await run_at(inp, coords, exe, run_options)
+            grad = np.asarray(res.properties.return_gradient, dtype=float).reshape(-1, 3)
+            computed, cached = computed_and_cached(res)
+            record = {"step": len(steps) + 1, "energy": float(res.properties.return_energy),
+                      "gradient_rms": float(np.sqrt(np.mean(grad**2))), "gradient_max": float(np.abs(grad).max()),
+                      "wall_time": time.perf_counter() - start, "computed": computed, "cached": cached,
+                      "scf_iterations": scf_iterations(res), "geometry": np.array(coords).tolist()}
+            steps.append(record)
+            trajectory.append(res)
+            if on_step is not None:
+                on_step(record)
+            return record["energy"], grad
+
+        params = {"convergence_set": convergence_set, "maxiter": maxiter, **(geometric_params or {})}
+        final, error = await _drive(lambda evaluate: run_geometric(
+            symbols, geometry(inp), evaluate, coordsys=coordsys, constraints=constraints, params=params), step)
+    if final is None:
+        final = np.asarray(steps[-1]["geometry"]) if steps else geometry(inp)
+    mol = inp.molecule.model_copy(update={"geometry": np.asarray(final, dtype=float)})
+    return OptimizationResult(success=error is None, final_molecule=mol, energies=[s["energy"] for s in steps],
+                              trajectory=trajectory, steps=steps, error=error,
+                              extras={"wall_time": time.perf_counter() - t0, "evaluations": len(steps),
+                                      "executor": exe.name, "coordsys": coordsys,
+                                      "convergence_set": convergence_set})

@@ -1,0 +1,116 @@
+"""``qcmb-async frequencies``: harmonic frequencies of a many-body expansion."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._app import app
+from ._console import _errors, _setup_logging, _stdout
+from ._inputs import _check_writable, _load
+from ._moving import run_options, write_json
+from ._options import (
+    BasisOpt,
+    BsseOpt,
+    ChargeOpt,
+    DebugOpt,
+    ExecutorOpt,
+    FragMemoryOpt,
+    FragNcoresOpt,
+    InputArg,
+    KeywordsOpt,
+    LogFormat,
+    LogFormatOpt,
+    MaxNbodyOpt,
+    MemoryOpt,
+    MethodOpt,
+    MultOpt,
+    NcoresOpt,
+    NoStoreOpt,
+    ProgramOpt,
+    RetriesOpt,
+    SchedulerOpt,
+    StoreOpt,
+    TimeoutOpt,
+    VerboseOpt,
+)
+
+
+class Route(StrEnum):
+    analytic = "analytic"
+    finite_difference = "finite-difference"
+
+
+RouteOpt = Annotated[Route, typer.Option("--hessian", help="analytic: MBE of analytic fragment Hessians; "
+                                                           "finite-difference: central differences of MBE "
+                                                           "gradients, all displacements in one pool.")]
+StepOpt = Annotated[float, typer.Option("--step", metavar="BOHR", help="Finite-difference step, bohr.")]
+JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESULT.json",
+                                                 help="Write frequencies, normal modes and Hessian as JSON.")]
+
+
+@app.command()
+def frequencies(
+    input: InputArg,
+    method: MethodOpt = None,
+    basis: BasisOpt = None,
+    program: ProgramOpt = None,
+    bsse: BsseOpt = None,
+    max_nbody: MaxNbodyOpt = None,
+    keywords: KeywordsOpt = None,
+    charge: ChargeOpt = None,
+    multiplicity: MultOpt = None,
+    hessian: RouteOpt = Route.analytic,
+    step: StepOpt = 0.005,
+    ncores: NcoresOpt = None,
+    memory: MemoryOpt = None,
+    fragment_ncores: FragNcoresOpt = None,
+    fragment_memory: FragMemoryOpt = None,
+    executor: ExecutorOpt = "auto",
+    scheduler: SchedulerOpt = None,
+    store: StoreOpt = None,
+    no_store: NoStoreOpt = False,
+    retries: RetriesOpt = 0,
+    timeout: TimeoutOpt = None,
+    output: JsonOutOpt = None,
+    log_format: LogFormatOpt = LogFormat.console,
+    verbose: VerboseOpt = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Harmonic frequencies (cm⁻¹, translations and rotations projected out) of a many-body expansion."""
+    with _errors(debug):
+        _setup_logging(log_format, verbose, debug)
+        mbe = _load(input, method=method, basis=basis, program=program, bsse=bsse, max_nbody=max_nbody,
+                    keywords=keywords, driver=None, charge=charge, multiplicity=multiplicity)
+        _check_writable("--output", output)
+        options = run_options(ncores=ncores, memory=memory, fragment_ncores=fragment_ncores,
+                              fragment_memory=fragment_memory, executor=executor, retries=retries, timeout=timeout,
+                              store=store, no_store=no_store, scheduler=scheduler)
+        result = _frequencies(mbe, options, route=hessian.value, step=step)
+        if output is not None:
+            write_json(output, {"frequencies_cm-1": result.frequencies, "modes": result.modes,
+                                "hessian": result.hessian, "energy": result.energy, "gradient": result.gradient,
+                                "method": result.method,
+                                "extras": {k: v for k, v in result.extras.items() if k != "fragments"}})
+
+
+def _frequencies(mbe: Any, options: dict[str, Any], *, route: str, step: float) -> Any:
+    import anyio
+
+    from .._frequencies import frequencies as run_frequencies
+
+    result = anyio.run(lambda: run_frequencies(mbe, method=route, step=step, **options))
+    out = _stdout()
+    out.print(f"harmonic frequencies (cm⁻¹, {route} Hessian; imaginary ones negative):", markup=False)
+    freqs = [f"{f:10.2f}" for f in result.frequencies]
+    for i in range(0, len(freqs), 6):
+        out.print("".join(freqs[i:i + 6]), markup=False)
+    ex = result.extras
+    if route == "finite-difference":
+        out.print(f"{ex['displacements']} displacements: {ex['fragments_planned']} fragment calculations planned, "
+                  f"{ex['fragments_distinct']} distinct, {ex['fragments_computed']} computed, "
+                  f"{ex['fragments_cached']} from the store; {ex['wall_time']:.1f} s", markup=False, soft_wrap=True)
+    return result

@@ -1,0 +1,134 @@
+"""``qcmb-async optimize``: optimize a cluster's geometry with geomeTRIC, every gradient an MBE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._app import app
+from ._console import EXIT_FAILED, Usage, _errors, _setup_logging, _stderr, _stdout
+from ._inputs import _check_writable, _load
+from ._moving import run_options, write_json
+from ._options import (
+    BasisOpt,
+    BsseOpt,
+    ChargeOpt,
+    DebugOpt,
+    ExecutorOpt,
+    FragMemoryOpt,
+    FragNcoresOpt,
+    InputArg,
+    KeywordsOpt,
+    LogFormat,
+    LogFormatOpt,
+    MaxNbodyOpt,
+    MemoryOpt,
+    MethodOpt,
+    MultOpt,
+    NcoresOpt,
+    NoStoreOpt,
+    ProgramOpt,
+    RetriesOpt,
+    SchedulerOpt,
+    StoreOpt,
+    TimeoutOpt,
+    VerboseOpt,
+)
+
+CoordsysOpt = Annotated[str, typer.Option("--coordsys", metavar="NAME",
+                                          help="geomeTRIC coordinates: tric (default), dlc, hdlc, prim, tric-p, cart.")]
+ConvergenceOpt = Annotated[str, typer.Option("--convergence", metavar="SET",
+                                             help="geomeTRIC convergence set: GAU (default), GAU_TIGHT, "
+                                                  "GAU_VERYTIGHT, NWCHEM_LOOSE, TURBOMOLE, INTERFRAG_TIGHT...")]
+MaxiterOpt = Annotated[int, typer.Option("--maxiter", metavar="N", help="Most optimization cycles.")]
+ConstraintsOpt = Annotated[Path | None, typer.Option("--constraints", metavar="FILE",
+                                                     help="geomeTRIC constraints file ($freeze, $set, ...).")]
+JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESULT.json",
+                                                 help="Write the steps, energies and final geometry as JSON.")]
+
+
+@app.command()
+def optimize(
+    input: InputArg,
+    method: MethodOpt = None,
+    basis: BasisOpt = None,
+    program: ProgramOpt = None,
+    bsse: BsseOpt = None,
+    max_nbody: MaxNbodyOpt = None,
+    keywords: KeywordsOpt = None,
+    charge: ChargeOpt = None,
+    multiplicity: MultOpt = None,
+    coordsys: CoordsysOpt = "tric",
+    convergence: ConvergenceOpt = "GAU",
+    maxiter: MaxiterOpt = 300,
+    constraints: ConstraintsOpt = None,
+    ncores: NcoresOpt = None,
+    memory: MemoryOpt = None,
+    fragment_ncores: FragNcoresOpt = None,
+    fragment_memory: FragMemoryOpt = None,
+    executor: ExecutorOpt = "auto",
+    scheduler: SchedulerOpt = None,
+    store: StoreOpt = None,
+    no_store: NoStoreOpt = False,
+    retries: RetriesOpt = 0,
+    timeout: TimeoutOpt = None,
+    output: JsonOutOpt = None,
+    log_format: LogFormatOpt = LogFormat.console,
+    verbose: VerboseOpt = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Optimize the geometry with geomeTRIC; each gradient is a many-body expansion (needs qcmb_async[opt])."""
+    with _errors(debug):
+        _setup_logging(log_format, verbose, debug)
+        mbe = _load(input, method=method, basis=basis, program=program, bsse=bsse, max_nbody=max_nbody,
+                    keywords=keywords, driver=None, charge=charge, multiplicity=multiplicity)
+        _check_writable("--output", output)
+        try:
+            import geometric  # noqa: F401
+        except ImportError:
+            raise Usage("optimize needs geomeTRIC: pip install 'qcmb_async[opt]'") from None
+        cons = None
+        if constraints is not None:
+            try:
+                cons = constraints.read_text()
+            except OSError as exc:
+                raise Usage(f"--constraints {str(constraints)!r}: {exc.strerror}") from None
+        options = run_options(ncores=ncores, memory=memory, fragment_ncores=fragment_ncores,
+                              fragment_memory=fragment_memory, executor=executor, retries=retries, timeout=timeout,
+                              store=store, no_store=no_store, scheduler=scheduler)
+        result = _optimize(mbe, options, coordsys=coordsys, convergence=convergence, maxiter=maxiter,
+                           constraints=cons)
+        if output is not None:
+            write_json(output, {
+                "success": result.success, "error": result.error, "final_energy": result.final_energy,
+                "final_molecule": result.final_molecule.model_dump(mode="json"), "energies": result.energies,
+                "steps": result.steps, "extras": result.extras})
+        if not result.success:
+            _stderr().print(f"error: not converged: {result.error}", markup=False, soft_wrap=True)
+            raise typer.Exit(EXIT_FAILED)
+
+
+def _optimize(mbe: Any, options: dict[str, Any], **kwargs: Any) -> Any:
+    import anyio
+
+    from .._optimize import optimize as run_optimize
+
+    out = _stdout()
+    console = _stderr()
+
+    def on_step(rec: dict[str, Any]) -> None:
+        console.print(f"step {rec['step']:3d}  E = {rec['energy']:.10f} Eh  grad rms {rec['gradient_rms']:.2e} "
+                      f"max {rec['gradient_max']:.2e} Eh/bohr  {rec['wall_time']:.2f} s  fragments computed "
+                      f"{rec['computed']}, from the store {rec['cached']}", markup=False, soft_wrap=True)
+
+    result = anyio.run(lambda: run_optimize(mbe, convergence_set=kwargs["convergence"], coordsys=kwargs["coordsys"],
+                                            maxiter=kwargs["maxiter"], constraints=kwargs["constraints"],
+                                            on_step=on_step, **options))
+    if result.steps:
+        mol = result.final_molecule
+        out.print(f"final energy {result.final_energy:.10f} Eh after {len(result.steps)} gradients "
+                  f"({'converged' if result.success else 'not converged'})", markup=False, soft_wrap=True)
+        out.print(mol.to_string(dtype="xyz", units="Angstrom"), markup=False, soft_wrap=True)
+    return result
