@@ -71,7 +71,7 @@ def test_large_fragments_are_not_batched() -> None:
     fjob = FragmentJob(label=frag.label, nbody=1, program="mopac", atomic_input=plan.materialise(frag).atomic_input,
                        task_config={"ncores": 1, "memory": 1.0, "retries": 0})
     assert exe._batch_size(fjob) == 1  # uncalibrated: one per task
-    from qcmb_async.executors.dask import _cost_key
+    from qcmb_async.executors._dask_batch import _cost_key
 
     group, size = _cost_key(fjob)
     exe._workers = {"w": type("W", (), {"resources": {"cores": 2.0, "memory": 4.0}})()}  # type: ignore[dict-item]

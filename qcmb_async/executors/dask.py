@@ -25,15 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
 import math
 import os
-import secrets
-import socket
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +37,8 @@ import anyio
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
 from ..errors import InputError
 from ..settings import get_settings
+from ._dask_batch import _Batching, _Bucket, _task_key
+from ._dask_worker import _failed, _kill_on_worker, _prepare_dask_worker, _run_on_worker
 from .base import ReusableExecutor
 
 if TYPE_CHECKING:
@@ -66,7 +63,7 @@ class _WorkerInfo:
     resources: dict[str, float]
 
 
-class DaskExecutor(ReusableExecutor):
+class DaskExecutor(_Batching, ReusableExecutor):
     """Runs fragments as tasks on a Dask ``distributed`` cluster (asyncio backend only).
 
     Connects when entered, disconnects at the last exit: entered once around several runs, one
@@ -330,144 +327,6 @@ class DaskExecutor(ReusableExecutor):
 
     # ------------------------------------------------------------------ batching
 
-    def _batch_size(self, job: FragmentJob) -> int:
-        """Fragments per Dask task for ``job``: enough that transport is ``transport_share`` of the task.
-
-        The cost model (calibrated by this executor's own outcomes, one-core seconds) predicts the
-        fragment's time; the per-task transport is measured too. An uncalibrated group runs one per task.
-        """
-        if self.max_batch <= 1:
-            return 1
-        group, size = _cost_key(job)
-        if group not in self._calibrated:
-            return 1
-        predicted = self._model.estimate(group, size)
-        target = self._transport / self.transport_share
-        n = max(1, min(self.max_batch, int(target // max(predicted, 1e-6))))
-        self._batch_hint = max(self._batch_hint, n)
-        # Never fewer tasks than twice the cores for the fragments in hand: one long batch on one worker
-        # while the others idle is the tail a run ends with.
-        cores = max(1.0, self.capacity[0] / max(1, job.ncores))
-        return max(1, min(n, int((len(self._inflight) + 1) // (2 * cores))))
-
-    def _learn(self, jobs: list[FragmentJob], outcomes: list[JobOutcome]) -> None:
-        """Calibrate the cost model (one-core seconds per cost group) from one finished task."""
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            if outcome.success and outcome.wall_time > 0 and job.ncores == 1:
-                group, size = _cost_key(job)
-                self._model.observe(group, size, outcome.wall_time)
-                self._calibrated.add(group)
-
-    async def _measure_transport(self) -> None:
-        """Time a few empty tasks: what one task costs beyond its work (submit, scheduling, result)."""
-        if not self._workers or self.max_batch <= 1:
-            return
-        times = []
-        with contextlib.suppress(Exception), anyio.move_on_after(10):
-            for _ in range(5):
-                t0 = time.perf_counter()
-                await self.client.submit(_noop, pure=False)
-                times.append(time.perf_counter() - t0)
-        if times:
-            self._transport = sorted(times)[len(times) // 2]
-
-    async def _run_batched(self, job: FragmentJob, size: int) -> JobOutcome:
-        """Join (or open) the batch of small fragments with the same resources; await this fragment's outcome."""
-        bucket_key = (job.ncores, job.memory, job.program if self.program_resources else "", job.timeout)
-        bucket = self._buckets.get(bucket_key)
-        entry = _Entry(job, _task_key(job))
-        if bucket is None or bucket.sealed:
-            bucket = self._buckets[bucket_key] = _Bucket(size)
-            leader = True
-        else:
-            leader = False
-        bucket.entries.append(entry)
-        self._inflight.add(entry.key)
-        try:
-            if len(bucket.entries) >= bucket.limit:
-                self._seal(bucket_key, bucket)
-            elif leader:
-                # The coalescing window: concurrent small fragments join this batch meanwhile.
-                with anyio.move_on_after(self.batch_window):
-                    await bucket.full.wait()
-                self._seal(bucket_key, bucket)
-            await entry.done.wait()
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                entry.cancelled = True
-                if self._buckets.get(bucket_key) is bucket:
-                    self._seal(bucket_key, bucket)  # the others still go
-                await self._kill_remote([entry.key])
-            raise
-        finally:
-            self._inflight.discard(entry.key)
-        assert entry.outcome is not None
-        return entry.outcome
-
-    def _seal(self, bucket_key: Any, bucket: _Bucket) -> None:
-        if bucket.sealed:
-            return
-        bucket.sealed = True
-        bucket.full.set()
-        if self._buckets.get(bucket_key) is bucket:
-            del self._buckets[bucket_key]
-        # Its own task: no single fragment's cancellation may take the batch down with it.
-        task = asyncio.ensure_future(self._submit_batch(bucket.entries))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
-
-    async def _submit_batch(self, entries: list[_Entry]) -> None:
-        from distributed.scheduler import KilledWorker
-
-        live = [e for e in entries if not e.cancelled]
-        if not live:
-            return
-        first = live[0].job
-        resources = self._resources(first)
-        # Like a single fragment's key, with the label digests of the whole batch joined by dots.
-        digests = ".".join(hashlib.sha1(e.job.label.encode()).hexdigest()[:10] for e in live)
-        key = f"qcmb-{first.run_id or 'direct'}-{digests}-batch-{secrets.token_hex(3)}"
-        submitted = time.time()
-
-        def fail_all(error_type: str, message: str) -> None:
-            for e in live:
-                if e.outcome is None:
-                    e.outcome = _failed(e.job, error_type, message.replace("{label}", e.job.label), submitted)
-                e.done.set()
-
-        try:
-            unmet = await self._unsatisfiable(resources)
-            if unmet:
-                fail_all(ErrorType.RESOURCES_UNAVAILABLE, unmet)
-                return
-            future = self.client.submit(_run_batch_on_worker, [e.job for e in live], [e.key for e in live], key,
-                                        resources=resources, pure=False, key=key)
-            timeout = first.timeout
-            wait = None if timeout is None else timeout * len(live) + self.timeout_grace
-            with anyio.move_on_after(wait) as scope:
-                try:
-                    outcomes: list[JobOutcome] = await future
-                except KilledWorker as exc:
-                    fail_all(ErrorType.KILLED_WORKER, f"Dask gave up on fragment {{label}} (batch {key}): {exc}")
-                    return
-                except Exception as exc:
-                    fail_all(type(exc).__name__, f"Dask task {key} (batch with fragment {{label}}) failed: {exc}")
-                    return
-            if scope.cancelled_caught:
-                await self._abandon(future, key, [e.key for e in live])
-                fail_all(ErrorType.TIMEOUT, f"fragment {{label}} gave no result within its timeout of {timeout} s "
-                         f"(its batch of {len(live)}: +{self.timeout_grace} s grace); Dask task cancelled, programs "
-                         "killed")
-                return
-            self._learn([e.job for e in live], outcomes)
-            for e, outcome in zip(live, outcomes, strict=True):
-                e.outcome = outcome
-                e.done.set()
-        finally:
-            fail_all(ErrorType.CANCELLED, "fragment {label}: its batch was stopped with the executor")
-
-    # ------------------------------------------------------------------ helpers
-
     def _resources(self, job: FragmentJob) -> dict[str, float]:
         # Floored to 1e-6 GiB: shares like 8/3 GiB must not sum to a hair more than the worker declares.
         memory = math.floor(job.memory * 1e6) / 1e6
@@ -598,52 +457,6 @@ class DaskExecutor(ReusableExecutor):
                 await stop_cluster(cluster, shared)
 
 
-@dataclass
-class _Entry:
-    """One fragment waiting in a batch."""
-
-    job: FragmentJob
-    key: str
-    outcome: JobOutcome | None = None
-    cancelled: bool = False
-    done: anyio.Event = field(default_factory=anyio.Event)
-
-
-@dataclass
-class _Bucket:
-    """Small fragments with the same resources, collected during the coalescing window."""
-
-    limit: int
-    entries: list[_Entry] = field(default_factory=list)
-    sealed: bool = False
-    full: anyio.Event = field(default_factory=anyio.Event)
-
-
-def _task_key(job: FragmentJob) -> str:
-    digest = hashlib.sha1(job.label.encode()).hexdigest()[:10]
-    # The nonce keeps keys unique when the same job is submitted twice (direct use, reruns).
-    return f"qcmb-{job.run_id or 'direct'}-{digest}-{job.attempt}-{secrets.token_hex(3)}"
-
-
-def _cost_key(job: FragmentJob) -> tuple[str, float]:
-    """``(cost group, size)`` of a job for the cost model: program/method/basis and basis functions."""
-    inp = job.atomic_input
-    if isinstance(inp, dict):  # QCSchema v2: the model is in the specification
-        model, symbols = inp["specification"]["model"], inp["molecule"]["symbols"]
-        method, basis = model["method"], model.get("basis")
-    else:
-        method, basis, symbols = inp.specification.model.method, inp.specification.model.basis, inp.molecule.symbols
-    basis_name = basis if isinstance(basis, str) or basis is None else "custom"
-    return f"{job.program}/{method}/{basis_name}", _size(tuple(symbols), basis_name)
-
-
-@functools.lru_cache(maxsize=4096)
-def _size(symbols: tuple[str, ...], basis: str | None) -> float:
-    from .._core.cost import fragment_size
-
-    return fragment_size(list(symbols), basis)
-
-
 def _is_client(obj: object) -> bool:
     try:
         import distributed
@@ -663,128 +476,3 @@ def _client_address(client: Any) -> str:
     if not address:
         raise InputError(f"the given Dask Client {client!r} is not connected to a scheduler")
     return str(address)
-
-
-def _failed(job: FragmentJob, error_type: str, message: str, start: float | None = None) -> JobOutcome:
-    return JobOutcome.failure(job, error_type, message, start=start, worker="dask")
-
-
-# ----------------------------------------------------------- runs on the Dask workers
-
-_worker_lock = threading.Lock()
-_running: dict[str, Any] = {}
-"""Task key -> FragmentContext of fragments running in this worker process."""
-_killed: set[str] = set()
-"""Keys killed before they started here (so they never start)."""
-_found: set[str] = set()
-
-
-def _prepare_dask_worker() -> int:
-    """``client.run`` target: harnesses, QCEngine seams and priming, once per worker process."""
-    from .._qcengine.worker import prepare_worker
-
-    prepare_worker()
-    return os.getpid()
-
-
-def _kill_on_worker(keys: list[str]) -> int:
-    """``client.run`` target: kill the program processes of the fragments ``keys`` in this worker."""
-    killed = 0
-    with _worker_lock:
-        contexts = [_running[k] for k in keys if k in _running]
-        if len(_killed) > 10_000:  # keys of tasks that never came here; keep the set bounded
-            _killed.clear()
-        _killed.update(k for k in keys if k not in _running)
-    for ctx in contexts:
-        killed += ctx.kill_processes()
-    return killed
-
-
-def _program_found(program: str) -> bool:
-    if program in _found:
-        return True
-    import qcengine
-
-    try:
-        found = bool(qcengine.get_program(program, check=False).found())
-    except Exception:
-        found = False
-    if found:
-        _found.add(program)
-    return found
-
-
-def _noop() -> None:
-    return None
-
-
-def _run_batch_on_worker(jobs: list[FragmentJob], keys: list[str], batch: str) -> list[JobOutcome]:
-    """The Dask task of a batch: its fragments one after the other, each with its own key and timeout."""
-    outcomes = []
-    for i, (job, key) in enumerate(zip(jobs, keys, strict=True)):
-        outcome = _run_on_worker(job, key)
-        outcome.extras = {**outcome.extras, "dask_batch": batch, "batch_index": i, "batch_size": len(jobs)}
-        outcomes.append(outcome)
-    return outcomes
-
-
-def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
-    """The Dask task: check the program, run :func:`execute_job` under a timeout watchdog, tag the worker."""
-    from distributed import get_worker
-
-    from .._qcengine.seams import FRAGMENT, FragmentContext
-    from .._qcengine.worker import execute_job, prepare_worker
-    from .hpc import job_id
-
-    worker = get_worker()
-    address, wname = worker.address, str(worker.name)
-    extras = {"dask_worker": address, "dask_worker_name": wname, "dask_key": key}
-    batch_job = job_id()
-    if batch_job:
-        extras["batch_job"] = batch_job
-    prepare_worker()
-    if not _program_found(job.program):
-        outcome = _failed(
-            job, ErrorType.PROGRAM_NOT_AVAILABLE,
-            f"program {job.program!r} is not available on Dask worker {address} (name {wname}, host "
-            f"{socket.gethostname()}{', ' + batch_job if batch_job else ''}): install it there "
-            "(on the PATH of the `dask worker` process), or keep "
-            f"{job.program} fragments off workers without it: declare it as a resource where it is installed "
-            f'(`dask worker ... --resources "cores=16,memory=64,{job.program}=16"`) and use '
-            "DaskExecutor(..., program_resources=True)",
-        )
-        outcome.host, outcome.worker, outcome.pid, outcome.extras = socket.gethostname(), address, os.getpid(), extras
-        return outcome
-    ctx = FragmentContext(label=job.label, task_config=dict(job.task_config))
-    with _worker_lock:
-        if key in _killed:
-            _killed.discard(key)
-            ctx.kill_processes()  # cancelled before it started: execute_job will not start a program
-        _running[key] = ctx
-    expired = threading.Event()
-
-    def expire() -> None:
-        expired.set()
-        ctx.kill_processes()
-
-    timer = threading.Timer(job.timeout, expire) if job.timeout is not None else None
-    token = FRAGMENT.set(ctx)
-    try:
-        if timer is not None:
-            timer.daemon = True
-            timer.start()
-        outcome = execute_job(job)
-    finally:
-        if timer is not None:
-            timer.cancel()
-        FRAGMENT.reset(token)
-        with _worker_lock:
-            _running.pop(key, None)
-    if expired.is_set() and not outcome.success:
-        outcome.error_type = ErrorType.TIMEOUT
-        outcome.error_message = (f"fragment {job.label} exceeded its timeout of {job.timeout} s on Dask worker "
-                                 f"{address}; program killed")
-    extras["thread"] = outcome.worker
-    outcome.worker = address
-    outcome.extras = {**outcome.extras, **extras}
-    return outcome

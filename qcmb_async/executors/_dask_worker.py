@@ -1,0 +1,138 @@
+"""The half of the Dask executor that runs on the Dask workers (pickled by reference: keep it importable).
+
+Each worker process prepares itself once (harnesses, QCEngine seams and priming), checks a
+fragment's program before running it, runs fragments (one, or a batch) through
+:func:`~qcmb_async._qcengine.worker.execute_job`, and kills the programs of fragments the
+client cancels.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import Any
+
+from .._core.contract import ErrorType, FragmentJob, JobOutcome
+
+_worker_lock = threading.Lock()
+_running: dict[str, Any] = {}
+"""Task key -> FragmentContext of fragments running in this worker process."""
+_killed: set[str] = set()
+"""Keys killed before they started here (so they never start)."""
+_found: set[str] = set()
+
+
+def _prepare_dask_worker() -> int:
+    """``client.run`` target: harnesses, QCEngine seams and priming, once per worker process."""
+    from .._qcengine.worker import prepare_worker
+
+    prepare_worker()
+    return os.getpid()
+
+
+def _kill_on_worker(keys: list[str]) -> int:
+    """``client.run`` target: kill the program processes of the fragments ``keys`` in this worker."""
+    killed = 0
+    with _worker_lock:
+        contexts = [_running[k] for k in keys if k in _running]
+        if len(_killed) > 10_000:  # keys of tasks that never came here; keep the set bounded
+            _killed.clear()
+        _killed.update(k for k in keys if k not in _running)
+    for ctx in contexts:
+        killed += ctx.kill_processes()
+    return killed
+
+
+def _program_found(program: str) -> bool:
+    if program in _found:
+        return True
+    import qcengine
+
+    try:
+        found = bool(qcengine.get_program(program, check=False).found())
+    except Exception:
+        found = False
+    if found:
+        _found.add(program)
+    return found
+
+
+def _noop() -> None:
+    return None
+
+
+def _run_batch_on_worker(jobs: list[FragmentJob], keys: list[str], batch: str) -> list[JobOutcome]:
+    """The Dask task of a batch: its fragments one after the other, each with its own key and timeout."""
+    outcomes = []
+    for i, (job, key) in enumerate(zip(jobs, keys, strict=True)):
+        outcome = _run_on_worker(job, key)
+        outcome.extras = {**outcome.extras, "dask_batch": batch, "batch_index": i, "batch_size": len(jobs)}
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
+    """The Dask task: check the program, run :func:`execute_job` under a timeout watchdog, tag the worker."""
+    from distributed import get_worker
+
+    from .._qcengine.seams import FRAGMENT, FragmentContext
+    from .._qcengine.worker import execute_job, prepare_worker
+    from .hpc import job_id
+
+    worker = get_worker()
+    address, wname = worker.address, str(worker.name)
+    extras = {"dask_worker": address, "dask_worker_name": wname, "dask_key": key}
+    batch_job = job_id()
+    if batch_job:
+        extras["batch_job"] = batch_job
+    prepare_worker()
+    if not _program_found(job.program):
+        outcome = _failed(
+            job, ErrorType.PROGRAM_NOT_AVAILABLE,
+            f"program {job.program!r} is not available on Dask worker {address} (name {wname}, host "
+            f"{socket.gethostname()}{', ' + batch_job if batch_job else ''}): install it there "
+            "(on the PATH of the `dask worker` process), or keep "
+            f"{job.program} fragments off workers without it: declare it as a resource where it is installed "
+            f'(`dask worker ... --resources "cores=16,memory=64,{job.program}=16"`) and use '
+            "DaskExecutor(..., program_resources=True)",
+        )
+        outcome.host, outcome.worker, outcome.pid, outcome.extras = socket.gethostname(), address, os.getpid(), extras
+        return outcome
+    ctx = FragmentContext(label=job.label, task_config=dict(job.task_config))
+    with _worker_lock:
+        if key in _killed:
+            _killed.discard(key)
+            ctx.kill_processes()  # cancelled before it started: execute_job will not start a program
+        _running[key] = ctx
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        ctx.kill_processes()
+
+    timer = threading.Timer(job.timeout, expire) if job.timeout is not None else None
+    token = FRAGMENT.set(ctx)
+    try:
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        outcome = execute_job(job)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        FRAGMENT.reset(token)
+        with _worker_lock:
+            _running.pop(key, None)
+    if expired.is_set() and not outcome.success:
+        outcome.error_type = ErrorType.TIMEOUT
+        outcome.error_message = (f"fragment {job.label} exceeded its timeout of {job.timeout} s on Dask worker "
+                                 f"{address}; program killed")
+    extras["thread"] = outcome.worker
+    outcome.worker = address
+    outcome.extras = {**outcome.extras, **extras}
+    return outcome
+
+
+def _failed(job: FragmentJob, error_type: str, message: str, start: float | None = None) -> JobOutcome:
+    return JobOutcome.failure(job, error_type, message, start=start, worker="dask")
