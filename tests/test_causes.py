@@ -72,6 +72,32 @@ def test_cli_shows_the_cause_and_debug_the_full_output(tmp_path: Path) -> None:
     assert "INPUT:" in full.stderr and "failed opening basis file" in full.stderr
 
 
+
+def test_mopac_failure_keeps_mopacs_error_line_not_its_banner() -> None:
+    # Two OH2+ doublets: the dimer (charge +2, triplet) is an MS=1 state MOPAC's RHF active space cannot span.
+    require_program("mopac")
+    mol = waters(2)
+    mol = type(mol)(**{**mol.model_dump(), "molecular_charge": 2.0, "molecular_multiplicity": 3,
+                       "fragment_charges": [1.0, 1.0], "fragment_multiplicities": [2, 2]})
+    err = _fail(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2, molecule=mol))
+    assert "SPECIFIED SPIN COMPONENT NOT SPANNED BY ACTIVE SPACE" in err.cause, err.cause
+    assert "MOPAC v" not in err.cause and "Digital Object Identifier" not in err.cause, err.cause
+    assert "SPECIFIED SPIN COMPONENT" in str(err)
+
+
+def test_mopac_unknown_keyword_cause_from_its_real_output(tmp_path: Path) -> None:
+    # MOPAC run directly (no QCEngine): its own output file, cut down to one line as a log would show it.
+    require_program("mopac")
+    from qcmb_async._core.causes import extract_cause
+
+    (tmp_path / "bad.mop").write_text("PM7 FOOBARKEY 1SCF\nwater\n\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    subprocess.run(["mopac", "bad.mop"], cwd=tmp_path, capture_output=True, timeout=60)
+    out = (tmp_path / "bad.out").read_text()
+    for text in (out, " ".join(out.split())):
+        cause = extract_cause(text)
+        assert cause.startswith("UNRECOGNIZED KEY-WORDS: (FOOBARKEY)"), cause
+        assert "JOB ENDED NORMALLY" not in cause and "MOPAC v" not in cause
+
 # -- a program process killed by a signal ------------------------------------------------------
 def _kill_first_nwchem(killed: list[int], stop: threading.Event, after: float = 0.3) -> None:
     """SIGKILL the first NWChem process this test process starts, ``after`` s into its run."""
