@@ -198,6 +198,19 @@ MORE_BAD_INPUTS = [
                             "--no-store"], "--store and --no-store contradict each other"),
     ("missing output dir", ["run", "trimer.xyz", "--program", "mopac", "--method", "pm7", "-o", "no/dir/r.json"],
      "directory"),
+    # Output paths are checked before anything runs: a failure there must not throw away a finished run.
+    *((f"output {case}", ["run", "trimer.xyz", "--program", "mopac", "--method", "pm7", *opts], message)
+      for case, opts, message in [
+          ("is a directory", ["-o", "."], "--output '.' is a directory"),
+          ("unwritable", ["-o", "/proc/r.json"], "--output '/proc/r.json' cannot be written"),
+          ("timeline format", ["--timeline", "tl.txt"], "matplotlib cannot write .txt files; use one of"),
+          ("timeline is a directory", ["--timeline", "."], "--timeline '.' is a directory"),
+          ("is the input", ["-o", "trimer.xyz"], "is the input file"),
+          ("symlink to the input", ["-o", "link.xyz"], "is the input file"),
+          ("hard link to the input", ["-o", "hard.xyz"], "is the input file"),
+          ("timeline is the input", ["--timeline", "./trimer.xyz"], "--timeline 'trimer.xyz' is the input"),
+          ("is the timeline", ["-o", "same.png", "--timeline", "./same.png"], "are the same file"),
+      ]),
     ("report missing", ["report", "nope.json"], "'nope.json' does not exist"),
     ("report an input", ["report", "input.json"], "is a ManyBodyInput, not a result"),
     ("report a binary file", ["report", "junk.bin"], "is neither a result JSON (run --output) nor a result store"),
@@ -208,6 +221,8 @@ MORE_BAD_INPUTS = [
 def _bad_files(tmp: Path) -> Path:
     write_trimer_xyz(tmp / "trimer.xyz")
     write_trimer_xyz(tmp / "flat.xyz", fragments=False)
+    (tmp / "link.xyz").symlink_to("trimer.xyz")
+    os.link(tmp / "trimer.xyz", tmp / "hard.xyz")
     (tmp / "bad.json").write_text('{"molecule": ')
     (tmp / "input.json").write_text(mbe_input("mopac", "pm7", None).model_dump_json())
     (tmp / "junk.bin").write_bytes(bytes(range(128, 256)))

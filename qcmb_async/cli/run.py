@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import RunFailed
 from ._app import app
 from ._console import Usage, _errors, _setup_logging, _stderr, _stdout
-from ._inputs import _check_not_store, _check_writable, _load
+from ._inputs import _check_not_store, _check_outputs, _load
 from ._options import (
     BarrierOpt,
     CentroidOpt,
@@ -87,8 +87,7 @@ def run(
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
         mbe = _load(input, xyz)
-        _check_writable("--output", output)
-        _check_writable("--timeline", timeline)
+        _check_outputs(input, output, timeline)
         _check_not_store(store, no_store, output=output, timeline=timeline)
         if timeline is not None:
             from ..timeline import _import_matplotlib
