@@ -105,6 +105,41 @@ def test_report_result_json(xyz_run: dict[str, Any]) -> None:
     assert "efficiency" in proc.stdout and "makespan" in proc.stdout
 
 
+
+def _nan_energy(data: dict[str, Any]) -> None:
+    data["return_result"] = float("nan")
+    key = next(k for k in data["properties"] if "interaction_energy_through_2_body" in k)
+    data["properties"][key] = float("inf")
+
+
+#: A result JSON edited by hand: the records run --output writes, broken one way each.
+BROKEN_RESULTS = [
+    ("fragments not a list", lambda d: d["extras"]["qcmb_async"].update(fragments={"a": 1}), "malformed"),
+    ("records not a dict", lambda d: d["extras"].update(qcmb_async=[1, 2]), "malformed"),
+    ("record label a dict", lambda d: d["extras"]["qcmb_async"]["fragments"][0].update(label={"x": 1}), "label"),
+    ("record start a word", lambda d: d["extras"]["qcmb_async"]["fragments"][0].update(start="soon"), "start"),
+    ("fragments missing", lambda d: d["extras"]["qcmb_async"].pop("fragments"), "fragments"),
+    ("nan energies", _nan_energy, "NaN or infinite value at return_result"),
+]
+
+
+@pytest.mark.parametrize(("case", "edit", "message"), BROKEN_RESULTS, ids=[c for c, _, _ in BROKEN_RESULTS])
+def test_report_refuses_a_broken_result_json(xyz_run: dict[str, Any], tmp_path: Path, restore_logger: None,
+                                             case: str, edit: Any, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from qcmb_async.cli import app
+
+    assert xyz_run["proc"].returncode == 0, xyz_run["proc"].stderr
+    data = json.loads((xyz_run["dir"] / "result.json").read_text())
+    edit(data)
+    (tmp_path / "broken.json").write_text(json.dumps(data))  # json writes NaN/Infinity as such
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "broken.json")])
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert res.stderr.startswith("error: ") and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and "unexpected" not in res.stderr
+    assert "nan" not in res.stdout.lower() and "inf" not in res.stdout.lower()
+
 def test_run_json_input_matches_direct_run(tmp_path: Path) -> None:
     require_program("mopac")
     inp = tmp_path / "input.json"
