@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qcelemental.models.v2 import Molecule
 
 from qcmb_async import events as ev
 from qcmb_async import run
@@ -246,6 +247,14 @@ MORE_BAD_INPUTS = [
           ("timeline is the input", ["--timeline", "./trimer.xyz"], "--timeline 'trimer.xyz' is the input"),
           ("is the timeline", ["-o", "same.png", "--timeline", "./same.png"], "are the same file"),
       ]),
+    ("empty bsse", ["plan", "trimer.xyz", "--program", "mopac", "--method", "pm7", "--bsse", ""],
+     "the BSSE list is empty"),
+    ("empty store", ["run", "trimer.xyz", "--program", "mopac", "--method", "pm7", "--store", ""],
+     "--store is empty"),
+    ("dask without a scheduler", ["run", "trimer.xyz", "--program", "mopac", "--method", "pm7", "--bsse", "nocp",
+                                  "--executor", "dask", "--no-store"], "--scheduler tcp://host:8786"),
+    ("plan a result store", ["plan", "foreign.sqlite"], "is an SQLite database (a qcmb_async result store?)"),
+    ("molecule json", ["plan", "molecule.json"], "is a molecule, not a ManyBodyInput"),
     ("report missing", ["report", "nope.json"], "'nope.json' does not exist"),
     ("report an input", ["report", "input.json"], "is a ManyBodyInput, not a result"),
     ("report a binary file", ["report", "junk.bin"], "is neither a result JSON (run --output) nor a result store"),
@@ -261,6 +270,7 @@ def _bad_files(tmp: Path) -> Path:
     (tmp / "bad.json").write_text('{"molecule": ')
     (tmp / "input.json").write_text(mbe_input("mopac", "pm7", None).model_dump_json())
     (tmp / "junk.bin").write_bytes(bytes(range(128, 256)))
+    (tmp / "molecule.json").write_text(Molecule.from_data(WATER_TRIMER).model_dump_json())
     con = sqlite3.connect(tmp / "foreign.sqlite")
     con.execute("CREATE TABLE t (x)")
     con.commit()

@@ -117,6 +117,15 @@ def _check_outputs(input: Path, output: Path | None, timeline: Path | None) -> N
                         f"{', '.join('.' + f for f in sorted(formats))}")
 
 
+def _store_arg(store: str | None) -> Path | None:
+    """--store as a path; an empty one is refused (as a Path it would be '.', "a directory")."""
+    if store is None:
+        return None
+    if not store.strip():
+        raise Usage("--store is empty: give the path of the store file, or --no-store for no result store")
+    return Path(store)
+
+
 def _store_path(store: Path | None, no_store: bool) -> Path | None:
     """The result store a run will open, or ``None``."""
     from ..store import store_path
