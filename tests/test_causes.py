@@ -85,18 +85,26 @@ def test_mopac_failure_keeps_mopacs_error_line_not_its_banner() -> None:
     assert "SPECIFIED SPIN COMPONENT" in str(err)
 
 
-def test_mopac_unknown_keyword_cause_from_its_real_output(tmp_path: Path) -> None:
-    # MOPAC run directly (no QCEngine): its own output file, cut down to one line as a log would show it.
+@pytest.mark.parametrize(("deck", "wanted"), [
+    ("PM7 FOOBARKEY 1SCF\nwater\n\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n", "UNRECOGNIZED KEY-WORDS: (FOOBARKEY)"),
+    ("PM7 SINGLET 1SCF\nOH\n\nO 0 0 0\nH 0.96 0 0\n", "SINGLET SPECIFIED WITH ODD NUMBER OF ELECTRONS"),
+    ("PM7 1SCF\nclash\n\nO 0 0 0\nH 0 0 0\nH -0.24 0.93 0\n", "GEOMETRY IN ERROR"),
+], ids=["unknown-keyword", "odd-singlet", "atoms-on-top"])
+def test_mopac_cause_from_its_real_output(tmp_path: Path, deck: str, wanted: str) -> None:
+    # MOPAC run directly (no QCEngine) on a bad deck: its own output file, whole, squashed to one line
+    # (as a log shows it), and cut off before its closing message box (a killed run).
     require_program("mopac")
     from qcmb_async._core.causes import extract_cause
 
-    (tmp_path / "bad.mop").write_text("PM7 FOOBARKEY 1SCF\nwater\n\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    (tmp_path / "bad.mop").write_text(deck)
     subprocess.run(["mopac", "bad.mop"], cwd=tmp_path, capture_output=True, timeout=60)
     out = (tmp_path / "bad.out").read_text()
-    for text in (out, " ".join(out.split())):
+    assert "Error and normal termination messages" in out
+    cut = out.split("Error and normal termination messages")[0]
+    for text in (out, " ".join(out.split()), cut):
         cause = extract_cause(text)
-        assert cause.startswith("UNRECOGNIZED KEY-WORDS: (FOOBARKEY)"), cause
-        assert "JOB ENDED NORMALLY" not in cause and "MOPAC v" not in cause
+        assert wanted in cause, cause
+        assert "JOB ENDED NORMALLY" not in cause and "MOPAC v" not in cause and "Digital Object" not in cause
 
 # -- a program process killed by a signal ------------------------------------------------------
 def _kill_first_nwchem(killed: list[int], stop: threading.Event, after: float = 0.3) -> None:

@@ -21,7 +21,7 @@ _QCENGINE_PREFIX = re.compile(r"^QCEngine [\w ]*Error:\s*")
 _ERRORISH = re.compile(
     r"error|fail|abort|fatal|could not|cannot|can't|unable|not found|non-existing|does not exist|no such|"
     r"insufficient|exceed|too many|too large|out of memory|not enough|killed|segmentation|illegal|"
-    r"unrecognized|unknown|invalid|not converge|signal",
+    r"unrecognized|unknown|invalid|not converge|signal|\bfault\b|\bin error\b|not spanned|impossible",
     re.I,
 )
 # Boilerplate that matches the words above but says nothing about this failure.
@@ -38,6 +38,7 @@ _TRACEBACK_HEAD = "Traceback (most recent call last):"
 # messages: the box's header is the robust marker (its banner and keyword echo are upper case too).
 _MOPAC_BOX = re.compile(r"Error and normal termination messages reported in this calculation\s*\*(.*?)"
                         r"(?:\*{20,}|TOTAL JOB TIME|== MOPAC DONE ==|$)", re.S)
+_MOPAC_BANNER = re.compile(r"\*\*\s+MOPAC v?\d")
 _MOPAC_NORMAL = re.compile(r"^(?:JOB ENDED NORMALLY|COMPUTATION TIME|.*CALCULATION DONE)", re.I)
 _MAX_LINES = 4
 
@@ -78,10 +79,13 @@ def python_exception(text: str) -> str:
 def mopac_messages(text: str) -> list[str]:
     """MOPAC's own error lines: the entries of its "Error and normal termination messages" box.
 
-    ``[]`` when ``text`` has no such box (not MOPAC output) or the box holds only "JOB ENDED NORMALLY".
+    Output cut off before that box: its diagnostic lines (never the starred banner and keyword echo).
+    ``[]`` when ``text`` is not MOPAC output or the box holds only "JOB ENDED NORMALLY".
     """
     m = _MOPAC_BOX.search(text)
     if not m:
+        if _MOPAC_BANNER.search(text):  # output cut off before the box: its diagnostic lines, not the banner
+            return _diagnostics("\n".join(x for x in text.splitlines() if not x.strip().startswith("*")), set())
         return []
     # Each box line is "* MESSAGE   *"; split on the stars so a squashed (one-line) message works too.
     entries = (_squash(x) for x in re.split(r"(?:^|\s)\*+(?=\s|$)", m.group(1)))
