@@ -239,6 +239,7 @@ MORE_BAD_INPUTS = [
       for case, opts, message in [
           ("is a directory", ["-o", "."], "--output '.' is a directory"),
           ("unwritable", ["-o", "/proc/r.json"], "--output '/proc/r.json' cannot be written"),
+          ("under a file", ["-o", "trimer.xyz/r.json"], "trimer.xyz' is not a directory"),
           ("timeline format", ["--timeline", "tl.txt"], "matplotlib cannot write .txt files; use one of"),
           ("timeline is a directory", ["--timeline", "."], "--timeline '.' is a directory"),
           ("is the input", ["-o", "trimer.xyz"], "is the input file"),

@@ -82,7 +82,8 @@ def _check_writable(option: str, path: Path | None) -> None:
         raise Usage(f"{option} {str(path)!r} exists and is not a regular file (a FIFO or device?): give a file name")
     parent = target.resolve().parent
     if not parent.is_dir():
-        raise Usage(f"{option} {str(path)!r}: directory {str(parent)!r} does not exist")
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise Usage(f"{option} {str(path)!r}: directory {str(parent)!r} {what}")
     # os.access() says yes to root even on read-only mounts and /proc: create a file there to know.
     try:
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".qcmb-async-probe-"):
