@@ -72,6 +72,40 @@ def test_cli_shows_the_cause_and_debug_the_full_output(tmp_path: Path) -> None:
     assert "INPUT:" in full.stderr and "failed opening basis file" in full.stderr
 
 
+
+def test_mopac_failure_keeps_mopacs_error_line_not_its_banner() -> None:
+    # Two OH2+ doublets: the dimer (charge +2, triplet) is an MS=1 state MOPAC's RHF active space cannot span.
+    require_program("mopac")
+    mol = waters(2)
+    mol = type(mol)(**{**mol.model_dump(), "molecular_charge": 2.0, "molecular_multiplicity": 3,
+                       "fragment_charges": [1.0, 1.0], "fragment_multiplicities": [2, 2]})
+    err = _fail(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2, molecule=mol))
+    assert "SPECIFIED SPIN COMPONENT NOT SPANNED BY ACTIVE SPACE" in err.cause, err.cause
+    assert "MOPAC v" not in err.cause and "Digital Object Identifier" not in err.cause, err.cause
+    assert "SPECIFIED SPIN COMPONENT" in str(err)
+
+
+@pytest.mark.parametrize(("deck", "wanted"), [
+    ("PM7 FOOBARKEY 1SCF\nwater\n\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n", "UNRECOGNIZED KEY-WORDS: (FOOBARKEY)"),
+    ("PM7 SINGLET 1SCF\nOH\n\nO 0 0 0\nH 0.96 0 0\n", "SINGLET SPECIFIED WITH ODD NUMBER OF ELECTRONS"),
+    ("PM7 1SCF\nclash\n\nO 0 0 0\nH 0 0 0\nH -0.24 0.93 0\n", "GEOMETRY IN ERROR"),
+], ids=["unknown-keyword", "odd-singlet", "atoms-on-top"])
+def test_mopac_cause_from_its_real_output(tmp_path: Path, deck: str, wanted: str) -> None:
+    # MOPAC run directly (no QCEngine) on a bad deck: its own output file, whole, squashed to one line
+    # (as a log shows it), and cut off before its closing message box (a killed run).
+    require_program("mopac")
+    from qcmb_async._core.causes import extract_cause
+
+    (tmp_path / "bad.mop").write_text(deck)
+    subprocess.run(["mopac", "bad.mop"], cwd=tmp_path, capture_output=True, timeout=60)
+    out = (tmp_path / "bad.out").read_text()
+    assert "Error and normal termination messages" in out
+    cut = out.split("Error and normal termination messages")[0]
+    for text in (out, " ".join(out.split()), cut):
+        cause = extract_cause(text)
+        assert wanted in cause, cause
+        assert "JOB ENDED NORMALLY" not in cause and "MOPAC v" not in cause and "Digital Object" not in cause
+
 # -- a program process killed by a signal ------------------------------------------------------
 def _kill_first_nwchem(killed: list[int], stop: threading.Event, after: float = 0.3) -> None:
     """SIGKILL the first NWChem process this test process starts, ``after`` s into its run."""

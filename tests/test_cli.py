@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qcelemental.models.v2 import Molecule
 
 from qcmb_async import events as ev
 from qcmb_async import run
@@ -104,6 +105,41 @@ def test_report_result_json(xyz_run: dict[str, Any]) -> None:
         assert frag["worker"] in row
     assert "efficiency" in proc.stdout and "makespan" in proc.stdout
 
+
+
+def _nan_energy(data: dict[str, Any]) -> None:
+    data["return_result"] = float("nan")
+    key = next(k for k in data["properties"] if "interaction_energy_through_2_body" in k)
+    data["properties"][key] = float("inf")
+
+
+#: A result JSON edited by hand: the records run --output writes, broken one way each.
+BROKEN_RESULTS = [
+    ("fragments not a list", lambda d: d["extras"]["qcmb_async"].update(fragments={"a": 1}), "malformed"),
+    ("records not a dict", lambda d: d["extras"].update(qcmb_async=[1, 2]), "malformed"),
+    ("record label a dict", lambda d: d["extras"]["qcmb_async"]["fragments"][0].update(label={"x": 1}), "label"),
+    ("record start a word", lambda d: d["extras"]["qcmb_async"]["fragments"][0].update(start="soon"), "start"),
+    ("fragments missing", lambda d: d["extras"]["qcmb_async"].pop("fragments"), "fragments"),
+    ("nan energies", _nan_energy, "NaN or infinite value at return_result"),
+]
+
+
+@pytest.mark.parametrize(("case", "edit", "message"), BROKEN_RESULTS, ids=[c for c, _, _ in BROKEN_RESULTS])
+def test_report_refuses_a_broken_result_json(xyz_run: dict[str, Any], tmp_path: Path, restore_logger: None,
+                                             case: str, edit: Any, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from qcmb_async.cli import app
+
+    assert xyz_run["proc"].returncode == 0, xyz_run["proc"].stderr
+    data = json.loads((xyz_run["dir"] / "result.json").read_text())
+    edit(data)
+    (tmp_path / "broken.json").write_text(json.dumps(data))  # json writes NaN/Infinity as such
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "broken.json")])
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert res.stderr.startswith("error: ") and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and "unexpected" not in res.stderr
+    assert "nan" not in res.stdout.lower() and "inf" not in res.stdout.lower()
 
 def test_run_json_input_matches_direct_run(tmp_path: Path) -> None:
     require_program("mopac")
@@ -198,6 +234,28 @@ MORE_BAD_INPUTS = [
                             "--no-store"], "--store and --no-store contradict each other"),
     ("missing output dir", ["run", "trimer.xyz", "--program", "mopac", "--method", "pm7", "-o", "no/dir/r.json"],
      "directory"),
+    # Output paths are checked before anything runs: a failure there must not throw away a finished run.
+    *((f"output {case}", ["run", "trimer.xyz", "--program", "mopac", "--method", "pm7", *opts], message)
+      for case, opts, message in [
+          ("is a directory", ["-o", "."], "--output '.' is a directory"),
+          ("unwritable", ["-o", "/proc/r.json"], "--output '/proc/r.json' cannot be written"),
+          ("under a file", ["-o", "trimer.xyz/r.json"], "trimer.xyz' is not a directory"),
+          ("timeline format", ["--timeline", "tl.txt"], "matplotlib cannot write .txt files; use one of"),
+          ("timeline is a directory", ["--timeline", "."], "--timeline '.' is a directory"),
+          ("is the input", ["-o", "trimer.xyz"], "is the input file"),
+          ("symlink to the input", ["-o", "link.xyz"], "is the input file"),
+          ("hard link to the input", ["-o", "hard.xyz"], "is the input file"),
+          ("timeline is the input", ["--timeline", "./trimer.xyz"], "--timeline 'trimer.xyz' is the input"),
+          ("is the timeline", ["-o", "same.png", "--timeline", "./same.png"], "are the same file"),
+      ]),
+    ("empty bsse", ["plan", "trimer.xyz", "--program", "mopac", "--method", "pm7", "--bsse", ""],
+     "the BSSE list is empty"),
+    ("empty store", ["run", "trimer.xyz", "--program", "mopac", "--method", "pm7", "--store", ""],
+     "--store is empty"),
+    ("dask without a scheduler", ["run", "trimer.xyz", "--program", "mopac", "--method", "pm7", "--bsse", "nocp",
+                                  "--executor", "dask", "--no-store"], "--scheduler tcp://host:8786"),
+    ("plan a result store", ["plan", "foreign.sqlite"], "is an SQLite database (a qcmb_async result store?)"),
+    ("molecule json", ["plan", "molecule.json"], "is a molecule, not a ManyBodyInput"),
     ("report missing", ["report", "nope.json"], "'nope.json' does not exist"),
     ("report an input", ["report", "input.json"], "is a ManyBodyInput, not a result"),
     ("report a binary file", ["report", "junk.bin"], "is neither a result JSON (run --output) nor a result store"),
@@ -208,9 +266,12 @@ MORE_BAD_INPUTS = [
 def _bad_files(tmp: Path) -> Path:
     write_trimer_xyz(tmp / "trimer.xyz")
     write_trimer_xyz(tmp / "flat.xyz", fragments=False)
+    (tmp / "link.xyz").symlink_to("trimer.xyz")
+    os.link(tmp / "trimer.xyz", tmp / "hard.xyz")
     (tmp / "bad.json").write_text('{"molecule": ')
     (tmp / "input.json").write_text(mbe_input("mopac", "pm7", None).model_dump_json())
     (tmp / "junk.bin").write_bytes(bytes(range(128, 256)))
+    (tmp / "molecule.json").write_text(Molecule.from_data(WATER_TRIMER).model_dump_json())
     con = sqlite3.connect(tmp / "foreign.sqlite")
     con.execute("CREATE TABLE t (x)")
     con.commit()

@@ -119,6 +119,16 @@ def test_output_onto_the_store_is_refused_before_anything_runs(filled_store: Pat
     assert time.monotonic() - t0 < 30
 
 
+
+def test_an_empty_store_path_says_it_is_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Path("") is "." (a directory): the message must name the real mistake, and nothing may be written.
+    from qcmb_async.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="result store path is empty"):
+        run(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2, molecule=waters(2)), store="", ncores=1)
+    assert list(tmp_path.iterdir()) == []
+
 # -- file mode -----------------------------------------------------------------------------------
 def test_store_created_in_an_existing_empty_file_is_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "empty.sqlite"

@@ -21,7 +21,7 @@ _QCENGINE_PREFIX = re.compile(r"^QCEngine [\w ]*Error:\s*")
 _ERRORISH = re.compile(
     r"error|fail|abort|fatal|could not|cannot|can't|unable|not found|non-existing|does not exist|no such|"
     r"insufficient|exceed|too many|too large|out of memory|not enough|killed|segmentation|illegal|"
-    r"unrecognized|unknown|invalid|not converge|signal",
+    r"unrecognized|unknown|invalid|not converge|signal|\bfault\b|\bin error\b|not spanned|impossible",
     re.I,
 )
 # Boilerplate that matches the words above but says nothing about this failure.
@@ -34,6 +34,12 @@ _NOISE = re.compile(
 _PY_EXC = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|NotFound|Failure|Warning)\b.*?:?")
 _MPI_PREFIX = re.compile(r"^(?:\[\d+\]\s*)?(?:ARMCI Error:\s*)?(?:\d+:)?")
 _TRACEBACK_HEAD = "Traceback (most recent call last):"
+# MOPAC (v22) ends every run, failed or not, with a starred box listing its error and termination
+# messages: the box's header is the robust marker (its banner and keyword echo are upper case too).
+_MOPAC_BOX = re.compile(r"Error and normal termination messages reported in this calculation\s*\*(.*?)"
+                        r"(?:\*{20,}|TOTAL JOB TIME|== MOPAC DONE ==|$)", re.S)
+_MOPAC_BANNER = re.compile(r"\*\*\s+MOPAC v?\d")
+_MOPAC_NORMAL = re.compile(r"^(?:JOB ENDED NORMALLY|COMPUTATION TIME|.*CALCULATION DONE)", re.I)
 _MAX_LINES = 4
 
 
@@ -68,6 +74,22 @@ def python_exception(text: str) -> str:
                 tail.append(more)
             return _squash(" ".join(tail))
     return ""
+
+
+def mopac_messages(text: str) -> list[str]:
+    """MOPAC's own error lines: the entries of its "Error and normal termination messages" box.
+
+    Output cut off before that box: its diagnostic lines (never the starred banner and keyword echo).
+    ``[]`` when ``text`` is not MOPAC output or the box holds only "JOB ENDED NORMALLY".
+    """
+    m = _MOPAC_BOX.search(text)
+    if not m:
+        if _MOPAC_BANNER.search(text):  # output cut off before the box: its diagnostic lines, not the banner
+            return _diagnostics("\n".join(x for x in text.splitlines() if not x.strip().startswith("*")), set())
+        return []
+    # Each box line is "* MESSAGE   *"; split on the stars so a squashed (one-line) message works too.
+    entries = (_squash(x) for x in re.split(r"(?:^|\s)\*+(?=\s|$)", m.group(1)))
+    return [e for e in dict.fromkeys(entries) if e and not _MOPAC_NORMAL.match(e)]
 
 
 def _same(a: str, b: str) -> bool:
@@ -106,6 +128,7 @@ def extract_cause(message: str | None, limit: int = CAUSE_LIMIT, error_type: str
     ``error_type`` one of :data:`OWN_ERRORS`: the message's first line (qcmb_async's own words,
     e.g. "program nwchem (pid 12) was killed by SIGKILL").
 
+    MOPAC output: the entries of its "Error and normal termination messages" box.
     Subprocess failures: diagnostic lines of STDERR and STDOUT (never the echoed input), else
     the traceback's exception line. Python tracebacks: the final exception line. Anything else:
     the message itself. Always at most ``limit`` characters; ``""`` for an empty message.
@@ -117,7 +140,10 @@ def extract_cause(message: str | None, limit: int = CAUSE_LIMIT, error_type: str
         first = _squash(text.splitlines()[0])
         return first if len(first) <= limit else first[:limit] + " ..."
     parts = _sections(text)
-    if parts:
+    mopac = mopac_messages(text)
+    if mopac:
+        cause = " | ".join(mopac[:_MAX_LINES])
+    elif parts:
         deck = {_squash(x) for x in parts.get("INPUT", "").splitlines() if x.strip()}
         stdout, stderr = parts.get("STDOUT", ""), parts.get("STDERR", "")
         # Output order: stdout's diagnostics first (the program's own words), then stderr's new ones.

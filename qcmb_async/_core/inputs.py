@@ -58,6 +58,8 @@ def _from_dict(data: Mapping[str, Any], source: str) -> ManyBodyInput:
     from qcelemental.exceptions import ChoicesError, DataUnavailableError, MoleculeFormatError, NotAnElementError
     from qcelemental.exceptions import ValidationError as QCElementalValidationError
 
+    if _is_molecule(data):
+        raise InputError(f"{source} is {_IS_A_MOLECULE}: {_MOLECULE_USAGE}")
     data = _prepare(dict(data), source)
     if data.get("schema_version") == 1 or data.get("schema_name") == "qcschema_manybodyinput":
         try:
@@ -102,6 +104,9 @@ def read_text_file(path: Path, what: str = "input file") -> str:
             raw = fh.read(MAX_INPUT_BYTES + 1)
     except OSError as exc:
         raise InputError(f"{what} {name!r} cannot be read: {exc.strerror or exc}. Check its permissions") from None
+    if raw.startswith(b"SQLite format 3\x00"):
+        raise InputError(f"{what} {name!r} is an SQLite database (a qcmb_async result store?), not a JSON, YAML or "
+                         f"XYZ input: to see a result store's runs and fragments use 'qcmb-async report {name}'")
     if len(raw) > MAX_INPUT_BYTES or len(raw) < size:
         raise InputError(f"{what} {name!r} changed while it was read, or is larger than the {MAX_INPUT_BYTES} "
                          "bytes an input may have")
@@ -164,19 +169,30 @@ def _read_file(path: Path) -> ManyBodyInput:
     return _from_dict(data, f"input file {str(path)!r}")
 
 
+#: How to make a ManyBodyInput out of a molecule (a string, a Molecule dict or file).
+_MOLECULE_USAGE = ("pass a ManyBodyInput (or its dict / JSON text) or the path of a JSON/YAML file; for a molecule "
+                   "build one: ManyBodyInput(molecule=Molecule.from_data(text), specification={...}), "
+                   "or save it as an XYZ file with '--' lines between fragments for the command line")
+_IS_A_MOLECULE = "a molecule, not a ManyBodyInput (it says nothing of the method, program or BSSE treatment)"
+
+
+def _is_molecule(data: Mapping[str, Any]) -> bool:
+    """A QCSchema Molecule dict (not a ManyBodyInput holding one)."""
+    if "specification" in data or "molecule" in data:
+        return False
+    return data.get("schema_name") == "qcschema_molecule" or ("symbols" in data and "geometry" in data)
+
+
 def _not_a_path(text: str) -> InputError:
     """The error for a string that is neither JSON nor a usable path (a molecule string, say)."""
     from qcelemental.models.v2 import Molecule
 
-    usage = ("pass a ManyBodyInput (or its dict / JSON text) or the path of a JSON/YAML file; for a molecule "
-             "string build one: ManyBodyInput(molecule=Molecule.from_data(text), specification={...}), "
-             "or save it as an XYZ file with '--' lines between fragments for the command line")
     try:
         Molecule.from_data(text)
     except Exception:
-        return InputError(f"the input string {text[:60]!r}... is neither JSON nor the path of a file: {usage}")
-    return InputError(f"the input string is a molecule, not a ManyBodyInput (it says nothing of the method, "
-                      f"program or BSSE treatment): {usage}")
+        return InputError(f"the input string {text[:60]!r}... is neither JSON nor the path of a file: "
+                          f"{_MOLECULE_USAGE}")
+    return InputError(f"the input string is {_IS_A_MOLECULE}: {_MOLECULE_USAGE}")
 
 
 def load_input(obj: Any) -> ManyBodyInput:

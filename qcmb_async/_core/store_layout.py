@@ -10,7 +10,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import InputError, StoreError
 from ..settings import get_settings
 
 STORE_FORMAT_VERSION: int = 1
@@ -135,10 +135,15 @@ def store_path(store: str | os.PathLike[str] | None = "default") -> Path | None:
     """The store file a run with ``store=`` opens, or ``None`` for no store.
 
     ``"default"``: ``$QCMB_ASYNC_STORE`` (``none`` disables) or :func:`default_store_path`.
+    An empty string raises :class:`InputError`.
     """
     if store is None:
         return None
-    if not isinstance(store, str | os.PathLike) or not os.fspath(store).strip():
+    if isinstance(store, str) and not store.strip():
+        # Path("") is ".", which would be refused as "a directory": say what is really wrong.
+        raise InputError("the result store path is empty: pass the path of a store file, 'default' for the "
+                         "default store, or None (--no-store) for no store")
+    if not isinstance(store, str | os.PathLike):
         raise StoreError(f"store= must be a file path, 'default' or None, got {store!r}")
     if isinstance(store, str) and store == "default":
         settings = get_settings()

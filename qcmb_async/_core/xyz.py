@@ -161,9 +161,16 @@ def build_molecule(frags: list[XYZFragment], charges: list[int] | None = None,
 
 
 def parse_bsse(values: list[str] | None) -> list[str]:
-    """``["cp,nocp", "vmfc"]`` -> ``["cp", "nocp", "vmfc"]``, each checked; default ``["cp"]``."""
+    """``["cp,nocp", "vmfc"]`` -> ``["cp", "nocp", "vmfc"]``, each checked; ``None`` -> ``["cp"]``.
+
+    An empty list (``--bsse ""``) raises :class:`InputError`: it is a mistake, not a request for the default.
+    """
+    if values is None:
+        return ["cp"]
+    if isinstance(values, str):
+        values = [values]
     out: list[str] = []
-    for value in values or ["cp"]:
+    for value in values:
         for item in value.split(","):
             item = item.strip().lower()
             if not item:
@@ -172,7 +179,10 @@ def parse_bsse(values: list[str] | None) -> list[str]:
                 raise InputError(f"unknown BSSE treatment {item!r}: use one or more of {', '.join(BSSE_TYPES)}")
             if item not in out:
                 out.append(item)
-    return out or ["cp"]
+    if not out:
+        raise InputError(f"the BSSE list is empty (got {values!r}): give one or more of {', '.join(BSSE_TYPES)}, "
+                         "comma separated (leave --bsse out for cp)")
+    return out
 
 
 def parse_keywords(text: str | None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,80 @@ def _load(path: Path, xyz: XyzOptions) -> Any:
     return path
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name one file: the same path once symlinks resolve, or the same inode (hard links)."""
+    ra, rb = a.expanduser().resolve(), b.expanduser().resolve()
+    if ra == rb:
+        return True
+    with contextlib.suppress(OSError):  # hard links and bind mounts: same inode
+        return ra.exists() and rb.exists() and os.path.samefile(ra, rb)
+    return False
+
+
+def _timeline_formats() -> dict[str, str]:
+    """``{suffix: description}`` of the file formats matplotlib can save a figure in."""
+    from ..timeline import _import_matplotlib
+
+    _import_matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return dict(FigureCanvasBase.get_supported_filetypes())
+
+
 def _check_writable(option: str, path: Path | None) -> None:
+    """Refuse, before anything is computed, an output path that could not be written at the end."""
     if path is None:
         return
-    parent = path.expanduser().resolve().parent
+    target = path.expanduser()
+    if target.is_dir():
+        raise Usage(f"{option} {str(path)!r} is a directory: give a file name, e.g. {str(target / 'result.json')!r}")
+    if target.exists() and not target.is_file():
+        raise Usage(f"{option} {str(path)!r} exists and is not a regular file (a FIFO or device?): give a file name")
+    parent = target.resolve().parent
     if not parent.is_dir():
-        raise Usage(f"{option} {str(path)!r}: directory {str(parent)!r} does not exist")
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise Usage(f"{option} {str(path)!r}: directory {str(parent)!r} {what}")
+    # os.access() says yes to root even on read-only mounts and /proc: create a file there to know.
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".qcmb-async-probe-"):
+            pass
+        if target.exists():
+            with target.open("ab"):  # append mode: opens without truncating what is there
+                pass
+    except OSError as exc:
+        raise Usage(f"{option} {str(path)!r} cannot be written ({exc.strerror or exc}): give a path in a "
+                    "writable directory") from None
+
+
+def _check_outputs(input: Path, output: Path | None, timeline: Path | None) -> None:
+    """Every check of --output and --timeline that can fail, before the run starts (exit 2, nothing computed)."""
+    _check_writable("--output", output)
+    _check_writable("--timeline", timeline)
+    for option, out in (("--output", output), ("--timeline", timeline)):
+        if out is not None and _same_file(out, input):
+            raise Usage(f"{option} {str(out)!r} is the input file: writing there would overwrite the input. "
+                        "Give another path")
+    if output is not None and timeline is not None and _same_file(output, timeline):
+        raise Usage(f"--output and --timeline are the same file {str(output)!r}: the timeline would replace the "
+                    "result JSON. Give two paths")
+    if timeline is not None and timeline.suffix:
+        try:
+            formats = _timeline_formats()
+        except ImportError as exc:
+            raise Usage(f"--timeline: {exc}") from None
+        fmt = timeline.suffix[1:].lower()
+        if fmt not in formats:
+            raise Usage(f"--timeline {str(timeline)!r}: matplotlib cannot write .{fmt} files; use one of "
+                        f"{', '.join('.' + f for f in sorted(formats))}")
+
+
+def _store_arg(store: str | None) -> Path | None:
+    """--store as a path; an empty one is refused (as a Path it would be '.', "a directory")."""
+    if store is None:
+        return None
+    if not store.strip():
+        raise Usage("--store is empty: give the path of the store file, or --no-store for no result store")
+    return Path(store)
 
 
 def _store_path(store: Path | None, no_store: bool) -> Path | None:
@@ -75,11 +144,7 @@ def _check_not_store(store: Path | None, no_store: bool, **outputs: Path | None)
     for option, out in outputs.items():
         if out is None:
             continue
-        resolved = out.expanduser().resolve()
-        same = str(resolved) in forbidden
-        with contextlib.suppress(OSError):  # hard links and bind mounts: same inode
-            same = same or (resolved.exists() and target.exists() and os.path.samefile(resolved, target))
-        if same:
+        if str(out.expanduser().resolve()) in forbidden or _same_file(out, target):
             raise Usage(f"--{option} {str(out)!r} is the result store {str(path)!r} (or one of its -wal/-shm "
                         "files): writing the result there would destroy every stored fragment. Give another "
                         "output path")

@@ -90,7 +90,7 @@ MaxJobsOpt = Annotated[int | None, _opt("--max-jobs", metavar="N", help="--clust
                                                                         "fragments.")]
 WalltimeOpt = Annotated[str | None, _opt("--walltime", metavar="HH:MM:SS", help="--cluster: job wall time (default "
                                                                                 "01:00:00).")]
-StoreOpt = Annotated[Path | None, _opt("--store", metavar="PATH", help="SQLite result store (default: one in the "
+StoreOpt = Annotated[str | None, _opt("--store", metavar="PATH", help="SQLite result store (default: one in the "
                                                                         "user cache directory).")]
 NoStoreOpt = Annotated[bool, _opt("--no-store", help="Use no result store.")]
 RetriesOpt = Annotated[int, _opt("--retries", metavar="N", help="Extra attempts for transient failures.")]

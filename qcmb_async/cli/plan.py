@@ -6,7 +6,7 @@ from typing import Any
 
 from ._app import app
 from ._console import _errors, _setup_logging, _stdout
-from ._inputs import _load
+from ._inputs import _load, _store_arg
 from ._options import (
     CentroidOpt,
     CutoffOpt,
@@ -46,6 +46,7 @@ def plan(
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
         screening = screening_option(cutoff, energy_threshold, centroid)
+        store_file = _store_arg(store)
         mbe = _load(input, xyz)
         from .. import plan_manybody
         from .._core.options import make_options
@@ -63,7 +64,8 @@ def plan(
                 cost[order] = cost.get(order, 0.0) + frag.cost
             screening_table(console, the_plan.screen.summary(), cost=cost,
                             title="screened expansion (planned before the run)")
-        _print_prediction(console, the_plan, cores, None if no_store else (str(store) if store else "default"))
+        where = None if no_store else (str(store_file) if store_file else "default")
+        _print_prediction(console, the_plan, cores, where)
 
 
 def _print_plan(console: Any, the_plan: Any) -> None:

@@ -61,6 +61,57 @@ def _load_result(path: Path) -> Any:
         raise InputError(f"{str(path)!r} is not a ManyBodyResult: {_short(describe_validation(exc), False)}") from None
 
 
+def _records(path: Path, meta: Any) -> dict[str, Any]:
+    """``extras["qcmb_async"]`` checked against the shape ``run`` writes, else :class:`InputError`."""
+    from pydantic import BaseModel, ConfigDict, FiniteFloat, PositiveInt, ValidationError
+
+    class _Attempt(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        start: FiniteFloat | None = None
+        end: FiniteFloat | None = None
+        error_type: str | None = None
+
+    class _Record(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        label: str = "?"
+        level: int | None = None
+        status: str | None = None
+        attempts: int | list[Any] | None = None
+        start: FiniteFloat | None = None
+        end: FiniteFloat | None = None
+        worker: str | int | None = None
+        cores: PositiveInt | None = None
+        history: list[_Attempt] | None = None
+
+    class _Meta(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        fragments: list[_Record]
+        run_id: str | None = None
+        executor: str | None = None
+        ncores: PositiveInt | None = None
+        started: FiniteFloat | None = None
+        finished: FiniteFloat | None = None
+
+    try:
+        return _Meta.model_validate(meta).model_dump()
+    except ValidationError as exc:
+        raise InputError(f"{str(path)!r}: its per-fragment records (extras.qcmb_async) are malformed: "
+                         f"{_short(describe_validation(exc), False)}. The file was edited or not written by "
+                         "'qcmb-async run --output'; rerun the calculation (the result store keeps its fragments)"
+                         ) from None
+
+
+def _check_energies(path: Path, result: Any) -> None:
+    """Refuse a result whose energies are NaN or infinite: printing them as numbers would pass them off as real."""
+    from .._core.inputs import _nonfinite
+
+    for name in ("return_result", "properties"):
+        where = _nonfinite(getattr(result, name, None), name)
+        if where is not None:
+            raise InputError(f"{str(path)!r} holds a NaN or infinite value at {where}: it is not a usable result "
+                             "(the file was edited, or written by a failed run); rerun the calculation")
+
+
 def _report_json(path: Path) -> None:
     from rich import box
     from rich.table import Table
@@ -68,9 +119,11 @@ def _report_json(path: Path) -> None:
     from ..timeline import timeline_stats
 
     result = _load_result(path)
+    _check_energies(path, result)
+    raw = (result.extras or {}).get("qcmb_async")
+    meta = _records(path, raw) if raw is not None else None
     out = _stdout()
     _energy_tables(out, result)
-    meta = (result.extras or {}).get("qcmb_async")
     if not meta:
         out.print("no per-fragment records: this result was not computed by qcmb_async", markup=False, soft_wrap=True)
         return
@@ -85,7 +138,10 @@ def _report_json(path: Path) -> None:
                       str(frag.get("attempts", "")), f"{wall:.3f}" if wall is not None else "-",
                       str(frag.get("worker") or "-"))
     out.print(table)
-    stats = timeline_stats(result)
+    try:
+        stats = timeline_stats(result)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{str(path)!r}: its per-fragment records (extras.qcmb_async) are malformed: {exc}") from None
     eff = f"{stats['efficiency']:.2f}" if stats["efficiency"] is not None else "n/a"
     out.print(f"run {meta.get('run_id', '?')}: {len(frags)} fragments on {stats['ncores']} cores "
               f"({meta.get('executor', '?')} executor); makespan {stats['makespan']:.2f} s, lower bound "

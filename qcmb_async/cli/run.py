@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import RunFailed
 from ._app import app
 from ._console import Usage, _errors, _setup_logging, _stderr, _stdout
-from ._inputs import _check_not_store, _check_writable, _load
+from ._inputs import _check_not_store, _check_outputs, _load, _store_arg
 from ._options import (
     BarrierOpt,
     CentroidOpt,
@@ -86,10 +86,10 @@ def run(
     """Compute a many-body expansion and print its energies."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
+        store_file = _store_arg(store)
         mbe = _load(input, xyz)
-        _check_writable("--output", output)
-        _check_writable("--timeline", timeline)
-        _check_not_store(store, no_store, output=output, timeline=timeline)
+        _check_outputs(input, output, timeline)
+        _check_not_store(store_file, no_store, output=output, timeline=timeline)
         if timeline is not None:
             from ..timeline import _import_matplotlib
 
@@ -107,8 +107,8 @@ def run(
             raise Usage("--store and --no-store contradict each other: give one")
         if no_store:
             options["store"] = None
-        elif store is not None:
-            options["store"] = str(store)
+        elif store_file is not None:
+            options["store"] = str(store_file)
         options.update(_dask_target(scheduler, scheduler_file, cluster, queue=queue, job_cores=job_cores,
                                     job_memory=job_memory, max_jobs=max_jobs, walltime=walltime))
         if quiet and log_format is LogFormat.console and logging.getLogger("qcmb_async").level == logging.WARNING:

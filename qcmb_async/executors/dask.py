@@ -50,7 +50,8 @@ _WORKER_SYNTAX = 'dask worker tcp://<scheduler>:8786 --resources "cores=16,memor
 _THREE_WAYS = (
     f"DaskExecutor(scheduler='tcp://host:8786'), DaskExecutor(scheduler=<distributed.Client or a dask-jobqueue "
     f"cluster>), DaskExecutor(scheduler=Path('scheduler.json')) (a scheduler file), DaskExecutor(cluster='slurm'), "
-    f"or the environment variable {SCHEDULER_ENV}=tcp://host:8786"
+    f"or the environment variable {SCHEDULER_ENV}=tcp://host:8786 (on the qcmb-async command line: "
+    f"--scheduler tcp://host:8786, --scheduler-file scheduler.json or --cluster slurm)"
 )
 #: Seconds allowed for remote kills and for closing the client.
 _REMOTE_CALL_TIMEOUT = 10.0
