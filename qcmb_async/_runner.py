@@ -23,7 +23,7 @@ from ._core.plan import Plan, make_plan
 from ._core.resources import ResourcePool
 from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
 from ._logs import get_logger
-from .errors import FailureReport, FragmentError, InputError, RunFailed
+from .errors import FailureReport, FragmentError, InputError, QCMBAsyncWarning, RunFailed
 from .executors import resolve_executor
 from .settings import get_settings
 
@@ -299,7 +299,7 @@ def _warn_oversubscribed(exe: Executor, options: Any) -> None:
         message = (f"ncores={options.ncores} is more than the {available} core(s) this process may use: up to "
                    f"{options.slots} fragments (and worker processes) will share them")
         log.warning(message)
-        warnings.warn(message, UserWarning, stacklevel=3)
+        warnings.warn(message, QCMBAsyncWarning, stacklevel=3)
 
 
 def _check_store_argument(store: Any) -> None:

@@ -14,6 +14,10 @@ class InputError(QCMBAsyncError, ValueError):
     """Bad input, found before anything was computed. The message says what to change."""
 
 
+class QCMBAsyncWarning(UserWarning):
+    """A result QCManyBody would give too, but that is probably not what you want (said once, not refused)."""
+
+
 class StoreError(QCMBAsyncError):
     """The result store cannot be used (corrupt, foreign, locked, unreadable, or from an incompatible version)."""
 

@@ -42,6 +42,13 @@ WATER2 = {
     "fragment_charges": [0, 0],
     "fragment_multiplicities": [1, 1],
 }
+WATER3 = {
+    "symbols": ["O", "H", "H"] * 3,
+    "geometry": [*WATER2["geometry"], 0.0, 0.0, 12.0, 1.43, 1.108, 12.0, -1.43, 1.108, 12.0],
+    "fragments": [[0, 1, 2], [3, 4, 5], [6, 7, 8]],
+    "fragment_charges": [0, 0, 0],
+    "fragment_multiplicities": [1, 1, 1],
+}
 XYZ_DIMER = ("6\nwater dimer\nO 0 0 0\nH 0.757 0.586 0\nH -0.757 0.586 0\n--\n"
              "O 0 0 3\nH 0.757 0.586 3\nH -0.757 0.586 3\n")
 PSI4_STRING = "0 1\nO 0 0 0\nH 0.757 0.586 0\nH -0.757 0.586 0\n--\n0 1\nO 0 0 3\nH 0.757 0.586 3\nH -0.757 0.586 3"
@@ -224,12 +231,11 @@ CASES: list[Case] = [
     Case("levels naming no spec", r"name model chemistr.*\(auto\).*specification does not define.*supersystem",
          data=edit("specification.specification", {
              n: {"program": "mopac", "model": {"method": "pm7"}, "driver": "energy"} for n in ("a", "b", "c")},
-             max_nbody=2, levels={"1": "a", "2": "b", "supersystem": "c"}), command="plan", api=False),
+             molecule=WATER3, max_nbody=3, levels={"1": "a", "2": "b", "supersystem": "c"}),
+         command="plan", api=False),  # found while planning: before any fragment, after the executor is chosen
     Case("embedding charges in testing", r"QCMANYBODY_EMBEDDING_CHARGES=1.*remove embedding_charges",
          data=mbe(program="psi4", method="hf", basis="sto-3g",
                   embedding_charges={"1": [-0.8, 0.4, 0.4], "2": [-0.8, 0.4, 0.4]}), needs=("psi4",)),
-    Case("store of the wrong kind", r"store= must be a file path, 'default' or None, got 5", data=mbe(),
-         api_options={"store": 5}, cli=False),
     Case("ncores leaving no memory", r"leaves 0\.0 GiB per fragment: give fewer cores, more memory", data=mbe(),
          cli_args=["--ncores", "10000000", "--memory", "1"], api_options={"ncores": 10**7, "memory": 1}),
 ]
@@ -444,6 +450,14 @@ def test_cp_with_a_program_without_ghost_atoms_warns_api_users_too() -> None:
     """MOPAC writes ghosts as real atoms: QCManyBody's numbers, but a Python warning says they are not CP."""
     require_program("mopac")
     from qcmb_async import plan_manybody
+    from qcmb_async.errors import QCMBAsyncWarning
 
-    with pytest.warns(UserWarning, match="mopac cannot place ghost atoms.*not a BSSE correction.*nocp"):
+    with pytest.warns(QCMBAsyncWarning, match="mopac cannot place ghost atoms.*not a BSSE correction.*nocp"):
         plan_manybody(mbe(bsse_type=["cp"]))
+
+
+def test_store_argument_of_the_wrong_kind_is_refused_before_workers_start() -> None:
+    from qcmb_async import run
+
+    with pytest.raises(InputError, match="store= must be a file path, 'default' or None, got 5"):
+        run(mbe(), store=5)

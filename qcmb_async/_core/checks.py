@@ -13,7 +13,7 @@ from typing import Any
 
 from qcmanybody.models.v2 import ManyBodyInput
 
-from ..errors import InputError
+from ..errors import InputError, QCMBAsyncWarning
 from ..programs import PROGRAMS, traits
 
 
@@ -305,7 +305,7 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
                    f"the {'/'.join(sorted(bsse & {'cp', 'vmfc'}))} fragments are computed with every ghost as a "
                    "real atom, so those energies are not a BSSE correction. Use bsse_type nocp with this program")
         get_logger().warning(message, bsse=sorted(bsse))
-        warnings.warn(message, UserWarning, stacklevel=2)
+        warnings.warn(message, QCMBAsyncWarning, stacklevel=2)
 
         # Same numbers as QCManyBody's own computer, but physically meaningless: say so.
         get_logger().warning("QCEngine's MOPAC harness writes ghost atoms as real atoms: cp/vmfc fragments are "

@@ -49,7 +49,13 @@ class _CurrentStderr:
 
 
 def _setup_logging(fmt: LogFormat, verbose: int, debug: bool) -> None:
+    import warnings
+
     from .._logs import configure_logging
+    from ..errors import QCMBAsyncWarning
+
+    # The command line says these itself, as log lines; the API's Python warnings would repeat them.
+    warnings.simplefilter("ignore", QCMBAsyncWarning)
 
     if debug or verbose >= 2:
         level = "DEBUG"
