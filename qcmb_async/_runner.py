@@ -19,9 +19,10 @@ from ._core.checks import check_input
 from ._core.contract import Executor
 from ._core.inputs import load_input
 from ._core.options import make_options, make_screening
+from ._core.outcome import ScheduleOutcome, unwrap_group
 from ._core.plan import Plan, make_plan
 from ._core.resources import ResourcePool
-from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
+from ._core.scheduler import Scheduler
 from ._logs import get_logger
 from .errors import FailureReport, FragmentError, InputError, QCMBAsyncWarning, RunFailed
 from .executors import resolve_executor
