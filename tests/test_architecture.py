@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"_core.ready", "_core.store_layout", "_core.store", "_core.outcome", "_core.scheduler"},  # schedule
     {"_qcengine", "executors"},                                        # execute
     {"_core.fill", "_core.assemble"},                                  # assemble
-    {"_runner", "simulate"},                                           # the pipeline put together
+    {"_runner", "simulate", "_synthetic"},                             # the pipeline put together
     {"_fronts"},                                                       # blocking and streaming fronts
     {"_dynamics", "_optimize", "_frequencies"},                        # drivers running many MBEs
     {"events", "store", "__init__"},                                   # the public facade
