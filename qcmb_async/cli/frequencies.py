@@ -9,33 +9,27 @@ from typing import Annotated, Any
 import typer
 
 from ._app import app
-from ._console import _errors, _setup_logging, _stdout
+from ._console import Usage, _errors, _setup_logging, _stdout
 from ._inputs import _check_writable, _load
 from ._moving import run_options, write_json
 from ._options import (
-    BasisOpt,
-    BsseOpt,
-    ChargeOpt,
     DebugOpt,
     ExecutorOpt,
     FragMemoryOpt,
     FragNcoresOpt,
     InputArg,
-    KeywordsOpt,
     LogFormat,
     LogFormatOpt,
-    MaxNbodyOpt,
     MemoryOpt,
-    MethodOpt,
-    MultOpt,
     NcoresOpt,
     NoStoreOpt,
-    ProgramOpt,
     RetriesOpt,
     SchedulerOpt,
     StoreOpt,
     TimeoutOpt,
     VerboseOpt,
+    XyzOptions,
+    with_xyz_options,
 )
 
 
@@ -53,16 +47,10 @@ JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESU
 
 
 @app.command()
+@with_xyz_options
 def frequencies(
     input: InputArg,
-    method: MethodOpt = None,
-    basis: BasisOpt = None,
-    program: ProgramOpt = None,
-    bsse: BsseOpt = None,
-    max_nbody: MaxNbodyOpt = None,
-    keywords: KeywordsOpt = None,
-    charge: ChargeOpt = None,
-    multiplicity: MultOpt = None,
+    xyz: XyzOptions,
     hessian: RouteOpt = Route.analytic,
     step: StepOpt = 0.005,
     ncores: NcoresOpt = None,
@@ -83,8 +71,9 @@ def frequencies(
     """Harmonic frequencies (cm⁻¹, translations and rotations projected out) of a many-body expansion."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
-        mbe = _load(input, method=method, basis=basis, program=program, bsse=bsse, max_nbody=max_nbody,
-                    keywords=keywords, driver=None, charge=charge, multiplicity=multiplicity)
+        if xyz.driver is not None:
+            raise Usage("--driver does not apply to frequencies: it chooses what each expansion computes")
+        mbe = _load(input, xyz)
         _check_writable("--output", output)
         options = run_options(ncores=ncores, memory=memory, fragment_ncores=fragment_ncores,
                               fragment_memory=fragment_memory, executor=executor, retries=retries, timeout=timeout,

@@ -12,29 +12,23 @@ from ._console import EXIT_FAILED, Usage, _errors, _setup_logging, _stderr, _std
 from ._inputs import _check_writable, _load
 from ._moving import run_options, write_json
 from ._options import (
-    BasisOpt,
-    BsseOpt,
-    ChargeOpt,
     DebugOpt,
     ExecutorOpt,
     FragMemoryOpt,
     FragNcoresOpt,
     InputArg,
-    KeywordsOpt,
     LogFormat,
     LogFormatOpt,
-    MaxNbodyOpt,
     MemoryOpt,
-    MethodOpt,
-    MultOpt,
     NcoresOpt,
     NoStoreOpt,
-    ProgramOpt,
     RetriesOpt,
     SchedulerOpt,
     StoreOpt,
     TimeoutOpt,
     VerboseOpt,
+    XyzOptions,
+    with_xyz_options,
 )
 
 CoordsysOpt = Annotated[str, typer.Option("--coordsys", metavar="NAME",
@@ -50,16 +44,10 @@ JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESU
 
 
 @app.command()
+@with_xyz_options
 def optimize(
     input: InputArg,
-    method: MethodOpt = None,
-    basis: BasisOpt = None,
-    program: ProgramOpt = None,
-    bsse: BsseOpt = None,
-    max_nbody: MaxNbodyOpt = None,
-    keywords: KeywordsOpt = None,
-    charge: ChargeOpt = None,
-    multiplicity: MultOpt = None,
+    xyz: XyzOptions,
     coordsys: CoordsysOpt = "tric",
     convergence: ConvergenceOpt = "GAU",
     maxiter: MaxiterOpt = 300,
@@ -82,8 +70,9 @@ def optimize(
     """Optimize the geometry with geomeTRIC; each gradient is a many-body expansion (needs qcmb_async[opt])."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
-        mbe = _load(input, method=method, basis=basis, program=program, bsse=bsse, max_nbody=max_nbody,
-                    keywords=keywords, driver=None, charge=charge, multiplicity=multiplicity)
+        if xyz.driver is not None:
+            raise Usage("--driver does not apply to optimize: it chooses what each expansion computes")
+        mbe = _load(input, xyz)
         _check_writable("--output", output)
         try:
             import geometric  # noqa: F401
