@@ -1,4 +1,4 @@
-"""What ``optimize`` and ``frequencies`` share: the run options they pass to every MBE, JSON output."""
+"""What the commands that run expansions share: the run options they pass to every MBE, JSON output."""
 
 from __future__ import annotations
 

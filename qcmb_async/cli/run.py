@@ -10,6 +10,7 @@ from ..errors import RunFailed
 from ._app import app
 from ._console import Usage, _errors, _setup_logging, _stderr, _stdout
 from ._inputs import _check_not_store, _check_outputs, _load, _store_arg
+from ._moving import run_options
 from ._options import (
     BarrierOpt,
     CentroidOpt,
@@ -97,18 +98,11 @@ def run(
                 _import_matplotlib()
             except ImportError as exc:
                 raise Usage(f"--timeline: {exc}") from None
-        options: dict[str, Any] = {
-            "ncores": ncores, "memory": memory, "fragment_ncores": fragment_ncores,
-            "fragment_memory": fragment_memory, "executor": executor, "retries": retries, "timeout": timeout,
-            "on_error": on_error.value, "level_barrier": level_barrier,
-            "screening": screening_option(cutoff, energy_threshold, centroid),
-        }
-        if store is not None and no_store:
-            raise Usage("--store and --no-store contradict each other: give one")
-        if no_store:
-            options["store"] = None
-        elif store_file is not None:
-            options["store"] = str(store_file)
+        options = run_options(ncores=ncores, memory=memory, fragment_ncores=fragment_ncores,
+                              fragment_memory=fragment_memory, executor=executor, retries=retries, timeout=timeout,
+                              store=store_file, no_store=no_store, scheduler=None)
+        options.update(on_error=on_error.value, level_barrier=level_barrier,
+                       screening=screening_option(cutoff, energy_threshold, centroid))
         options.update(_dask_target(scheduler, scheduler_file, cluster, queue=queue, job_cores=job_cores,
                                     job_memory=job_memory, max_jobs=max_jobs, walltime=walltime))
         if quiet and log_format is LogFormat.console and logging.getLogger("qcmb_async").level == logging.WARNING:
