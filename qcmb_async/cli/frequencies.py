@@ -14,21 +14,13 @@ from ._inputs import _check_writable, _load
 from ._moving import run_options, write_json
 from ._options import (
     DebugOpt,
-    ExecutorOpt,
-    FragMemoryOpt,
-    FragNcoresOpt,
     InputArg,
     LogFormat,
     LogFormatOpt,
-    MemoryOpt,
-    NcoresOpt,
-    NoStoreOpt,
-    RetriesOpt,
-    SchedulerOpt,
-    StoreOpt,
-    TimeoutOpt,
+    ResourceOptions,
     VerboseOpt,
     XyzOptions,
+    with_resource_options,
     with_xyz_options,
 )
 
@@ -48,21 +40,13 @@ JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESU
 
 @app.command()
 @with_xyz_options
+@with_resource_options
 def frequencies(
     input: InputArg,
     xyz: XyzOptions,
     hessian: RouteOpt = Route.analytic,
     step: StepOpt = 0.005,
-    ncores: NcoresOpt = None,
-    memory: MemoryOpt = None,
-    fragment_ncores: FragNcoresOpt = None,
-    fragment_memory: FragMemoryOpt = None,
-    executor: ExecutorOpt = "auto",
-    scheduler: SchedulerOpt = None,
-    store: StoreOpt = None,
-    no_store: NoStoreOpt = False,
-    retries: RetriesOpt = 0,
-    timeout: TimeoutOpt = None,
+    resources: ResourceOptions = ResourceOptions(),  # replaced by the option group (with_resource_options)
     output: JsonOutOpt = None,
     log_format: LogFormatOpt = LogFormat.console,
     verbose: VerboseOpt = 0,
@@ -75,9 +59,7 @@ def frequencies(
             raise Usage("--driver does not apply to frequencies: it chooses what each expansion computes")
         mbe = _load(input, xyz)
         _check_writable("--output", output)
-        options = run_options(ncores=ncores, memory=memory, fragment_ncores=fragment_ncores,
-                              fragment_memory=fragment_memory, executor=executor, retries=retries, timeout=timeout,
-                              store=store, no_store=no_store, scheduler=scheduler)
+        options = run_options(resources)
         result = _frequencies(mbe, options, route=hessian.value, step=step)
         if output is not None:
             write_json(output, {"frequencies_cm-1": result.frequencies, "modes": result.modes,

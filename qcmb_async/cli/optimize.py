@@ -13,21 +13,13 @@ from ._inputs import _check_writable, _load
 from ._moving import run_options, write_json
 from ._options import (
     DebugOpt,
-    ExecutorOpt,
-    FragMemoryOpt,
-    FragNcoresOpt,
     InputArg,
     LogFormat,
     LogFormatOpt,
-    MemoryOpt,
-    NcoresOpt,
-    NoStoreOpt,
-    RetriesOpt,
-    SchedulerOpt,
-    StoreOpt,
-    TimeoutOpt,
+    ResourceOptions,
     VerboseOpt,
     XyzOptions,
+    with_resource_options,
     with_xyz_options,
 )
 
@@ -45,6 +37,7 @@ JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESU
 
 @app.command()
 @with_xyz_options
+@with_resource_options
 def optimize(
     input: InputArg,
     xyz: XyzOptions,
@@ -52,16 +45,7 @@ def optimize(
     convergence: ConvergenceOpt = "GAU",
     maxiter: MaxiterOpt = 300,
     constraints: ConstraintsOpt = None,
-    ncores: NcoresOpt = None,
-    memory: MemoryOpt = None,
-    fragment_ncores: FragNcoresOpt = None,
-    fragment_memory: FragMemoryOpt = None,
-    executor: ExecutorOpt = "auto",
-    scheduler: SchedulerOpt = None,
-    store: StoreOpt = None,
-    no_store: NoStoreOpt = False,
-    retries: RetriesOpt = 0,
-    timeout: TimeoutOpt = None,
+    resources: ResourceOptions = ResourceOptions(),  # replaced by the option group (with_resource_options)
     output: JsonOutOpt = None,
     log_format: LogFormatOpt = LogFormat.console,
     verbose: VerboseOpt = 0,
@@ -84,9 +68,7 @@ def optimize(
                 cons = constraints.read_text()
             except OSError as exc:
                 raise Usage(f"--constraints {str(constraints)!r}: {exc.strerror}") from None
-        options = run_options(ncores=ncores, memory=memory, fragment_ncores=fragment_ncores,
-                              fragment_memory=fragment_memory, executor=executor, retries=retries, timeout=timeout,
-                              store=store, no_store=no_store, scheduler=scheduler)
+        options = run_options(resources)
         result = _optimize(mbe, options, coordsys=coordsys, convergence=convergence, maxiter=maxiter,
                            constraints=cons)
         if output is not None:
