@@ -1,4 +1,4 @@
-"""The async core (``run_manybody``) and its thin sync wrapper (``run``)."""
+"""The async core (``run_manybody``): input, plan, schedule and assemble, with the executor picked here."""
 
 from __future__ import annotations
 
