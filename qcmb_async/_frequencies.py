@@ -109,6 +109,9 @@ class CompositePlan:
     fragments: list[Fragment]
     jobs: dict[str, Job]
     inline: bool = True
+    screen: Any = None
+    """No screened expansion: every fragment is known before the run (the Scheduler reads this)."""
+    make_fragment: Any = None
 
     def materialise(self, frag: Fragment) -> Job:
         return self.jobs[frag.label]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._core.scheduler import unwrap_group
+from ._core.outcome import unwrap_group
 from ._runner import run_manybody
 from .errors import InputError, Terminated
 

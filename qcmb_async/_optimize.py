@@ -24,7 +24,7 @@ import anyio
 import anyio.from_thread
 import numpy as np
 
-from ._core.scheduler import unwrap_group
+from ._core.outcome import unwrap_group
 from ._dynamics import computed_and_cached, geometry, kept_pool, prepare, run_at, scf_iterations
 from .errors import InputError
 

@@ -1,4 +1,4 @@
-"""The async core (``run_manybody``) and its thin sync wrapper (``run``)."""
+"""The async core (``run_manybody``): input, plan, schedule and assemble, with the executor picked here."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from ._core.checks import check_input
 from ._core.contract import Executor
 from ._core.inputs import load_input
 from ._core.options import make_options, make_screening
+from ._core.outcome import ScheduleOutcome, unwrap_group
 from ._core.plan import Plan, make_plan
 from ._core.resources import ResourcePool
-from ._core.scheduler import ScheduleOutcome, Scheduler, unwrap_group
+from ._core.scheduler import Scheduler
 from ._logs import get_logger
 from .errors import FailureReport, FragmentError, InputError, QCMBAsyncWarning, RunFailed
 from .executors import resolve_executor
@@ -134,48 +135,55 @@ async def run_manybody(
         get_settings()  # a bad QCMB_ASYNC_* variable is an InputError now, not in a worker later
         _check_store_argument(store)
         inp = load_input(mbe_input)
-        options = make_options(
-            ncores=ncores, memory=memory, fragment_ncores=fragment_ncores, fragment_memory=fragment_memory,
-            level_barrier=level_barrier, scratch_directory=scratch_directory, retries=retries, timeout=timeout,
-            on_error=on_error, on_event=on_event, screening=screening,
-        )
+        given = {"ncores": ncores, "memory": memory, "fragment_ncores": fragment_ncores,
+                 "fragment_memory": fragment_memory, "level_barrier": level_barrier,
+                 "scratch_directory": scratch_directory, "retries": retries, "timeout": timeout,
+                 "on_error": on_error, "on_event": on_event, "screening": screening}
+        options = make_options(**given)
         if cluster is not None:
             executor = _cluster_executor(cluster, executor, scheduler)
-        remote = scheduler is not None or executor == "dask" or getattr(executor, "name", None) == "dask"
-        # Program checks start subprocesses and planning takes seconds: keep both off the loop.
-        await anyio.to_thread.run_sync(functools.partial(check_input, inp, local=not remote))
-        specs = inp.specification.specification.values()
-        exe = resolve_executor(executor, {s.program for s in specs}, options, scheduler,
-                               psiapi=any(s.program == "psi4" and (s.extras or {}).get("psiapi") for s in specs))
-        _warn_oversubscribed(exe, options)
-        resize = functools.partial(
-            make_options, fragment_ncores=fragment_ncores, fragment_memory=fragment_memory, level_barrier=level_barrier,
-            scratch_directory=scratch_directory, retries=retries, timeout=timeout, on_error=on_error, on_event=on_event,
-            screening=screening)
+        exe = await _checked_executor(inp, options, executor, scheduler)
         async with contextlib.AsyncExitStack() as stack:
-            # Worker start-up (seconds for processes) overlaps QCManyBody's enumeration. The executor
-            # is entered in this task (its exit runs here too); only planning runs in a child task.
-            box: dict[str, Plan] = {}
-
-            async def make() -> None:
-                box["plan"] = await anyio.to_thread.run_sync(_plan, inp, options.screening)
-
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(make)
-                    await stack.enter_async_context(exe)
-            except BaseExceptionGroup as group:
-                raise unwrap_group(group) from None
-            plan = box["plan"]
+            plan = await _plan_while_starting(inp, options, exe, stack)
             if (capacity := exe.capacity) is not None and (ncores is None or memory is None):
                 # A cluster's size, not this machine's, bounds a distributed run.
-                options = resize(ncores=ncores if ncores is not None else max(1, int(capacity[0])),
-                                 memory=memory if memory is not None else capacity[1])
+                options = make_options(**{**given, "ncores": ncores if ncores is not None else max(1, int(capacity[0])),
+                                          "memory": memory if memory is not None else capacity[1]})
             outcome, extras = await _execute(plan, options, exe, store, run_id=uuid.uuid4().hex[:12])
         if outcome.failures:
             report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
             raise RunFailed(report)
         return await anyio.to_thread.run_sync(assemble, plan, outcome.results, extras)
+
+
+async def _checked_executor(inp: Any, options: Any, executor: Any, scheduler: Any) -> Executor:
+    """Check the input against the programs (off the loop: it starts subprocesses), then pick the executor."""
+    remote = scheduler is not None or executor == "dask" or getattr(executor, "name", None) == "dask"
+    await anyio.to_thread.run_sync(functools.partial(check_input, inp, local=not remote))
+    specs = inp.specification.specification.values()
+    exe = resolve_executor(executor, {s.program for s in specs}, options, scheduler,
+                           psiapi=any(s.program == "psi4" and (s.extras or {}).get("psiapi") for s in specs))
+    _warn_oversubscribed(exe, options)
+    return exe
+
+
+async def _plan_while_starting(inp: Any, options: Any, exe: Executor, stack: contextlib.AsyncExitStack) -> Plan:
+    """Plan on a thread while ``exe`` starts (seconds for worker processes); ``exe`` is entered on ``stack``.
+
+    The executor is entered in the caller's task (its exit runs there too); only planning runs in a child task.
+    """
+    box: dict[str, Plan] = {}
+
+    async def make() -> None:
+        box["plan"] = await anyio.to_thread.run_sync(_plan, inp, options.screening)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(make)
+            await stack.enter_async_context(exe)
+    except BaseExceptionGroup as group:
+        raise unwrap_group(group) from None
+    return box["plan"]
 
 
 def _cluster_executor(cluster: Any, executor: Any, scheduler: Any) -> Executor:

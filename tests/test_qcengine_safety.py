@@ -115,14 +115,18 @@ def test_machine_description_is_cached_between_runs(tmp_path: Path) -> None:
     second = prime()
     assert (second["brand"], second["ncores"]) == (first["brand"], first["ncores"])
     assert second["t"] < first["t"]  # read, not probed (the probe spawns a process)
-    # A cache from another boot or machine is not trusted; a corrupt one is ignored.
+    # A cache from another boot or machine is not trusted.
     data = json.loads(cache.read_text())
     data["machine"]["boot"] = "another-boot"
     data["values"]["cpu_brand"] = "stale"
     cache.write_text(json.dumps(data))
     assert prime()["brand"] == first["brand"]
+    # A file that is not a cache qcmb_async wrote (here: not even JSON) is never overwritten: refused up front.
     cache.write_text("{not json")
-    assert prime()["brand"] == first["brand"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "QCMB_ASYNC_QCENGINE_CACHE": str(cache)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode != 0 and "QCMB_ASYNC_QCENGINE_CACHE" in out.stderr and "not a qcmb_async" in out.stderr
+    assert cache.read_text() == "{not json"
 
 
 def test_cached_task_config_equals_qcengines_own(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,6 +135,7 @@ def test_cached_task_config_equals_qcengines_own(monkeypatch: pytest.MonkeyPatch
 
     from qcmb_async._qcengine import seams
 
+    seams.install_seams()  # the test must not depend on an earlier test having run a fragment
     seams.prime_qcengine()
     for tc in ({"ncores": 1, "memory": 1.5, "retries": 0, "scratch_directory": None},
                {"ncores": 2, "memory": 0.5, "retries": 0, "scratch_directory": "/tmp"},

@@ -146,7 +146,7 @@ async def test_open_run_error_leaving_the_block_is_not_wrapped() -> None:
 
 async def test_retry_policy_retries_only_transient_errors_with_capped_backoff() -> None:
     from qcmb_async._core.contract import ErrorType
-    from qcmb_async._core.scheduler import RetryPolicy
+    from qcmb_async._core.outcome import RetryPolicy
 
     policy = RetryPolicy(retries=3, base=0.5, cap=1.5)
     for etype in (ErrorType.TIMEOUT, ErrorType.WORKER_DIED, "random_error", "RandomError", ErrorType.KILLED_WORKER):

@@ -1,4 +1,4 @@
-"""What ``optimize`` and ``frequencies`` share: the run options they pass to every MBE, JSON output."""
+"""What the commands that run expansions share: the run options they pass to every MBE, JSON output."""
 
 from __future__ import annotations
 
@@ -9,23 +9,22 @@ from typing import Any
 import numpy as np
 
 from ._console import Usage
+from ._inputs import _store_arg
+from ._options import ResourceOptions
 
 
-def run_options(*, ncores: int | None, memory: float | None, fragment_ncores: int | None,
-                fragment_memory: float | None, executor: str, retries: int, timeout: float | None,
-                store: Path | None, no_store: bool, scheduler: str | None) -> dict[str, Any]:
-    """The ``run_manybody`` options of the command line (``None``: not given)."""
-    if store is not None and no_store:
+def run_options(resources: ResourceOptions, *, with_scheduler: bool = True) -> dict[str, Any]:
+    """The ``run_manybody`` options of the command line's resource options (``None``: not given)."""
+    if resources.store is not None and resources.no_store:
         raise Usage("--store and --no-store contradict each other: give one")
-    options: dict[str, Any] = {"ncores": ncores, "memory": memory, "fragment_ncores": fragment_ncores,
-                               "fragment_memory": fragment_memory, "executor": executor, "retries": retries,
-                               "timeout": timeout}
-    if no_store:
+    options: dict[str, Any] = {name: getattr(resources, name) for name in (
+        "ncores", "memory", "fragment_ncores", "fragment_memory", "executor", "retries", "timeout")}
+    if resources.no_store:
         options["store"] = None
-    elif store is not None:
+    elif (store := _store_arg(resources.store)) is not None:
         options["store"] = str(store)
-    if scheduler is not None:
-        options["scheduler"] = scheduler
+    if with_scheduler and resources.scheduler is not None:
+        options["scheduler"] = resources.scheduler
     return options
 
 

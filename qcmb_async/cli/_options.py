@@ -127,23 +127,61 @@ _XYZ_PARAMETERS = [
 ]
 
 
-def with_xyz_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give a command the XYZ options (after its first argument); it receives them as ``xyz: XyzOptions``.
+def _with_group(name: str, group: type, parameters: list[inspect.Parameter]
+                ) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A decorator giving a command ``parameters`` where its parameter ``name`` stands; it receives them as one
+    ``group`` instance. One declaration for every command that takes the group, so the commands cannot drift."""
 
-    One declaration for every command that reads an input file, so ``run`` and ``plan`` cannot drift.
-    """
-    signature = inspect.signature(command, eval_str=True)
-    own = [p for p in signature.parameters.values() if p.name != "xyz"]
-    parameters = [own[0], *_XYZ_PARAMETERS, *own[1:]]
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        names = list(signature.parameters)
+        at = names.index(name)
+        own = list(signature.parameters.values())
+        new = [*own[:at], *parameters, *own[at + 1:]]
 
-    @functools.wraps(command)
-    def wrapper(**kwargs: object) -> None:
-        xyz = XyzOptions(**{p.name: kwargs.pop(p.name) for p in _XYZ_PARAMETERS})  # type: ignore[arg-type]
-        command(xyz=xyz, **kwargs)
+        @functools.wraps(command)
+        def wrapper(**kwargs: object) -> None:
+            value = group(**{p.name: kwargs.pop(p.name) for p in parameters})
+            command(**{name: value}, **kwargs)
 
-    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
-    return wrapper
+        wrapper.__signature__ = signature.replace(parameters=new)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in new}
+        return wrapper
+
+    return decorate
+
+
+#: Gives a command the XYZ options; it receives them as ``xyz: XyzOptions``.
+with_xyz_options = _with_group("xyz", XyzOptions, _XYZ_PARAMETERS)
+
+
+@dataclass(frozen=True)
+class ResourceOptions:
+    """Where and with what the expansions of a command run (``None``: not given)."""
+
+    ncores: int | None = None
+    memory: float | None = None
+    fragment_ncores: int | None = None
+    fragment_memory: float | None = None
+    executor: str = "auto"
+    scheduler: str | None = None
+    store: str | None = None
+    no_store: bool = False
+    retries: int = 0
+    timeout: float | None = None
+
+
+_RESOURCE_PARAMETERS = [
+    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+    for name, annotation, default in (
+        ("ncores", NcoresOpt, None), ("memory", MemoryOpt, None), ("fragment_ncores", FragNcoresOpt, None),
+        ("fragment_memory", FragMemoryOpt, None), ("executor", ExecutorOpt, "auto"),
+        ("scheduler", SchedulerOpt, None), ("store", StoreOpt, None), ("no_store", NoStoreOpt, False),
+        ("retries", RetriesOpt, 0), ("timeout", TimeoutOpt, None))
+]
+
+#: Gives a command the resource options; it receives them as ``resources: ResourceOptions``.
+with_resource_options = _with_group("resources", ResourceOptions, _RESOURCE_PARAMETERS)
 
 
 CutoffOpt = Annotated[str | None, _opt("--cutoff", metavar="K:Å[,K:Å...]", help="Distance screening: keep a "

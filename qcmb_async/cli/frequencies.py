@@ -9,33 +9,19 @@ from typing import Annotated, Any
 import typer
 
 from ._app import app
-from ._console import _errors, _setup_logging, _stdout
+from ._console import Usage, _errors, _setup_logging, _stdout
 from ._inputs import _check_writable, _load
 from ._moving import run_options, write_json
 from ._options import (
-    BasisOpt,
-    BsseOpt,
-    ChargeOpt,
     DebugOpt,
-    ExecutorOpt,
-    FragMemoryOpt,
-    FragNcoresOpt,
     InputArg,
-    KeywordsOpt,
     LogFormat,
     LogFormatOpt,
-    MaxNbodyOpt,
-    MemoryOpt,
-    MethodOpt,
-    MultOpt,
-    NcoresOpt,
-    NoStoreOpt,
-    ProgramOpt,
-    RetriesOpt,
-    SchedulerOpt,
-    StoreOpt,
-    TimeoutOpt,
+    ResourceOptions,
     VerboseOpt,
+    XyzOptions,
+    with_resource_options,
+    with_xyz_options,
 )
 
 
@@ -53,28 +39,14 @@ JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESU
 
 
 @app.command()
+@with_xyz_options
+@with_resource_options
 def frequencies(
     input: InputArg,
-    method: MethodOpt = None,
-    basis: BasisOpt = None,
-    program: ProgramOpt = None,
-    bsse: BsseOpt = None,
-    max_nbody: MaxNbodyOpt = None,
-    keywords: KeywordsOpt = None,
-    charge: ChargeOpt = None,
-    multiplicity: MultOpt = None,
+    xyz: XyzOptions,
     hessian: RouteOpt = Route.analytic,
     step: StepOpt = 0.005,
-    ncores: NcoresOpt = None,
-    memory: MemoryOpt = None,
-    fragment_ncores: FragNcoresOpt = None,
-    fragment_memory: FragMemoryOpt = None,
-    executor: ExecutorOpt = "auto",
-    scheduler: SchedulerOpt = None,
-    store: StoreOpt = None,
-    no_store: NoStoreOpt = False,
-    retries: RetriesOpt = 0,
-    timeout: TimeoutOpt = None,
+    resources: ResourceOptions = ResourceOptions(),  # replaced by the option group (with_resource_options)
     output: JsonOutOpt = None,
     log_format: LogFormatOpt = LogFormat.console,
     verbose: VerboseOpt = 0,
@@ -83,12 +55,11 @@ def frequencies(
     """Harmonic frequencies (cm⁻¹, translations and rotations projected out) of a many-body expansion."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
-        mbe = _load(input, method=method, basis=basis, program=program, bsse=bsse, max_nbody=max_nbody,
-                    keywords=keywords, driver=None, charge=charge, multiplicity=multiplicity)
+        if xyz.driver is not None:
+            raise Usage("--driver does not apply to frequencies: it chooses what each expansion computes")
+        mbe = _load(input, xyz)
         _check_writable("--output", output)
-        options = run_options(ncores=ncores, memory=memory, fragment_ncores=fragment_ncores,
-                              fragment_memory=fragment_memory, executor=executor, retries=retries, timeout=timeout,
-                              store=store, no_store=no_store, scheduler=scheduler)
+        options = run_options(resources)
         result = _frequencies(mbe, options, route=hessian.value, step=step)
         if output is not None:
             write_json(output, {"frequencies_cm-1": result.frequencies, "modes": result.modes,

@@ -12,29 +12,15 @@ from ._console import EXIT_FAILED, Usage, _errors, _setup_logging, _stderr, _std
 from ._inputs import _check_writable, _load
 from ._moving import run_options, write_json
 from ._options import (
-    BasisOpt,
-    BsseOpt,
-    ChargeOpt,
     DebugOpt,
-    ExecutorOpt,
-    FragMemoryOpt,
-    FragNcoresOpt,
     InputArg,
-    KeywordsOpt,
     LogFormat,
     LogFormatOpt,
-    MaxNbodyOpt,
-    MemoryOpt,
-    MethodOpt,
-    MultOpt,
-    NcoresOpt,
-    NoStoreOpt,
-    ProgramOpt,
-    RetriesOpt,
-    SchedulerOpt,
-    StoreOpt,
-    TimeoutOpt,
+    ResourceOptions,
     VerboseOpt,
+    XyzOptions,
+    with_resource_options,
+    with_xyz_options,
 )
 
 CoordsysOpt = Annotated[str, typer.Option("--coordsys", metavar="NAME",
@@ -50,30 +36,16 @@ JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESU
 
 
 @app.command()
+@with_xyz_options
+@with_resource_options
 def optimize(
     input: InputArg,
-    method: MethodOpt = None,
-    basis: BasisOpt = None,
-    program: ProgramOpt = None,
-    bsse: BsseOpt = None,
-    max_nbody: MaxNbodyOpt = None,
-    keywords: KeywordsOpt = None,
-    charge: ChargeOpt = None,
-    multiplicity: MultOpt = None,
+    xyz: XyzOptions,
     coordsys: CoordsysOpt = "tric",
     convergence: ConvergenceOpt = "GAU",
     maxiter: MaxiterOpt = 300,
     constraints: ConstraintsOpt = None,
-    ncores: NcoresOpt = None,
-    memory: MemoryOpt = None,
-    fragment_ncores: FragNcoresOpt = None,
-    fragment_memory: FragMemoryOpt = None,
-    executor: ExecutorOpt = "auto",
-    scheduler: SchedulerOpt = None,
-    store: StoreOpt = None,
-    no_store: NoStoreOpt = False,
-    retries: RetriesOpt = 0,
-    timeout: TimeoutOpt = None,
+    resources: ResourceOptions = ResourceOptions(),  # replaced by the option group (with_resource_options)
     output: JsonOutOpt = None,
     log_format: LogFormatOpt = LogFormat.console,
     verbose: VerboseOpt = 0,
@@ -82,8 +54,9 @@ def optimize(
     """Optimize the geometry with geomeTRIC; each gradient is a many-body expansion (needs qcmb_async[opt])."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
-        mbe = _load(input, method=method, basis=basis, program=program, bsse=bsse, max_nbody=max_nbody,
-                    keywords=keywords, driver=None, charge=charge, multiplicity=multiplicity)
+        if xyz.driver is not None:
+            raise Usage("--driver does not apply to optimize: it chooses what each expansion computes")
+        mbe = _load(input, xyz)
         _check_writable("--output", output)
         try:
             import geometric  # noqa: F401
@@ -95,9 +68,7 @@ def optimize(
                 cons = constraints.read_text()
             except OSError as exc:
                 raise Usage(f"--constraints {str(constraints)!r}: {exc.strerror}") from None
-        options = run_options(ncores=ncores, memory=memory, fragment_ncores=fragment_ncores,
-                              fragment_memory=fragment_memory, executor=executor, retries=retries, timeout=timeout,
-                              store=store, no_store=no_store, scheduler=scheduler)
+        options = run_options(resources)
         result = _optimize(mbe, options, coordsys=coordsys, convergence=convergence, maxiter=maxiter,
                            constraints=cons)
         if output is not None:

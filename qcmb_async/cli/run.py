@@ -10,6 +10,7 @@ from ..errors import RunFailed
 from ._app import app
 from ._console import Usage, _errors, _setup_logging, _stderr, _stdout
 from ._inputs import _check_not_store, _check_outputs, _load, _store_arg
+from ._moving import run_options
 from ._options import (
     BarrierOpt,
     CentroidOpt,
@@ -17,33 +18,25 @@ from ._options import (
     CutoffOpt,
     DebugOpt,
     EnergyScreenOpt,
-    ExecutorOpt,
-    FragMemoryOpt,
-    FragNcoresOpt,
     InputArg,
     JobCoresOpt,
     JobMemoryOpt,
     LogFormat,
     LogFormatOpt,
     MaxJobsOpt,
-    MemoryOpt,
-    NcoresOpt,
-    NoStoreOpt,
     OnError,
     OnErrorOpt,
     OutputOpt,
     QueueOpt,
     QuietOpt,
-    RetriesOpt,
+    ResourceOptions,
     SchedulerFileOpt,
-    SchedulerOpt,
-    StoreOpt,
     TimelineOpt,
-    TimeoutOpt,
     VerboseOpt,
     WalltimeOpt,
     XyzOptions,
     screening_option,
+    with_resource_options,
     with_xyz_options,
 )
 from ._render import _energy_tables
@@ -51,15 +44,11 @@ from ._render import _energy_tables
 
 @app.command()
 @with_xyz_options
+@with_resource_options
 def run(
     input: InputArg,
     xyz: XyzOptions,
-    ncores: NcoresOpt = None,
-    memory: MemoryOpt = None,
-    fragment_ncores: FragNcoresOpt = None,
-    fragment_memory: FragMemoryOpt = None,
-    executor: ExecutorOpt = "auto",
-    scheduler: SchedulerOpt = None,
+    resources: ResourceOptions,
     scheduler_file: SchedulerFileOpt = None,
     cluster: ClusterOpt = None,
     queue: QueueOpt = None,
@@ -67,10 +56,6 @@ def run(
     job_memory: JobMemoryOpt = None,
     max_jobs: MaxJobsOpt = None,
     walltime: WalltimeOpt = None,
-    store: StoreOpt = None,
-    no_store: NoStoreOpt = False,
-    retries: RetriesOpt = 0,
-    timeout: TimeoutOpt = None,
     on_error: OnErrorOpt = OnError.raise_,
     level_barrier: BarrierOpt = False,
     cutoff: CutoffOpt = None,
@@ -86,10 +71,10 @@ def run(
     """Compute a many-body expansion and print its energies."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
-        store_file = _store_arg(store)
+        store_file = _store_arg(resources.store)
         mbe = _load(input, xyz)
         _check_outputs(input, output, timeline)
-        _check_not_store(store_file, no_store, output=output, timeline=timeline)
+        _check_not_store(store_file, resources.no_store, output=output, timeline=timeline)
         if timeline is not None:
             from ..timeline import _import_matplotlib
 
@@ -97,19 +82,10 @@ def run(
                 _import_matplotlib()
             except ImportError as exc:
                 raise Usage(f"--timeline: {exc}") from None
-        options: dict[str, Any] = {
-            "ncores": ncores, "memory": memory, "fragment_ncores": fragment_ncores,
-            "fragment_memory": fragment_memory, "executor": executor, "retries": retries, "timeout": timeout,
-            "on_error": on_error.value, "level_barrier": level_barrier,
-            "screening": screening_option(cutoff, energy_threshold, centroid),
-        }
-        if store is not None and no_store:
-            raise Usage("--store and --no-store contradict each other: give one")
-        if no_store:
-            options["store"] = None
-        elif store_file is not None:
-            options["store"] = str(store_file)
-        options.update(_dask_target(scheduler, scheduler_file, cluster, queue=queue, job_cores=job_cores,
+        options = run_options(resources, with_scheduler=False)
+        options.update(on_error=on_error.value, level_barrier=level_barrier,
+                       screening=screening_option(cutoff, energy_threshold, centroid))
+        options.update(_dask_target(resources.scheduler, scheduler_file, cluster, queue=queue, job_cores=job_cores,
                                     job_memory=job_memory, max_jobs=max_jobs, walltime=walltime))
         if quiet and log_format is LogFormat.console and logging.getLogger("qcmb_async").level == logging.WARNING:
             # --quiet: only the final lines; advisories (e.g. MOPAC and ghost atoms) stay out of it.

@@ -1,0 +1,160 @@
+"""What the schedule stage records and returns, its retry policy, and its way to the result store."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+
+from .._logs import get_logger
+from ..errors import FragmentError
+from .contract import is_transient
+from .plan import Fragment, Job, Plan
+from .resources import Usage
+
+log = get_logger()
+
+
+class FragmentStore(Protocol):
+    """What the scheduler needs of a result store (:class:`~qcmb_async._core.store.ResultStore`)."""
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        """Stored results (QCSchema dicts or models) of those ``keys`` that have one."""
+        ...
+
+    def put(self, key: str, **fields: Any) -> None:
+        """Commit one successful result; raises ``StoreError`` when it cannot."""
+        ...
+
+    def record_failure(self, key: str, **fields: Any) -> None:
+        """Note one failed fragment; raises ``StoreError`` when it cannot."""
+        ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed attempt is tried again: transient errors only, ``retries`` times, with backoff."""
+
+    retries: int = 0
+    base: float = 0.5
+    """Seconds before the first retry (jittered to 50-100 %), doubling per attempt."""
+    cap: float = 30.0
+    """Longest wait between attempts, s."""
+
+    def delay(self, error_type: str | None, attempt: int) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up."""
+        if not is_transient(error_type) or attempt > self.retries:
+            return None
+        return min(self.cap, self.base * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+
+
+@dataclass
+class FragmentRecord:
+    """What happened to one fragment (for tests, reports and the timeline)."""
+
+    label: str
+    level: int
+    """QCManyBody's n-body level: the number of real fragments."""
+    program: str
+    cores: int
+    memory: float
+    """GiB."""
+    status: str = "pending"
+    """``ok``, ``failed``, or ``cached`` (read from the result store)."""
+    attempts: int = 0
+    start: float | None = None
+    """Start of the last attempt, s (the executor's clock: wall-clock ``time.time()``)."""
+    end: float | None = None
+    host: str = ""
+    worker: str = ""
+    pid: int = 0
+    error_type: str | None = None
+    error_message: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per attempt: start, end, worker, host, error_type, error_message."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict (shallow on purpose: ``dataclasses.asdict`` deep-copies every history entry)."""
+        return {**self.__dict__, "history": [dict(h) for h in self.history]}
+
+
+@dataclass
+class ScheduleOutcome:
+    """Results of the schedule stage."""
+
+    results: dict[str, Any]
+    """``{label: AtomicResult}`` of every fragment that succeeded (slimmed unless kept whole)."""
+    records: list[FragmentRecord]
+    failures: list[FragmentError]
+    usage: Usage
+    started: float
+    finished: float
+    not_stored: int = 0
+    """Computed results the result store could not keep (disk full, I/O error): a rerun recomputes them."""
+
+
+def unwrap_group(group: BaseExceptionGroup) -> BaseException:
+    """The exception a user should see from a task group's exception group."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for sub in exc.exceptions:
+                walk(sub)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, FragmentError):
+            return leaf
+    real = [leaf for leaf in leaves if not isinstance(leaf, anyio.get_cancelled_exc_class())]
+    if len(real) == 1:
+        return real[0]
+    return group
+
+
+def _build(plan: Plan, store: FragmentStore | None, frags: list[Fragment]) -> list[tuple[Fragment, Job, Any]]:
+    jobs = [plan.materialise(f) for f in frags]
+    cached: dict[str, Any] = {}
+    if store is not None:
+        cached = {key: _atomic_result(data) for key, data in store.get_many([j.key for j in jobs]).items()}
+    return [(f, j, cached.get(j.key)) for f, j in zip(frags, jobs, strict=True)]
+
+
+def _store_put(store: FragmentStore, frag: Fragment, key: str, result: Any, rec: FragmentRecord,
+               run_id: str) -> str | None:
+    """Commit one result; ``None``, or why it could not be stored (the caller logs and counts)."""
+    from ..errors import StoreError
+
+    last = rec.history[-1] if rec.history else {}
+    wall = (last["end"] - last["start"]) if last.get("end") and last.get("start") else None
+    try:
+        store.put(key, label=frag.label, level=frag.level, program=frag.program,
+                  result_json=result.model_dump_json(), run_id=run_id, attempts=rec.history,
+                  host=last.get("host", ""), worker=last.get("worker", ""), wall_time=wall)
+    except StoreError as exc:
+        # The result is still in memory and the run goes on; only resumability of this fragment is lost.
+        return f"fragment {frag.label}: {exc}"
+    return None
+
+
+def _store_failure(store: FragmentStore, frag: Fragment, key: str, rec: FragmentRecord, run_id: str) -> None:
+    from ..errors import StoreError
+
+    try:
+        store.record_failure(key, label=frag.label, level=frag.level, program=frag.program, run_id=run_id,
+                             attempts=rec.history, error_type=rec.error_type or "",
+                             error_message=rec.error_message or "")
+    except StoreError as exc:
+        log.error("failure not recorded in the store", label=frag.label, reason=str(exc))
+
+
+
+
+def _atomic_result(data: Any) -> Any:
+    from qcelemental.models.v2 import AtomicResult
+
+    return data if isinstance(data, AtomicResult) else AtomicResult(**data)
