@@ -39,11 +39,11 @@ def _result(input_model: Any, energy: float, extra: dict[str, Any] | None = None
     )
 
 
-class FakeSleepHarness(ProgramHarness):
-    """FAKE program: sleeps, then returns -(number of real atoms) + tiny geometry term."""
+class _FakeHarness(ProgramHarness):
+    """What every FAKE harness shares: always found, version 0, thread-safe, no scratch."""
 
     _defaults: ClassVar[dict[str, Any]] = {
-        "name": "qcmb-fake-sleep",
+        "name": "qcmb-fake",
         "scratch": False,
         "thread_safe": True,
         "thread_parallel": False,
@@ -56,6 +56,12 @@ class FakeSleepHarness(ProgramHarness):
 
     def get_version(self) -> str:
         return "0"
+
+
+class FakeSleepHarness(_FakeHarness):
+    """FAKE program: sleeps, then returns -(number of real atoms) + tiny geometry term."""
+
+    _defaults: ClassVar[dict[str, Any]] = {**_FakeHarness._defaults, "name": "qcmb-fake-sleep"}
 
     def compute(self, input_model: Any, config: Any) -> AtomicResult:
         kw = input_model.specification.keywords
@@ -73,27 +79,14 @@ class FakeSleepHarness(ProgramHarness):
         return _result(input_model, energy, {"label": label})
 
 
-class FakeProbeHarness(ProgramHarness):
+class FakeProbeHarness(_FakeHarness):
     """FAKE program whose child process records the environment it was started with.
 
     It waits ``keywords["delay"]`` seconds between QCEngine's environment set-up and the
     child's start, which is exactly where another thread's environment would leak in.
     """
 
-    _defaults: ClassVar[dict[str, Any]] = {
-        "name": "qcmb-fake-probe",
-        "scratch": True,
-        "thread_safe": True,
-        "thread_parallel": False,
-        "node_parallel": False,
-        "managed_memory": False,
-    }
-
-    def found(self, raise_error: bool = False) -> bool:
-        return True
-
-    def get_version(self) -> str:
-        return "0"
+    _defaults: ClassVar[dict[str, Any]] = {**_FakeHarness._defaults, "name": "qcmb-fake-probe", "scratch": True}
 
     def compute(self, input_model: Any, config: Any) -> AtomicResult:
         time.sleep(float(input_model.specification.keywords.get("delay", 0.2)))

@@ -160,3 +160,33 @@ def start_durable_run(store: Path, out: Path, cwd: Path, env: dict[str, str]) ->
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "scripts" / "durable_run.py"),
                              str(store), "nwchem", "5", "cp", "3", str(out)], env=env, cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stored_ok(path: Path) -> int:
+    """Successful fragment rows in the result store at ``path`` (0 while it does not exist or is being created)."""
+    from qcmb_async._core.store import ResultStore
+
+    if not path.exists():
+        return 0
+    try:
+        with ResultStore(path, readonly=True) as store:
+            rows = store.fragments()
+    except Exception:
+        return 0
+    return sum(r["status"] == "ok" for r in rows)
+
+
+def sigkill_after_stored(cmd: list[str], env: dict[str, str], cwd: Path, store: Path, target: int) -> int:
+    """Run ``cmd``, SIGKILL it once ``store`` holds ``target`` results (or it ends); the results stored then."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if stored_ok(store) >= target:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    return stored_ok(store)

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from qcmb_async import FragmentError, InputError, RunFailed, run, run_manybody
-from tests.helpers import alive, mbe_input, require_program, start_durable_run, waters
+from tests.helpers import alive, mbe_input, require_program, sigkill_after_stored, start_durable_run, waters
 from tests.wrappers import FlakyMopac, register_wrappers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,16 +78,7 @@ def test_sigkill_at_random_moments_loses_no_finished_fragment(tmp_path: Path) ->
         cmd = [sys.executable, str(ROOT / "tests/scripts/durable_run.py"), str(store), "mopac-counting",
                str(nwat), bsse, str(maxnb), str(out)]
         target = rng.randrange(0, total)
-        proc = subprocess.Popen(cmd, env=_env(QCMB_TEST_COUNT_FILE=str(count)), cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if _store_rows(store)["ok"] >= target:
-                break
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        finished_before = _store_rows(store)["ok"]
+        finished_before = sigkill_after_stored(cmd, _env(QCMB_TEST_COUNT_FILE=str(count)), tmp_path, store, target)
         seen_partial += 0 < finished_before < total
         if store.exists():
             con = sqlite3.connect(store)

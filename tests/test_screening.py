@@ -16,7 +16,7 @@ from qcengine.programs.mopac import MopacHarness
 
 from qcmb_async import InputError, plan_manybody, run
 from qcmb_async._core.plan import iterate_labels, make_plan
-from tests.helpers import mbe_input, require_module, require_program, waters
+from tests.helpers import mbe_input, require_module, require_program, sigkill_after_stored, waters
 from tests.screening_reference import Reference, distance_kept, energy_kept, parse
 from tests.test_equivalence import assert_same, sequential
 
@@ -336,11 +336,10 @@ def test_sigkill_mid_run_with_energy_screening_recomputes_nothing_finished(tmp_p
     computes only what was not stored, and gives the uninterrupted result."""
     import os
     import random
-    import signal
     import subprocess
     import sys
 
-    from tests.test_durability import ROOT, _env, _store_rows
+    from tests.test_durability import ROOT, _env
 
     require_program("mopac")
     from tests.wrappers import register_wrappers
@@ -364,16 +363,7 @@ def test_sigkill_mid_run_with_energy_screening_recomputes_nothing_finished(tmp_p
         cmd = [sys.executable, str(ROOT / "tests/scripts/screened_run.py"), str(store), "mopac-counting", str(nwat),
                str(maxnb), json.dumps(thresholds), str(out)]
         target = rng.randrange(total // 4, 3 * total // 4)  # past the dimers: decisions are being made
-        proc = subprocess.Popen(cmd, env=_env(QCMB_TEST_COUNT_FILE=str(count)), cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if _store_rows(store)["ok"] >= target:
-                break
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        before = _store_rows(store)["ok"]
+        before = sigkill_after_stored(cmd, _env(QCMB_TEST_COUNT_FILE=str(count)), tmp_path, store, target)
         partial += 0 < before < total
         recount = tmp_path / f"rc{i}.txt"
         done = subprocess.run(cmd, env=_env(QCMB_TEST_COUNT_FILE=str(recount)), cwd=tmp_path, capture_output=True,
