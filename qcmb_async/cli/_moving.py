@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from ._console import Usage
-from ._inputs import _store_arg
-from ._options import ResourceOptions
+from ._inputs import _check_writable, _load, _store_arg
+from ._options import ResourceOptions, XyzOptions
 
 
 def run_options(resources: ResourceOptions, *, with_scheduler: bool = True) -> dict[str, Any]:
@@ -26,6 +26,20 @@ def run_options(resources: ResourceOptions, *, with_scheduler: bool = True) -> d
     if with_scheduler and resources.scheduler is not None:
         options["scheduler"] = resources.scheduler
     return options
+
+
+def start_job(command: str, input: Path, xyz: XyzOptions, output: Path | None,
+              resources: ResourceOptions) -> tuple[Any, dict[str, Any]]:
+    """The input and run options of a command that runs many expansions (optimize, frequencies).
+
+    Everything checked before anything runs: --driver refused (the command chooses), the input
+    read, --output writable, the resource options turned into ``run_manybody`` options.
+    """
+    if xyz.driver is not None:
+        raise Usage(f"--driver does not apply to {command}: it chooses what each expansion computes")
+    mbe = _load(input, xyz)
+    _check_writable("--output", output)
+    return mbe, run_options(resources)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

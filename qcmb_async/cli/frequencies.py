@@ -9,9 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from ._app import app
-from ._console import Usage, _errors, _setup_logging, _stdout
-from ._inputs import _check_writable, _load
-from ._moving import run_options, write_json
+from ._console import _errors, _setup_logging, _stdout
+from ._moving import start_job, write_json
 from ._options import (
     DebugOpt,
     InputArg,
@@ -55,11 +54,7 @@ def frequencies(
     """Harmonic frequencies (cm⁻¹, translations and rotations projected out) of a many-body expansion."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
-        if xyz.driver is not None:
-            raise Usage("--driver does not apply to frequencies: it chooses what each expansion computes")
-        mbe = _load(input, xyz)
-        _check_writable("--output", output)
-        options = run_options(resources)
+        mbe, options = start_job("frequencies", input, xyz, output, resources)
         result = _frequencies(mbe, options, route=hessian.value, step=step)
         if output is not None:
             write_json(output, {"frequencies_cm-1": result.frequencies, "modes": result.modes,

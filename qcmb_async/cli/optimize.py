@@ -9,8 +9,7 @@ import typer
 
 from ._app import app
 from ._console import EXIT_FAILED, Usage, _errors, _setup_logging, _stderr, _stdout
-from ._inputs import _check_writable, _load
-from ._moving import run_options, write_json
+from ._moving import start_job, write_json
 from ._options import (
     DebugOpt,
     InputArg,
@@ -54,10 +53,7 @@ def optimize(
     """Optimize the geometry with geomeTRIC; each gradient is a many-body expansion (needs qcmb_async[opt])."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
-        if xyz.driver is not None:
-            raise Usage("--driver does not apply to optimize: it chooses what each expansion computes")
-        mbe = _load(input, xyz)
-        _check_writable("--output", output)
+        mbe, options = start_job("optimize", input, xyz, output, resources)
         try:
             import geometric  # noqa: F401
         except ImportError:
@@ -68,7 +64,6 @@ def optimize(
                 cons = constraints.read_text()
             except OSError as exc:
                 raise Usage(f"--constraints {str(constraints)!r}: {exc.strerror}") from None
-        options = run_options(resources)
         result = _optimize(mbe, options, coordsys=coordsys, convergence=convergence, maxiter=maxiter,
                            constraints=cons)
         if output is not None:
