@@ -170,8 +170,26 @@ CASES: list[Case] = [
     # -- the file's word is not taken --------------------------------------------------------------
     Case("validated, atoms on one spot", r"molecule of .* is not valid: .*too close.*Correct the molecule",
          data=validated_dump(geometry=[0.0] * 3 + [0.0] * 3 + WATER2["geometry"][6:])),
-    Case("validated, wrong multiplicity", r"molecule of .* is not valid: .*chg/mult.*Correct the molecule",
+    Case("validated, wrong multiplicity", r"molecule of .* is not valid: fragment 1 \(charge 0\) has 10 electrons, "
+         r"so its multiplicity must be one of 1, 3, 5.*not 2: correct its charge or multiplicity",
          data=validated_dump(fragment_multiplicities=[2, 1])),
+    # -- charges and multiplicities that cannot go together; coordinates no molecule has --------------
+    Case("cation given singlet", r"fragment 2 \(charge 1\) has 9 electrons, so its multiplicity must be one of "
+         r"2, 4, 6.*not 1: correct its charge or multiplicity",
+         data=mbe({**WATER2, "fragment_charges": [0, 1], "fragment_multiplicities": [1, 1]})),
+    Case("multiplicity beyond the electrons", r"fragment 1 \(charge 0\) has 2 electrons, so its multiplicity must be "
+         r"one of 1, 3, 5.*\(at most 3\), not 5",
+         data=mbe({"symbols": ["He", "He"], "geometry": [0, 0, 0, 0, 0, 6], "fragments": [[0], [1]],
+                   "fragment_charges": [0, 0], "fragment_multiplicities": [5, 1]})),
+    Case("xyz --charge 0,1", r"fragment 2 \(charge 1\) has 9 electrons, so its multiplicity must be one of 2, 4, 6"
+         r".*--charge/--multiplicity, or a 'charge multiplicity' line opening the fragment",
+         files={"in.xyz": XYZ_DIMER}, arg="in.xyz", cli_args=["--program", "mopac", "--method", "pm7",
+                                                              "--charge", "0,1"], api=False),
+    Case("coordinate 1e200 bohr", r"a coordinate of 1e\+200 bohr is beyond the 1e\+07 bohr accepted: a unit mix-up",
+         data=edit("molecule.geometry.5", 1e200)),
+    Case("xyz coordinate 1e308", r"a coordinate of inf bohr is beyond the 1e\+07 bohr accepted",
+         files={"in.xyz": XYZ_DIMER.replace("O 0 0 3", "O 0 0 1e308")}, arg="in.xyz",
+         cli_args=["--program", "mopac", "--method", "pm7"], api=False),
     Case("validated object, atoms on one spot", r"molecule of .* is not valid: .*too close.*Correct the molecule",
          cli=False, api_input=lambda tmp: ManyBodyInput(**{
              **mbe(), "molecule": Molecule(**{**WATER2, "geometry": [0.0] * 6 + WATER2["geometry"][6:]},

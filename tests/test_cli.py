@@ -229,7 +229,7 @@ MORE_BAD_INPUTS = [
     ("bad charges", ["plan", "trimer.xyz", "--program", "mopac", "--method", "pm7", "--charge", "0,1"],
      "--charge got 2 values for 3 fragments"),
     ("odd electrons", ["plan", "trimer.xyz", "--program", "mopac", "--method", "pm7", "--charge", "1"],
-     "is not a valid molecule"),
+     "has 9 electrons, so its multiplicity must be one of 2, 4, 6"),
     ("store and no store", ["run", "trimer.xyz", "--program", "mopac", "--method", "pm7", "--store", "s.sqlite",
                             "--no-store"], "--store and --no-store contradict each other"),
     ("missing output dir", ["run", "trimer.xyz", "--program", "mopac", "--method", "pm7", "-o", "no/dir/r.json"],

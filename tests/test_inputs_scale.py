@@ -189,7 +189,9 @@ def test_inconsistent_values_still_fail_in_qcelemental() -> None:
         Molecule(**data)
     with pytest.raises(ValidationError):
         Molecule(**fill_fragment_chgmult(data))
-    with pytest.raises(InputError, match="the molecule of input dict is not valid: Inconsistent or unspecified"):
+    # ... and ours says which fragment and why, before QCElemental's general message
+    with pytest.raises(InputError, match=r"the molecule of input dict is not valid: fragment 1 \(charge 0\) has 9 "
+                       r"electrons, so its multiplicity must be one of 2, 4, 6"):
         load_input(mbe_dict(data))
 
 
@@ -234,7 +236,8 @@ def test_xyz_defaults_are_qcelementals(name: str) -> None:
 def test_xyz_odd_electron_ion_needs_a_multiplicity() -> None:
     """A charged fragment given no multiplicity stays a singlet: an odd-electron ion is an error, not a guess."""
     text = "O 0 0 0\nH 0.757 0.586 0\nH -0.757 0.586 0\n--\nO 3 0 0\nH 3.757 0.586 0\nH 2.243 0.586 0"
-    with pytest.raises(InputError, match=r"is not a valid molecule.*set them with --charge/--multiplicity"):
+    with pytest.raises(InputError, match=r"fragment 1 \(charge 1\) has 9 electrons, so its multiplicity must be "
+                       r"one of 2, 4, 6.*--charge/--multiplicity"):
         build_molecule(parse_xyz(text), charges=[1, 0])
     mol = build_molecule(parse_xyz(text), charges=[1, 0], multiplicities=[2, 1])
     assert chgmult(mol)["fragment_multiplicities"] == [2, 1] and mol.molecular_multiplicity == 2

@@ -57,6 +57,60 @@ def _high_spin_sum(mults: list[float]) -> float:
     return 1 + sum(m - 1 for m in mults)
 
 
+#: Largest coordinate magnitude accepted, bohr (about 0.5 mm): far beyond any cluster, far below where
+#: QCElemental's distance checks overflow (its message is then a bare ``KeyError: 'geom'``).
+MAX_COORDINATE = 1e7
+
+
+def coordinate_problem(geometry: Any) -> str | None:
+    """Why ``geometry`` (bohr, any shape) cannot be a molecule's, or None."""
+    import numpy as np
+
+    try:
+        values = np.abs(np.asarray(geometry, dtype=float))
+    except (TypeError, ValueError):
+        return None  # QCElemental reports what it is
+    if values.size and values.max() > MAX_COORDINATE:  # NaN compares False: check_finite reports those
+        return (f"a coordinate of {values.max():.3g} bohr is beyond the {MAX_COORDINATE:.0e} bohr accepted: "
+                "a unit mix-up or a corrupted number? Give coordinates of a molecular cluster")
+    return None
+
+
+def fragment_chgmult_problem(electrons: list[int | None], charges: list[float], mults: list[float]) -> str | None:
+    """Which fragment's charge and multiplicity cannot go together, or None.
+
+    ``electrons``: electrons of each neutral fragment (None if unknown). A multiplicity ``2S + 1``
+    needs ``2S`` unpaired electrons: ``multiplicity - 1`` has the parity of the electron count and is
+    at most that count.
+    """
+    for i, (neutral, c, m) in enumerate(zip(electrons, charges, mults, strict=True), start=1):
+        if neutral is None or not _whole(c) or not _whole(m):
+            continue
+        n = neutral - int(c)
+        if n < 0:
+            return (f"fragment {i} has charge {c:g} but only {neutral} electrons when neutral: lower its charge")
+        if int(m) - 1 > n or (int(m) - 1) % 2 != n % 2:
+            fits = "1, 3, 5..." if n % 2 == 0 else "2, 4, 6..."
+            return (f"fragment {i} (charge {c:g}) has {n} electrons, so its multiplicity must be one of {fits} "
+                    f"(at most {n + 1}), not {m:g}: correct its charge or multiplicity")
+    return None
+
+
+def chgmult_problem(mol: Mapping[str, Any]) -> str | None:
+    """:func:`fragment_chgmult_problem` for molecule data with every fragment charge and multiplicity given."""
+    try:
+        frags = [[int(i) for i in frag] for frag in mol.get("fragments") or []]
+        n = len(frags)
+        charges, mults = _as_list(mol.get("fragment_charges"), n), _as_list(mol.get("fragment_multiplicities"), n)
+        z = _z_per_atom(mol)
+        if not frags or z is None or charges is None or mults is None or None in charges or None in mults:
+            return None
+        electrons: list[int | None] = [sum(z[i] for i in frag) for frag in frags]
+    except (TypeError, ValueError, IndexError):
+        return None
+    return fragment_chgmult_problem(electrons, charges, mults)  # type: ignore[arg-type]
+
+
 def fill_fragment_chgmult(mol: Any, source: str = "the molecule") -> Any:
     """Molecule data with the fragment charges/multiplicities QCElemental would derive, made explicit.
 

@@ -19,7 +19,7 @@ from typing import Any
 from qcmanybody.models.v2 import ManyBodyInput
 
 from ..errors import InputError, describe_validation
-from .chgmult import fill_fragment_chgmult
+from .chgmult import chgmult_problem, coordinate_problem, fill_fragment_chgmult
 
 _pydantic_message = describe_validation
 
@@ -34,6 +34,9 @@ def _prepare(data: dict[str, Any], source: str) -> dict[str, Any]:
         mol = dict(data["molecule"])
         mol.pop("validated", None)
         data["molecule"] = fill_fragment_chgmult(mol, f"the molecule of {source}")
+        problem = coordinate_problem(mol.get("geometry")) or chgmult_problem(data["molecule"])
+        if problem:
+            raise InputError(f"the molecule of {source} is not valid: {problem}")
     _check_bsse_type(data, source)
     return data
 
@@ -304,9 +307,15 @@ def revalidate_molecule(mol: Any, source: str) -> None:
 
     data = mol.model_dump() if hasattr(mol, "model_dump") else dict(mol)
     data["validated"] = False
+    problem = coordinate_problem(data.get("geometry"))
+    if problem:
+        raise InputError(f"the molecule of {source} is not valid: {problem}")
     try:
         Molecule(**data)
     except Exception as exc:
+        problem = chgmult_problem(data)
+        if problem:
+            raise InputError(f"the molecule of {source} is not valid: {problem}") from None
         raise InputError(f"the molecule of {source} is not valid: {_short_error(exc)}. Correct the molecule as "
                          "this says (a 'validated' flag does not skip this check)") from None
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .chgmult import coordinate_problem, fragment_chgmult_problem
 
 BSSE_TYPES = ("cp", "nocp", "vmfc")
 DRIVERS = ("energy", "gradient", "hessian")
@@ -146,8 +147,15 @@ def build_molecule(frags: list[XYZFragment], charges: list[int] | None = None,
         for f, c in zip(frags, chg, strict=True)]
     if any(m < 1 for m in mult):
         raise InputError(f"multiplicities must be >= 1, got {mult}")
-    # Converted here to bohr: QCElemental's own unit conversion loads pint (a second or two).
+    problem = fragment_chgmult_problem([_electrons(f.atoms) for f in frags], chg, mult)
+    if problem:
+        raise InputError(f"{source}: {problem} (--charge/--multiplicity, or a 'charge multiplicity' line opening "
+                         "the fragment)")
     to_bohr = 1.0 / constants.bohr2angstroms
+    problem = coordinate_problem([[v * to_bohr for v in a[1:]] for f in frags for a in f.atoms])
+    if problem:
+        raise InputError(f"{source}: {problem}")
+    # Converted here to bohr: QCElemental's own unit conversion loads pint (a second or two).
     blocks = []
     for frag, c, m in zip(frags, chg, mult, strict=True):
         atoms = "\n".join(f"{sym} {x * to_bohr!r} {y * to_bohr!r} {z * to_bohr!r}" for sym, x, y, z in frag.atoms)
