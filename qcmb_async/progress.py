@@ -301,6 +301,7 @@ class StepDisplay:
         elif isinstance(event, ev.StepFinished):
             self.steps.append(event)
             if self._task is not None:
+                self._progress.refresh()  # the step's last state, then its bar goes
                 self._progress.remove_task(self._task)
                 self._task = None
             (self._progress.console if self._progress is not None else self.console).print(
@@ -308,7 +309,8 @@ class StepDisplay:
         elif self._task is None:
             return
         elif isinstance(event, ev.RunStarted | ev.FragmentsReleased):
-            self._progress.update(self._task, total=event.total)
+            # Drawn now: steps and runs are few; fragment events ride rich's own refresh (10 per second).
+            self._progress.update(self._task, total=event.total, refresh=True)
         elif isinstance(event, ev.FragmentFinished | ev.FragmentFailed):
             self._cached += bool(getattr(event, "cached", False))
             self._progress.update(self._task, advance=1, cached=self._cached)
