@@ -129,7 +129,7 @@ def gradient_norms(grad: Any) -> tuple[float | None, float | None]:
 async def step_started(kind: str, step: int, coords: Any, run_options: dict[str, Any]) -> None:
     """Send :class:`StepStarted` to the run's ``on_event`` (if any)."""
     xyz = tuple(tuple(map(float, row)) for row in np.asarray(coords, dtype=float).reshape(-1, 3))
-    await emit(run_options.get("on_event"), StepStarted(kind=kind, step=step, geometry=xyz))  # type: ignore[arg-type]
+    await emit(run_options.get("on_event"), StepStarted(kind=kind, step=step, geometry=xyz))
 
 
 async def step_finished(kind: str, record: dict[str, Any], run_options: dict[str, Any]) -> None:

@@ -66,7 +66,7 @@ def call_blocking(func: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: An
                 if got:
                     raise Terminated(got[0]) from None
                 raise
-        return box["result"]  # type: ignore[no-any-return]
+        return box["result"]
     with anyio.from_thread.start_blocking_portal() as portal:
         future = portal.start_task_soon(call)
         try:
