@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from ._core.checks import check_input
 from ._core.contract import Executor
+from ._core.events import StepFinished, StepStarted, emit
 from ._core.inputs import load_input
 from ._core.options import make_options
 from .errors import InputError
@@ -114,6 +116,51 @@ async def run_at(inp: Any, coords: Any, exe: Executor, run_options: dict[str, An
 
     moved = at_geometry(inp, coords)
     return await run_manybody(moved, executor=exe, **run_options)
+
+
+def gradient_norms(grad: Any) -> tuple[float | None, float | None]:
+    """Root mean square and largest absolute component of a gradient (Eh/bohr); ``(None, None)`` without one."""
+    if grad is None:
+        return None, None
+    g = np.asarray(grad, dtype=float)
+    return float(np.sqrt(np.mean(g**2))), float(np.abs(g).max())
+
+
+async def step_started(kind: str, step: int, coords: Any, run_options: dict[str, Any]) -> None:
+    """Send :class:`StepStarted` to the run's ``on_event`` (if any)."""
+    xyz = tuple(tuple(map(float, row)) for row in np.asarray(coords, dtype=float).reshape(-1, 3))
+    await emit(run_options.get("on_event"), StepStarted(kind=kind, step=step, geometry=xyz))
+
+
+async def step_finished(kind: str, record: dict[str, Any], run_options: dict[str, Any]) -> None:
+    """Send :class:`StepFinished` for a step's ``record`` (see :func:`gradient_step`) to ``on_event``."""
+    await emit(run_options.get("on_event"), StepFinished(
+        kind=kind, step=record["step"], energy=record["energy"], gradient_rms=record["gradient_rms"],
+        gradient_max=record["gradient_max"], computed=record["computed"], cached=record["cached"],
+        wall_time=record["wall_time"], run_id=record.get("run_id")))
+
+
+async def gradient_step(kind: str, step: int, inp: Any, coords: Any, exe: Executor,
+                        run_options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """One MBE gradient at ``coords`` (bohr) as step ``step`` of a driver, between its step events.
+
+    Returns the ``ManyBodyResult`` and the step's record: ``step``, ``energy`` (Eh), ``gradient_rms`` and
+    ``gradient_max`` (Eh/bohr), ``wall_time`` (s), ``computed`` and ``cached`` fragments, ``scf_iterations``
+    (per fragment, when the results carry them), ``geometry`` (bohr, natom x 3 nested lists), ``run_id``.
+    """
+    await step_started(kind, step, coords, run_options)
+    start = time.perf_counter()
+    res = await run_at(inp, coords, exe, run_options)
+    grad = np.asarray(res.properties.return_gradient, dtype=float).reshape(-1, 3)
+    computed, cached = computed_and_cached(res)
+    rms, gmax = gradient_norms(grad)
+    record = {"step": step, "energy": float(res.properties.return_energy), "gradient_rms": rms,
+              "gradient_max": gmax, "wall_time": time.perf_counter() - start, "computed": computed,
+              "cached": cached, "scf_iterations": scf_iterations(res),
+              "geometry": np.asarray(coords, dtype=float).reshape(-1, 3).tolist(),
+              "run_id": (res.extras.get("qcmb_async") or {}).get("run_id")}
+    await step_finished(kind, record, run_options)
+    return res, record
 
 
 async def off_loop(func: Any, *args: Any, **kwargs: Any) -> Any:

@@ -23,7 +23,19 @@ import numpy as np
 from ._core.assemble import assemble, component_properties
 from ._core.plan import Fragment, Job, Plan
 from ._core.scheduler import Scheduler
-from ._dynamics import at_geometry, geometry, kept_pool, off_loop, prepare, split_options
+from ._dynamics import (
+    at_geometry,
+    computed_and_cached,
+    geometry,
+    gradient_norms,
+    kept_pool,
+    off_loop,
+    prepare,
+    split_options,
+    step_finished,
+    step_started,
+)
+from ._fronts import call_blocking
 from .errors import InputError, RunFailed
 
 #: Default central-difference step, bohr (Psi4's findif default is 0.005 too).
@@ -38,7 +50,10 @@ class FrequencyResult:
     ``modes``: Cartesian displacement of each normal mode (3N x nmodes, unit-norm columns, not mass-weighted).
     ``hessian``: Eh/bohr², 3N x 3N, symmetric. ``gradient``: Eh/bohr at the reference geometry (N x 3)
     when the route computed it. ``energy``: Eh at the reference geometry when known.
-    ``extras``: route, step, fragment counts and timings.
+    ``extras``: route, step (bohr), fragment counts (``fragments_computed``, ``fragments_cached``; finite
+    differences also ``displacements``, ``fragments_planned``, ``fragments_distinct``), timings (s), and the
+    scheduling run's ``run_id``, ``ncores``, ``started``/``finished`` (epoch s) and per-fragment records
+    ``fragments`` (what :func:`qcmb_async.timeline.plot_timeline` draws).
     """
 
     frequencies: np.ndarray
@@ -170,7 +185,8 @@ async def finite_difference_hessian(inp: Any, exe: Any, run_options: dict[str, A
     """Central-difference Hessian (Eh/bohr²) of MBE gradients, all displacements in one scheduling run.
 
     ``inp``: a gradient input from :func:`~qcmb_async._dynamics.prepare`; ``exe``: an entered executor.
-    Returns ``(hessian, reference ManyBodyResult, counts)``.
+    Returns ``(hessian, reference ManyBodyResult, counts)``; ``counts`` also has the scheduling run's
+    ``run_id``, ``ncores``, ``started``/``finished`` (epoch s) and fragment records (``fragments``).
     """
     from ._core.options import make_options
     from ._runner import open_store
@@ -187,11 +203,14 @@ async def finite_difference_hessian(inp: Any, exe: Any, run_options: dict[str, A
     options = make_options(**opts)
     result_store = await off_loop(open_store, store)
     try:
-        outcome = await Scheduler(composite, options, exe, run_id=uuid.uuid4().hex[:12], store=result_store,  # type: ignore[arg-type]
+        run_id = uuid.uuid4().hex[:12]
+        outcome = await Scheduler(composite, options, exe, run_id=run_id, store=result_store,  # type: ignore[arg-type]
                                   keep=lambda r: component_properties(r, "gradient")).run()
     finally:
         if result_store is not None:
             result_store.close()
+    run_extras = {"run_id": run_id, "ncores": options.ncores, "started": outcome.started,
+                  "finished": outcome.finished}
     if outcome.failures:
         from .errors import FailureReport
 
@@ -214,6 +233,7 @@ async def finite_difference_hessian(inp: Any, exe: Any, run_options: dict[str, A
         "plan_time": t_plan,
         "schedule_time": t_run,
         "assemble_time": time.perf_counter() - t0 - t_plan - t_run,
+        **run_extras,
         "fragments": [rec.as_dict() for rec in outcome.records],
     }
     return hess, results[0], counts
@@ -231,8 +251,12 @@ async def frequencies(mbe_input: Any, *, method: str = "analytic", step: float =
             bohr, every displacement's fragments in one scheduling pool with identical fragments
             computed once.
         step: Finite-difference step, bohr.
-        **options: ``run_manybody`` options (``ncores``, ``memory``, ``executor``, ``store``...); one
-            executor is entered for the whole job.
+        **options: ``run_manybody`` options (``ncores``, ``memory``, ``executor``, ``store``, ``on_event``...);
+            one executor is entered for the whole job. The job is one step: ``on_event`` receives
+            :class:`~qcmb_async.events.StepStarted` (``kind="frequencies"``), the fragment events of the one
+            scheduling run (finite differences: fragments named by content key), then
+            :class:`~qcmb_async.events.StepFinished` (reference energy Eh, gradient rms/max Eh/bohr when
+            known, fragments computed and cached, wall time s).
 
     Returns:
         :class:`FrequencyResult`.
@@ -246,28 +270,47 @@ async def frequencies(mbe_input: Any, *, method: str = "analytic", step: float =
     inp = await off_loop(prepare, mbe_input, "hessian" if route == "analytic" else "gradient")
     t0 = time.perf_counter()
     async with kept_pool(inp, options) as (exe, run_options):
+        await step_started("frequencies", 1, geometry(inp), run_options)
         if route == "analytic":
             from ._runner import run_manybody
 
             ref = await run_manybody(inp, executor=exe, **run_options)
             hess = np.asarray(ref.return_result, dtype=float)
             hess = (hess + hess.T) / 2
-            records = ref.extras.get("qcmb_async", {}).get("fragments", [])
-            extras: dict[str, Any] = {"fragments_computed": sum(1 for r in records if r["status"] != "cached"),
-                                      "fragments_cached": sum(1 for r in records if r["status"] == "cached")}
+            meta = ref.extras.get("qcmb_async") or {}
+            computed, cached = computed_and_cached(ref)
+            extras: dict[str, Any] = {"fragments_computed": computed, "fragments_cached": cached,
+                                      **{k: meta.get(k) for k in ("run_id", "ncores", "started", "finished")},
+                                      "fragments": meta.get("fragments", [])}
         else:
             hess, ref, extras = await finite_difference_hessian(inp, exe, run_options, step=step)
             extras["step"] = step
-    extras["wall_time"] = time.perf_counter() - t0
+        extras["wall_time"] = time.perf_counter() - t0
+        energy = float(ref.properties.return_energy) if ref.properties.return_energy is not None else None
+        grad = ref.properties.return_gradient
+        rms, gmax = gradient_norms(grad)
+        await step_finished("frequencies", {
+            "step": 1, "energy": energy, "gradient_rms": rms, "gradient_max": gmax,
+            "computed": extras["fragments_computed"], "cached": extras["fragments_cached"],
+            "wall_time": extras["wall_time"], "run_id": extras.get("run_id")}, run_options)
     extras["method"] = route
     freqs, modes = harmonic_analysis(hess, geometry(inp), inp.molecule.masses)
-    grad = ref.properties.return_gradient
-    return FrequencyResult(frequencies=freqs, modes=modes, hessian=hess, method=route,
-                           energy=float(ref.properties.return_energy) if ref.properties.return_energy is not None
-                           else None,
+    return FrequencyResult(frequencies=freqs, modes=modes, hessian=hess, method=route, energy=energy,
                            gradient=np.asarray(grad, dtype=float).reshape(-1, 3) if grad is not None else None,
                            extras=extras)
 
 
+def frequencies_sync(mbe_input: Any, **options: Any) -> FrequencyResult:
+    """Blocking :func:`frequencies` for scripts; also works inside a running loop (Jupyter).
+
+    Takes :func:`frequencies`' arguments and returns its :class:`FrequencyResult`. Runs like
+    :func:`qcmb_async.run`: ``anyio.run`` in a plain script, a private event-loop thread when a loop
+    already runs in this thread; Ctrl-C (and SIGTERM in a plain script, then
+    :class:`~qcmb_async.errors.Terminated`) cancels it, keeping finished fragments in the result store.
+    """
+    return call_blocking(frequencies, mbe_input, **options)
+
+
 # `split_options` is re-exported for the CLI's option checks.
-__all__ = ["FrequencyResult", "finite_difference_hessian", "frequencies", "harmonic_analysis", "split_options"]
+__all__ = ["FrequencyResult", "finite_difference_hessian", "frequencies", "frequencies_sync", "harmonic_analysis",
+           "split_options"]

@@ -1,7 +1,9 @@
 """The blocking and streaming fronts over :func:`~qcmb_async._runner.run_manybody` (httpx style).
 
 ``run`` for scripts (and inside Jupyter's running loop), with Ctrl-C and SIGTERM stopping the run
-cleanly; ``open_run`` streams progress events as an async iterator.
+cleanly; ``open_run`` streams progress events as an async iterator. ``call_blocking`` is ``run``'s
+machinery for any coroutine function: the drivers' blocking fronts (``optimize_sync``,
+``frequencies_sync``) use it too.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import functools
 import math
 import signal
 import threading
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -23,6 +25,8 @@ from .errors import InputError, Terminated
 
 if TYPE_CHECKING:
     from qcmanybody.models.v2 import ManyBodyResult
+
+T = TypeVar("T")
 
 
 def run(mbe_input: Any, **options: Any) -> ManyBodyResult:
@@ -34,7 +38,17 @@ def run(mbe_input: Any, **options: Any) -> ManyBodyResult:
     cancels it the same way, then raises :class:`~qcmb_async.errors.Terminated` (unless the
     caller installed its own SIGTERM handler).
     """
-    call = functools.partial(run_manybody, mbe_input, **options)
+    return call_blocking(run_manybody, mbe_input, **options)
+
+
+def call_blocking(func: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+    """``await func(*args, **kwargs)`` from synchronous code: the machinery of :func:`run` and its siblings.
+
+    No running loop in this thread: ``anyio.run``, with SIGTERM handled like Ctrl-C (see
+    :func:`_sigterm_as_interrupt`). A running loop (Jupyter): a private event-loop thread; Ctrl-C in
+    the caller's thread cancels the call there.
+    """
+    call = functools.partial(func, *args, **kwargs)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

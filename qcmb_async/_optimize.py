@@ -25,7 +25,8 @@ import anyio.from_thread
 import numpy as np
 
 from ._core.outcome import unwrap_group
-from ._dynamics import computed_and_cached, geometry, kept_pool, prepare, run_at, scf_iterations
+from ._dynamics import geometry, gradient_step, kept_pool, prepare
+from ._fronts import call_blocking
 from .errors import InputError
 
 #: geomeTRIC coordinate systems (``--coordsys``): TRIC handles clusters of molecules best.
@@ -38,8 +39,9 @@ class OptimizationResult:
 
     ``final_molecule``: QCElemental v2 ``Molecule`` at the last geometry (bohr). ``energies``: Eh per
     gradient evaluation. ``trajectory``: the ``ManyBodyResult`` of each evaluation. ``steps``: one
-    record per evaluation (energy, gradient rms/max in Eh/bohr, wall time s, fragments computed and
-    read from the store, SCF iterations per fragment when the results carry them).
+    record per evaluation: ``step`` (1-based), ``energy`` (Eh), ``gradient_rms``/``gradient_max`` (Eh/bohr),
+    ``wall_time`` (s), ``computed``/``cached`` fragments (computed, read from the result store),
+    ``scf_iterations`` per fragment when the results carry them, ``geometry`` (bohr, natom x 3), ``run_id``.
     ``success``: geomeTRIC converged; otherwise ``error`` says why.
     """
 
@@ -187,7 +189,7 @@ def run_geometric(symbols: list[str], coords: np.ndarray, evaluate: Callable[[np
 
 async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str | None = None,
                    convergence_set: str = "GAU", maxiter: int = 300, geometric_params: dict[str, Any] | None = None,
-                   on_step: Callable[[dict[str, Any]], Any] | None = None, **options: Any) -> OptimizationResult:
+                   **options: Any) -> OptimizationResult:
     """Optimize the geometry of ``mbe_input``'s molecule with geomeTRIC; every gradient is one MBE.
 
     Args:
@@ -198,9 +200,11 @@ async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str |
         convergence_set: geomeTRIC convergence set (``GAU``, ``GAU_TIGHT``, ``GAU_VERYTIGHT``, ...).
         maxiter: Most optimization cycles.
         geometric_params: More geomeTRIC ``OptParams`` keywords.
-        on_step: Called (on the event loop, sync) with each evaluation's record.
         **options: ``run_manybody`` options (``ncores``, ``memory``, ``executor``, ``store``, ``on_event``...);
-            one executor is entered for the whole optimization.
+            one executor is entered for the whole optimization. ``on_event`` receives, per gradient,
+            :class:`~qcmb_async.events.StepStarted` (``kind="optimize"``, the geometry in bohr), that MBE's
+            fragment events, then :class:`~qcmb_async.events.StepFinished` (energy Eh, gradient rms/max
+            Eh/bohr, fragments computed and cached, wall time s).
 
     Returns:
         :class:`OptimizationResult` (``success`` False with ``error`` when geomeTRIC did not converge).
@@ -224,19 +228,10 @@ async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str |
     async with kept_pool(inp, options) as (exe, run_options):
 
         async def step(coords: np.ndarray) -> tuple[float, np.ndarray]:
-            start = time.perf_counter()
-            res = await run_at(inp, coords, exe, run_options)
-            grad = np.asarray(res.properties.return_gradient, dtype=float).reshape(-1, 3)
-            computed, cached = computed_and_cached(res)
-            record = {"step": len(steps) + 1, "energy": float(res.properties.return_energy),
-                      "gradient_rms": float(np.sqrt(np.mean(grad**2))), "gradient_max": float(np.abs(grad).max()),
-                      "wall_time": time.perf_counter() - start, "computed": computed, "cached": cached,
-                      "scf_iterations": scf_iterations(res), "geometry": np.array(coords).tolist()}
+            res, record = await gradient_step("optimize", len(steps) + 1, inp, coords, exe, run_options)
             steps.append(record)
             trajectory.append(res)
-            if on_step is not None:
-                on_step(record)
-            return record["energy"], grad
+            return record["energy"], np.asarray(res.properties.return_gradient, dtype=float).reshape(-1, 3)
 
         params = {"convergence_set": convergence_set, "maxiter": maxiter, **(geometric_params or {})}
         final, error = await _drive(lambda evaluate: run_geometric(
@@ -249,3 +244,16 @@ async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str |
                               extras={"wall_time": time.perf_counter() - t0, "evaluations": len(steps),
                                       "executor": exe.name, "coordsys": coordsys,
                                       "convergence_set": convergence_set})
+
+
+def optimize_sync(mbe_input: Any, **options: Any) -> OptimizationResult:
+    """Blocking :func:`optimize` for scripts; also works inside a running loop (Jupyter).
+
+    Takes :func:`optimize`'s arguments and returns its :class:`OptimizationResult`. Runs like
+    :func:`qcmb_async.run`: ``anyio.run`` in a plain script, a private event-loop thread when a loop
+    already runs in this thread. Ctrl-C cancels the gradient in flight (its program processes are killed)
+    and stops geomeTRIC; in a plain script SIGTERM does the same, then raises
+    :class:`~qcmb_async.errors.Terminated`. Finished fragments stay in the result store: running the same
+    optimization again resumes at the interrupted step.
+    """
+    return call_blocking(optimize, mbe_input, **options)

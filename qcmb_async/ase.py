@@ -17,7 +17,6 @@ atoms. ASE only recomputes when the atoms changed (``Calculator.check_state``), 
 from __future__ import annotations
 
 import threading
-import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr, Hartree
 
-from qcmb_async._dynamics import computed_and_cached, kept_pool, prepare, run_at, scf_iterations
+from qcmb_async._dynamics import gradient_step, kept_pool, prepare
 from qcmb_async.errors import InputError
 
 __all__ = ["ManyBodyCalculator"]
@@ -57,10 +56,10 @@ class _Session:
             task_status.started(state)
             await self._stop.wait()
 
-    def run(self, inp: Any, coords: np.ndarray) -> Any:
+    def run(self, inp: Any, coords: np.ndarray, step: int) -> tuple[Any, dict[str, Any]]:
         if self.closed:
             raise RuntimeError("this ManyBodyCalculator is closed")
-        future = self.portal.start_task_soon(run_at, inp, coords, self.exe, self.run_options)
+        future = self.portal.start_task_soon(gradient_step, "ase", step, inp, coords, self.exe, self.run_options)
         try:
             return future.result()
         except KeyboardInterrupt:
@@ -102,8 +101,11 @@ class ManyBodyCalculator(Calculator):
             ``scheduler``, ``scratch_directory``, ``retries``, ``timeout``, ``on_event``, ``store``.
 
     After each calculation ``calc.results["manybody_result"]`` is the ``ManyBodyResult`` and
-    ``calc.history`` has one record per MBE run: wall time (s), fragments computed and taken from
-    the store, SCF iterations per fragment when the results carry them.
+    ``calc.history`` has one record per MBE run (a step): ``step``, ``energy`` (Eh), ``gradient_rms`` and
+    ``gradient_max`` (Eh/bohr), ``wall_time`` (s), fragments ``computed`` and ``cached`` (taken from the
+    store), ``scf_iterations`` per fragment when the results carry them, ``geometry`` (bohr), ``run_id``.
+    An ``on_event`` callback receives :class:`~qcmb_async.events.StepStarted` / ``StepFinished``
+    (``kind="ase"``) around each MBE's fragment events, on the calculator's event-loop thread.
 
     Raises:
         InputError: bad fragments or input, when the calculator is made or at the first calculation.
@@ -202,13 +204,9 @@ class ManyBodyCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         self._start(self.atoms)
         coords = np.asarray(self.atoms.get_positions(), dtype=float) / Bohr
-        t0 = time.perf_counter()
         assert self._session is not None
-        result = self._session.run(self._inp, coords)
-        wall = time.perf_counter() - t0
-        computed, cached = computed_and_cached(result)
-        energy = float(result.properties.return_energy)
+        result, record = self._session.run(self._inp, coords, len(self.history) + 1)
         grad = np.asarray(result.properties.return_gradient, dtype=float).reshape(-1, 3)
-        self.results = {"energy": energy * Hartree, "forces": -grad * Hartree / Bohr, "manybody_result": result}
-        self.history.append({"energy": energy, "wall_time": wall, "computed": computed, "cached": cached,
-                             "scf_iterations": scf_iterations(result)})
+        self.results = {"energy": record["energy"] * Hartree, "forces": -grad * Hartree / Bohr,
+                        "manybody_result": result}
+        self.history.append(record)

@@ -1,4 +1,9 @@
-"""Progress events emitted during a run (see ``on_event`` and :func:`qcmb_async.open_run`)."""
+"""Progress events emitted during a run (see ``on_event`` and :func:`qcmb_async.open_run`).
+
+Fragment events (``RunStarted`` ... ``RunFinished``) come from every scheduling run; ``StepStarted`` and
+``StepFinished`` from the drivers that move atoms (``optimize``, ``frequencies``, the ASE calculator),
+around each step's fragment events.
+"""
 
 from ._core.events import (
     Event,
@@ -10,6 +15,8 @@ from ._core.events import (
     LevelComplete,
     RunFinished,
     RunStarted,
+    StepFinished,
+    StepStarted,
 )
 
 __all__ = [
@@ -22,4 +29,6 @@ __all__ = [
     "LevelComplete",
     "RunFinished",
     "RunStarted",
+    "StepFinished",
+    "StepStarted",
 ]

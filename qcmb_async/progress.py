@@ -8,6 +8,9 @@ In a terminal: rich progress bars (overall and one per n-body level, counts, ETA
 the same bars, updated in place in the cell output (no ipywidgets needed). Elsewhere (output
 piped to a file, CI logs) or with ``quiet=True``: no live display, only the final summary line
 (nothing at all with ``quiet=True``).
+
+:class:`StepDisplay` does the same for the drivers that move atoms (``optimize``, ``frequencies``):
+one line per finished step, and a live bar for the step in flight.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from ._core import events as ev
 
-__all__ = ["ProgressDisplay"]
+__all__ = ["ProgressDisplay", "StepDisplay", "step_line"]
 
 
 class ProgressDisplay:
@@ -233,3 +236,104 @@ class ProgressDisplay:
                 self._progress.stop()
         if not self.quiet and self.run_id is not None:
             self.console.print(self.summary(), highlight=False, markup=False, soft_wrap=True)
+
+
+def step_line(event: ev.StepFinished) -> str:
+    """One line for a finished step: energy (Eh), gradient rms/max (Eh/bohr), fragments, wall time (s)."""
+    # frequencies: the one step is the scheduling pass over every displacement (or the one Hessian MBE)
+    parts = [f"step {event.step:3d}" if event.kind != "frequencies" else "Hessian"]
+    if event.energy is not None:
+        parts.append(f"E = {event.energy:.10f} Eh")
+    if event.gradient_rms is not None and event.gradient_max is not None:
+        parts.append(f"grad rms {event.gradient_rms:.2e} max {event.gradient_max:.2e} Eh/bohr")
+    parts.append(f"fragments computed {event.computed}, from the store {event.cached}")
+    parts.append(f"{event.wall_time:.2f} s")
+    return "  ".join(parts)
+
+
+class StepDisplay:
+    """Progress of a driver that moves atoms (optimize, frequencies, the ASE calculator); pass it as ``on_event``.
+
+    Prints one line per finished step (:func:`step_line`) as it ends. In a terminal a live bar below
+    those lines follows the step in flight (its fragments done of all, from the store, elapsed time);
+    elsewhere (piped output, CI logs, Jupyter) only the lines are printed.
+
+    Args:
+        console: rich ``Console`` to draw on (default: a console on stderr).
+        live: Force (``True``) or forbid (``False``) the live bar; default: in a terminal only.
+    """
+
+    def __init__(self, console: Any = None, *, live: bool | None = None) -> None:
+        self._console = console
+        self._live_choice = live
+        self._progress: Any = None
+        self._task: Any = None
+        self._cached = 0
+        self._closed = False
+        self.steps: list[ev.StepFinished] = []
+        """Every finished step's event, in order."""
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        return self._console
+
+    @property
+    def live(self) -> bool:
+        if self._live_choice is not None:
+            return self._live_choice
+        return bool(self.console.is_terminal and not self.console.is_dumb_terminal and not self.console.is_jupyter)
+
+    def __enter__(self) -> StepDisplay:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __call__(self, event: Any) -> None:
+        """Receive one progress event (sync: safe to pass as ``on_event``)."""
+        if isinstance(event, ev.StepStarted):
+            self._start_step(event)
+        elif isinstance(event, ev.StepFinished):
+            self.steps.append(event)
+            if self._task is not None:
+                self._progress.refresh()  # the step's last state, then its bar goes
+                self._progress.remove_task(self._task)
+                self._task = None
+            (self._progress.console if self._progress is not None else self.console).print(
+                step_line(event), markup=False, highlight=False, soft_wrap=True)
+        elif self._task is None:
+            return
+        elif isinstance(event, ev.RunStarted | ev.FragmentsReleased):
+            # Drawn now: steps and runs are few; fragment events ride rich's own refresh (10 per second).
+            self._progress.update(self._task, total=event.total, refresh=True)
+        elif isinstance(event, ev.FragmentFinished | ev.FragmentFailed):
+            self._cached += bool(getattr(event, "cached", False))
+            self._progress.update(self._task, advance=1, cached=self._cached)
+
+    def _start_step(self, event: ev.StepStarted) -> None:
+        if not self.live:
+            return
+        if self._progress is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(bar_width=30),
+                                      MofNCompleteColumn(), TextColumn("fragments ({task.fields[cached]} from the "
+                                                                       "store)"),
+                                      TimeElapsedColumn(), console=self.console, transient=True,
+                                      redirect_stderr=True, redirect_stdout=False)
+            self._progress.start()
+        self._cached = 0
+        self._task = self._progress.add_task(f"step {event.step}", total=None, cached=0)
+
+    def close(self) -> None:
+        """Stop the live bar (idempotent); the step lines stay."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._progress is not None:
+            self._progress.stop()

@@ -6,8 +6,12 @@
 
 ``source`` is a ``ManyBodyResult`` (from :func:`qcmb_async.run`), its
 ``extras["qcmb_async"]`` dict, or a list of fragment records (dicts with ``start``, ``end``,
-``cores``, ``level``, ``label``). Each attempt of a fragment (``history``) occupies its cores;
-fragments read from the result store (no ``start``) took no time in this run.
+``cores``, ``level``, ``label``, optionally ``step``). Each attempt of a fragment (``history``)
+occupies its cores; fragments read from the result store (no ``start``) took no time in this run.
+
+It may also be a job of many steps: an ``OptimizationResult`` (one timeline over all its gradients,
+each fragment tagged with its ``step``; the chart marks where each step starts) or a
+``FrequencyResult`` (its one scheduling run).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Interval", "assign_lanes", "plot_timeline", "timeline_intervals", "timeline_stats"]
+__all__ = ["Interval", "assign_lanes", "plot_timeline", "steps_timeline", "timeline_intervals", "timeline_stats"]
 
 
 @dataclass(frozen=True)
@@ -33,15 +37,44 @@ class Interval:
     cores: int = 1
     ok: bool = True
     """False for an attempt that failed (retried or not)."""
+    step: int | None = None
+    """Step of a driver that moves atoms (1-based), for a timeline over many MBEs."""
 
     @property
     def wall(self) -> float:
         return max(0.0, self.end - self.start)
 
 
+def steps_timeline(results: Sequence[Any], *, title: str | None = None) -> dict[str, Any]:
+    """One timeline source over many ``ManyBodyResult``s (the steps of a job), fragments tagged ``step``.
+
+    ``results[k]`` is step ``k + 1``. Returns a dict shaped like ``extras["qcmb_async"]``: ``ncores``
+    (the largest), ``started`` of the first step, ``finished`` of the last, ``fragments`` (every step's
+    records, each a copy with ``step`` set); time between steps (the optimizer's own) counts as idle.
+    """
+    metas = []
+    for res in results:
+        meta = (getattr(res, "extras", None) or {}).get("qcmb_async")
+        if meta is None:
+            raise ValueError("a step's result has no extras['qcmb_async']: it was not computed by qcmb_async")
+        metas.append(meta)
+    frags = [{**rec, "step": k} for k, meta in enumerate(metas, start=1) for rec in meta.get("fragments", [])]
+    out: dict[str, Any] = {"fragments": frags, "steps": len(metas),
+                           "title": title or f"qcmb_async, {len(metas)} steps"}
+    if metas:
+        out["ncores"] = max(int(m.get("ncores") or 1) for m in metas)
+        out["started"], out["finished"] = metas[0].get("started"), metas[-1].get("finished")
+    return out
+
+
 def _meta_and_fragments(source: Any) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
+    trajectory = getattr(source, "trajectory", None)
+    if trajectory is not None:  # an OptimizationResult: one MBE per step
+        source = steps_timeline(trajectory, title=f"qcmb_async optimization, {len(trajectory)} gradients")
     extras = getattr(source, "extras", None)
-    if extras is not None:
+    if extras is not None and "qcmb_async" not in (extras or {}) and "fragments" in (extras or {}):
+        source = extras  # a FrequencyResult: its extras are its scheduling run's
+    elif extras is not None:
         source = (extras or {}).get("qcmb_async")
         if source is None:
             raise ValueError("this result has no extras['qcmb_async']: it was not computed by qcmb_async")
@@ -62,14 +95,15 @@ def timeline_intervals(source: Any) -> list[Interval]:
     for frag in frags:
         cores = int(frag.get("cores") or 1)
         label, level = str(frag.get("label", "?")), int(frag.get("level") or 0)
+        step = int(frag["step"]) if frag.get("step") is not None else None
         history = [h for h in frag.get("history") or [] if h.get("start") is not None and h.get("end") is not None]
         if history:
             for attempt in history:
                 out.append(Interval(label, level, float(attempt["start"]), float(attempt["end"]), cores,
-                                    not attempt.get("error_type")))
+                                    not attempt.get("error_type"), step))
         elif frag.get("start") is not None and frag.get("end") is not None:
             out.append(Interval(label, level, float(frag["start"]), float(frag["end"]), cores,
-                                frag.get("status", "ok") != "failed"))
+                                frag.get("status", "ok") != "failed", step))
     return sorted(out, key=lambda iv: (iv.start, iv.end))
 
 
@@ -212,6 +246,7 @@ def plot_timeline(source: Any, path: str | os.PathLike[str] | None = None, *, nc
     handles.append(Patch(facecolor="0.85", label="idle"))
     if stats["failed_attempts"]:
         handles.append(Patch(facecolor="white", edgecolor="red", hatch="//", label="failed attempt"))
+    _mark_steps(ax, intervals, t0)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_xlim(0, max(makespan, 1e-6))
     ax.set_ylim(nlanes, 0)
@@ -221,7 +256,7 @@ def plot_timeline(source: Any, path: str | os.PathLike[str] | None = None, *, nc
     ax.set_ylabel("core")
     eff = stats["efficiency"]
     eff_text = f"efficiency {eff:.2f} (makespan / lower bound)" if eff is not None else "nothing computed"
-    head = title or f"qcmb_async run {meta.get('run_id', '')}".strip()
+    head = title or meta.get("title") or f"qcmb_async run {meta.get('run_id', '')}".strip()
     fig.suptitle(f"{head}\n{len(intervals)} fragment runs on {cores} cores, makespan {makespan:.2f} s "
                  f"(lower bound {stats['lower_bound']:.2f} s), {eff_text}, idle {stats['idle_fraction']:.0%}"
                  + screening_line(meta.get("screening")), fontsize=10)
@@ -231,6 +266,20 @@ def plot_timeline(source: Any, path: str | os.PathLike[str] | None = None, *, nc
 
 
 _FIGURE_CLASS: Any = None
+
+
+def _mark_steps(ax: Any, intervals: list[Interval], t0: float) -> None:
+    """A dashed line and the step number where each step's first fragment starts (two or more steps)."""
+    firsts: dict[int, float] = {}
+    for iv in intervals:
+        if iv.step is not None:
+            firsts[iv.step] = min(firsts.get(iv.step, iv.start), iv.start)
+    if len(firsts) < 2:
+        return
+    for step, start in sorted(firsts.items()):
+        ax.axvline(start - t0, color="0.3", linestyle="--", linewidth=0.6, zorder=3)
+        ax.annotate(str(step), (start - t0, 0), xytext=(2, 2), textcoords="offset points", fontsize=7,
+                    color="0.3", annotation_clip=False, va="bottom")
 
 
 def screening_line(summary: dict[str, Any] | None) -> str:

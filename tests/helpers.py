@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -176,8 +177,13 @@ def stored_ok(path: Path) -> int:
     return sum(r["status"] == "ok" for r in rows)
 
 
-def sigkill_after_stored(cmd: list[str], env: dict[str, str], cwd: Path, store: Path, target: int) -> int:
-    """Run ``cmd``, SIGKILL it once ``store`` holds ``target`` results (or it ends); the results stored then."""
+def sigkill_after_stored(cmd: list[str], env: dict[str, str], cwd: Path, store: Path, target: int,
+                         children: list[psutil.Process] | None = None) -> int:
+    """Run ``cmd``, SIGKILL it once ``store`` holds ``target`` results (or it ends); the results stored then.
+
+    ``children``, when given, receives the process's descendants (workers, programs) as they were just
+    before the kill, for checks that none outlives it.
+    """
     import signal
     import time
 
@@ -187,6 +193,9 @@ def sigkill_after_stored(cmd: list[str], env: dict[str, str], cwd: Path, store: 
         if stored_ok(store) >= target:
             break
         time.sleep(0.002)
+    if children is not None:
+        with contextlib.suppress(psutil.Error):
+            children.extend(psutil.Process(proc.pid).children(recursive=True))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     return stored_ok(store)

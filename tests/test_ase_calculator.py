@@ -56,14 +56,19 @@ class _PySCFSupersystem:
 def test_dimer_energy_forces_and_no_recompute(tmp_path: Any) -> None:
     require_module("ase")
     require_program("pyscf")
+    from ase.units import Bohr, Hartree
+
+    from qcmb_async import events as ev
     from qcmb_async.ase import ManyBodyCalculator
 
     atoms = _atoms(2)
     ref = _atoms(2)
     ref.calc = _PySCFSupersystem("sto-3g")
+    seen: list[Any] = []
     with ManyBodyCalculator(fragments=[[0, 1, 2], [3, 4, 5]], program="pyscf",
                             model={"method": "hf", "basis": "sto-3g"}, keywords=TIGHT, bsse_type="nocp",
-                            max_nbody=2, ncores=2, memory=2, store=tmp_path / "store.sqlite") as calc:
+                            max_nbody=2, ncores=2, memory=2, store=tmp_path / "store.sqlite",
+                            on_event=seen.append) as calc:
         atoms.calc = calc
         energy = atoms.get_potential_energy()
         forces = atoms.get_forces()
@@ -84,6 +89,14 @@ def test_dimer_energy_forces_and_no_recompute(tmp_path: Any) -> None:
         assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-10)
         assert (calc.history[2]["computed"], calc.history[2]["cached"]) == (0, 3)
     assert calc._session is not None and calc._session.closed
+    # one StepStarted/StepFinished pair per MBE, numbered, at the atoms' positions, with PySCF's numbers
+    starts = [e for e in seen if isinstance(e, ev.StepStarted)]
+    ends = [e for e in seen if isinstance(e, ev.StepFinished)]
+    assert [(e.kind, e.step) for e in starts] == [(e.kind, e.step) for e in ends] == [("ase", k) for k in (1, 2, 3)]
+    np.testing.assert_allclose(np.asarray(starts[0].geometry) * Bohr, original, rtol=0, atol=1e-12)
+    assert ends[0].energy * Hartree == pytest.approx(ref.get_potential_energy(), abs=1e-7)
+    assert ends[0].gradient_max * Hartree / Bohr == pytest.approx(np.abs(ref.get_forces()).max(), abs=1e-6)
+    assert [(e.computed, e.cached) for e in ends] == [(3, 0), (2, 1), (0, 3)]
 
 
 @pytest.mark.slow

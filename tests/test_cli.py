@@ -418,6 +418,48 @@ def test_progress_terminal_draws_overall_and_level_bars() -> None:
     assert out.rstrip().endswith("3/3 fragments done (2 computed, 1 failed, 1 retries) in 1.50 s")
 
 
+def _step_events() -> list[Any]:
+    geom = ((0.0, 0.0, 0.0), (0.0, 0.0, 1.8))
+    return [
+        ev.StepStarted("optimize", 1, geom),
+        ev.RunStarted("r1", 3, {1: 2, 2: 1}, 2, 2.0),
+        ev.FragmentFinished("r1", "a", 1, "pyscf", 0.0, "store", cached=True),
+        ev.FragmentFinished("r1", "b", 1, "pyscf", 0.2, "h:1:1"),
+        ev.FragmentFinished("r1", "c", 2, "pyscf", 0.4, "h:1:2"),
+        ev.RunFinished("r1", 3, 0, 0.5),
+        ev.StepFinished("optimize", 1, -149.935375926, 2.53e-2, 5.07e-2, 2, 1, 0.61, "r1"),
+        ev.StepStarted("optimize", 2, geom),
+        ev.RunStarted("r2", 3, {1: 2, 2: 1}, 2, 2.0),
+    ]
+
+
+def test_steps_not_a_terminal_print_one_line_per_finished_step() -> None:
+    from qcmb_async.progress import StepDisplay
+
+    console = _console(False)
+    with StepDisplay(console) as display:
+        for event in _step_events():
+            display(event)
+    assert not display.live
+    assert console.file.getvalue() == ("step   1  E = -149.9353759260 Eh  grad rms 2.53e-02 max 5.07e-02 Eh/bohr  "
+                                       "fragments computed 2, from the store 1  0.61 s\n")
+    assert [e.step for e in display.steps] == [1]
+
+
+def test_steps_terminal_draws_a_bar_for_the_step_in_flight() -> None:
+    from qcmb_async.progress import StepDisplay
+
+    console = _console(True)
+    with StepDisplay(console) as display:
+        for event in _step_events():
+            display(event)
+        drawn = console.file.getvalue()
+    assert display.live
+    for text in ("step 1", "3/3", "1 from the store", "step 2", "0/3"):
+        assert text in drawn, text
+    assert "step   1  E = -149.9353759260 Eh" in drawn
+
+
 def test_energy_rows_vmfc_orders_levels() -> None:
     props = {"vmfc_corrected_total_energy_through_1_body": -1.0,
              "vmfc_corrected_2_body_contribution_to_energy": 0.1,

@@ -11,7 +11,13 @@ PUBLIC = {
     "__version__", "Executor", "FailureReport", "Fragment", "FragmentError", "FragmentJob", "InputError",
     "JobOutcome", "Plan", "QCMBAsyncError", "RunFailed", "RunHandle", "Terminated", "events", "open_run",
     "plan_manybody", "prime_qcengine", "read_xyz", "run", "run_manybody",
-    "optimize", "frequencies", "OptimizationResult", "FrequencyResult",
+    "optimize", "frequencies", "OptimizationResult", "FrequencyResult", "optimize_sync", "frequencies_sync",
+}
+
+#: The progress events (``qcmb_async.events``): fragment events of every run, step events of the drivers.
+EVENTS = {
+    "Event", "RunStarted", "FragmentsReleased", "FragmentStarted", "FragmentFinished", "FragmentRetried",
+    "FragmentFailed", "LevelComplete", "RunFinished", "StepStarted", "StepFinished",
 }
 
 
@@ -19,6 +25,16 @@ def test_all_is_the_public_api() -> None:
     assert set(qcmb_async.__all__) == PUBLIC
     for name in qcmb_async.__all__:
         assert hasattr(qcmb_async, name), f"qcmb_async.__all__ names {name!r}, which the package does not define"
+
+
+def test_events_are_the_public_events() -> None:
+    from qcmb_async import events
+
+    assert set(events.__all__) == EVENTS
+    for name in EVENTS - {"Event"}:
+        cls = getattr(events, name)
+        assert inspect.getdoc(cls), f"qcmb_async.events.{name} has no docstring"
+        assert cls in events.Event.__args__, f"qcmb_async.events.Event does not include {name}"
 
 
 def test_no_private_module_leaks_into_the_namespace() -> None:

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from qcelemental.models.v2 import Molecule
 
-from qcmb_async import frequencies
+from qcmb_async import events as ev
+from qcmb_async import frequencies, frequencies_sync
 from qcmb_async._frequencies import harmonic_analysis
 from tests.helpers import WATER_TRIMER, mbe_input, require_program
 
@@ -72,9 +73,13 @@ def test_dimer_frequencies_routes_and_shared_fragments(tmp_path: Any) -> None:
     inp = mbe_input("pyscf", "hf", "sto-3g", bsse="nocp", max_nbody=2, molecule=mol, keywords=TIGHT)
     store = tmp_path / "store.sqlite"
 
+    seen: list[Any] = []
+
     async def both() -> tuple[Any, Any, Any]:
-        analytic = await frequencies(inp, method="analytic", ncores=2, memory=2, store=None)
-        fd = await frequencies(inp, method="finite-difference", ncores=2, memory=2, store=store)
+        # the blocking front inside a running event loop, as in a Jupyter cell
+        analytic = frequencies_sync(inp, method="analytic", ncores=2, memory=2, store=None)
+        fd = await frequencies(inp, method="finite-difference", ncores=2, memory=2, store=store,
+                               on_event=seen.append)
         again = await frequencies(inp, method="finite-difference", ncores=2, memory=2, store=store)
         return analytic, fd, again
 
@@ -110,6 +115,17 @@ def test_dimer_frequencies_routes_and_shared_fragments(tmp_path: Any) -> None:
     # the same job again: every fragment from the store
     assert again.extras["fragments_computed"] == 0 and again.extras["fragments_cached"] == 75
     np.testing.assert_allclose(again.frequencies, fd.frequencies, rtol=0, atol=1e-6)
+
+    # the finite-difference job is one step around its one scheduling run
+    assert isinstance(seen[0], ev.StepStarted) and isinstance(seen[-1], ev.StepFinished)
+    assert [type(e).__name__ for e in seen].count("RunStarted") == 1
+    assert next(e for e in seen if isinstance(e, ev.RunStarted)).total == 75
+    np.testing.assert_allclose(seen[0].geometry, np.asarray(mol.geometry).reshape(-1, 3), rtol=0, atol=0)
+    end = seen[-1]
+    assert (end.kind, end.step, end.computed, end.cached) == ("frequencies", 1, 75, 0)
+    assert end.energy == pytest.approx(mf.e_tot, abs=1e-9)
+    assert end.gradient_max == pytest.approx(np.abs(mf.nuc_grad_method().kernel()).max(), abs=1e-7)
+    assert end.run_id == fd.extras["run_id"]
 
 
 def test_bad_method_is_an_input_error() -> None:

@@ -4,12 +4,14 @@
   geomeTRIC's own ``run_optimizer`` reaches with an engine running QCEngine on the whole trimer.
 * CP-corrected MBE gradients (total data) agree with central differences of CP energies computed by
   QCManyBody's own sequential computer.
-* A killed optimization, rerun against the same store, computes none of the finished gradients again.
+* A cancelled optimization, rerun against the same store (through ``optimize_sync``), computes none of the
+  finished gradients again; its step events carry what PySCF gives on the whole dimer.
 * Warm starts: same energies (1e-8 Eh) and gradients at the same geometries, fewer SCF cycles.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import anyio
@@ -19,7 +21,7 @@ import qcengine
 from qcelemental.models.v2 import AtomicInput, Molecule
 from qcmanybody.models.v2 import ManyBodyInput
 
-from qcmb_async import optimize, run
+from qcmb_async import optimize, optimize_sync, run
 from tests.helpers import WATER_TRIMER, mbe_input, require_module, require_program, trimer
 
 TIGHT = {"conv_tol": 1e-11, "conv_tol_grad": 1e-8}
@@ -91,35 +93,80 @@ def test_cp_gradient_matches_finite_differences_of_cp_energies() -> None:
     assert np.abs(grad).max() > 1e-3
 
 
+def _pyscf_dimer(coords_bohr: Any) -> tuple[float, np.ndarray]:
+    """RHF/STO-3G energy (Eh) and gradient (Eh/bohr) of the water dimer at ``coords_bohr``, PySCF directly."""
+    from pyscf import gto, scf
+
+    symbols = [ln.split()[0] for ln in DIMER.splitlines() if ln.strip() != "--"]
+    mol = gto.M(atom=[(s, tuple(p)) for s, p in zip(symbols, np.asarray(coords_bohr).reshape(-1, 3), strict=True)],
+                unit="Bohr", basis="sto-3g", verbose=0)
+    mf = scf.RHF(mol)
+    mf.conv_tol, mf.conv_tol_grad = TIGHT["conv_tol"], TIGHT["conv_tol_grad"]
+    return float(mf.kernel()), np.asarray(mf.nuc_grad_method().kernel())
+
+
 def test_killed_optimization_resumes_from_the_store(tmp_path: Any) -> None:
     require_module("geometric")
     require_program("pyscf")
+    from qcmb_async import events as ev
+    from qcmb_async._core.store import ResultStore
+
     inp = mbe_input("pyscf", "hf", "sto-3g", bsse="nocp", max_nbody=2, molecule=Molecule.from_data(DIMER),
                     keywords=TIGHT)
     store = tmp_path / "store.sqlite"
+    seen: list[Any] = []
 
-    async def killed() -> list[dict[str, Any]]:
-        seen: list[dict[str, Any]] = []
+    async def killed() -> None:
         with anyio.CancelScope() as scope:
-            def on_step(rec: dict[str, Any]) -> None:
-                seen.append(rec)
-                if len(seen) == 3:
+            def on_event(event: Any) -> None:
+                seen.append(event)
+                if isinstance(event, ev.StepFinished) and event.step == 3:
                     scope.cancel()  # like Ctrl-C after the third gradient
-            await optimize(inp, on_step=on_step, ncores=2, memory=2, store=store)
+            await optimize(inp, on_event=on_event, ncores=2, memory=2, store=store)
         assert scope.cancelled_caught
-        return seen
 
-    first = anyio.run(killed)
-    assert len(first) == 3 and all(s["computed"] == 3 for s in first)
-    rerun = anyio.run(lambda: optimize(inp, ncores=2, memory=2, store=store))
+    anyio.run(killed)
+    started = [e for e in seen if isinstance(e, ev.StepStarted)]
+    first = [e for e in seen if isinstance(e, ev.StepFinished)]
+    assert [(e.kind, e.step) for e in started] == [(e.kind, e.step) for e in first] == [("optimize", k)
+                                                                                     for k in (1, 2, 3)]
+    assert all((e.computed, e.cached) == (3, 0) for e in first)
+    # each step's fragment events sit between its StepStarted and StepFinished, and belong to its run
+    for k, finished in enumerate(first):
+        i, j = seen.index(started[k]), seen.index(finished)
+        runs = {e.run_id for e in seen[i + 1:j] if isinstance(e, ev.FragmentFinished)}
+        assert runs == {finished.run_id}
+    # the events' numbers against PySCF on the whole dimer (NoCP MBE(2) of a dimer is the dimer)
+    for s, f in ((started[0], first[0]), (started[2], first[2])):
+        energy, grad = _pyscf_dimer(s.geometry)
+        assert f.energy == pytest.approx(energy, abs=1e-8)
+        assert f.gradient_rms == pytest.approx(np.sqrt(np.mean(grad**2)), abs=1e-6)
+        assert f.gradient_max == pytest.approx(np.abs(grad).max(), abs=1e-6)
+    with ResultStore(store, readonly=True) as st:
+        assert sum(r["status"] == "ok" for r in st.fragments()) == 9
+
+    rerun = optimize_sync(inp, ncores=2, memory=2, store=store)  # the blocking front, from plain code
     assert rerun.success, rerun.error
     assert len(rerun.steps) > 3
     # the finished gradients come from the store, step for step, and only they
-    for old, new in zip(first, rerun.steps[:3], strict=True):
+    for old, s, new in zip(first, started, rerun.steps[:3], strict=True):
         assert (new["computed"], new["cached"]) == (0, 3)
-        assert new["energy"] == old["energy"]
-        assert new["geometry"] == old["geometry"]
+        assert new["energy"] == old.energy
+        assert new["geometry"] == [list(xyz) for xyz in s.geometry]
     assert rerun.steps[3]["computed"] > 0
+
+    # one timeline over every step: the store's steps took no time, the others' fragments carry their step
+    from qcmb_async.timeline import plot_timeline, timeline_intervals
+
+    per_step: dict[int, int] = {}
+    for iv in timeline_intervals(rerun):
+        per_step[iv.step] = per_step.get(iv.step, 0) + 1  # type: ignore[index]
+    assert per_step == {rec["step"]: rec["computed"] for rec in rerun.steps if rec["computed"]}
+    if importlib.util.find_spec("matplotlib") is not None:
+        fig = plot_timeline(rerun, tmp_path / "steps.png")
+        assert (tmp_path / "steps.png").read_bytes()[:4] == b"\x89PNG"
+        marks = {t.get_text() for t in fig.axes[0].texts}
+        assert marks == {str(rec["step"]) for rec in rerun.steps if rec["computed"]}
 
 
 def test_warm_starts_give_the_same_results_in_fewer_scf_cycles(tmp_path: Any, monkeypatch: Any) -> None:

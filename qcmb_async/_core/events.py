@@ -125,8 +125,48 @@ class RunFinished:
     """Seconds from the first dispatch to the end of the last fragment."""
 
 
+@dataclass(frozen=True)
+class StepStarted:
+    """A driver that moves atoms starts one step.
+
+    A step is one gradient MBE of :func:`~qcmb_async.optimize` or of the ASE calculator, or the one
+    scheduling pass of :func:`~qcmb_async.frequencies` (every displacement's fragments at once; one
+    Hessian MBE for the analytic route). The step's own fragment events (``RunStarted``...) follow.
+    """
+
+    kind: str
+    """``"optimize"``, ``"frequencies"`` or ``"ase"``."""
+    step: int
+    """1 for the first step."""
+    geometry: tuple[tuple[float, float, float], ...]
+    """Coordinates of the step's (reference) geometry, bohr, one ``(x, y, z)`` per atom."""
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    """A step of a driver that moves atoms ended with a result (a failed step raises instead)."""
+
+    kind: str
+    """``"optimize"``, ``"frequencies"`` or ``"ase"``."""
+    step: int
+    energy: float | None
+    """Total energy at the step's (reference) geometry, Eh (``None`` when the route gives none)."""
+    gradient_rms: float | None
+    """Root mean square of the gradient's Cartesian components, Eh/bohr (``None``: no gradient)."""
+    gradient_max: float | None
+    """Largest absolute gradient component, Eh/bohr (``None``: no gradient)."""
+    computed: int
+    """Fragments computed in this step."""
+    cached: int
+    """Fragments read from the result store in this step."""
+    wall_time: float
+    """Seconds from the step's start to its result."""
+    run_id: str | None = None
+    """The step's scheduling run (its fragment events and records carry it)."""
+
+
 Event = (RunStarted | FragmentsReleased | FragmentStarted | FragmentFinished | FragmentRetried | FragmentFailed
-         | LevelComplete | RunFinished)
+         | LevelComplete | RunFinished | StepStarted | StepFinished)
 
 
 async def emit(callback: Callable[[Any], Any] | None, event: Event) -> None:

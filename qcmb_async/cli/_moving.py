@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ._console import Usage
-from ._inputs import _check_writable, _load, _store_arg
+from ._console import Usage, _stderr
+from ._inputs import _check_not_store, _check_outputs, _load, _store_arg
 from ._options import ResourceOptions, XyzOptions
 
 
@@ -28,18 +28,64 @@ def run_options(resources: ResourceOptions, *, with_scheduler: bool = True) -> d
     return options
 
 
-def start_job(command: str, input: Path, xyz: XyzOptions, output: Path | None,
-              resources: ResourceOptions) -> tuple[Any, dict[str, Any]]:
+def start_job(command: str, input: Path, xyz: XyzOptions, output: Path | None, resources: ResourceOptions,
+              timeline: Path | None = None) -> tuple[Any, dict[str, Any]]:
     """The input and run options of a command that runs many expansions (optimize, frequencies).
 
     Everything checked before anything runs: --driver refused (the command chooses), the input
-    read, --output writable, the resource options turned into ``run_manybody`` options.
+    read, --output and --timeline writable (not the input, not the store; matplotlib there for a
+    timeline), the resource options turned into ``run_manybody`` options.
     """
     if xyz.driver is not None:
         raise Usage(f"--driver does not apply to {command}: it chooses what each expansion computes")
     mbe = _load(input, xyz)
-    _check_writable("--output", output)
+    _check_outputs(input, output, timeline)
+    _check_not_store(_store_arg(resources.store), resources.no_store, output=output, timeline=timeline)
+    if timeline is not None:
+        from ..timeline import _import_matplotlib
+
+        try:
+            _import_matplotlib()
+        except ImportError as exc:
+            raise Usage(f"--timeline: {exc}") from None
     return mbe, run_options(resources)
+
+
+class _StepLog:
+    """JSON logs: each finished step is a log line (stderr stays machine-readable, no live bar)."""
+
+    def __enter__(self) -> _StepLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __call__(self, event: Any) -> None:
+        from dataclasses import asdict
+
+        from .._logs import get_logger
+        from ..events import StepFinished
+
+        if isinstance(event, StepFinished):
+            get_logger().info("step finished", **asdict(event))
+
+
+def step_progress(json_logs: bool) -> Any:
+    """The ``on_event`` callback (and context manager) showing a command's steps as they finish."""
+    from ..progress import StepDisplay
+
+    return _StepLog() if json_logs else StepDisplay(_stderr())
+
+
+def write_timeline(result: Any, path: Path | None, json_logs: bool) -> None:
+    """--timeline: one chart over every step's fragments (see :func:`qcmb_async.timeline.plot_timeline`)."""
+    if path is None:
+        return
+    from ..timeline import plot_timeline
+
+    plot_timeline(result, path)
+    if not json_logs:
+        _stderr().print(f"timeline written to {path}", markup=False, soft_wrap=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -10,13 +10,14 @@ import typer
 
 from ._app import app
 from ._console import _errors, _setup_logging, _stdout
-from ._moving import start_job, write_json
+from ._moving import start_job, step_progress, write_json, write_timeline
 from ._options import (
     DebugOpt,
     InputArg,
     LogFormat,
     LogFormatOpt,
     ResourceOptions,
+    TimelineOpt,
     VerboseOpt,
     XyzOptions,
     with_resource_options,
@@ -47,6 +48,7 @@ def frequencies(
     step: StepOpt = 0.005,
     resources: ResourceOptions = ResourceOptions(),  # replaced by the option group (with_resource_options)
     output: JsonOutOpt = None,
+    timeline: TimelineOpt = None,
     log_format: LogFormatOpt = LogFormat.console,
     verbose: VerboseOpt = 0,
     debug: DebugOpt = False,
@@ -54,8 +56,10 @@ def frequencies(
     """Harmonic frequencies (cm⁻¹, translations and rotations projected out) of a many-body expansion."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
-        mbe, options = start_job("frequencies", input, xyz, output, resources)
-        result = _frequencies(mbe, options, route=hessian.value, step=step)
+        mbe, options = start_job("frequencies", input, xyz, output, resources, timeline)
+        json_logs = log_format is LogFormat.json
+        result = _frequencies(mbe, options, route=hessian.value, step=step, json_logs=json_logs)
+        write_timeline(result, timeline, json_logs)
         if output is not None:
             write_json(output, {"frequencies_cm-1": result.frequencies, "modes": result.modes,
                                 "hessian": result.hessian, "energy": result.energy, "gradient": result.gradient,
@@ -63,12 +67,11 @@ def frequencies(
                                 "extras": {k: v for k, v in result.extras.items() if k != "fragments"}})
 
 
-def _frequencies(mbe: Any, options: dict[str, Any], *, route: str, step: float) -> Any:
-    import anyio
+def _frequencies(mbe: Any, options: dict[str, Any], *, route: str, step: float, json_logs: bool) -> Any:
+    from .._frequencies import frequencies_sync
 
-    from .._frequencies import frequencies as run_frequencies
-
-    result = anyio.run(lambda: run_frequencies(mbe, method=route, step=step, **options))
+    with step_progress(json_logs) as progress:
+        result = frequencies_sync(mbe, method=route, step=step, on_event=progress, **options)
     out = _stdout()
     out.print(f"harmonic frequencies (cm⁻¹, {route} Hessian; imaginary ones negative):", markup=False)
     freqs = [f"{f:10.2f}" for f in result.frequencies]

@@ -9,13 +9,14 @@ import typer
 
 from ._app import app
 from ._console import EXIT_FAILED, Usage, _errors, _setup_logging, _stderr, _stdout
-from ._moving import start_job, write_json
+from ._moving import start_job, step_progress, write_json, write_timeline
 from ._options import (
     DebugOpt,
     InputArg,
     LogFormat,
     LogFormatOpt,
     ResourceOptions,
+    TimelineOpt,
     VerboseOpt,
     XyzOptions,
     with_resource_options,
@@ -46,14 +47,19 @@ def optimize(
     constraints: ConstraintsOpt = None,
     resources: ResourceOptions = ResourceOptions(),  # replaced by the option group (with_resource_options)
     output: JsonOutOpt = None,
+    timeline: TimelineOpt = None,
     log_format: LogFormatOpt = LogFormat.console,
     verbose: VerboseOpt = 0,
     debug: DebugOpt = False,
 ) -> None:
-    """Optimize the geometry with geomeTRIC; each gradient is a many-body expansion (needs qcmb_async[opt])."""
+    """Optimize the geometry with geomeTRIC; each gradient is a many-body expansion (needs qcmb_async[opt]).
+
+    One line per gradient as it finishes (energy, gradient rms/max, fragments computed and from the store,
+    wall time). Ctrl-C stops it cleanly; rerun with the same --store to resume at the interrupted step.
+    """
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
-        mbe, options = start_job("optimize", input, xyz, output, resources)
+        mbe, options = start_job("optimize", input, xyz, output, resources, timeline)
         try:
             import geometric  # noqa: F401
         except ImportError:
@@ -64,8 +70,10 @@ def optimize(
                 cons = constraints.read_text()
             except OSError as exc:
                 raise Usage(f"--constraints {str(constraints)!r}: {exc.strerror}") from None
-        result = _optimize(mbe, options, coordsys=coordsys, convergence=convergence, maxiter=maxiter,
-                           constraints=cons)
+        json_logs = log_format is LogFormat.json
+        result = _optimize(mbe, options, json_logs=json_logs, coordsys=coordsys, convergence=convergence,
+                           maxiter=maxiter, constraints=cons)
+        write_timeline(result, timeline, json_logs)
         if output is not None:
             write_json(output, {
                 "success": result.success, "error": result.error, "final_energy": result.final_energy,
@@ -76,23 +84,15 @@ def optimize(
             raise typer.Exit(EXIT_FAILED)
 
 
-def _optimize(mbe: Any, options: dict[str, Any], **kwargs: Any) -> Any:
-    import anyio
+def _optimize(mbe: Any, options: dict[str, Any], *, json_logs: bool, **kwargs: Any) -> Any:
+    from .._optimize import optimize_sync
 
-    from .._optimize import optimize as run_optimize
-
-    out = _stdout()
-    console = _stderr()
-
-    def on_step(rec: dict[str, Any]) -> None:
-        console.print(f"step {rec['step']:3d}  E = {rec['energy']:.10f} Eh  grad rms {rec['gradient_rms']:.2e} "
-                      f"max {rec['gradient_max']:.2e} Eh/bohr  {rec['wall_time']:.2f} s  fragments computed "
-                      f"{rec['computed']}, from the store {rec['cached']}", markup=False, soft_wrap=True)
-
-    result = anyio.run(lambda: run_optimize(mbe, convergence_set=kwargs["convergence"], coordsys=kwargs["coordsys"],
-                                            maxiter=kwargs["maxiter"], constraints=kwargs["constraints"],
-                                            on_step=on_step, **options))
+    with step_progress(json_logs) as progress:
+        result = optimize_sync(mbe, convergence_set=kwargs["convergence"], coordsys=kwargs["coordsys"],
+                               maxiter=kwargs["maxiter"], constraints=kwargs["constraints"], on_event=progress,
+                               **options)
     if result.steps:
+        out = _stdout()
         mol = result.final_molecule
         out.print(f"final energy {result.final_energy:.10f} Eh after {len(result.steps)} gradients "
                   f"({'converged' if result.success else 'not converged'})", markup=False, soft_wrap=True)
