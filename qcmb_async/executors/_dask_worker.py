@@ -9,6 +9,7 @@ client cancels.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import threading
 from typing import Any
@@ -58,18 +59,19 @@ def _program_found(program: str) -> bool:
     return found
 
 
-def _noop() -> None:
-    return None
+def _run_batch_on_worker(payload: bytes, keys: list[str], batch: str) -> bytes:
+    """The Dask task of a batch: its fragments one after the other, each with its own key and timeout.
 
-
-def _run_batch_on_worker(jobs: list[FragmentJob], keys: list[str], batch: str) -> list[JobOutcome]:
-    """The Dask task of a batch: its fragments one after the other, each with its own key and timeout."""
+    ``payload`` is the pickled list of :class:`FragmentJob`; the outcomes come back pickled too, so Dask
+    ships two byte strings instead of walking and serialising the QCSchema models itself.
+    """
+    jobs: list[FragmentJob] = pickle.loads(payload)
     outcomes = []
     for i, (job, key) in enumerate(zip(jobs, keys, strict=True)):
         outcome = _run_on_worker(job, key)
         outcome.extras = {**outcome.extras, "dask_batch": batch, "batch_index": i, "batch_size": len(jobs)}
         outcomes.append(outcome)
-    return outcomes
+    return pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
