@@ -85,7 +85,8 @@ def _cost_key(job: FragmentJob) -> tuple[str, float]:
     else:
         method, basis, symbols = inp.specification.model.method, inp.specification.model.basis, inp.molecule.symbols
     basis_name = basis if isinstance(basis, str) or basis is None else "custom"
-    return f"{job.program}/{method}/{basis_name}", _size(tuple(str(s) for s in symbols), basis_name)
+    names = symbols.tolist() if hasattr(symbols, "tolist") else symbols  # numpy strings -> str, in C
+    return f"{job.program}/{method}/{basis_name}", _size(tuple(names), basis_name)
 
 
 @functools.lru_cache(maxsize=4096)
