@@ -14,6 +14,7 @@ import socket
 import threading
 from typing import Any
 
+from .._core.compact import CompactResult
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
 
 _worker_lock = threading.Lock()
@@ -130,6 +131,9 @@ def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
         outcome.error_type = ErrorType.TIMEOUT
         outcome.error_message = (f"fragment {job.label} exceeded its timeout of {job.timeout} s on Dask worker "
                                  f"{address}; program killed")
+    if outcome.success and job.compact:
+        # Only what the coordinator keeps travels back (the JSON too when its store keeps the result).
+        outcome.result = CompactResult.of(outcome.result, with_json=job.result_json)
     extras["thread"] = outcome.worker
     outcome.worker = address
     outcome.extras = {**outcome.extras, **extras}
