@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._core.assemble import assemble, assemble_through, slim
+from ._core.assemble import assemble, assemble_through, keeps_results, slim
 from ._core.checks import check_input
 from ._core.contract import Executor
 from ._core.inputs import load_input
@@ -249,7 +249,7 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
         try:
             scheduler = Scheduler(plan, options, exe, run_id=run_id, store=result_store,
                                   partial_result=functools.partial(assemble_through, plan),
-                                  keep=functools.partial(slim, plan))
+                                  keep=functools.partial(slim, plan), compact=not keeps_results(plan))
             if hasattr(exe, "queue_depth"):
                 # An executor that batches small fragments (Dask) wants more of them in hand than cores;
                 # its workers' resources, not this pool, bound what runs at once.

@@ -3,7 +3,9 @@
 Starts a `dask scheduler` and two `dask worker` processes on 127.0.0.1 (each ``--nthreads 1 --resources
 "cores=1,memory=2"``), runs the same MBE with ``executor="threads"``, ``DaskExecutor(address, max_batch=1)``
 (one fragment per Dask task) and ``DaskExecutor(address)`` (small fragments batched by predicted cost), all
-``ncores=2, memory=4``, in turns; checks each equals QCManyBody's sequential result, and prints wall times,
+``ncores=2, memory=4``, in turns (the batched executor's pump: at most two tasks per core, each sized by the cost
+model and by an even share of what waits; workers send back only the properties the run keeps); checks each equals
+QCManyBody's sequential result, and prints wall times,
 the per-fragment overhead ``(Dask wall - threads wall) / fragments`` and the coordinator's own CPU time per
 fragment during the schedule stage (this process's CPU time from ``RunStarted`` to ``RunFinished``: the
 scheduler, the Dask client, materialising inputs; the programs run in the workers).

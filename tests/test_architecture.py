@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qcmb_async"
 #: never a downstream stage.
 LAYERS: list[set[str]] = [
     {"_version", "errors", "_logs", "programs", "settings",
-     "_core", "_core.causes", "_core.contract", "_core.events", "_core.resources"},
+     "_core", "_core.causes", "_core.compact", "_core.contract", "_core.events", "_core.resources"},
     {"harnesses"},
     {"_core.cost", "_core.chgmult", "_core.xyz", "_core.inputs", "_core.options", "_core.checks"},  # input
     {"_core.screening", "_core.plan"},                                 # plan

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import pickle
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -58,34 +62,127 @@ def test_batched_run_keeps_results_records_events_and_store_exact(tmp_path: Path
     assert len(rows) == nfrag and all(row["status"] == "ok" for row in rows)
 
 
+def _mopac_job(run_id: str = "") -> Any:
+    from qcmb_async import plan_manybody
+    from qcmb_async._core.contract import FragmentJob
+
+    plan = plan_manybody(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=1, molecule=waters(2)))
+    frag = plan.fragments[0]
+    return FragmentJob(label=frag.label, nbody=1, program="mopac", atomic_input=plan.materialise(frag).atomic_input,
+                       task_config={"ncores": 1, "memory": 1.0, "retries": 0}, run_id=run_id)
+
+
+def _calibrated(exe: DaskExecutor, job: Any, seconds: float, transport: float) -> None:
+    from qcmb_async.executors._dask_batch import _cost_key
+
+    group, size = _cost_key(job)
+    exe._workers = {"w": type("W", (), {"resources": {"cores": 2.0, "memory": 4.0}})()}  # type: ignore[dict-item]
+    exe._transport = transport
+    exe._model = type(exe._model)()
+    exe._model.observe(group, size, seconds)
+    exe._calibrated.add(group)
+
+
 def test_large_fragments_are_not_batched() -> None:
     """A fragment predicted longer than the target task length runs one per task."""
     require_program("mopac")
     require_module("distributed")
-    from qcmb_async import plan_manybody
-    from qcmb_async._core.contract import FragmentJob
-
     exe = DaskExecutor("tcp://127.0.0.1:1", max_batch=8)  # never entered: only its batch sizing is used
-    plan = plan_manybody(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=1, molecule=waters(2)))
-    frag = plan.fragments[0]
-    fjob = FragmentJob(label=frag.label, nbody=1, program="mopac", atomic_input=plan.materialise(frag).atomic_input,
-                       task_config={"ncores": 1, "memory": 1.0, "retries": 0})
+    fjob = _mopac_job()
     assert exe._batch_size(fjob) == 1  # uncalibrated: one per task
-    from qcmb_async.executors._dask_batch import _cost_key
-
-    group, size = _cost_key(fjob)
-    exe._workers = {"w": type("W", (), {"resources": {"cores": 2.0, "memory": 4.0}})()}  # type: ignore[dict-item]
-    exe._inflight = {f"k{i}" for i in range(64)}
-    exe._transport = 0.002  # 2 ms per task: target task 40 ms at 5 %
-    exe._model.observe(group, size, 10.0)  # 10 s fragments
-    exe._calibrated.add(group)
+    assert exe.queue_depth == 2  # one running and one queued per core
+    _calibrated(exe, fjob, 10.0, 0.002)  # 10 s fragments, 2 ms per task: target task 40 ms at 5 %
     assert exe._batch_size(fjob) == 1
-    exe._model = type(exe._model)()
-    exe._model.observe(group, size, 0.004)  # 4 ms fragments: 10 per 40 ms task, capped at max_batch
+    _calibrated(exe, fjob, 0.004, 0.002)  # 4 ms fragments: 10 per 40 ms task, capped at max_batch
     assert exe._batch_size(fjob) == 8
-    assert exe.queue_depth == 16
-    exe._inflight = {"k0", "k1", "k2"}  # the run's tail: no batch may leave a core idle
-    assert exe._batch_size(fjob) == 1
+    assert exe.queue_depth == 24  # three tasks per core: running, queued on the worker, filling here
+
+
+class FakeClient:
+    """Records what the pump submits and runs nothing; the test finishes tasks by hand (0.1 ms fragments)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[list[Any], asyncio.Future[bytes]]] = []
+
+    def submit(self, fn: Any, payload: bytes, keys: list[str], batch: str, **kwargs: Any) -> asyncio.Future[bytes]:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.submitted.append((pickle.loads(payload), future))
+        return future
+
+    def finish(self, i: int) -> None:
+        from qcmb_async._core.contract import JobOutcome
+
+        jobs, future = self.submitted[i]
+        now = time.time()
+        future.set_result(pickle.dumps([JobOutcome(label=j.label, result={}, success=True, start=now - 1e-4,
+                                                   end=now, host="h", worker="w", pid=1) for j in jobs]))
+
+
+def test_fake_client_pump_sizes_tasks_and_splits_the_tail() -> None:
+    """The pump's rules with a fake client: at most two tasks per core, a task at most ``max_batch`` and at most an
+    even share of what waits (guided self-scheduling), so the last fragments go out one per task."""
+    require_program("mopac")
+    require_module("distributed")
+    job = _mopac_job("fake")
+
+    async def main() -> list[list[int]]:
+        exe = DaskExecutor("tcp://127.0.0.1:1", max_batch=8, batch_window=0.0)
+        client = exe._client = FakeClient()
+        _calibrated(exe, job, 0.004, 0.002)  # cost model: 8 per task; 2 cores: 4 tasks out at most
+        labels = [f"f{i}" for i in range(35)]
+        outcomes: dict[str, Any] = {}
+
+        async def one(label: str) -> None:
+            outcomes[label] = await exe.run(dataclasses.replace(job, label=label))
+
+        sizes = []
+        async with anyio.create_task_group() as tg:
+            for label in labels:
+                tg.start_soon(one, label)
+            await anyio.sleep(0.01)
+            sizes.append([len(jobs) for jobs, _ in client.submitted])
+            for step in range(2):  # two tasks finish: two places free for what still waits
+                client.finish(step)
+                await anyio.sleep(0.01)
+                sizes.append([len(jobs) for jobs, _ in client.submitted])
+            while len(outcomes) < len(labels):
+                for i, (_, future) in enumerate(client.submitted):
+                    if not future.done():
+                        client.finish(i)
+                await anyio.sleep(0.01)
+        assert sorted(outcomes) == sorted(labels) and all(o.success for o in outcomes.values())
+        assert all(o.label == label for label, o in outcomes.items())  # each fragment its own outcome
+        return sizes
+
+    sizes = anyio.run(main)
+    # 35 waiting, 4 free places: 8 (most per task), 8, ceil(19/2) = 10 -> 8, ceil(11/1) -> 8; 3 left.
+    assert sizes[0] == [8, 8, 8, 8]
+    # One task done: one place free, the 3 waiting go as one task; the next place gets nothing (none waits).
+    assert sizes[1] == [8, 8, 8, 8, 3]
+    assert sizes[2] == [8, 8, 8, 8, 3]
+
+
+def test_fake_client_tail_goes_one_fragment_per_task() -> None:
+    """Few fragments waiting and every core free: they are spread, not packed into one task."""
+    require_program("mopac")
+    require_module("distributed")
+    job = _mopac_job("fake")
+
+    async def main() -> list[int]:
+        exe = DaskExecutor("tcp://127.0.0.1:1", max_batch=8, batch_window=0.0)
+        client = exe._client = FakeClient()
+        _calibrated(exe, job, 0.004, 0.002)
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(exe.run, dataclasses.replace(job, label=f"t{i}"))
+            await anyio.sleep(0.01)
+            sizes = [len(jobs) for jobs, _ in client.submitted]
+            for i in range(len(client.submitted)):
+                client.finish(i)
+        return sizes
+
+    # 5 waiting, 4 places (2 cores x 2): ceil(5/4) = 2, then 1, 1, 1.
+    assert anyio.run(main) == [2, 1, 1, 1]
 
 
 def test_a_failing_fragment_in_a_batch_fails_alone_and_raise_does_not_hang(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,13 +196,14 @@ def test_a_failing_fragment_in_a_batch_fails_alone_and_raise_does_not_hang(monke
     # Monomers fail: the smallest fragments, dispatched last (largest first), once the group is calibrated.
     monkeypatch.setenv("QCMB_TEST_FAIL_REAL", "3")
     batched: list[int] = []
-    original = DaskExecutor._submit_batch
+    original = DaskExecutor._start_task
 
-    async def spy(self: DaskExecutor, entries: list[Any]) -> None:
-        batched.extend(sum(e.job.atomic_input.molecule.real) for e in entries)
-        await original(self, entries)
+    def spy(self: DaskExecutor, bucket: Any, entries: list[Any]) -> None:
+        if len(entries) > 1:
+            batched.extend(sum(e.job.atomic_input.molecule.real) for e in entries)
+        original(self, bucket, entries)
 
-    monkeypatch.setattr(DaskExecutor, "_submit_batch", spy)
+    monkeypatch.setattr(DaskExecutor, "_start_task", spy)
     inp = mbe_input("mopac-failing", "pm7", None, bsse="nocp", max_nbody=3, molecule=waters(5))
 
     async def main(on_error: str) -> BaseException:

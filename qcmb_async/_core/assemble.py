@@ -7,33 +7,13 @@ from typing import TYPE_CHECKING, Any
 from qcmanybody.utils import delabeler
 
 from . import fill
+from .compact import component_properties
 from .fill import analyze_kept, complete_properties, unscreened_label_count
 from .plan import Plan, make_plan
 from .screening import subset_of
 
 if TYPE_CHECKING:
     from qcmanybody.models.v2 import ManyBodyResult
-
-_PROPERTIES = ("energy", "gradient", "hessian")
-
-
-def component_properties(result: Any, driver: str) -> dict[str, Any]:
-    """The ``return_<p>`` values QCManyBody's own loop collects from one ``AtomicResult``.
-
-    MOPAC's harness leaves ``properties.return_gradient`` empty but puts the gradient in
-    ``return_result``; the driver's quantity is taken from there when the property is missing.
-    """
-    props: dict[str, Any] = {}
-    for p in _PROPERTIES:
-        value = getattr(result.properties, f"return_{p}", None)
-        if value is not None:
-            props[p] = value
-    if driver in _PROPERTIES and driver not in props and result.return_result is not None:
-        props[driver] = result.return_result
-    if "energy" in props:
-        props["energy"] = float(props["energy"])  # analyze() rejects ints
-    return props
-
 
 def keeps_results(plan: Plan) -> bool:
     """Whether the ``ManyBodyResult`` carries every fragment's ``AtomicResult`` (protocol ``all``)."""

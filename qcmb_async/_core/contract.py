@@ -70,6 +70,11 @@ class FragmentJob:
     timeout: float | None = None
     """Seconds after which the program process is killed; ``None`` waits forever."""
     attempt: int = 1
+    compact: bool = False
+    """The scheduler takes a :class:`~qcmb_async._core.compact.CompactResult` back instead of the
+    ``AtomicResult`` (it keeps only the properties); executors that ship results between processes use it."""
+    result_json: bool = False
+    """A :class:`~qcmb_async._core.compact.CompactResult` must carry the result's JSON (the store keeps it)."""
 
     @property
     def ncores(self) -> int:
@@ -88,7 +93,8 @@ class JobOutcome:
 
     label: str
     result: Any
-    """The ``AtomicResult`` (QCSchema v2) on success; the ``FailedOperation`` as a dict otherwise."""
+    """The ``AtomicResult`` (QCSchema v2) on success, or its :class:`~qcmb_async._core.compact.CompactResult`
+    when the job allowed one; the ``FailedOperation`` as a dict otherwise."""
     success: bool
     start: float
     """Wall-clock (``time.time()``, or the executor's clock) when QCEngine was called, s."""

@@ -10,6 +10,7 @@ import anyio
 
 from .._logs import get_logger
 from ..errors import FragmentError
+from .compact import CompactResult
 from .contract import is_transient
 from .plan import Fragment, Job, Plan
 from .resources import Usage
@@ -131,9 +132,13 @@ def _store_put(store: FragmentStore, frag: Fragment, key: str, result: Any, rec:
 
     last = rec.history[-1] if rec.history else {}
     wall = (last["end"] - last["start"]) if last.get("end") and last.get("start") else None
+    # A CompactResult carries the JSON its worker made of the same AtomicResult.
+    text = result.json if isinstance(result, CompactResult) else result.model_dump_json()
+    if text is None:
+        return f"fragment {frag.label}: its result came back without the JSON the store keeps"
     try:
         store.put(key, label=frag.label, level=frag.level, program=frag.program,
-                  result_json=result.model_dump_json(), run_id=run_id, attempts=rec.history,
+                  result_json=text, run_id=run_id, attempts=rec.history,
                   host=last.get("host", ""), worker=last.get("worker", ""), wall_time=wall)
     except StoreError as exc:
         # The result is still in memory and the run goes on; only resumability of this fragment is lost.

@@ -52,14 +52,26 @@ class Fragment:
     """Cost-model group: fragments of one program and model chemistry share a calibration."""
 
 
-@dataclass(frozen=True, slots=True)
 class Job:
     """A materialised fragment: what the worker runs and what the result store is keyed by."""
 
-    atomic_input: Any
-    """QCSchema v2 ``AtomicInput`` (the model), exactly what QCManyBody's own loop would run."""
-    key: str
-    """Content hash of program + input: identical fragments share it across runs."""
+    __slots__ = ("_key", "_program", "atomic_input")
+
+    def __init__(self, atomic_input: Any, key: str | None = None, *, program: str = "") -> None:
+        self.atomic_input = atomic_input
+        """QCSchema v2 ``AtomicInput`` (the model), exactly what QCManyBody's own loop would run."""
+        self._key = key
+        self._program = program
+
+    @property
+    def key(self) -> str:
+        """Content hash of program + input: identical fragments share it across runs.
+
+        Computed on first use (about 0.05 ms): a run without a result store never needs it.
+        """
+        if self._key is None:
+            self._key = _key(self._program, self.atomic_input)
+        return self._key
 
 
 @dataclass
@@ -132,7 +144,7 @@ class Plan:
             fkw = atomic.specification.keywords.get("function_kwargs", {})
             fkw.update({"external_potentials": mol.extras["embedding_charges"]})
             atomic.specification.keywords["function_kwargs"] = fkw
-        return Job(atomic_input=atomic, key=_key(frag.program, atomic))
+        return Job(atomic, program=frag.program)
 
 
 _fast_lock = threading.Lock()

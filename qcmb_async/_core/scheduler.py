@@ -22,6 +22,7 @@ import structlog
 from .._logs import get_logger
 from ..errors import FragmentError
 from . import events as ev
+from .compact import CompactResult
 from .contract import ErrorType, Executor, FragmentJob, JobOutcome
 from .cost import CostModel, allotment, parallel_fraction, speedup
 from .options import RunOptions
@@ -52,15 +53,19 @@ class Scheduler:
     ``store`` (a :class:`FragmentStore`) is consulted before a fragment runs and receives each
     new result as soon as it exists. ``partial_result(n, results)`` (blocking, run on a thread)
     builds the MBE(n) result carried by :class:`~qcmb_async.events.LevelComplete`. ``keep(result)``
-    is what of each ``AtomicResult`` is kept in memory for assembly (default: all of it).
+    is what of each ``AtomicResult`` is kept in memory for assembly (default: all of it). ``compact=True``
+    says ``keep`` keeps only the properties (:func:`~qcmb_async._core.compact.component_properties`), so
+    executors may send a :class:`~qcmb_async._core.compact.CompactResult` back instead of the whole result.
     """
 
     def __init__(self, plan: Plan, options: RunOptions, executor: Executor, *, run_id: str,
                  store: FragmentStore | None = None,
                  partial_result: Callable[[int, dict[str, Any]], Any] | None = None,
-                 cost_model: CostModel | None = None, keep: Callable[[Any], Any] | None = None) -> None:
+                 cost_model: CostModel | None = None, keep: Callable[[Any], Any] | None = None,
+                 compact: bool = False) -> None:
         self.plan, self.options, self.executor, self.run_id = plan, options, executor, run_id
         self.keep: Callable[[Any], Any] = keep or (lambda result: result)
+        self.compact = compact
         self.store = store
         self.partial_result = partial_result
         self.clock: Callable[[], float] = executor.clock
@@ -210,7 +215,8 @@ class Scheduler:
             for attempt in range(1, options.retries + 2):
                 fjob = FragmentJob(label=frag.label, nbody=frag.level, program=frag.program,
                                    atomic_input=job.atomic_input, task_config=task_config, run_id=self.run_id,
-                                   timeout=options.timeout, attempt=attempt)
+                                   timeout=options.timeout, attempt=attempt, compact=self.compact,
+                                   result_json=self.compact and self.store is not None)
                 rec.attempts = attempt
                 if on_event is not None:
                     await ev.emit(on_event, ev.FragmentStarted(self.run_id, frag.label, frag.level, frag.program,
@@ -246,7 +252,12 @@ class Scheduler:
     async def _succeed(self, frag: Fragment, job: Job, cores: int, outcome: JobOutcome) -> None:
         """Commit a result to the store, keep it, calibrate the cost model, tell listeners."""
         rec = self.records[frag.label]
-        result = _atomic_result(outcome.result)
+        result = outcome.result
+        if isinstance(result, CompactResult):
+            kept: Any = result.properties  # what keep() would have made of the whole result
+        else:
+            result = _atomic_result(result)
+            kept = None
         if self.store is not None:
             # Shielded: a finished fragment is committed even if the run is being cancelled.
             with anyio.CancelScope(shield=True):
@@ -258,9 +269,9 @@ class Scheduler:
                     # Once: a full disk would otherwise log the same line for every fragment.
                     log.error("result not stored; the run goes on, later results that cannot be "
                               "stored are counted in the summary, not logged", reason=problem)
-        self.results[frag.label] = self.keep(result)
+        self.results[frag.label] = self.keep(result) if kept is None else kept
         rec.status = "ok"
-        await self._release(frag, result)
+        await self._release(frag, result if kept is None else kept)
         # Calibrate in one-core seconds, whatever this fragment was given.
         self.model.observe(frag.group, frag.size,
                            outcome.wall_time * speedup(cores, parallel_fraction(frag.program)))

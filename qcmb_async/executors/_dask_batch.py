@@ -1,11 +1,23 @@
-"""Batching for the Dask executor: small fragments coalesced into one Dask task.
+"""Batching for the Dask executor: fragments handed to the cluster as few, well-sized Dask tasks.
 
-A Dask task costs about a millisecond of transport (more on a loaded machine); fragments of tens
-of milliseconds (MOPAC, small HF) would spend more time in transport than in chemistry. Jobs that
-arrive within ``batch_window`` seconds and that the executor's cost model predicts short are sent
-as one task of at most ``max_batch`` fragments (sized so transport stays under ``transport_share``
-of the task); each keeps its own key, timeout and :class:`~qcmb_async._core.contract.JobOutcome`,
-so records, events and the store stay per fragment.
+A Dask task costs this process about a millisecond of CPU and a round trip of several (more on a
+loaded machine); fragments of tens of milliseconds (MOPAC, small HF) would spend more in transport
+than in chemistry, and a coordinator that pays per task cannot feed thousands of cores. So every
+fragment the scheduler hands over joins a queue per resource request, and one *pump* (a plain
+callback on the event loop, run whenever something changes) turns the queues into tasks:
+
+* each core gets at most two tasks (one running, one waiting on its worker, so no core waits for a
+  round trip to this process); a core with none gets one at once;
+* a task holds ``n = min(max_batch, cost-model size, ceil(waiting / free places))`` fragments: as
+  many as make the measured per-task transport ``transport_share`` of the task's predicted time,
+  but never more than an even share of what waits (guided self-scheduling), so the run's last tasks
+  are single fragments and no worker idles at the tail while another works through a long batch;
+* a task that would wait on its worker anyway is held for ``batch_window`` seconds to fill up.
+
+Jobs and outcomes cross as one pickled ``bytes`` per task (Dask then neither walks nor re-serialises
+them). Each fragment keeps its own key, timeout and :class:`~qcmb_async._core.contract.JobOutcome`,
+so records, events and the store stay per fragment; a fragment cancelled while waiting here never
+reaches the cluster.
 """
 
 from __future__ import annotations
@@ -14,42 +26,54 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import itertools
+import pickle
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
-from ._dask_worker import _failed, _noop, _run_batch_on_worker
+from ._dask_worker import _failed, _run_batch_on_worker
+
+#: Per-task transport samples kept (their minimum is the estimate: larger ones include queueing).
+_SAMPLES = 32
+_nonce = secrets.token_hex(3)
+_counter = itertools.count()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Entry:
-    """One fragment waiting in a batch."""
+    """One fragment handed to the executor: waiting here, then in a task."""
 
     job: FragmentJob
     key: str
+    bucket: tuple[Any, ...]
+    arrived: float
+    group: str
+    size: float
     outcome: JobOutcome | None = None
     cancelled: bool = False
-    done: anyio.Event = field(default_factory=anyio.Event)
+    task: _Task | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-@dataclass
-class _Bucket:
-    """Small fragments with the same resources, collected during the coalescing window."""
+@dataclass(eq=False)
+class _Task:
+    """One Dask task: fragments of one resource request, run one after the other on one worker."""
 
-    limit: int
-    entries: list[_Entry] = field(default_factory=list)
-    sealed: bool = False
-    full: anyio.Event = field(default_factory=anyio.Event)
+    key: str
+    entries: list[_Entry]
+    handler: asyncio.Future[None] | None = None
 
 
 def _task_key(job: FragmentJob) -> str:
     digest = hashlib.sha1(job.label.encode()).hexdigest()[:10]
-    # The nonce keeps keys unique when the same job is submitted twice (direct use, reruns).
-    return f"qcmb-{job.run_id or 'direct'}-{digest}-{job.attempt}-{secrets.token_hex(3)}"
+    # Unique without a system call per key: a random prefix per process and a counter.
+    return f"qcmb-{job.run_id or 'direct'}-{digest}-{job.attempt}-{_nonce}{next(_counter):x}"
 
 
 def _cost_key(job: FragmentJob) -> tuple[str, float]:
@@ -61,7 +85,8 @@ def _cost_key(job: FragmentJob) -> tuple[str, float]:
     else:
         method, basis, symbols = inp.specification.model.method, inp.specification.model.basis, inp.molecule.symbols
     basis_name = basis if isinstance(basis, str) or basis is None else "custom"
-    return f"{job.program}/{method}/{basis_name}", _size(tuple(symbols), basis_name)
+    names = symbols.tolist() if hasattr(symbols, "tolist") else symbols  # numpy strings -> str, in C
+    return f"{job.program}/{method}/{basis_name}", _size(tuple(names), basis_name)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -72,105 +97,159 @@ def _size(symbols: tuple[str, ...], basis: str | None) -> float:
 
 
 class _Batching:
-    """Mixin of :class:`~qcmb_async.executors.dask.DaskExecutor`: the batching half of its ``run``."""
+    """Mixin of :class:`~qcmb_async.executors.dask.DaskExecutor`: its queues, pump and batch tasks."""
 
-    def _batch_size(self, job: FragmentJob) -> int:
-        """Fragments per Dask task for ``job``: enough that transport is ``transport_share`` of the task.
+    # The executor's own state (set in DaskExecutor.__init__).
+    client: Any
+    max_batch: int
+    batch_window: float
+    transport_share: float
+    timeout_grace: float
+    capacity: tuple[float, float]
+    _model: Any
+    _calibrated: set[str]
+    _transport: float
+    _overheads: list[float]
+    _batch_hint: int
+    _inflight: set[str]
+    _pending: dict[Any, Any]
+    _outstanding: dict[Any, int]
+    _pump_handle: asyncio.Handle | None
+    _pump_at: float
+    _batches: set[asyncio.Future[None]]
+    program_resources: bool
+
+    if TYPE_CHECKING:  # the executor's other halves (only declared here: the MRO must reach them)
+        def _resources(self, job: FragmentJob) -> dict[str, float]: ...
+        async def _unsatisfiable(self, resources: dict[str, float]) -> str | None: ...
+        async def _abandon(self, future: Any, key: str, fragment_keys: list[str] | None = None) -> None: ...
+        async def _kill_remote(self, keys: list[str]) -> None: ...
+
+    def _batch_size(self, job: FragmentJob, group: str | None = None, size: float | None = None) -> int:
+        """Most fragments per Dask task for ``job``: enough that transport is ``transport_share`` of the task.
 
         The cost model (calibrated by this executor's own outcomes, one-core seconds) predicts the
-        fragment's time; the per-task transport is measured too. An uncalibrated group runs one per task.
+        fragment's time; the per-task transport is measured on the tasks. An uncalibrated group runs one
+        per task. (How many a task really gets also depends on what waits: see the module docstring.)
         """
         if self.max_batch <= 1:
             return 1
-        group, size = _cost_key(job)
+        if group is None or size is None:
+            group, size = _cost_key(job)
         if group not in self._calibrated:
             return 1
         predicted = self._model.estimate(group, size)
         target = self._transport / self.transport_share
         n = max(1, min(self.max_batch, int(target // max(predicted, 1e-6))))
         self._batch_hint = max(self._batch_hint, n)
-        # Never fewer tasks than twice the cores for the fragments in hand: one long batch on one worker
-        # while the others idle is the tail a run ends with.
-        cores = max(1.0, self.capacity[0] / max(1, job.ncores))
-        return max(1, min(n, int((len(self._inflight) + 1) // (2 * cores))))
+        return n
 
-    def _learn(self, jobs: list[FragmentJob], outcomes: list[JobOutcome]) -> None:
-        """Calibrate the cost model (one-core seconds per cost group) from one finished task."""
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            if outcome.success and outcome.wall_time > 0 and job.ncores == 1:
-                group, size = _cost_key(job)
-                self._model.observe(group, size, outcome.wall_time)
-                self._calibrated.add(group)
+    def _slots(self, job: FragmentJob) -> int:
+        """How many fragments like ``job`` the cluster runs at once (its declared cores / the job's)."""
+        return max(1, int(self.capacity[0] // max(1, job.ncores)))
 
-    async def _measure_transport(self) -> None:
-        """Time a few empty tasks: what one task costs beyond its work (submit, scheduling, result)."""
-        if not self._workers or self.max_batch <= 1:
-            return
-        times = []
-        with contextlib.suppress(Exception), anyio.move_on_after(10):
-            for _ in range(5):
-                t0 = time.perf_counter()
-                await self.client.submit(_noop, pure=False)
-                times.append(time.perf_counter() - t0)
-        if times:
-            self._transport = sorted(times)[len(times) // 2]
-
-    async def _run_batched(self, job: FragmentJob, size: int) -> JobOutcome:
-        """Join (or open) the batch of small fragments with the same resources; await this fragment's outcome."""
-        bucket_key = (job.ncores, job.memory, job.program if self.program_resources else "", job.timeout)
-        bucket = self._buckets.get(bucket_key)
-        entry = _Entry(job, _task_key(job))
-        if bucket is None or bucket.sealed:
-            bucket = self._buckets[bucket_key] = _Bucket(size)
-            leader = True
-        else:
-            leader = False
-        bucket.entries.append(entry)
+    async def _run_pooled(self, job: FragmentJob) -> JobOutcome:
+        """Queue ``job`` for the pump and await its own outcome."""
+        bucket = (job.ncores, job.memory, job.program if self.program_resources else "", job.timeout)
+        group, size = _cost_key(job)
+        entry = _Entry(job, _task_key(job), bucket, time.monotonic(), group, size)
+        pending = self._pending.get(bucket)
+        if pending is None:
+            pending = self._pending[bucket] = deque()
+        pending.append(entry)
         self._inflight.add(entry.key)
+        self._kick()
         try:
-            if len(bucket.entries) >= bucket.limit:
-                self._seal(bucket_key, bucket)
-            elif leader:
-                # The coalescing window: concurrent small fragments join this batch meanwhile.
-                with anyio.move_on_after(self.batch_window):
-                    await bucket.full.wait()
-                self._seal(bucket_key, bucket)
             await entry.done.wait()
-        except anyio.get_cancelled_exc_class():
+        except asyncio.CancelledError:
             with anyio.CancelScope(shield=True):
                 entry.cancelled = True
-                if self._buckets.get(bucket_key) is bucket:
-                    self._seal(bucket_key, bucket)  # the others still go
-                await self._kill_remote([entry.key])
+                task = entry.task
+                if task is None:
+                    with contextlib.suppress(ValueError):
+                        self._pending[bucket].remove(entry)  # never reached the cluster
+                elif task.handler is not None and all(e.cancelled for e in task.entries):
+                    task.handler.cancel()  # the whole task goes: Dask future cancelled, programs killed
+                else:
+                    await self._kill_remote([entry.key])  # the others in its task go on
             raise
         finally:
             self._inflight.discard(entry.key)
         assert entry.outcome is not None
         return entry.outcome
 
-    def _seal(self, bucket_key: Any, bucket: _Bucket) -> None:
-        if bucket.sealed:
-            return
-        bucket.sealed = True
-        bucket.full.set()
-        if self._buckets.get(bucket_key) is bucket:
-            del self._buckets[bucket_key]
-        # Its own task: no single fragment's cancellation may take the batch down with it.
-        task = asyncio.ensure_future(self._submit_batch(bucket.entries))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+    def _kick(self, delay: float = 0.0) -> None:
+        """Run the pump soon (``delay`` s from now at the latest); one pending call at a time."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        if self._pump_handle is not None:
+            if self._pump_at <= at:
+                return
+            self._pump_handle.cancel()
+        self._pump_at = at
+        self._pump_handle = loop.call_soon(self._pump) if delay <= 0 else loop.call_at(at, self._pump)
 
-    async def _submit_batch(self, entries: list[_Entry]) -> None:
+    def _pump(self) -> None:
+        """Turn waiting fragments into Dask tasks (see the module docstring for the rules)."""
+        self._pump_handle = None
+        now = time.monotonic()
+        wake: float | None = None
+        for bucket, pending in self._pending.items():
+            if not pending:
+                continue
+            slots = self._slots(pending[0].job)
+            while pending:
+                out = self._outstanding.get(bucket, 0)
+                free = 2 * slots - out
+                if free <= 0:
+                    break
+                head = pending[0]
+                most = self._batch_size(head.job, head.group, head.size)
+                n = max(1, min(most, -(-len(pending) // free)))
+                if out >= slots and len(pending) < most:
+                    # Every core has a task: give this one a moment to fill up.
+                    due = head.arrived + self.batch_window
+                    if now < due:
+                        wake = due if wake is None else min(wake, due)
+                        break
+                entries = [pending.popleft() for _ in range(n)]
+                self._outstanding[bucket] = out + 1
+                self._start_task(bucket, entries)
+        if wake is not None:
+            self._kick(max(0.0, wake - now))
+
+    def _start_task(self, bucket: tuple[Any, ...], entries: list[_Entry]) -> None:
+        # Like a single fragment's key, with the label digests of the whole task joined by dots.
+        digests = ".".join(e.key.split("-")[-3] for e in entries)
+        key = f"qcmb-{entries[0].job.run_id or 'direct'}-{digests}-batch-{_nonce}{next(_counter):x}"
+        task = _Task(key, entries)
+        for e in entries:
+            e.task = task
+        # Its own asyncio task: no single fragment's cancellation may take the others down with it.
+        handler = asyncio.ensure_future(self._run_task(bucket, task))
+        task.handler = handler
+        self._batches.add(handler)
+        handler.add_done_callback(self._batches.discard)
+
+    def _learn(self, entries: list[_Entry], outcomes: list[JobOutcome], elapsed: float) -> None:
+        """Calibrate the cost model (one-core seconds per group) and the per-task transport from one task."""
+        busy = 0.0
+        for e, outcome in zip(entries, outcomes, strict=True):
+            if outcome.success and outcome.wall_time > 0 and e.job.ncores == 1:
+                self._model.observe(e.group, e.size, outcome.wall_time)
+                self._calibrated.add(e.group)
+            busy += max(0.0, outcome.wall_time)
+        self._overheads.append(max(0.0, elapsed - busy))
+        del self._overheads[:-_SAMPLES]
+        # The smallest recent one: the others also waited behind earlier tasks on their worker.
+        self._transport = max(1e-4, min(self._overheads))
+
+    async def _run_task(self, bucket: tuple[Any, ...], task: _Task) -> None:
+        """Submit one task, await it, and hand each fragment its outcome (failures per fragment)."""
         from distributed.scheduler import KilledWorker
 
-        live = [e for e in entries if not e.cancelled]
-        if not live:
-            return
-        first = live[0].job
-        resources = self._resources(first)
-        # Like a single fragment's key, with the label digests of the whole batch joined by dots.
-        digests = ".".join(hashlib.sha1(e.job.label.encode()).hexdigest()[:10] for e in live)
-        key = f"qcmb-{first.run_id or 'direct'}-{digests}-batch-{secrets.token_hex(3)}"
+        live = [e for e in task.entries if not e.cancelled]
+        key = task.key
         submitted = time.time()
 
         def fail_all(error_type: str, message: str) -> None:
@@ -180,34 +259,50 @@ class _Batching:
                 e.done.set()
 
         try:
+            if not live:
+                return
+            first = live[0].job
+            resources = self._resources(first)
             unmet = await self._unsatisfiable(resources)
             if unmet:
                 fail_all(ErrorType.RESOURCES_UNAVAILABLE, unmet)
                 return
-            future = self.client.submit(_run_batch_on_worker, [e.job for e in live], [e.key for e in live], key,
-                                        resources=resources, pure=False, key=key)
+            try:
+                payload = pickle.dumps([e.job for e in live], protocol=pickle.HIGHEST_PROTOCOL)
+                t0 = time.perf_counter()
+                future = self.client.submit(_run_batch_on_worker, payload, [e.key for e in live], key,
+                                            resources=resources, pure=False, key=key)
+            except Exception as exc:
+                fail_all(type(exc).__name__, f"Dask task {key} (with fragment {{label}}) was not submitted: {exc}")
+                return
             timeout = first.timeout
             wait = None if timeout is None else timeout * len(live) + self.timeout_grace
-            with anyio.move_on_after(wait) as scope:
-                try:
-                    outcomes: list[JobOutcome] = await future
-                except KilledWorker as exc:
-                    fail_all(ErrorType.KILLED_WORKER, f"Dask gave up on fragment {{label}} (batch {key}): {exc}")
-                    return
-                except Exception as exc:
-                    fail_all(type(exc).__name__, f"Dask task {key} (batch with fragment {{label}}) failed: {exc}")
-                    return
+            try:
+                with anyio.move_on_after(wait) as scope:
+                    try:
+                        outcomes: list[JobOutcome] = pickle.loads(await future)
+                    except KilledWorker as exc:
+                        fail_all(ErrorType.KILLED_WORKER, f"Dask gave up on fragment {{label}} (task {key}): {exc}")
+                        return
+                    except Exception as exc:
+                        fail_all(type(exc).__name__, f"Dask task {key} (with fragment {{label}}) failed: {exc}")
+                        return
+            except asyncio.CancelledError:
+                # Every fragment of the task was cancelled, or the executor stops: the task must go.
+                await self._abandon(future, key, [e.key for e in live])
+                raise
             if scope.cancelled_caught:
                 await self._abandon(future, key, [e.key for e in live])
                 fail_all(ErrorType.TIMEOUT, f"fragment {{label}} gave no result within its timeout of {timeout} s "
-                         f"(its batch of {len(live)}: +{self.timeout_grace} s grace); Dask task cancelled, programs "
+                         f"(its task of {len(live)}: +{self.timeout_grace} s grace); Dask task cancelled, programs "
                          "killed")
                 return
-            self._learn([e.job for e in live], outcomes)
+            self._learn(live, outcomes, time.perf_counter() - t0)
             for e, outcome in zip(live, outcomes, strict=True):
                 e.outcome = outcome
                 e.done.set()
         finally:
-            fail_all(ErrorType.CANCELLED, "fragment {label}: its batch was stopped with the executor")
-
-    # ------------------------------------------------------------------ helpers
+            fail_all(ErrorType.CANCELLED, "fragment {label}: its task was stopped with the executor")
+            self._outstanding[bucket] = self._outstanding.get(bucket, 1) - 1
+            with contextlib.suppress(RuntimeError):  # no running loop: the executor is gone
+                self._kick()

@@ -9,10 +9,12 @@ client cancels.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import threading
 from typing import Any
 
+from .._core.compact import CompactResult
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
 
 _worker_lock = threading.Lock()
@@ -58,18 +60,19 @@ def _program_found(program: str) -> bool:
     return found
 
 
-def _noop() -> None:
-    return None
+def _run_batch_on_worker(payload: bytes, keys: list[str], batch: str) -> bytes:
+    """The Dask task of a batch: its fragments one after the other, each with its own key and timeout.
 
-
-def _run_batch_on_worker(jobs: list[FragmentJob], keys: list[str], batch: str) -> list[JobOutcome]:
-    """The Dask task of a batch: its fragments one after the other, each with its own key and timeout."""
+    ``payload`` is the pickled list of :class:`FragmentJob`; the outcomes come back pickled too, so Dask
+    ships two byte strings instead of walking and serialising the QCSchema models itself.
+    """
+    jobs: list[FragmentJob] = pickle.loads(payload)
     outcomes = []
     for i, (job, key) in enumerate(zip(jobs, keys, strict=True)):
         outcome = _run_on_worker(job, key)
         outcome.extras = {**outcome.extras, "dask_batch": batch, "batch_index": i, "batch_size": len(jobs)}
         outcomes.append(outcome)
-    return outcomes
+    return pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
@@ -128,6 +131,9 @@ def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
         outcome.error_type = ErrorType.TIMEOUT
         outcome.error_message = (f"fragment {job.label} exceeded its timeout of {job.timeout} s on Dask worker "
                                  f"{address}; program killed")
+    if outcome.success and job.compact:
+        # Only what the coordinator keeps travels back (the JSON too when its store keeps the result).
+        outcome.result = CompactResult.of(outcome.result, with_json=job.result_json)
     extras["thread"] = outcome.worker
     outcome.worker = address
     outcome.extras = {**outcome.extras, **extras}

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import time
-from dataclasses import dataclass
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +36,9 @@ import anyio
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
 from ..errors import InputError
 from ..settings import get_settings
-from ._dask_batch import _Batching, _Bucket, _task_key
-from ._dask_worker import _failed, _kill_on_worker, _prepare_dask_worker, _run_on_worker
+from ._dask_batch import _Batching, _Entry, _task_key
+from ._dask_cluster import _client_address, _client_loop, _ClusterChecks, _is_client, _WorkerInfo
+from ._dask_worker import _failed, _kill_on_worker, _run_on_worker
 from .base import ReusableExecutor
 
 if TYPE_CHECKING:
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 #: Environment variable naming the scheduler when none is passed.
 SCHEDULER_ENV = "QCMB_ASYNC_DASK_SCHEDULER"
-_WORKER_SYNTAX = 'dask worker tcp://<scheduler>:8786 --resources "cores=16,memory=64"'
 _THREE_WAYS = (
     f"DaskExecutor(scheduler='tcp://host:8786'), DaskExecutor(scheduler=<distributed.Client or a dask-jobqueue "
     f"cluster>), DaskExecutor(scheduler=Path('scheduler.json')) (a scheduler file), DaskExecutor(cluster='slurm'), "
@@ -57,14 +56,7 @@ _THREE_WAYS = (
 _REMOTE_CALL_TIMEOUT = 10.0
 
 
-@dataclass(frozen=True)
-class _WorkerInfo:
-    address: str
-    name: str
-    resources: dict[str, float]
-
-
-class DaskExecutor(_Batching, ReusableExecutor):
+class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
     """Runs fragments as tasks on a Dask ``distributed`` cluster (asyncio backend only).
 
     Connects when entered, disconnects at the last exit: entered once around several runs, one
@@ -172,9 +164,13 @@ class DaskExecutor(_Batching, ReusableExecutor):
         self._model = CostModel()
         self._calibrated: set[str] = set()
         self._transport = 0.005
-        """Seconds one task costs beyond its work (submit, scheduling, result transfer): measured at start."""
+        """Seconds one task costs beyond its work (submit, scheduling, result transfer): measured on tasks."""
+        self._overheads: list[float] = []
         self._batch_hint = 1
-        self._buckets: dict[Any, _Bucket] = {}
+        self._pending: dict[Any, deque[_Entry]] = {}
+        self._outstanding: dict[Any, int] = {}
+        self._pump_handle: asyncio.Handle | None = None
+        self._pump_at = 0.0
         self._batches: set[asyncio.Future[None]] = set()
 
     @property
@@ -258,15 +254,23 @@ class DaskExecutor(_Batching, ReusableExecutor):
             else:
                 await self._check_workers()
             await self._prepare_workers()
-            await self._measure_transport()
         except BaseException:
             await self._close()
             raise
 
     async def _stop(self) -> None:
         """Kill programs of fragments still in flight, then close the Client if this executor opened it."""
+        if self._pump_handle is not None:
+            self._pump_handle.cancel()
+            self._pump_handle = None
         for task in list(self._batches):
             task.cancel()
+        for pending in self._pending.values():
+            while pending:  # never submitted: nothing to kill, only their waiters to release
+                entry = pending.popleft()
+                entry.outcome = _failed(entry.job, ErrorType.CANCELLED,
+                                        f"fragment {entry.job.label}: the executor stopped before it was submitted")
+                entry.done.set()
         with anyio.CancelScope(shield=True):
             if self._inflight and self._client is not None:
                 await self._kill_remote(sorted(self._inflight))
@@ -276,20 +280,22 @@ class DaskExecutor(_Batching, ReusableExecutor):
     def queue_depth(self) -> float:
         """How many fragments per core the executor wants in hand (read by the run's resource pool).
 
-        1 until the cost model predicts fragments short enough to batch, then twice the batch size: enough
-        to fill one batch per core and have the next one queued on the worker, so no core waits for a round
-        trip to this process. The workers' declared resources still bound what runs at once.
+        2 (one running, one queued on the worker, so no core waits for a round trip to this process) until
+        the cost model predicts fragments short enough to batch, then three batches per core: one running,
+        one queued, one filling here. The workers' declared resources still bound what runs at once.
         """
-        return 2.0 * self._batch_hint if self._batch_hint > 1 else 1.0
+        if self.max_batch <= 1:
+            return 1.0
+        return 3.0 * self._batch_hint if self._batch_hint > 1 else 2.0
 
     async def run(self, job: FragmentJob) -> JobOutcome:
         """Submit ``job`` to the cluster and await its outcome (see the module docstring for failures)."""
-        size = self._batch_size(job)
-        if size > 1:
-            return await self._run_batched(job, size)
-        return await self._run_single(job)
+        if self.max_batch <= 1:
+            return await self._run_single(job)
+        return await self._run_pooled(job)
 
     async def _run_single(self, job: FragmentJob) -> JobOutcome:
+        """One fragment, one Dask task (``max_batch=1``)."""
         from distributed.scheduler import KilledWorker
 
         client = self.client
@@ -306,7 +312,6 @@ class DaskExecutor(_Batching, ReusableExecutor):
             with anyio.move_on_after(wait):
                 try:
                     outcome: JobOutcome = await future
-                    self._learn([job], [outcome])
                     return outcome
                 except KilledWorker as exc:
                     return _failed(job, ErrorType.KILLED_WORKER, f"Dask gave up on fragment {job.label}: {exc}",
@@ -325,111 +330,6 @@ class DaskExecutor(_Batching, ReusableExecutor):
             )
         finally:
             self._inflight.discard(key)
-
-    # ------------------------------------------------------------------ batching
-
-    def _resources(self, job: FragmentJob) -> dict[str, float]:
-        # Floored to 1e-6 GiB: shares like 8/3 GiB must not sum to a hair more than the worker declares.
-        memory = math.floor(job.memory * 1e6) / 1e6
-        res: dict[str, float] = {self.cores_resource: job.ncores, self.memory_resource: memory}
-        if self.program_resources:
-            res[job.program] = job.ncores
-        return res
-
-    async def _refresh_workers(self) -> dict[str, _WorkerInfo]:
-        # An asynchronous Client's scheduler_info() is a cached summary without workers: ask the scheduler.
-        try:
-            info = await self.client.scheduler.identity(n_workers=-1)
-        except TypeError:  # distributed before n_workers existed: identity() lists every worker
-            info = await self.client.scheduler.identity()
-        self._workers = {
-            addr: _WorkerInfo(addr, str(w.get("name", addr)), dict(w.get("resources") or {}))
-            for addr, w in info.get("workers", {}).items()
-        }
-        return self._workers
-
-    async def _check_workers(self) -> None:
-        client = self.client
-        with contextlib.suppress(TimeoutError):
-            await client.wait_for_workers(1, timeout=self.connect_timeout)
-        workers = await self._refresh_workers()
-        where = client.scheduler.address
-        if not workers:
-            raise InputError(
-                f"the Dask cluster at {where} has no workers (waited {self.connect_timeout} s): start some with "
-                f"`{_WORKER_SYNTAX}`"
-            )
-        needed = (self.cores_resource, self.memory_resource)
-        if not any(all(r in w.resources for r in needed) for w in workers.values()):
-            declared = {w.name: w.resources for w in workers.values()}
-            raise InputError(
-                f"no worker of the Dask cluster at {where} declares the resources {needed[0]!r} and {needed[1]!r} "
-                f"(memory in GiB) that every fragment requests; declared: {declared}. Start workers with "
-                f"`{_WORKER_SYNTAX}` (or LocalCluster(..., resources={{'{needed[0]}': 16, '{needed[1]}': 64}}))"
-            )
-
-    async def _prepare_workers(self) -> None:
-        replies = await self.client.run(_prepare_dask_worker, on_error="return")
-        broken = {addr: reply for addr, reply in replies.items() if isinstance(reply, BaseException)}
-        if broken:
-            detail = "; ".join(f"{addr}: {type(e).__name__}: {e}" for addr, e in broken.items())
-            raise InputError(
-                f"could not prepare QCEngine on Dask worker(s) ({detail}). Every worker needs qcmb_async "
-                "and qcengine installed in the Python environment that runs `dask worker`"
-            )
-
-    def _check_template(self) -> None:
-        assert self._template is not None
-        needed = (self.cores_resource, self.memory_resource)
-        if not all(r in self._template for r in needed):
-            raise InputError(
-                f"the batch jobs' workers declare the resources {self._template}, not {needed[0]!r} and "
-                f"{needed[1]!r} (memory in GiB) that every fragment requests: build the cluster with "
-                f"worker_extra_args=['--resources', 'cores=<job cores>,memory=<job GiB>'] (or use cluster=...)"
-            )
-        if not self._max_jobs:
-            raise InputError("the dask-jobqueue cluster may start no job: call cluster.adapt(minimum_jobs=..., "
-                             "maximum_jobs=N) or cluster.scale(jobs=N) before the run")
-
-    async def _read_scheduler_file(self) -> str:
-        """The address in the scheduler file, waiting up to ``connect_timeout`` for it to be written."""
-        import json
-
-        path = self._scheduler_file
-        assert path is not None
-        with anyio.move_on_after(self.connect_timeout):
-            while True:
-                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                    return str(json.loads(path.read_text())["address"])
-                await anyio.sleep(0.2)
-        raise InputError(f"no Dask scheduler address in the scheduler file {str(path)!r} after {self.connect_timeout} "
-                         "s: start `dask scheduler --scheduler-file PATH` first (see docs/hpc.md)")
-
-    async def _unsatisfiable(self, resources: dict[str, float]) -> str | None:
-        """Why no current worker could ever run a task asking for ``resources`` (``None``: some can)."""
-
-        def fits(w: _WorkerInfo) -> bool:
-            return all(w.resources.get(r, 0.0) >= amount - 1e-9 for r, amount in resources.items())
-
-        if self._template is not None:
-            # Workers of batch jobs come and go: what matters is whether a job could run it.
-            if fits(_WorkerInfo("", "job", self._template)):
-                return None
-            return (f"no batch job of the cluster can run a fragment asking for {resources} (memory in GiB): each "
-                    f"job offers {self._template}. Raise --job-cores/--job-memory, or lower "
-                    "fragment_ncores/fragment_memory")
-
-        if any(fits(w) for w in self._workers.values()):
-            return None
-        workers = await self._refresh_workers()  # workers may have joined since
-        if any(fits(w) for w in workers.values()):
-            return None
-        declared = {w.name: w.resources for w in workers.values()}
-        return (
-            f"no worker of the Dask cluster can run a fragment asking for {resources} (memory in GiB); "
-            f"workers declare {declared}. Lower fragment_ncores/fragment_memory (or ncores/memory), or start "
-            f"workers with enough, e.g. `{_WORKER_SYNTAX}`"
-        )
 
     async def _abandon(self, future: Any, key: str, fragment_keys: list[str] | None = None) -> None:
         """Cancel the task and kill its program processes wherever it runs (shielded, best effort)."""
@@ -458,22 +358,3 @@ class DaskExecutor(_Batching, ReusableExecutor):
                 await stop_cluster(cluster, shared)
 
 
-def _is_client(obj: object) -> bool:
-    try:
-        import distributed
-    except ImportError:
-        return False
-    return isinstance(obj, distributed.Client)
-
-
-def _client_loop(client: Any) -> Any:
-    loop = getattr(client, "loop", None)
-    return getattr(loop, "asyncio_loop", None)
-
-
-def _client_address(client: Any) -> str:
-    scheduler = getattr(client, "scheduler", None)
-    address = getattr(scheduler, "address", None)
-    if not address:
-        raise InputError(f"the given Dask Client {client!r} is not connected to a scheduler")
-    return str(address)

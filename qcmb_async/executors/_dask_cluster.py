@@ -1,0 +1,165 @@
+"""The Dask executor's view of its cluster: workers and what they declare, checks before a run, scheduler files.
+
+A mixin of :class:`~qcmb_async.executors.dask.DaskExecutor` (it reads the executor's client, resource names
+and batch-job template) and the helpers that tell Clients, clusters and addresses apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from .._core.contract import FragmentJob
+from ..errors import InputError
+from ._dask_worker import _prepare_dask_worker
+
+_WORKER_SYNTAX = 'dask worker tcp://<scheduler>:8786 --resources "cores=16,memory=64"'
+
+
+@dataclass(frozen=True)
+class _WorkerInfo:
+    address: str
+    name: str
+    resources: dict[str, float]
+
+
+class _ClusterChecks:
+    """Mixin: what the executor knows and checks of the cluster's workers."""
+
+    client: Any
+    cores_resource: str
+    memory_resource: str
+    program_resources: bool
+    connect_timeout: float
+    _workers: dict[str, _WorkerInfo]
+    _template: dict[str, float] | None
+    _max_jobs: int | None
+    _scheduler_file: Any
+
+    def _resources(self, job: FragmentJob) -> dict[str, float]:
+        # Floored to 1e-6 GiB: shares like 8/3 GiB must not sum to a hair more than the worker declares.
+        memory = math.floor(job.memory * 1e6) / 1e6
+        res: dict[str, float] = {self.cores_resource: job.ncores, self.memory_resource: memory}
+        if self.program_resources:
+            res[job.program] = job.ncores
+        return res
+
+    async def _refresh_workers(self) -> dict[str, _WorkerInfo]:
+        # An asynchronous Client's scheduler_info() is a cached summary without workers: ask the scheduler.
+        try:
+            info = await self.client.scheduler.identity(n_workers=-1)
+        except TypeError:  # distributed before n_workers existed: identity() lists every worker
+            info = await self.client.scheduler.identity()
+        self._workers = {
+            addr: _WorkerInfo(addr, str(w.get("name", addr)), dict(w.get("resources") or {}))
+            for addr, w in info.get("workers", {}).items()
+        }
+        return self._workers
+
+    async def _check_workers(self) -> None:
+        client = self.client
+        with contextlib.suppress(TimeoutError):
+            await client.wait_for_workers(1, timeout=self.connect_timeout)
+        workers = await self._refresh_workers()
+        where = client.scheduler.address
+        if not workers:
+            raise InputError(
+                f"the Dask cluster at {where} has no workers (waited {self.connect_timeout} s): start some with "
+                f"`{_WORKER_SYNTAX}`"
+            )
+        needed = (self.cores_resource, self.memory_resource)
+        if not any(all(r in w.resources for r in needed) for w in workers.values()):
+            declared = {w.name: w.resources for w in workers.values()}
+            raise InputError(
+                f"no worker of the Dask cluster at {where} declares the resources {needed[0]!r} and {needed[1]!r} "
+                f"(memory in GiB) that every fragment requests; declared: {declared}. Start workers with "
+                f"`{_WORKER_SYNTAX}` (or LocalCluster(..., resources={{'{needed[0]}': 16, '{needed[1]}': 64}}))"
+            )
+
+    async def _prepare_workers(self) -> None:
+        replies = await self.client.run(_prepare_dask_worker, on_error="return")
+        broken = {addr: reply for addr, reply in replies.items() if isinstance(reply, BaseException)}
+        if broken:
+            detail = "; ".join(f"{addr}: {type(e).__name__}: {e}" for addr, e in broken.items())
+            raise InputError(
+                f"could not prepare QCEngine on Dask worker(s) ({detail}). Every worker needs qcmb_async "
+                "and qcengine installed in the Python environment that runs `dask worker`"
+            )
+
+    def _check_template(self) -> None:
+        assert self._template is not None
+        needed = (self.cores_resource, self.memory_resource)
+        if not all(r in self._template for r in needed):
+            raise InputError(
+                f"the batch jobs' workers declare the resources {self._template}, not {needed[0]!r} and "
+                f"{needed[1]!r} (memory in GiB) that every fragment requests: build the cluster with "
+                f"worker_extra_args=['--resources', 'cores=<job cores>,memory=<job GiB>'] (or use cluster=...)"
+            )
+        if not self._max_jobs:
+            raise InputError("the dask-jobqueue cluster may start no job: call cluster.adapt(minimum_jobs=..., "
+                             "maximum_jobs=N) or cluster.scale(jobs=N) before the run")
+
+    async def _read_scheduler_file(self) -> str:
+        """The address in the scheduler file, waiting up to ``connect_timeout`` for it to be written."""
+        import json
+
+        path = self._scheduler_file
+        assert path is not None
+        with anyio.move_on_after(self.connect_timeout):
+            while True:
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    return str(json.loads(path.read_text())["address"])
+                await anyio.sleep(0.2)
+        raise InputError(f"no Dask scheduler address in the scheduler file {str(path)!r} after {self.connect_timeout} "
+                         "s: start `dask scheduler --scheduler-file PATH` first (see docs/hpc.md)")
+
+    async def _unsatisfiable(self, resources: dict[str, float]) -> str | None:
+        """Why no current worker could ever run a task asking for ``resources`` (``None``: some can)."""
+
+        def fits(w: _WorkerInfo) -> bool:
+            return all(w.resources.get(r, 0.0) >= amount - 1e-9 for r, amount in resources.items())
+
+        if self._template is not None:
+            # Workers of batch jobs come and go: what matters is whether a job could run it.
+            if fits(_WorkerInfo("", "job", self._template)):
+                return None
+            return (f"no batch job of the cluster can run a fragment asking for {resources} (memory in GiB): each "
+                    f"job offers {self._template}. Raise --job-cores/--job-memory, or lower "
+                    "fragment_ncores/fragment_memory")
+
+        if any(fits(w) for w in self._workers.values()):
+            return None
+        workers = await self._refresh_workers()  # workers may have joined since
+        if any(fits(w) for w in workers.values()):
+            return None
+        declared = {w.name: w.resources for w in workers.values()}
+        return (
+            f"no worker of the Dask cluster can run a fragment asking for {resources} (memory in GiB); "
+            f"workers declare {declared}. Lower fragment_ncores/fragment_memory (or ncores/memory), or start "
+            f"workers with enough, e.g. `{_WORKER_SYNTAX}`"
+        )
+
+
+def _is_client(obj: object) -> bool:
+    try:
+        import distributed
+    except ImportError:
+        return False
+    return isinstance(obj, distributed.Client)
+
+
+def _client_loop(client: Any) -> Any:
+    loop = getattr(client, "loop", None)
+    return getattr(loop, "asyncio_loop", None)
+
+
+def _client_address(client: Any) -> str:
+    scheduler = getattr(client, "scheduler", None)
+    address = getattr(scheduler, "address", None)
+    if not address:
+        raise InputError(f"the given Dask Client {client!r} is not connected to a scheduler")
+    return str(address)
