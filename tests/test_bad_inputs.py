@@ -161,6 +161,14 @@ CASES: list[Case] = [
          r"functions.*correct fragment_charges", needs=("pyscf",),
          data=edit("molecule.fragment_multiplicities", [2, 1],
                    molecule={**WATER2, "fragment_charges": [-5, 0]}, program="pyscf", method="hf", basis="sto-3g")),
+    # -- program keywords every fragment would refuse ---------------------------------------------
+    Case("pyscf warm_start 'yes'", r"PySCF harness: keyword warm_start='yes' must be true or false", needs=("pyscf",),
+         data=edit("specification.specification.(auto).keywords", {"warm_start": "yes"}, program="pyscf",
+                   method="hf", basis="sto-3g")),
+    Case("pyscf keyword typo", r"PySCF harness: unknown keyword\(s\) \['warm_strat'\]\. Supported keywords are: "
+         r"conv_tol", needs=("pyscf",),
+         data=edit("specification.specification.(auto).keywords", {"warm_strat": True}, program="pyscf",
+                   method="hf", basis="sto-3g")),
     Case("xyz --charge -30", r"fragment 1 \(OH2, charge -30.*valence orbitals.*correct fragment_charges",
          files={"in.xyz": XYZ_DIMER}, arg="in.xyz", cli_args=["--program", "mopac", "--method", "pm7",
                                                               "--charge", "-30,0"], api=False),

@@ -286,9 +286,10 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
     specs = used_specs(inp)
     check_programs({spec.program for spec in specs.values()}, local=local)
     for spec in specs.values():
-        if spec.program == "pyscf":  # basis sets / ECPs PySCF cannot resolve, unknown methods: before any run
-            from ..harnesses.pyscf import check_model
+        if spec.program == "pyscf":  # keywords, basis sets / ECPs PySCF cannot resolve, unknown methods: before any run
+            from ..harnesses.pyscf import check_keywords, check_model
 
+            check_keywords(spec.keywords)
             check_model(inp.molecule.symbols, spec.model)
     check_embedding(inp)
     check_fragment_electrons(inp)

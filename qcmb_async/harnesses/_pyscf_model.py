@@ -61,6 +61,18 @@ def _parse_keywords(keywords: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_keywords(keywords: dict[str, Any] | None) -> None:
+    """Refuse, before anything runs, program keywords this harness would refuse in every fragment.
+
+    Raises:
+        qcmb_async.errors.InputError: naming the keyword and what it must be (see ``SUPPORTED_KEYWORDS``).
+    """
+    try:
+        _parse_keywords(keywords or {})
+    except InputError as err:
+        raise QCMBInputError(str(err)) from None
+
+
 def _classify_method(method: str) -> tuple[str, str | None]:
     """Return ("hf" | "mp2" | "dft", xc) for a method name; InputError if PySCF cannot run it."""
     name = (method or "").strip().lower()

@@ -53,12 +53,13 @@ from ._pyscf_model import (
     _parse_keywords,
     _resolve,
     _Unresolvable,
+    check_keywords,
     check_model,
     ecp_core_electrons,
 )
 from ._pyscf_warm import _WARM, _warm_key
 
-__all__ = ["SUPPORTED_KEYWORDS", "PySCFHarness", "check_model", "ecp_core_electrons"]
+__all__ = ["SUPPORTED_KEYWORDS", "PySCFHarness", "check_keywords", "check_model", "ecp_core_electrons"]
 
 if TYPE_CHECKING:
     from qcelemental.models.v2 import AtomicInput
