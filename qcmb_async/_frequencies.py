@@ -13,6 +13,7 @@ its monomer.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -161,6 +162,13 @@ def plan_displacements(inputs: list[Any]) -> tuple[list[_Displaced], CompositePl
     return displaced, CompositePlan(frags, jobs), planned
 
 
+def _check_step(step: Any) -> None:
+    """A finite-difference step must be a finite positive number of bohr (``InputError`` otherwise)."""
+    number = isinstance(step, int | float | np.integer | np.floating) and not isinstance(step, bool)
+    if not (number and math.isfinite(step) and step > 0):
+        raise InputError(f"step must be a finite positive number of bohr (default {STEP}), got {step!r}")
+
+
 def _displacements(coords: np.ndarray, step: float) -> list[np.ndarray]:
     """Reference first, then +step and -step for every Cartesian coordinate (atom-major, x y z)."""
     out = [coords]
@@ -191,8 +199,7 @@ async def finite_difference_hessian(inp: Any, exe: Any, run_options: dict[str, A
     from ._core.options import make_options
     from ._runner import open_store
 
-    if not step > 0:
-        raise InputError(f"step must be a positive number of bohr, got {step!r}")
+    _check_step(step)
     t0 = time.perf_counter()
     coords = geometry(inp)
     inputs = [at_geometry(inp, c) for c in _displacements(coords, step)]
@@ -262,11 +269,14 @@ async def frequencies(mbe_input: Any, *, method: str = "analytic", step: float =
         :class:`FrequencyResult`.
 
     Raises:
-        InputError: bad input or method; FragmentError / RunFailed: a fragment failed.
+        InputError: bad input or method, a ``step`` that is not a finite positive number (finite differences),
+        before anything runs; FragmentError / RunFailed: a fragment failed.
     """
     route = method.lower().replace("_", "-")
     if route not in ("analytic", "finite-difference"):
         raise InputError(f"method must be 'analytic' or 'finite-difference', got {method!r}")
+    if route == "finite-difference":
+        _check_step(step)
     inp = await off_loop(prepare, mbe_input, "hessian" if route == "analytic" else "gradient")
     t0 = time.perf_counter()
     async with kept_pool(inp, options) as (exe, run_options):

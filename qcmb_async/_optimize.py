@@ -11,6 +11,8 @@ fragments from the store instead of computing them.
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import queue
 import tempfile
@@ -31,6 +33,8 @@ from .errors import InputError
 
 #: geomeTRIC coordinate systems (``--coordsys``): TRIC handles clusters of molecules best.
 COORDSYS = ("tric", "dlc", "hdlc", "prim", "tric-p", "cart")
+#: geomeTRIC 1.1's convergence sets, named in the error for an unknown one (geomeTRIC itself decides).
+CONVERGENCE_SETS = ("GAU", "GAU_LOOSE", "GAU_TIGHT", "GAU_VERYTIGHT", "NWCHEM_LOOSE", "TURBOMOLE", "INTERFRAG_TIGHT")
 
 
 @dataclass
@@ -147,6 +151,50 @@ def _engine_class() -> Any:
     return _ManyBodyEngine
 
 
+def _geometric_molecule(symbols: list[str], coords: np.ndarray) -> Any:
+    import geometric.molecule
+    from geometric.nifty import bohr2ang
+
+    mol = geometric.molecule.Molecule()
+    mol.elem = list(symbols)
+    mol.xyzs = [np.asarray(coords, dtype=float).reshape(-1, 3) * bohr2ang]
+    mol.build_topology()
+    return mol
+
+
+def check_geometric(symbols: list[str], coords: np.ndarray, *, maxiter: Any, constraints: str | None,
+                    params: dict[str, Any]) -> None:
+    """Refuse what geomeTRIC would refuse (or misread) only once the pool runs; ``InputError`` naming it. Blocking.
+
+    ``maxiter`` must be a whole number >= 1 (geomeTRIC takes 0 and -1 and still computes gradients), the
+    ``OptParams`` keywords (convergence set...) must be accepted by geomeTRIC, the constraint text must parse
+    for this molecule (atom numbers 1-based, within the molecule).
+    """
+    import geometric.optimize
+    import geometric.params
+
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer) or maxiter < 1:
+        raise InputError(f"maxiter must be a whole number of optimization cycles >= 1, got {maxiter!r}")
+    try:
+        # OptParams edits some of its arguments (the 'converge' list): give it a copy.
+        geometric.params.OptParams(**copy.deepcopy(params))
+    except KeyError as exc:
+        name = params.get("convergence_set")
+        if exc.args and isinstance(name, str) and exc.args[0] == name.upper():
+            raise InputError(f"unknown geomeTRIC convergence set {name!r}: use one of "
+                             f"{', '.join(CONVERGENCE_SETS)}") from None
+        raise InputError(f"geomeTRIC refused the optimizer options {params}: KeyError {exc}") from None
+    except (ValueError, TypeError, RuntimeError, AttributeError) as exc:
+        raise InputError(f"geomeTRIC refused the optimizer options {params}: {exc}") from None
+    if constraints:
+        try:
+            geometric.optimize.parse_constraints(_geometric_molecule(symbols, coords), constraints)
+        except (RuntimeError, ValueError, IndexError, KeyError) as exc:
+            raise InputError(f"the constraints are not valid for this {len(symbols)}-atom molecule: {exc}. "
+                             "Use geomeTRIC's constraint format: a $freeze, $set or $scan line, then lines such "
+                             "as 'distance 1 4' or 'xyz 1-3' (atoms numbered from 1)") from None
+
+
 def run_geometric(symbols: list[str], coords: np.ndarray, evaluate: Callable[[np.ndarray], tuple[float, np.ndarray]],
                   *, coordsys: str = "tric", constraints: str | None = None,
                   params: dict[str, Any] | None = None) -> np.ndarray:
@@ -157,10 +205,9 @@ def run_geometric(symbols: list[str], coords: np.ndarray, evaluate: Callable[[np
     ``maxiter``...). Raises geomeTRIC's ``GeomOptNotConvergedError`` when it gives up.
     """
     import geometric.internal as gi
-    import geometric.molecule
     import geometric.optimize
     import geometric.params
-    from geometric.nifty import ang2bohr, bohr2ang
+    from geometric.nifty import ang2bohr
 
     classes = {"cart": (gi.CartesianCoordinates, False, False), "prim": (gi.PrimitiveInternalCoordinates, True, False),
                "dlc": (gi.DelocalizedInternalCoordinates, True, False),
@@ -169,10 +216,7 @@ def run_geometric(symbols: list[str], coords: np.ndarray, evaluate: Callable[[np
                "tric": (gi.DelocalizedInternalCoordinates, False, False)}
     if coordsys.lower() not in classes:
         raise InputError(f"coordsys must be one of {COORDSYS}, got {coordsys!r}")
-    mol = geometric.molecule.Molecule()
-    mol.elem = list(symbols)
-    mol.xyzs = [np.asarray(coords, dtype=float).reshape(-1, 3) * bohr2ang]
-    mol.build_topology()
+    mol = _geometric_molecule(symbols, coords)
     engine = _engine_class()(mol, evaluate)
     opt_params = geometric.params.OptParams(**(params or {}))
     cons = cvals = None
@@ -210,8 +254,10 @@ async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str |
         :class:`OptimizationResult` (``success`` False with ``error`` when geomeTRIC did not converge).
 
     Raises:
-        InputError: bad input or options; ModuleNotFoundError: geomeTRIC is not installed
-        (``pip install qcmb_async[opt]``); FragmentError / RunFailed: a fragment failed.
+        InputError: bad input or options, before anything runs (also ``maxiter`` < 1, a convergence set or
+        ``geometric_params`` geomeTRIC refuses, constraints that do not parse for this molecule);
+        ModuleNotFoundError: geomeTRIC is not installed (``pip install qcmb_async[opt]``);
+        FragmentError / RunFailed: a fragment failed.
     """
     try:
         import geometric  # noqa: F401
@@ -221,6 +267,9 @@ async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str |
         raise InputError(f"coordsys must be one of {COORDSYS}, got {coordsys!r}")
     inp = await anyio.to_thread.run_sync(prepare, mbe_input, "gradient")
     symbols = [str(s) for s in inp.molecule.symbols]
+    params = {"convergence_set": convergence_set, "maxiter": maxiter, **(geometric_params or {})}
+    await anyio.to_thread.run_sync(functools.partial(check_geometric, symbols, geometry(inp), maxiter=params["maxiter"],
+                                                     constraints=constraints, params=params))
     steps: list[dict[str, Any]] = []
     trajectory: list[Any] = []
     t0 = time.perf_counter()
@@ -233,7 +282,6 @@ async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str |
             trajectory.append(res)
             return record["energy"], np.asarray(res.properties.return_gradient, dtype=float).reshape(-1, 3)
 
-        params = {"convergence_set": convergence_set, "maxiter": maxiter, **(geometric_params or {})}
         final, error = await _drive(lambda evaluate: run_geometric(
             symbols, geometry(inp), evaluate, coordsys=coordsys, constraints=constraints, params=params), step)
     if final is None:

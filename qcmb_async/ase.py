@@ -108,7 +108,8 @@ class ManyBodyCalculator(Calculator):
     (``kind="ase"``) around each MBE's fragment events, on the calculator's event-loop thread.
 
     Raises:
-        InputError: bad fragments or input, when the calculator is made or at the first calculation.
+        InputError: bad fragments or input, when the calculator is made or at the first calculation; periodic
+        Atoms; Atoms whose elements differ from those of the first calculation.
     """
 
     implemented_properties = ("energy", "forces")
@@ -202,7 +203,15 @@ class ManyBodyCalculator(Calculator):
     def calculate(self, atoms: Any = None, properties: Any = ("energy",), system_changes: Any = all_changes) -> None:
         """Run one MBE gradient at ``atoms``' positions; fill ``results`` (eV, eV/Å)."""
         super().calculate(atoms, properties, system_changes)
+        if any(self.atoms.pbc):
+            raise InputError(f"the Atoms are periodic (pbc={list(self.atoms.pbc)}): a many-body expansion is of a "
+                             "finite cluster; set atoms.pbc = False to compute the cluster as it is")
         self._start(self.atoms)
+        symbols = list(self.atoms.get_chemical_symbols())
+        if symbols != list(self._inp.molecule.symbols):
+            raise InputError(f"the Atoms are {symbols}, the calculator was started with "
+                             f"{list(self._inp.molecule.symbols)}: its fragments and specification are for those "
+                             "atoms; make a new ManyBodyCalculator for other atoms")
         coords = np.asarray(self.atoms.get_positions(), dtype=float) / Bohr
         assert self._session is not None
         result, record = self._session.run(self._inp, coords, len(self.history) + 1)

@@ -33,6 +33,9 @@ class ProgramTraits:
     """Cost grows linearly with size."""
     ghost_atoms: bool = True
     """Its QCEngine harness honours ghost atoms (``real=False``); ``False``: CP/VMFC are meaningless."""
+    analytic_hessian: bool = True
+    """Its harness computes the ``hessian`` driver; ``False``: refused before anything runs (take finite
+    differences of gradients: :func:`qcmb_async.frequencies` with ``method="finite-difference"``)."""
     embedding_charges: bool = False
     """Its QCEngine harness passes ``embedding_charges`` point charges to the program."""
     install_hint: str = ""
@@ -49,7 +52,7 @@ PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
                   install_hint="apt-get install psi4 (Debian/Ubuntu, psi4 1.3.2) or conda install -c conda-forge psi4"),
     ProgramTraits("nwchem", parallel_fraction=0.0,
                   install_hint="apt-get install nwchem (Debian/Ubuntu) or conda install -c conda-forge nwchem"),
-    ProgramTraits("mopac", parallel_fraction=0.6, semi_empirical=True, ghost_atoms=False,
+    ProgramTraits("mopac", parallel_fraction=0.6, semi_empirical=True, ghost_atoms=False, analytic_hessian=False,
                   install_hint="apt-get install mopac (Debian/Ubuntu) or conda install -c conda-forge mopac"),
     ProgramTraits("cfour", parallel_fraction=0.8,
                   install_hint="CFOUR is not in package managers: obtain it from https://cfour.de under its licence "

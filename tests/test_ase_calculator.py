@@ -99,6 +99,34 @@ def test_dimer_energy_forces_and_no_recompute(tmp_path: Any) -> None:
     assert [(e.computed, e.cached) for e in ends] == [(3, 0), (2, 1), (0, 3)]
 
 
+def test_periodic_atoms_and_changed_elements_are_input_errors(tmp_path: Any) -> None:
+    require_module("ase")
+    require_program("pyscf")
+    from qcmb_async import InputError
+    from qcmb_async.ase import ManyBodyCalculator
+
+    seen: list[Any] = []
+    with ManyBodyCalculator(fragments=[[0, 1, 2], [3, 4, 5]], program="pyscf",
+                            model={"method": "hf", "basis": "sto-3g"}, ncores=1, store=tmp_path / "store.sqlite",
+                            on_event=seen.append) as calc:
+        periodic = _atoms(2)
+        periodic.set_cell([12.0, 12.0, 12.0])
+        periodic.pbc = True
+        periodic.calc = calc
+        with pytest.raises(InputError, match="periodic"):
+            periodic.get_potential_energy()
+        assert seen == [] and calc.history == []  # nothing ran
+
+        atoms = _atoms(2)
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        assert len(calc.history) == 1
+        atoms.numbers[3] = 16  # the second water's O becomes S: same atom count, another molecule
+        with pytest.raises(InputError, match="make a new ManyBodyCalculator"):
+            atoms.get_potential_energy()
+        assert len(calc.history) == 1  # not computed as the old water dimer
+
+
 @pytest.mark.slow
 def test_nve_md_conserves_energy_like_the_supersystem() -> None:
     require_module("ase")

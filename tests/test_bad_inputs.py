@@ -82,6 +82,13 @@ def edit(path: str, value: Any, **kw: Any) -> dict[str, Any]:
     return data
 
 
+def _hessian(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` asking for the MBE Hessian (both drivers)."""
+    data["specification"]["driver"] = "hessian"
+    data["specification"]["specification"]["(auto)"]["driver"] = "hessian"
+    return data
+
+
 def validated_dump(**changes: Any) -> dict[str, Any]:
     """A ManyBodyInput dict whose molecule is QCElemental's own dump (``validated: true``), then edited."""
     mol = Molecule(**WATER2).model_dump(mode="json")
@@ -161,6 +168,20 @@ CASES: list[Case] = [
          r"functions.*correct fragment_charges", needs=("pyscf",),
          data=edit("molecule.fragment_multiplicities", [2, 1],
                    molecule={**WATER2, "fragment_charges": [-5, 0]}, program="pyscf", method="hf", basis="sto-3g")),
+    # -- program keywords every fragment would refuse ---------------------------------------------
+    Case("pyscf warm_start 'yes'", r"PySCF harness: keyword warm_start='yes' must be true or false", needs=("pyscf",),
+         data=edit("specification.specification.(auto).keywords", {"warm_start": "yes"}, program="pyscf",
+                   method="hf", basis="sto-3g")),
+    Case("pyscf keyword typo", r"PySCF harness: unknown keyword\(s\) \['warm_strat'\]\. Supported keywords are: "
+         r"conv_tol", needs=("pyscf",),
+         data=edit("specification.specification.(auto).keywords", {"warm_strat": True}, program="pyscf",
+                   method="hf", basis="sto-3g")),
+    # -- a driver the program cannot compute ------------------------------------------------------
+    Case("mopac hessian", r"mopac has no analytic Hessians.*finite-difference", data=_hessian(mbe())),
+    Case("mopac frequencies (analytic by default)", r"mopac has no analytic Hessians.*--hessian finite-difference",
+         data=mbe(), command="frequencies", api=False),
+    Case("pyscf mp2 hessian", r"hessian is not supported for MP2.*finite differences of MP2 gradients",
+         needs=("pyscf",), data=_hessian(mbe(program="pyscf", method="mp2", basis="sto-3g"))),
     Case("xyz --charge -30", r"fragment 1 \(OH2, charge -30.*valence orbitals.*correct fragment_charges",
          files={"in.xyz": XYZ_DIMER}, arg="in.xyz", cli_args=["--program", "mopac", "--method", "pm7",
                                                               "--charge", "-30,0"], api=False),

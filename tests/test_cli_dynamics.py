@@ -86,6 +86,38 @@ def test_frequencies_command_bad_route(tmp_path: Path) -> None:
     assert "numerical" in proc.stderr
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (("--step", "0.01"), "--step applies to --hessian finite-difference only"),
+    (("--hessian", "finite-difference", "--step", "inf"), "step must be a finite positive number of bohr"),
+])
+def test_frequencies_command_bad_step_exit_2(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    from tests.test_cli import assert_clean_error
+
+    inp = _dimer_json(tmp_path / "dimer.json")
+    proc = cli("frequencies", str(inp), *args, cwd=tmp_path)
+    assert_clean_error(proc, 2, message)
+    assert "Hessian  E =" not in proc.stderr  # refused before the scheduling pass
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--maxiter", "0"), "maxiter must be a whole number of optimization cycles >= 1, got 0"),
+    (("--convergence", "BOGUS"), "unknown geomeTRIC convergence set 'BOGUS'"),
+    (("--constraints", "cons.txt"), "Mode ($freeze, $set, $scan) must be set"),
+    (("--constraints", "binary.txt"), "is not UTF-8 text"),
+])
+def test_optimize_command_bad_options_exit_2(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    require_module("geometric")
+    require_program("pyscf")
+    from tests.test_cli import assert_clean_error
+
+    inp = _dimer_json(tmp_path / "dimer.json")
+    (tmp_path / "cons.txt").write_text("distance 1 4\n")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00$freeze")
+    proc = cli("optimize", str(inp), *args, cwd=tmp_path)
+    assert_clean_error(proc, 2, message)
+    assert "step " not in proc.stderr  # refused before the first gradient
+
+
 @pytest.mark.slow
 def test_optimize_command(tmp_path: Path) -> None:
     require_module("geometric")

@@ -169,6 +169,30 @@ def test_killed_optimization_resumes_from_the_store(tmp_path: Any) -> None:
         assert marks == {str(rec["step"]) for rec in rerun.steps if rec["computed"]}
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"maxiter": 0}, "maxiter must be a whole number"),
+    ({"maxiter": -1}, "maxiter must be a whole number"),
+    ({"maxiter": 2.5}, "maxiter must be a whole number"),
+    ({"convergence_set": "BOGUS"}, "unknown geomeTRIC convergence set 'BOGUS': use one of GAU,"),
+    ({"constraints": "distance 1 4\n"}, "Mode ($freeze, $set, $scan) must be set"),
+    ({"constraints": "$freeze\ndistance 1 99\n"}, "higher atom indices"),
+    ({"constraints": "$set\ndistance 1 4 abc\n"}, "could not convert string to float"),
+])
+def test_bad_optimizer_options_are_input_errors_before_anything_runs(tmp_path: Any, kwargs: dict[str, Any],
+                                                                     message: str) -> None:
+    require_module("geometric")
+    require_program("pyscf")
+    from qcmb_async import InputError
+
+    inp = mbe_input("pyscf", "hf", "sto-3g", bsse="nocp", max_nbody=2, molecule=Molecule.from_data(DIMER))
+    seen: list[Any] = []
+    with pytest.raises(InputError) as info:
+        optimize_sync(inp, store=tmp_path / "store.sqlite", on_event=seen.append, **kwargs)
+    assert message in str(info.value)
+    assert seen == []  # no step started, no fragment run
+    assert not (tmp_path / "store.sqlite").exists()
+
+
 def test_warm_starts_give_the_same_results_in_fewer_scf_cycles(tmp_path: Any, monkeypatch: Any) -> None:
     require_module("geometric")
     require_program("pyscf")

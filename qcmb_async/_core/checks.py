@@ -286,10 +286,16 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
     specs = used_specs(inp)
     check_programs({spec.program for spec in specs.values()}, local=local)
     for spec in specs.values():
-        if spec.program == "pyscf":  # basis sets / ECPs PySCF cannot resolve, unknown methods: before any run
-            from ..harnesses.pyscf import check_model
+        if spec.program == "pyscf":  # keywords, drivers, basis sets / ECPs PySCF lacks, unknown methods: before any run
+            from ..harnesses.pyscf import check_model, check_request
 
+            check_request(spec.driver, spec.model.method, spec.keywords)
             check_model(inp.molecule.symbols, spec.model)
+    for spec in specs.values():
+        if str(getattr(spec.driver, "value", spec.driver)) == "hessian" and not traits(spec.program).analytic_hessian:
+            raise InputError(f"{spec.program} has no analytic Hessians (its harness computes energies and gradients): "
+                             "take finite differences of MBE gradients instead (qcmb_async.frequencies(..., "
+                             "method='finite-difference'), qcmb-async frequencies --hessian finite-difference)")
     check_embedding(inp)
     check_fragment_electrons(inp)
     bsse = {str(getattr(b, "value", b)) for b in (inp.specification.keywords.bsse_type or [])}

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ._app import app
-from ._console import _errors, _setup_logging, _stdout
+from ._console import Usage, _errors, _setup_logging, _stdout
 from ._moving import start_job, step_progress, write_json, write_timeline
 from ._options import (
     DebugOpt,
@@ -33,7 +33,8 @@ class Route(StrEnum):
 RouteOpt = Annotated[Route, typer.Option("--hessian", help="analytic: MBE of analytic fragment Hessians; "
                                                            "finite-difference: central differences of MBE "
                                                            "gradients, all displacements in one pool.")]
-StepOpt = Annotated[float, typer.Option("--step", metavar="BOHR", help="Finite-difference step, bohr.")]
+StepOpt = Annotated[float | None, typer.Option("--step", metavar="BOHR",
+                                               help="Finite-difference step, bohr (default 0.005).")]
 JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESULT.json",
                                                  help="Write frequencies, normal modes and Hessian as JSON.")]
 
@@ -45,7 +46,7 @@ def frequencies(
     input: InputArg,
     xyz: XyzOptions,
     hessian: RouteOpt = Route.analytic,
-    step: StepOpt = 0.005,
+    step: StepOpt = None,
     resources: ResourceOptions = ResourceOptions(),  # replaced by the option group (with_resource_options)
     output: JsonOutOpt = None,
     timeline: TimelineOpt = None,
@@ -56,6 +57,8 @@ def frequencies(
     """Harmonic frequencies (cm⁻¹, translations and rotations projected out) of a many-body expansion."""
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
+        if step is not None and hessian is Route.analytic:
+            raise Usage("--step applies to --hessian finite-difference only (the analytic Hessian takes no step)")
         mbe, options = start_job("frequencies", input, xyz, output, resources, timeline)
         json_logs = log_format is LogFormat.json
         result = _frequencies(mbe, options, route=hessian.value, step=step, json_logs=json_logs)
@@ -67,9 +70,10 @@ def frequencies(
                                 "extras": {k: v for k, v in result.extras.items() if k != "fragments"}})
 
 
-def _frequencies(mbe: Any, options: dict[str, Any], *, route: str, step: float, json_logs: bool) -> Any:
-    from .._frequencies import frequencies_sync
+def _frequencies(mbe: Any, options: dict[str, Any], *, route: str, step: float | None, json_logs: bool) -> Any:
+    from .._frequencies import STEP, frequencies_sync
 
+    step = STEP if step is None else step
     with step_progress(json_logs) as progress:
         result = frequencies_sync(mbe, method=route, step=step, on_event=progress, **options)
     out = _stdout()

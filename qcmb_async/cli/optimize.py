@@ -70,6 +70,9 @@ def optimize(
                 cons = constraints.read_text()
             except OSError as exc:
                 raise Usage(f"--constraints {str(constraints)!r}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise Usage(f"--constraints {str(constraints)!r} is not UTF-8 text: give geomeTRIC's constraint "
+                            "file ($freeze, $set, ...)") from None
         json_logs = log_format is LogFormat.json
         result = _optimize(mbe, options, json_logs=json_logs, coordsys=coordsys, convergence=convergence,
                            maxiter=maxiter, constraints=cons)

@@ -61,6 +61,37 @@ def _parse_keywords(keywords: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_driver(driver: str, kind: str, kw: dict[str, Any]) -> None:
+    """What this harness cannot compute for a driver and method kind (``_classify_method``); QCEngine ``InputError``."""
+    if driver not in ("energy", "gradient", "hessian"):
+        raise InputError(f"PySCF harness: driver {driver!r} is not supported (energy/gradient/hessian).")
+    if driver == "hessian" and kind == "mp2":
+        raise InputError("PySCF harness: hessian is not supported for MP2 (only HF and DFT): take finite "
+                         "differences of MP2 gradients (qcmb_async.frequencies(..., method='finite-difference')).")
+    if driver == "gradient" and kind == "mp2" and kw["density_fit"]:
+        raise InputError("PySCF harness: density-fitted MP2 gradients are not available in PySCF.")
+
+
+def check_request(driver: Any, method: str, keywords: dict[str, Any] | None) -> None:
+    """Refuse, before anything runs, a request this harness would refuse in every fragment.
+
+    ``driver``: energy/gradient/hessian (enum or str); ``method``; ``keywords``: the specification's program
+    keywords (see ``SUPPORTED_KEYWORDS``). Unknown methods are :func:`check_model`'s business.
+
+    Raises:
+        qcmb_async.errors.InputError: naming the keyword and what it must be, or the driver the method lacks.
+    """
+    try:
+        kw = _parse_keywords(keywords or {})
+        try:
+            kind, _ = _classify_method(method)
+        except InputError:
+            return  # check_model names an unknown method
+        _check_driver(str(getattr(driver, "value", driver)), kind, kw)
+    except InputError as err:
+        raise QCMBInputError(str(err)) from None
+
+
 def _classify_method(method: str) -> tuple[str, str | None]:
     """Return ("hf" | "mp2" | "dft", xc) for a method name; InputError if PySCF cannot run it."""
     name = (method or "").strip().lower()

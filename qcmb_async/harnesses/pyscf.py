@@ -48,17 +48,19 @@ from qcengine.programs.model import ProgramHarness
 from ._pyscf_model import (
     SUPPORTED_KEYWORDS,
     _basis_name,
+    _check_driver,
     _classify_method,
     _element,
     _parse_keywords,
     _resolve,
     _Unresolvable,
     check_model,
+    check_request,
     ecp_core_electrons,
 )
 from ._pyscf_warm import _WARM, _warm_key
 
-__all__ = ["SUPPORTED_KEYWORDS", "PySCFHarness", "check_model", "ecp_core_electrons"]
+__all__ = ["SUPPORTED_KEYWORDS", "PySCFHarness", "check_model", "check_request", "ecp_core_electrons"]
 
 if TYPE_CHECKING:
     from qcelemental.models.v2 import AtomicInput
@@ -217,12 +219,7 @@ class PySCFHarness(ProgramHarness):
         kw = _parse_keywords(spec.keywords)
         kind, xc = _classify_method(method)
 
-        if driver not in ("energy", "gradient", "hessian"):
-            raise InputError(f"PySCF harness: driver {driver!r} is not supported (energy/gradient/hessian).")
-        if driver == "hessian" and kind == "mp2":
-            raise InputError("PySCF harness: hessian is not supported for MP2 (only HF and DFT).")
-        if driver == "gradient" and kind == "mp2" and kw["density_fit"]:
-            raise InputError("PySCF harness: density-fitted MP2 gradients are not available in PySCF.")
+        _check_driver(driver, kind, kw)
 
         previous_threads = lib.num_threads()
         if config.ncores:
