@@ -162,11 +162,19 @@ def plan_displacements(inputs: list[Any]) -> tuple[list[_Displaced], CompositePl
     return displaced, CompositePlan(frags, jobs), planned
 
 
+#: Largest finite-difference step accepted, bohr: beyond it the central difference measures anharmonicity,
+#: not the Hessian (and displaced SCFs may not converge).
+MAX_STEP = 0.1
+
+
 def _check_step(step: Any) -> None:
-    """A finite-difference step must be a finite positive number of bohr (``InputError`` otherwise)."""
+    """A finite-difference step must be a finite number of bohr in (0, :data:`MAX_STEP`] (``InputError`` otherwise)."""
     number = isinstance(step, int | float | np.integer | np.floating) and not isinstance(step, bool)
     if not (number and math.isfinite(step) and step > 0):
         raise InputError(f"step must be a finite positive number of bohr (default {STEP}), got {step!r}")
+    if step > MAX_STEP:
+        raise InputError(f"step {step!r} bohr is too large for a harmonic Hessian: at most {MAX_STEP} bohr "
+                         f"(default {STEP}, what Psi4 and PySCF use by default is of that order)")
 
 
 def _displacements(coords: np.ndarray, step: float) -> list[np.ndarray]:

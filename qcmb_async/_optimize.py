@@ -242,7 +242,8 @@ async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str |
         coordsys: geomeTRIC coordinate system (:data:`COORDSYS`), TRIC by default.
         constraints: geomeTRIC constraint-file text (``$freeze``, ``$set``...), optional.
         convergence_set: geomeTRIC convergence set (``GAU``, ``GAU_TIGHT``, ``GAU_VERYTIGHT``, ...).
-        maxiter: Most optimization cycles.
+        maxiter: Most optimization cycles; geomeTRIC computes up to ``maxiter + 1`` gradients (the first at the
+            input geometry).
         geometric_params: More geomeTRIC ``OptParams`` keywords.
         **options: ``run_manybody`` options (``ncores``, ``memory``, ``executor``, ``store``, ``on_event``...);
             one executor is entered for the whole optimization. ``on_event`` receives, per gradient,

@@ -136,14 +136,16 @@ def test_bad_method_is_an_input_error() -> None:
         anyio.run(lambda: frequencies(inp, method="numerical"))
 
 
-@pytest.mark.parametrize("step", [float("inf"), float("nan"), -0.005, 0.0, True, "0.005"])
+@pytest.mark.parametrize("step", [float("inf"), float("nan"), -0.005, 0.0, True, "0.005", 0.5])
 def test_bad_finite_difference_step_is_an_input_error_before_anything_runs(tmp_path: Any, step: Any) -> None:
     require_program("pyscf")
     from qcmb_async import InputError
 
     inp = mbe_input("pyscf", "hf", "sto-3g", bsse="nocp", max_nbody=2, molecule=_dimer())
     seen: list[Any] = []
-    with pytest.raises(InputError, match="step must be a finite positive number of bohr"):
+    message = "too large for a harmonic Hessian: at most 0.1 bohr" if step == 0.5 else \
+        "step must be a finite positive number of bohr"
+    with pytest.raises(InputError, match=message):
         frequencies_sync(inp, method="finite-difference", step=step, store=tmp_path / "s.sqlite",
                          on_event=seen.append)
     assert seen == []  # no step started

@@ -312,8 +312,3 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
                    "real atom, so those energies are not a BSSE correction. Use bsse_type nocp with this program")
         get_logger().warning(message, bsse=sorted(bsse))
         warnings.warn(message, QCMBAsyncWarning, stacklevel=2)
-
-        # Same numbers as QCManyBody's own computer, but physically meaningless: say so.
-        get_logger().warning("QCEngine's MOPAC harness writes ghost atoms as real atoms: cp/vmfc fragments are "
-                             "computed with every ghost as a real atom, so these energies are not a BSSE "
-                             "correction (use nocp with MOPAC)", bsse=sorted(bsse))

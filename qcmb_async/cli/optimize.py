@@ -28,7 +28,9 @@ CoordsysOpt = Annotated[str, typer.Option("--coordsys", metavar="NAME",
 ConvergenceOpt = Annotated[str, typer.Option("--convergence", metavar="SET",
                                              help="geomeTRIC convergence set: GAU (default), GAU_TIGHT, "
                                                   "GAU_VERYTIGHT, NWCHEM_LOOSE, TURBOMOLE, INTERFRAG_TIGHT...")]
-MaxiterOpt = Annotated[int, typer.Option("--maxiter", metavar="N", help="Most optimization cycles.")]
+MaxiterOpt = Annotated[int, typer.Option(
+    "--maxiter", metavar="N", help="Most optimization cycles (up to N+1 gradients: the first is at the input "
+    "geometry).")]
 ConstraintsOpt = Annotated[Path | None, typer.Option("--constraints", metavar="FILE",
                                                      help="geomeTRIC constraints file ($freeze, $set, ...).")]
 JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESULT.json",
