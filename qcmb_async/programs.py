@@ -38,6 +38,10 @@ class ProgramTraits:
     differences of gradients: :func:`qcmb_async.frequencies` with ``method="finite-difference"``)."""
     embedding_charges: bool = False
     """Its QCEngine harness passes ``embedding_charges`` point charges to the program."""
+    methods: frozenset[str] | None = None
+    """Methods its harness accepts (lower case); ``None``: not known here, the program judges at run time."""
+    keywords: frozenset[str] | None = None
+    """Keywords its harness accepts (lower case); ``None``: not known here, the program judges at run time."""
     install_hint: str = ""
     """How to install it, shown when it is missing."""
 
@@ -52,7 +56,11 @@ PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
                   install_hint="apt-get install psi4 (Debian/Ubuntu, psi4 1.3.2) or conda install -c conda-forge psi4"),
     ProgramTraits("nwchem", parallel_fraction=0.0,
                   install_hint="apt-get install nwchem (Debian/Ubuntu) or conda install -c conda-forge nwchem"),
+    # methods and keywords: what QCEngine 0.52's MOPAC harness (build_input) accepts; anything else fails there.
     ProgramTraits("mopac", parallel_fraction=0.6, semi_empirical=True, ghost_atoms=False, analytic_hessian=False,
+                  methods=frozenset({"mndo", "am1", "pm3", "rm1", "mndod", "pm6", "pm6-d3", "pm6-dh+", "pm6-dh2",
+                                     "pm6-dh2x", "pm6-d3h4", "pm6-3dh4x", "pm7", "pm7-ts"}),
+                  keywords=frozenset({"iter", "pulay"}),
                   install_hint="apt-get install mopac (Debian/Ubuntu) or conda install -c conda-forge mopac"),
     ProgramTraits("cfour", parallel_fraction=0.8,
                   install_hint="CFOUR is not in package managers: obtain it from https://cfour.de under its licence "

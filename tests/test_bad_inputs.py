@@ -194,6 +194,12 @@ CASES: list[Case] = [
     Case("validated, wrong multiplicity", r"molecule of .* is not valid: fragment 1 \(charge 0\) has 10 electrons, "
          r"so its multiplicity must be one of 1, 3, 5.*not 2: correct its charge or multiplicity",
          data=validated_dump(fragment_multiplicities=[2, 1])),
+    # -- methods and keywords a harness's data says it refuses (MOPAC) ---------------------------------
+    Case("mopac method pm8", r"mopac has no method 'pm8': its QCEngine harness accepts am1, .*pm7",
+         data=mbe(method="pm8")),
+    Case("mopac warm_start", r"mopac does not take keyword\(s\) 'warm_start': its QCEngine harness accepts iter, "
+         r"pulay \(warm_start is a keyword of program pyscf only\)",
+         data=edit("specification.specification.(auto).keywords", {"warm_start": True})),
     # -- charges and multiplicities that cannot go together; coordinates no molecule has --------------
     Case("cation given singlet", r"fragment 2 \(charge 1\) has 9 electrons, so its multiplicity must be one of "
          r"2, 4, 6.*not 1: correct its charge or multiplicity",

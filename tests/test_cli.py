@@ -323,16 +323,17 @@ def test_debug_shows_the_traceback(bad_runs: dict[str, Any]) -> None:
 def test_failed_computation_exits_1(tmp_path: Path) -> None:
     require_program("mopac")
     xyz = write_trimer_xyz(tmp_path / "trimer.xyz")
-    args = ["run", str(xyz), "--program", "mopac", "--method", "pm99", "--ncores", "2"]
+    # In QCEngine's list of MOPAC methods (so not refused up front), unknown to this MOPAC: fails at run time.
+    args = ["run", str(xyz), "--program", "mopac", "--method", "pm6-3dh4x", "--ncores", "2"]
     with ThreadPoolExecutor(max_workers=2) as pool:
         stop = pool.submit(cli, *args, cwd=tmp_path)
         cont = pool.submit(cli, *args, "--on-error", "continue", "--output", "partial.json", cwd=tmp_path)
     proc = stop.result()
-    assert_clean_error(proc, 1, "(n-body level ", "program mopac) failed: input_error: ",
-                       "MOPAC does not have method: PM99")
+    assert_clean_error(proc, 1, "(n-body level ", "program mopac) failed: ",
+                       'The method requested: "PM6-3DH4X" does not exist.')
     proc = cont.result()
     assert_clean_error(proc, 1, "error: 7 fragment(s) failed; complete n-body levels: none.")
-    assert proc.stderr.count("MOPAC does not have method: PM99") == 7
+    assert proc.stderr.count('The method requested: "PM6-3DH4X" does not exist.') == 7
     assert "fragment failed" not in proc.stderr  # no log lines repeating the paragraph on a quiet console
     assert not (tmp_path / "partial.json").exists()  # nothing complete, nothing written
 

@@ -37,3 +37,31 @@ def test_register_traits_replaces_an_entry(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(PROGRAMS, "gamess", traits("gamess"))
     register_traits(ProgramTraits("gamess", parallel_fraction=0.5))
     assert traits("gamess").parallel_fraction == 0.5
+
+
+def test_mopac_methods_and_keywords_are_what_qcengines_harness_accepts() -> None:
+    """The registry's data against QCEngine's own MOPAC harness (``build_input``; no program run)."""
+    import qcengine
+    from qcelemental.models.v2 import AtomicInput, Molecule
+    from qcengine.config import TaskConfig
+    from qcengine.exceptions import InputError as QCEngineInputError
+
+    harness = qcengine.get_program("mopac", check=False)
+    mol = Molecule(symbols=["He"], geometry=[0.0, 0.0, 0.0])
+    config = TaskConfig(ncores=1, memory=1, nnodes=1, retries=0, scratch_messy=False, scratch_directory=None,
+                        mpiexec_command=None)
+
+    def build(method: str, keywords: dict[str, object]) -> None:
+        inp = AtomicInput(molecule=mol, specification={"driver": "energy", "model": {"method": method},
+                                                       "keywords": keywords})
+        harness.build_input(inp, config)
+
+    entry = traits("mopac")
+    assert entry.methods is not None and entry.keywords is not None
+    for method in entry.methods:
+        build(method, {})
+    build("pm7", {k: 1 for k in entry.keywords})
+    with pytest.raises(QCEngineInputError):
+        build("pm8", {})
+    with pytest.raises(QCEngineInputError):
+        build("pm7", {"warm_start": True})

@@ -292,6 +292,17 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
             check_request(spec.driver, spec.model.method, spec.keywords)
             check_model(inp.molecule.symbols, spec.model)
     for spec in specs.values():
+        known = traits(spec.program)
+        method = str(spec.model.method).lower()
+        if known.methods is not None and method not in known.methods:
+            raise InputError(f"{spec.program} has no method {spec.model.method!r}: its QCEngine harness accepts "
+                             f"{', '.join(sorted(known.methods))}")
+        unknown = sorted(k for k in spec.keywords if str(k).lower() not in (known.keywords or set()))
+        if known.keywords is not None and unknown:
+            hint = " (warm_start is a keyword of program pyscf only)" if "warm_start" in unknown else ""
+            raise InputError(f"{spec.program} does not take keyword(s) {', '.join(map(repr, unknown))}: its QCEngine "
+                             f"harness accepts {', '.join(sorted(known.keywords)) or 'none'}{hint}")
+    for spec in specs.values():
         if str(getattr(spec.driver, "value", spec.driver)) == "hessian" and not traits(spec.program).analytic_hessian:
             raise InputError(f"{spec.program} has no analytic Hessians (its harness computes energies and gradients): "
                              "take finite differences of MBE gradients instead (qcmb_async.frequencies(..., "
