@@ -25,7 +25,21 @@ from ._core import events as ev
 __all__ = ["ProgressDisplay", "StepDisplay", "step_line"]
 
 
-class ProgressDisplay:
+class _OnConsole:
+    """A display drawing on a rich console, made on first use (stderr) unless one was given."""
+
+    _console: Any = None
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        return self._console
+
+
+class ProgressDisplay(_OnConsole):
     """Progress bars fed by :mod:`qcmb_async.events`; pass the instance as ``on_event``.
 
     Args:
@@ -63,14 +77,6 @@ class ProgressDisplay:
         """Every event received, in order (handy for apps and tests)."""
 
     # -- setup -------------------------------------------------------------------------
-    @property
-    def console(self) -> Any:
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(stderr=True)
-        return self._console
-
     @property
     def is_jupyter(self) -> bool:
         return bool(self.console.is_jupyter)
@@ -251,7 +257,7 @@ def step_line(event: ev.StepFinished) -> str:
     return "  ".join(parts)
 
 
-class StepDisplay:
+class StepDisplay(_OnConsole):
     """Progress of a driver that moves atoms (optimize, frequencies, the ASE calculator); pass it as ``on_event``.
 
     Prints one line per finished step (:func:`step_line`) as it ends. In a terminal a live bar below
@@ -272,14 +278,6 @@ class StepDisplay:
         self._closed = False
         self.steps: list[ev.StepFinished] = []
         """Every finished step's event, in order."""
-
-    @property
-    def console(self) -> Any:
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(stderr=True)
-        return self._console
 
     @property
     def live(self) -> bool:
