@@ -10,6 +10,7 @@ while the rest are not built yet, and memory grows with fragments in flight, not
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import threading
@@ -97,6 +98,8 @@ class Plan:
     _fast: bool | None = field(default=None, repr=False)
     """Whether :func:`_fast_fragment` reproduces QCElemental here (checked on first use)."""
     _arrays: _ParentArrays | None = field(default=None, repr=False)
+    _spec_models: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Per model chemistry: its validated ``AtomicSpecification`` (or ``None``: validate a copy per fragment)."""
 
     @property
     def input_hash(self) -> str:
@@ -136,8 +139,15 @@ class Plan:
         from qcelemental.models.v2 import AtomicInput
 
         mol = self.molecule(frag)
-        spec = self.specs[frag.mc]
-        atomic = AtomicInput(molecule=mol, specification=copy.deepcopy(spec["specification"]))
+        shared = self._spec_model(frag.mc)
+        if shared is not None:
+            # Validated once per model chemistry; each job gets its own copies of the dicts a program
+            # (or the embedding-charge branch below) may change, as the deep copy below would give.
+            spec: Any = shared.model_copy(update={"keywords": copy.deepcopy(shared.keywords),
+                                                  "extras": copy.deepcopy(shared.extras)})
+        else:
+            spec = copy.deepcopy(self.specs[frag.mc]["specification"])
+        atomic = AtomicInput(molecule=mol, specification=spec)
         if mol.extras.get("embedding_charges"):
             if frag.program != "psi4":
                 raise RuntimeError(f"Don't know how to handle external charges in {frag.program}")
@@ -145,6 +155,18 @@ class Plan:
             fkw.update({"external_potentials": mol.extras["embedding_charges"]})
             atomic.specification.keywords["function_kwargs"] = fkw
         return Job(atomic, program=frag.program)
+
+    def _spec_model(self, mc: str) -> Any:
+        """``mc``'s ``AtomicSpecification``, validated once; ``None`` when it holds mutable data beyond
+        ``keywords``/``extras`` (error-correction policies, a basis-set model): then deep-copied per fragment."""
+        if mc not in self._spec_models:
+            from pydantic import BaseModel
+            from qcelemental.models.v2 import AtomicSpecification
+
+            model = AtomicSpecification(**copy.deepcopy(self.specs[mc]["specification"]))
+            plain = model.protocols.error_correction.policies is None and not isinstance(model.model.basis, BaseModel)
+            self._spec_models[mc] = model if plain else None
+        return self._spec_models[mc]
 
 
 _fast_lock = threading.Lock()
@@ -218,7 +240,9 @@ def _fast_fragment(parent: Any, real: list[int], ghost: list[int], arrays: _Pare
     )
 
 
+@functools.cache
 def _provenance() -> Any:
+    """One frozen ``Provenance`` (strings only) shared by every fast-built fragment."""
     import qcelemental
     from qcelemental.models.v2 import Provenance
 
