@@ -73,6 +73,7 @@ class Scheduler:
         for frag in plan.fragments:
             self.model.set_exponent(frag.group, _exponent_of(frag))
         self.retry = RetryPolicy(options.retries)
+        self._task_config = _task_config(options)
         self.pool = ResourcePool(options.ncores, options.memory)
         energy = plan.screen.spec.energy if plan.screen is not None else {}
         # Energy screening: results of levels below the highest threshold decide what runs next.
@@ -225,7 +226,7 @@ class Scheduler:
     async def _run_fragment(self, frag: Fragment, job: Job, cores: int, memory: float) -> None:
         """Attempt ``frag`` until it succeeds, fails for good, or runs out of retries."""
         options, on_event, rec = self.options, self.options.on_event, self.records[frag.label]
-        task_config = {**_task_config(options), "ncores": cores, "memory": memory}
+        task_config = {**self._task_config, "ncores": cores, "memory": memory}
         # Each task runs in its own copy of the context, and to_thread copies it again, so
         # these fields reach every log line of this fragment, worker threads included.
         structlog.contextvars.bind_contextvars(run_id=self.run_id, label=frag.label, nbody=frag.level,
