@@ -213,7 +213,10 @@ def test_fake_client_deep_queue_gives_larger_tasks_that_shrink_to_single_fragmen
                         break  # one task at a time: the queue drains gradually
                 await anyio.sleep(0.005)
         assert sorted(outcomes) == sorted(f"d{i}" for i in range(n)) and all(o.success for o in outcomes.values())
-        return [len(jobs) for jobs, _ in client.submitted], exe.queue_depth, n
+        depth = exe.queue_depth
+        exe._template, exe._max_jobs = {"cores": 1000.0}, 1  # a 1000-core cluster: at most 4096 in hand
+        assert exe.queue_depth == 3 * 8  # 4096 / 1000 < three max_batch tasks per core, which then apply
+        return [len(jobs) for jobs, _ in client.submitted], depth, n
 
     sizes, depth, n = anyio.run(main)
     assert sum(sizes) == n

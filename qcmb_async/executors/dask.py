@@ -56,6 +56,10 @@ _THREE_WAYS = (
 _REMOTE_CALL_TIMEOUT = 10.0
 
 
+#: Most fragments the run hands over for deep-queue tasks, across all cores.
+_DEEP_HOLD = 4096
+
+
 class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
     """Runs fragments as tasks on a Dask ``distributed`` cluster (asyncio backend only).
 
@@ -300,8 +304,12 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             return 1.0
         if self._batch_hint <= 1:
             return 2.0
-        # Deep-queue tasks take half an even share per core: four of them per core must be in hand.
-        return max(3.0 * self._batch_hint, 4.0 * self._deep_hint if self.deep_batch > self.max_batch else 0.0)
+        base = 3.0 * self._batch_hint
+        if self.deep_batch <= self.max_batch:
+            return base
+        # Deep-queue tasks take half an even share per core: four of them per core must be in hand, but
+        # never more than _DEEP_HOLD materialised fragments in all (a huge cluster of tiny fragments).
+        return max(base, min(4.0 * self._deep_hint, _DEEP_HOLD / max(1.0, self.capacity[0])))
 
     async def run(self, job: FragmentJob) -> JobOutcome:
         """Submit ``job`` to the cluster and await its outcome (see the module docstring for failures)."""
