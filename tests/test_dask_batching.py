@@ -185,6 +185,50 @@ def test_fake_client_tail_goes_one_fragment_per_task() -> None:
     assert anyio.run(main) == [2, 1, 1, 1]
 
 
+def test_fake_client_deep_queue_gives_larger_tasks_that_shrink_to_single_fragments() -> None:
+    """Many small fragments waiting: tasks grow beyond max_batch (half an even share per core, capped by
+    deep_batch and deep_share) and shrink as the queue drains, back to the max_batch rules at the tail."""
+    require_program("mopac")
+    require_module("distributed")
+    job = _mopac_job("fake")
+
+    async def main() -> tuple[list[int], float, int]:
+        exe = DaskExecutor("tcp://127.0.0.1:1", max_batch=8, batch_window=0.0, deep_batch=32, deep_share=0.001)
+        client = exe._client = FakeClient()
+        _calibrated(exe, job, 0.004, 0.002)  # 4 ms fragments, 2 ms transport: 0.1 % -> 500, capped at 32
+        n = 200
+        outcomes: dict[str, Any] = {}
+
+        async def one(label: str) -> None:
+            outcomes[label] = await exe.run(dataclasses.replace(job, label=label))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(one, f"d{i}")
+            await anyio.sleep(0.01)
+            while len(outcomes) < n:
+                for i, (_, future) in enumerate(client.submitted):
+                    if not future.done():
+                        client.finish(i)
+                        break  # one task at a time: the queue drains gradually
+                await anyio.sleep(0.005)
+        assert sorted(outcomes) == sorted(f"d{i}" for i in range(n)) and all(o.success for o in outcomes.values())
+        depth = exe.queue_depth
+        exe._template, exe._max_jobs = {"cores": 1000.0}, 1  # a 1000-core cluster: at most 4096 in hand
+        assert exe.queue_depth == 3 * 8  # 4096 / 1000 < three max_batch tasks per core, which then apply
+        return [len(jobs) for jobs, _ in client.submitted], depth, n
+
+    sizes, depth, n = anyio.run(main)
+    assert sum(sizes) == n
+    # 200 waiting, 2 cores: 200 // (2 * 2) = 50, capped at deep_batch 32; later tasks take half an even share
+    # per core of what still waits.
+    assert sizes[0] == 32 and max(sizes) == 32
+    assert sizes == sorted(sizes, reverse=True)  # tasks shrink as the queue drains
+    assert sizes[-1] < 8  # the tail: an even share of the last few (one per task when places are free)
+    assert len(sizes) < n // 8  # fewer tasks than max_batch alone would give
+    assert depth == 4 * 32  # four deep tasks per core in hand
+
+
 def test_a_failing_fragment_in_a_batch_fails_alone_and_raise_does_not_hang(monkeypatch: pytest.MonkeyPatch) -> None:
     """Per-fragment outcomes inside a batch: only the failing fragments fail; on_error='raise' stops the run."""
     require_program("mopac")

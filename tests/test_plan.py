@@ -111,3 +111,34 @@ def test_fast_fragments_equal_qcelemental_for_ions_and_open_shells(case: str) ->
             assert built.model_dump_json() == ref.model_dump_json(), label
             assert built.get_hash() == ref.get_hash()
         assert plan._fast is True  # the fast path was checked and taken (open shells fall back inside it)
+
+
+def test_materialised_input_is_qcmanybodys_and_owns_its_keywords() -> None:
+    # The specification is validated once per model chemistry; every job must still equal the AtomicInput
+    # QCManyBody's own loop builds (its molecule, its specification dict) and own the dicts a program may change.
+    from qcelemental.models.v2 import AtomicInput
+
+    inp = mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=2, molecule=trimer(), keywords={"pulay": True})
+    plan = make_plan(inp)
+    computer = ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
+    spec = computer.input_data.specification.specification["(auto)"].model_dump()
+    spec.pop("program"), spec.pop("schema_name", None)
+    spec["driver"] = computer.driver
+    jobs = []
+    for frag, (_, label, mol) in zip(plan.fragments, computer.qcmb_core.iterate_molecules(), strict=True):
+        job = plan.materialise(frag)
+        ref = AtomicInput(molecule=mol.model_copy(update={"fix_com": True, "fix_orientation": True}),
+                          specification=spec)
+        assert job.atomic_input.model_dump_json() == ref.model_dump_json(), label
+        jobs.append(job)
+    first, second = jobs[0].atomic_input.specification, jobs[1].atomic_input.specification
+    assert first.keywords == {"pulay": True} and first.keywords is not second.keywords
+    assert first.extras is not second.extras
+
+
+def test_a_run_without_a_store_hashes_nothing() -> None:
+    from qcmb_async._core.outcome import _build
+
+    plan = make_plan(mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=2, molecule=trimer()))
+    built = _build(plan, None, plan.fragments)
+    assert all(job._key is None and cached is None for _, job, cached in built)

@@ -119,9 +119,9 @@ def unwrap_group(group: BaseExceptionGroup) -> BaseException:
 
 def _build(plan: Plan, store: FragmentStore | None, frags: list[Fragment]) -> list[tuple[Fragment, Job, Any]]:
     jobs = [plan.materialise(f) for f in frags]
-    cached: dict[str, Any] = {}
-    if store is not None:
-        cached = {key: _atomic_result(data) for key, data in store.get_many([j.key for j in jobs]).items()}
+    if store is None:
+        return [(f, j, None) for f, j in zip(frags, jobs, strict=True)]  # no key needed: nothing hashed
+    cached = {key: _atomic_result(data) for key, data in store.get_many([j.key for j in jobs]).items()}
     return [(f, j, cached.get(j.key)) for f, j in zip(frags, jobs, strict=True)]
 
 

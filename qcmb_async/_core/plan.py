@@ -10,6 +10,7 @@ while the rest are not built yet, and memory grows with fragments in flight, not
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import threading
@@ -97,6 +98,8 @@ class Plan:
     _fast: bool | None = field(default=None, repr=False)
     """Whether :func:`_fast_fragment` reproduces QCElemental here (checked on first use)."""
     _arrays: _ParentArrays | None = field(default=None, repr=False)
+    _spec_models: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Per model chemistry: its validated ``AtomicSpecification`` (or ``None``: validate a copy per fragment)."""
 
     @property
     def input_hash(self) -> str:
@@ -109,20 +112,20 @@ class Plan:
         real0 = [x - 1 for x in frag.real]
         # Same expression as QCManyBody's, so the set's iteration order (and the name) match.
         ghost0 = [x - 1 for x in set(frag.basis) - set(frag.real)]
-        if self._fast is None:
-            with _fast_lock:
-                if self._fast is None:
-                    self._fast = _fast_path_agrees(core.molecule, real0, ghost0)
-        if self._fast:
-            if self._arrays is None:
-                self._arrays = _ParentArrays.of(core.molecule)
-            mol = _fast_fragment(core.molecule, real0, ghost0, self._arrays)
-        else:
-            mol = core.molecule.get_fragment(real0, ghost0, orient=False, group_fragments=False)
         updates: dict[str, Any] = {"fix_com": True, "fix_orientation": True}
         if core.molecule.fix_symmetry == "c1":
             updates["fix_symmetry"] = "c1"
-        mol = mol.model_copy(update=updates)
+        if self._fast is None:
+            with _fast_lock:
+                if self._fast is None:
+                    self._fast = _fast_path_agrees(core.molecule, real0, ghost0, updates)
+        if self._fast:
+            if self._arrays is None:
+                self._arrays = _ParentArrays.of(core.molecule)
+            mol = _fast_fragment(core.molecule, real0, ghost0, self._arrays, updates)
+        else:
+            mol = core.molecule.get_fragment(real0, ghost0, orient=False, group_fragments=False)
+            mol = mol.model_copy(update=updates)
         if core.embedding_charges:
             charges = []
             for ifr in sorted(set(range(1, core.nfragments + 1)) - set(frag.basis)):
@@ -136,8 +139,15 @@ class Plan:
         from qcelemental.models.v2 import AtomicInput
 
         mol = self.molecule(frag)
-        spec = self.specs[frag.mc]
-        atomic = AtomicInput(molecule=mol, specification=copy.deepcopy(spec["specification"]))
+        shared = self._spec_model(frag.mc)
+        if shared is not None:
+            # Validated once per model chemistry; each job gets its own copies of the dicts a program
+            # (or the embedding-charge branch below) may change, as the deep copy below would give.
+            spec: Any = shared.model_copy(update={"keywords": copy.deepcopy(shared.keywords),
+                                                  "extras": copy.deepcopy(shared.extras)})
+        else:
+            spec = copy.deepcopy(self.specs[frag.mc]["specification"])
+        atomic = AtomicInput(molecule=mol, specification=spec)
         if mol.extras.get("embedding_charges"):
             if frag.program != "psi4":
                 raise RuntimeError(f"Don't know how to handle external charges in {frag.program}")
@@ -145,6 +155,18 @@ class Plan:
             fkw.update({"external_potentials": mol.extras["embedding_charges"]})
             atomic.specification.keywords["function_kwargs"] = fkw
         return Job(atomic, program=frag.program)
+
+    def _spec_model(self, mc: str) -> Any:
+        """``mc``'s ``AtomicSpecification``, validated once; ``None`` when it holds mutable data beyond
+        ``keywords``/``extras`` (error-correction policies, a basis-set model): then deep-copied per fragment."""
+        if mc not in self._spec_models:
+            from pydantic import BaseModel
+            from qcelemental.models.v2 import AtomicSpecification
+
+            model = AtomicSpecification(**copy.deepcopy(self.specs[mc]["specification"]))
+            plain = model.protocols.error_correction.policies is None and not isinstance(model.model.basis, BaseModel)
+            self._spec_models[mc] = model if plain else None
+        return self._spec_models[mc]
 
 
 _fast_lock = threading.Lock()
@@ -168,8 +190,10 @@ class _ParentArrays:
                    [float(c) for c in mol.fragment_charges], [int(m) for m in mol.fragment_multiplicities])
 
 
-def _fast_fragment(parent: Any, real: list[int], ghost: list[int], arrays: _ParentArrays | None = None) -> Any:
-    """``parent.get_fragment(real, ghost, orient=False, group_fragments=False)`` without re-validation.
+def _fast_fragment(parent: Any, real: list[int], ghost: list[int], arrays: _ParentArrays | None = None,
+                   updates: dict[str, Any] | None = None) -> Any:
+    """``parent.get_fragment(real, ghost, orient=False, group_fragments=False)`` without re-validation,
+    then ``.model_copy(update=updates)`` (built in directly: one model fewer per fragment).
 
     QCElemental re-validates every fragment it cuts from an already validated molecule (about a
     millisecond each, most of the plan stage's cost). For closed-shell fragments the validated
@@ -180,7 +204,8 @@ def _fast_fragment(parent: Any, real: list[int], ghost: list[int], arrays: _Pare
 
     arr = arrays or _ParentArrays.of(parent)
     if any(arr.multiplicities[i] != 1 for i in real):
-        return parent.get_fragment(real, ghost, orient=False, group_fragments=False)
+        mol = parent.get_fragment(real, ghost, orient=False, group_fragments=False)
+        return mol.model_copy(update=updates) if updates else mol
     sel = set(real) | set(ghost)
     real_set = set(real)
     atoms: list[int] = []
@@ -196,6 +221,7 @@ def _fast_fragment(parent: Any, real: list[int], ghost: list[int], arrays: _Pare
             mask.extend([ifr in real_set] * len(fr))
             charges.append(arr.charges[ifr] if ifr in real_set else 0.0)
     idx = np.array(atoms)
+    fixed: dict[str, Any] = {"fix_com": False, "fix_orientation": False, **(updates or {})}
     return Molecule(
         validate=False,
         schema_name="qcschema_molecule",
@@ -211,14 +237,15 @@ def _fast_fragment(parent: Any, real: list[int], ghost: list[int], arrays: _Pare
         fragments=fragments,
         fragment_charges=charges,
         fragment_multiplicities=[1] * len(charges),
-        fix_com=False,
-        fix_orientation=False,
         provenance=_provenance(),
         extras={},
+        **fixed,
     )
 
 
+@functools.cache
 def _provenance() -> Any:
+    """One frozen ``Provenance`` (strings only) shared by every fast-built fragment."""
     import qcelemental
     from qcelemental.models.v2 import Provenance
 
@@ -226,14 +253,15 @@ def _provenance() -> Any:
                       routine="qcelemental.molparse.from_schema")
 
 
-def _fast_path_agrees(parent: Any, real: list[int], ghost: list[int]) -> bool:
-    """True when :func:`_fast_fragment` gives QCElemental's own molecule for this parent."""
+def _fast_path_agrees(parent: Any, real: list[int], ghost: list[int], updates: dict[str, Any] | None = None) -> bool:
+    """True when :func:`_fast_fragment` gives QCElemental's own molecule (with ``updates``) for this parent."""
     flat = [int(i) for fr in parent.fragments for i in fr]
     if flat != list(range(len(parent.symbols))):
         return False  # non-contiguous fragments: atom order would differ
     try:
         slow = parent.get_fragment(real, ghost, orient=False, group_fragments=False)
-        fast = _fast_fragment(parent, real, ghost)
+        slow = slow.model_copy(update=updates) if updates else slow
+        fast = _fast_fragment(parent, real, ghost, updates=updates)
         return bool(slow.model_dump_json() == fast.model_dump_json()
                     and slow.get_hash() == fast.get_hash())
     except Exception:

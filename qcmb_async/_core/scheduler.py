@@ -73,6 +73,7 @@ class Scheduler:
         for frag in plan.fragments:
             self.model.set_exponent(frag.group, _exponent_of(frag))
         self.retry = RetryPolicy(options.retries)
+        self._task_config = _task_config(options)
         self.pool = ResourcePool(options.ncores, options.memory)
         energy = plan.screen.spec.energy if plan.screen is not None else {}
         # Energy screening: results of levels below the highest threshold decide what runs next.
@@ -104,7 +105,8 @@ class Scheduler:
         self._announced: list[int] = []
         self._announce_lock = anyio.Lock()
         self._changed = anyio.Event()
-        """Set (and replaced) whenever a fragment finishes or new fragments are released."""
+        """Set whenever a fragment finishes (or new fragments are released); the feeder makes a fresh one
+        right before it waits (no checkpoint in between), so a finishing fragment creates no event."""
 
     async def run(self) -> ScheduleOutcome:
         """Run the plan; raises :class:`FragmentError` first failure when ``on_error="raise"``."""
@@ -153,20 +155,20 @@ class Scheduler:
             while len(self.queue) or (self.screen is not None and self.inflight):
                 if not len(self.queue):
                     # Energy screening: fragments in flight may release more when they finish.
-                    await self._changed.wait()
+                    await self._wait_changed()
                     continue
                 level = None
                 if self.options.level_barrier:
                     # Only the lowest level with work left is open; wait for it to drain first.
                     level = min((lv for lv, n in self.remaining.items() if n > 0), default=None)
                     if level is not None and level not in self.queue.levels():
-                        await self._changed.wait()
+                        await self._wait_changed()
                         continue
                 frags = []
                 while len(frags) < batch and (frag := self.queue.pop(level)) is not None:
                     frags.append(frag)
                 if not frags:
-                    await self._changed.wait()
+                    await self._wait_changed()
                     continue
                 self.inflight += len(frags)
                 if self.plan.inline:
@@ -175,15 +177,33 @@ class Scheduler:
                     built = await anyio.to_thread.run_sync(_build, self.plan, self.store, frags)
                 try:
                     for item in built:
-                        await send.send(item)
+                        try:
+                            send.send_nowait(item)  # no checkpoint per fragment; the build above was one
+                        except anyio.WouldBlock:
+                            await send.send(item)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     return  # the dispatcher stopped (failure or cancellation): nothing more to feed
                 batch = min(batch * 2, self._batch_cap)
 
+    async def _wait_changed(self) -> None:
+        """Wait until a fragment finishes or fragments are released (after the caller's checks)."""
+        self._changed = anyio.Event()
+        await self._changed.wait()
+
     async def _dispatch(self, receive: Any, tg: Any) -> None:
         """Start each built fragment as soon as its cores and memory are free."""
         async with receive:
-            async for frag, job, cached in receive:
+            while True:
+                try:
+                    # No checkpoint per fragment when one is ready: starting it (or waiting for cores) yields.
+                    frag, job, cached = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        frag, job, cached = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 cores, memory = self.needs(frag)
                 self.records[frag.label] = FragmentRecord(frag.label, frag.level, frag.program, cores, memory)
                 if cached is not None:
@@ -206,7 +226,7 @@ class Scheduler:
     async def _run_fragment(self, frag: Fragment, job: Job, cores: int, memory: float) -> None:
         """Attempt ``frag`` until it succeeds, fails for good, or runs out of retries."""
         options, on_event, rec = self.options, self.options.on_event, self.records[frag.label]
-        task_config = {**_task_config(options), "ncores": cores, "memory": memory}
+        task_config = {**self._task_config, "ncores": cores, "memory": memory}
         # Each task runs in its own copy of the context, and to_thread copies it again, so
         # these fields reach every log line of this fragment, worker threads included.
         structlog.contextvars.bind_contextvars(run_id=self.run_id, label=frag.label, nbody=frag.level,
@@ -236,9 +256,10 @@ class Scheduler:
                                                            attempt, etype, emsg, delay))
                 await anyio.sleep(delay)
         finally:
-            with anyio.CancelScope(shield=True):
-                self.pool.give(cores, memory)
-                await self._finish_level(frag)
+            self.pool.give(cores, memory)
+            if self._count_done(frag):
+                with anyio.CancelScope(shield=True):
+                    await self._announce_levels()
 
     @staticmethod
     def _record_attempt(rec: FragmentRecord, attempt: int, outcome: JobOutcome) -> None:
@@ -321,12 +342,18 @@ class Scheduler:
         Under energy screening a level is complete once no more of its fragments can be released
         (every subset that could still add one is decided) and all released ones finished.
         """
+        if self._count_done(frag):
+            await self._announce_levels()
+
+    def _count_done(self, frag: Fragment) -> bool:
+        """Count ``frag`` done and wake the feeder; whether a level may now be complete."""
         self.remaining[frag.level] -= 1
         self.inflight -= 1
         self._changed.set()
-        self._changed = anyio.Event()
-        if self.remaining[frag.level] != 0 and self.screen is None:
-            return
+        return self.remaining[frag.level] == 0 or self.screen is not None
+
+    async def _announce_levels(self) -> None:
+        """Announce every level that is now complete, in level order."""
         on_event = self.options.on_event
         top_level = max(self.per_level) if self.per_level else 0
         async with self._announce_lock:

@@ -43,6 +43,8 @@ from ._dask_worker import _failed, _run_batch_on_worker
 _SAMPLES = 32
 _nonce = secrets.token_hex(3)
 _counter = itertools.count()
+#: Deep-queue tasks take ``waiting // (_DEEP_SPREAD * slots)`` fragments: half an even share per place.
+_DEEP_SPREAD = 2
 
 
 @dataclass(eq=False)
@@ -104,6 +106,9 @@ class _Batching:
     max_batch: int
     batch_window: float
     transport_share: float
+    deep_batch: int
+    deep_share: float
+    _deep_hint: int
     timeout_grace: float
     capacity: tuple[float, float]
     _model: Any
@@ -142,6 +147,13 @@ class _Batching:
         target = self._transport / self.transport_share
         n = max(1, min(self.max_batch, int(target // max(predicted, 1e-6))))
         self._batch_hint = max(self._batch_hint, n)
+        return n
+
+    def _deep_size(self, group: str, size: float) -> int:
+        """Most fragments per task when many wait: transport ``deep_share`` of the task, at most ``deep_batch``."""
+        predicted = self._model.estimate(group, size)
+        n = max(1, min(self.deep_batch, int(self._transport / self.deep_share // max(predicted, 1e-6))))
+        self._deep_hint = max(self._deep_hint, n)
         return n
 
     def _slots(self, job: FragmentJob) -> int:
@@ -206,6 +218,10 @@ class _Batching:
                 head = pending[0]
                 most = self._batch_size(head.job, head.group, head.size)
                 n = max(1, min(most, -(-len(pending) // free)))
+                if most > 1 and self.deep_batch > most:
+                    # Many wait: half an even share per place (guided self-scheduling, so tasks
+                    # shrink as the queue drains), up to deep_share transport; fewer tasks, less CPU here.
+                    n = max(n, min(len(pending) // (_DEEP_SPREAD * slots), self._deep_size(head.group, head.size)))
                 if out >= slots and len(pending) < most:
                     # Every core has a task: give this one a moment to fill up.
                     due = head.arrived + self.batch_window

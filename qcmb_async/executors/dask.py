@@ -56,6 +56,10 @@ _THREE_WAYS = (
 _REMOTE_CALL_TIMEOUT = 10.0
 
 
+#: Most fragments the run hands over for deep-queue tasks, across all cores.
+_DEEP_HOLD = 4096
+
+
 class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
     """Runs fragments as tasks on a Dask ``distributed`` cluster (asyncio backend only).
 
@@ -82,6 +86,11 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             stay one per task. Records, events and the store stay per fragment.
         batch_window: Seconds a batch waits for more small fragments before it is submitted.
         transport_share: Target share of a task's time spent in transport.
+        deep_batch: Most fragments in one Dask task when many small ones wait: then a task takes half an
+            even share of the waiting fragments per core (guided self-scheduling: tasks shrink as the queue
+            drains, the last ones are single fragments); ``max_batch`` or less turns this off.
+        deep_share: Target share of a deep-queue task's time spent in transport (the executor then asks the
+            run for enough fragments to form them: four such tasks per core in hand).
         direct_to_workers: Fetch results from the workers directly instead of through the scheduler (less
             work for the scheduler; needs this process to reach the workers). ``None``: Dask's default.
         cluster: Start a batch cluster for the run instead (``"slurm"``, ``"pbs"``, a dict or
@@ -108,6 +117,8 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         max_batch: int = 8,
         batch_window: float = 0.002,
         transport_share: float = 0.05,
+        deep_batch: int = 64,
+        deep_share: float = 0.0025,
         direct_to_workers: bool | None = None,
     ) -> None:
         self._given_client: Any = None
@@ -161,6 +172,10 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         self.max_batch = max(1, int(max_batch))
         self.batch_window = batch_window
         self.transport_share = transport_share
+        self.deep_batch = max(1, int(deep_batch))
+        self.deep_share = deep_share
+        self._deep_hint = 1
+        """Largest deep-queue task size the cost model allowed so far (sizes the queue depth)."""
         self._model = CostModel()
         self._calibrated: set[str] = set()
         self._transport = 0.005
@@ -282,11 +297,19 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
 
         2 (one running, one queued on the worker, so no core waits for a round trip to this process) until
         the cost model predicts fragments short enough to batch, then three batches per core: one running,
-        one queued, one filling here. The workers' declared resources still bound what runs at once.
+        one queued, one filling here; with deep-queue tasks (``deep_batch``) enough for four of them per core.
+        The workers' declared resources still bound what runs at once.
         """
         if self.max_batch <= 1:
             return 1.0
-        return 3.0 * self._batch_hint if self._batch_hint > 1 else 2.0
+        if self._batch_hint <= 1:
+            return 2.0
+        base = 3.0 * self._batch_hint
+        if self.deep_batch <= self.max_batch:
+            return base
+        # Deep-queue tasks take half an even share per core: four of them per core must be in hand, but
+        # never more than _DEEP_HOLD materialised fragments in all (a huge cluster of tiny fragments).
+        return max(base, min(4.0 * self._deep_hint, _DEEP_HOLD / max(1.0, self.capacity[0])))
 
     async def run(self, job: FragmentJob) -> JobOutcome:
         """Submit ``job`` to the cluster and await its outcome (see the module docstring for failures)."""
