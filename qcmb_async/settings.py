@@ -45,8 +45,9 @@ class Settings(BaseSettings):
                           "`none` disables. Unset: `qcengine-globals.json` in the user cache directory.")
 
     warm_start_dir: str | None = Field(
-        None, description="Directory where the PySCF harness keeps each fragment's last orbitals for the "
-                          "`warm_start` keyword. Unset: `warm-start` in the user cache directory.")
+        None, description="Directory where the PySCF harness keeps each fragment's last converged orbitals "
+                          "(up to 8 geometries, the points of its guess extrapolation) for the `warm_start` keyword. "
+                          "Unset: `warm-start` in the user cache directory.")
 
     @field_validator("store", "dask_scheduler", "qcengine_cache", "warm_start_dir", mode="before")
     @classmethod

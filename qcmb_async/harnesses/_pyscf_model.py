@@ -20,8 +20,8 @@ SUPPORTED_KEYWORDS: dict[str, str] = {
     "max_cycle": "maximum number of SCF iterations (int, default 50)",
     "xc_grid": "DFT integration grid level, 0-9 (int, PySCF default 3)",
     "density_fit": "density fitting for SCF and MP2 (bool, default False)",
-    "warm_start": "seed the SCF with this fragment's last converged density when its atoms moved less than "
-                  "0.5 bohr (bool, default False)",
+    "warm_start": "seed the SCF with a density extrapolated from this fragment's last converged ones (up to 8, "
+                  "each within 0.5 bohr of the new geometry) (bool, default False)",
 }
 
 _HF_NAMES = frozenset({"hf", "scf"})
