@@ -15,6 +15,7 @@ import logging
 
 from . import events
 from ._core.contract import Executor, FragmentJob, JobOutcome
+from ._core.pdb import pdb_input as read_pdb
 from ._core.plan import Fragment, Plan
 from ._core.xyz import xyz_input as read_xyz
 from ._frequencies import FrequencyResult, frequencies, frequencies_sync
@@ -53,6 +54,7 @@ __all__ = [
     "optimize_sync",
     "plan_manybody",
     "prime_qcengine",
+    "read_pdb",
     "read_xyz",
     "run",
     "run_manybody",

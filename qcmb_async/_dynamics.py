@@ -18,6 +18,7 @@ import numpy as np
 from ._core.checks import check_input
 from ._core.contract import Executor
 from ._core.events import StepFinished, StepStarted, emit
+from ._core.fragment import ORDER_KEY
 from ._core.inputs import load_input
 from ._core.options import make_options
 from .errors import InputError
@@ -43,6 +44,10 @@ def prepare(mbe_input: Any, driver: str) -> Any:
         atomic["driver"] = driver
     # The frame must not move between steps: gradients are in the input's frame.
     data["molecule"] = {**data["molecule"], "fix_com": True, "fix_orientation": True}
+    # Atoms move in the input molecule's (fragment) order: a file order kept from fragments found by bonds
+    # would turn each gradient back to the file's order, which the step would then apply to the wrong atoms.
+    data["molecule"]["extras"] = {k: v for k, v in (data["molecule"].get("extras") or {}).items()
+                                  if k != ORDER_KEY}
     out = type(inp)(**data)
     check_input(out)
     return out

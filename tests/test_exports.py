@@ -10,7 +10,7 @@ import qcmb_async
 PUBLIC = {
     "__version__", "Executor", "FailureReport", "Fragment", "FragmentError", "FragmentJob", "InputError",
     "JobOutcome", "Plan", "QCMBAsyncError", "RunFailed", "RunHandle", "Terminated", "events", "open_run",
-    "plan_manybody", "prime_qcengine", "read_xyz", "run", "run_manybody",
+    "plan_manybody", "prime_qcengine", "read_pdb", "read_xyz", "run", "run_manybody",
     "optimize", "frequencies", "OptimizationResult", "FrequencyResult", "optimize_sync", "frequencies_sync",
 }
 

@@ -9,6 +9,7 @@ from qcmanybody.utils import delabeler
 from . import fill
 from .compact import component_properties
 from .fill import analyze_kept, complete_properties, unscreened_label_count
+from .fragment import restore_file_order
 from .plan import Plan, make_plan
 from .screening import subset_of
 
@@ -50,7 +51,9 @@ def assemble(plan: Plan, results: dict[str, Any], extras: dict[str, Any] | None 
     # Same label order as QCManyBody's sequential loop (iterate_molecules order).
     ordered = {f.label: results[f.label] for f in plan.fragments}
     kept = plan.screen.kept_family() if plan.screen is not None else None
-    return _assemble(plan.computer, ordered, kept, keeps_results(plan), driver_of(plan), extras)
+    result = _assemble(plan.computer, ordered, kept, keeps_results(plan), driver_of(plan), extras)
+    # Fragments found from bonds may have reordered the file's atoms: derivatives go back to its order.
+    return restore_file_order(result, plan.input.molecule)
 
 
 def _assemble(computer: Any, ordered: dict[str, Any], kept: set[tuple[int, ...]] | None, keep_all: bool,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,12 @@ def _is_int(token: str) -> bool:
     return True
 
 
-def parse_xyz(text: str, source: str = "XYZ input") -> list[XYZFragment]:
-    """Split XYZ text into fragments; raises :class:`InputError` with the offending line."""
+def parse_xyz(text: str, source: str = "XYZ input", *, single: bool = False) -> list[XYZFragment]:
+    """Split XYZ text into fragments; raises :class:`InputError` with the offending line.
+
+    ``single=True``: the file must hold one block of atoms (no ``--`` lines, no charge lines), for
+    fragments found from bonds (:func:`found_molecule`).
+    """
     lines = text.splitlines()
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:
@@ -62,11 +67,18 @@ def parse_xyz(text: str, source: str = "XYZ input") -> list[XYZFragment]:
         if not line or line.startswith("#"):
             continue
         if line == "--":
+            if single:
+                raise InputError(f"{source}, line {lineno}: a '--' line, but fragments are to be found from bonds "
+                                 "(fragments='molecules', --fragments molecules): remove the '--' lines, or "
+                                 "leave the option out to use them")
             frags.append(XYZFragment())
             continue
         parts = line.split()
         frag = frags[-1]
         if len(parts) == 2 and all(_is_int(p) for p in parts) and not frag.atoms and frag.charge is None:
+            if single:
+                raise InputError(f"{source}, line {lineno}: a 'charge multiplicity' line, but fragments are to be "
+                                 "found from bonds: give charges with --charge (e.g. Na=+1,Cl=-1) instead")
             frag.charge, frag.multiplicity = int(parts[0]), int(parts[1])
             continue
         if len(parts) < 4:
@@ -86,10 +98,11 @@ def parse_xyz(text: str, source: str = "XYZ input") -> list[XYZFragment]:
     natoms = sum(len(f.atoms) for f in frags)
     if count is not None and count != natoms:
         raise InputError(f"{source}: the header says {count} atoms but the file lists {natoms}")
-    if len(frags) < 2:
+    if len(frags) < 2 and not single:
         raise InputError(
             f"{source} has a single fragment: a many-body expansion needs at least two. Put a line holding "
-            "only '--' between the fragments (e.g. between the water molecules of a cluster)."
+            "only '--' between the fragments (e.g. between the water molecules of a cluster), or let the "
+            "molecules be found from bonds (fragments='molecules', CLI --fragments molecules)."
         )
     return frags
 
@@ -217,24 +230,68 @@ def xyz_input(
     max_nbody: int | None = None,
     keywords: dict[str, Any] | None = None,
     driver: str = "energy",
-    charges: list[int] | None = None,
-    multiplicities: list[int] | None = None,
+    charges: list[int] | Mapping[str, int] | None = None,
+    multiplicities: list[int] | Mapping[str, int] | None = None,
+    fragments: str = "file",
 ) -> Any:
-    """Read an XYZ file with ``--`` fragment separators and build a v2 ``ManyBodyInput``."""
-    from pydantic import ValidationError
-    from qcmanybody.models.v2 import ManyBodyInput
+    """Read an XYZ file and build a v2 ``ManyBodyInput``.
 
-    from .inputs import _pydantic_message, read_text_file
-
+    ``fragments="file"`` (default): fragments are separated by ``--`` lines. ``fragments="molecules"``: the
+    file is one block of atoms and the fragments are its covalently bonded molecules (see
+    :mod:`qcmb_async._core.fragment`); ``charges``/``multiplicities`` may then be rules such as
+    ``{"Na": 1, "Cl": -1}`` (element, formula or residue name), and a fragment that is an ion or has an odd
+    electron count without one is an :class:`~qcmb_async.errors.InputError`. Atoms are reordered into
+    fragment order when the file interleaves molecules; results come back in the file's order.
+    """
     path = Path(path)
     source = f"XYZ file {str(path)!r}"
+    from .inputs import read_text_file
+
     text = read_text_file(path, "XYZ file")
+    _check_common(driver, max_nbody)
+    mode = _fragments_mode(fragments)
+    if mode == "molecules":
+        atoms = parse_xyz(text, source, single=True)[0].atoms
+        molecule, _ = molecule_from_atoms(atoms, charges=charges, multiplicities=multiplicities, source=source)
+    else:
+        if isinstance(charges, Mapping) or isinstance(multiplicities, Mapping):
+            raise InputError("charge/multiplicity rules (NAME=VALUE) apply to fragments found from bonds "
+                             "(fragments='molecules', --fragments molecules); with '--' lines give one value per "
+                             "fragment or a 'charge multiplicity' line opening the fragment")
+        frags = parse_xyz(text, source)
+        molecule = build_molecule(frags, charges, multiplicities, source)
+    return mbe_input(molecule, source=source, method=method, program=program, basis=basis, bsse=bsse,
+                     max_nbody=max_nbody, keywords=keywords, driver=driver)
+
+
+FRAGMENT_MODES = ("file", "molecules")
+
+
+def _fragments_mode(value: str) -> str:
+    mode = str(value).strip().lower()
+    if mode not in FRAGMENT_MODES:
+        raise InputError(f"unknown fragments mode {value!r}: 'file' (the file's '--' lines) or 'molecules' "
+                         "(covalently bonded molecules found from the geometry)")
+    return mode
+
+
+def _check_common(driver: str, max_nbody: int | None) -> None:
     if driver not in DRIVERS:
         raise InputError(f"unknown driver {driver!r}: use one of {', '.join(DRIVERS)}")
     if max_nbody is not None and max_nbody < 1:
         raise InputError(f"--max-nbody must be >= 1, got {max_nbody}")
-    frags = parse_xyz(text, source)
-    molecule = build_molecule(frags, charges, multiplicities, source)
+
+
+def mbe_input(molecule: Any, *, source: str, method: str, program: str, basis: str | None = None,
+              bsse: list[str] | None = None, max_nbody: int | None = None, keywords: dict[str, Any] | None = None,
+              driver: str = "energy") -> Any:
+    """The v2 ``ManyBodyInput`` of ``molecule`` with one model chemistry (the CLI's XYZ/PDB options)."""
+    from pydantic import ValidationError
+    from qcmanybody.models.v2 import ManyBodyInput
+
+    from .inputs import _pydantic_message
+
+    _check_common(driver, max_nbody)
     mb_keywords: dict[str, Any] = {"bsse_type": parse_bsse(bsse)}
     if max_nbody is not None:
         mb_keywords["max_nbody"] = max_nbody
@@ -256,3 +313,44 @@ def xyz_input(
         )
     except ValidationError as exc:
         raise InputError(f"cannot build a ManyBodyInput from {source}: {_pydantic_message(exc)}") from None
+
+
+def molecule_from_atoms(atoms: Sequence[tuple[str, float, float, float]], *, residues: Sequence[str] | None = None,
+                        formal_charges: Sequence[int | None] | None = None,
+                        charges: Sequence[int] | Mapping[str, int] | None = None,
+                        multiplicities: Sequence[int] | Mapping[str, int] | None = None,
+                        source: str = "input", min_fragments: int = 2) -> tuple[Any, list[Any]]:
+    """A QCElemental v2 ``Molecule`` whose fragments are the molecules found in ``atoms`` (Å, file order).
+
+    Returns the molecule (atoms in fragment order; ``extras[ORDER_KEY]`` holds the file index of each atom when
+    that differs from the file's order) and the fragments found. Raises :class:`InputError` for fewer than
+    ``min_fragments`` molecules or charges the user must give (:func:`assign_charges`).
+    """
+    from qcelemental import constants
+
+    from .fragment import ORDER_KEY, FoundFragment, assign_charges, find_molecules
+
+    to_bohr = 1.0 / constants.bohr2angstroms
+    symbols = [a[0] for a in atoms]
+    groups = find_molecules(symbols, [[v * to_bohr for v in a[1:]] for a in atoms])
+    found: list[FoundFragment] = []
+    for group in groups:
+        frag = FoundFragment(atoms=group, symbols=[symbols[i] for i in group])
+        if residues is not None:
+            frag.residues = {residues[i] for i in group}
+        if formal_charges is not None and any(formal_charges[i] is not None for i in group):
+            frag.formal_charge = sum(int(formal_charges[i] or 0) for i in group)
+        found.append(frag)
+    if len(found) < min_fragments:
+        biggest = max(found, key=lambda f: len(f.atoms))
+        raise InputError(f"{source}: found {len(found)} molecule(s) from bonds ({biggest.formula} is one covalently "
+                         f"bonded molecule of {len(biggest.atoms)} atoms); a many-body expansion of molecules needs at "
+                         "least two. A covalent molecule is split only by cutting bonds (GMBE with hydrogen caps), "
+                         "not by this option")
+    chg, mult = assign_charges(found, charges, multiplicities, source)
+    xyz_frags = [XYZFragment(atoms=[tuple(atoms[i]) for i in f.atoms]) for f in found]  # type: ignore[misc]
+    molecule = build_molecule(xyz_frags, chg, mult, source)
+    order = [i for f in found for i in f.atoms]
+    if order != list(range(len(atoms))):
+        molecule = molecule.model_copy(update={"extras": {**(molecule.extras or {}), ORDER_KEY: order}})
+    return molecule, found

@@ -13,16 +13,21 @@ from ._console import Usage
 from ._options import Driver, XyzOptions
 
 
-def _ints(name: str, text: str | None) -> list[int] | None:
+def _ints(name: str, text: str | None) -> list[int] | dict[str, int] | None:
+    """``--charge``/``--multiplicity``: whole numbers (one per fragment, or one for all) or NAME=VALUE rules."""
     if text is None:
         return None
+    if "=" in text:
+        from .._core.fragment import parse_rules
+
+        return parse_rules(text, f"--{name}")
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise InputError(f"--{name} takes whole numbers, one per fragment, comma separated; got {text!r}") from None
 
 
-_XYZ_ONLY = ("method", "basis", "program", "bsse", "max_nbody", "keywords", "charge", "multiplicity")
+_XYZ_ONLY = ("method", "basis", "program", "bsse", "max_nbody", "keywords", "charge", "multiplicity", "fragments")
 
 
 def _load(path: Path, xyz: XyzOptions) -> Any:
@@ -31,6 +36,23 @@ def _load(path: Path, xyz: XyzOptions) -> Any:
     from .._core.inputs import check_input_path
 
     check_input_path(path)  # a directory, FIFO or device: refused before anything opens it
+    from .._core.pdb import PDB_SUFFIXES
+
+    if path.suffix.lower() in PDB_SUFFIXES:
+        missing = [opt for opt, val in (("--method", method), ("--program", program)) if not val]
+        if missing:
+            raise Usage(f"a PDB/mmCIF input needs {' and '.join(missing)} (and --basis, --bsse, --max-nbody as "
+                        "needed) to say what to compute, e.g. --program pyscf --method hf --basis sto-3g")
+        if xyz.fragments not in (None, "molecules"):
+            raise Usage(f"--fragments {xyz.fragments}: a PDB/mmCIF file's fragments are always its molecules "
+                        "(--fragments molecules)")
+        from .. import read_pdb
+        from .._core.xyz import parse_keywords
+
+        return read_pdb(path, method=str(method), program=str(program), basis=xyz.basis, bsse=xyz.bsse,
+                        max_nbody=xyz.max_nbody, keywords=parse_keywords(xyz.keywords),
+                        driver=(driver or Driver.energy).value, charges=_ints("charge", xyz.charge),
+                        multiplicities=_ints("multiplicity", xyz.multiplicity))
     if path.suffix.lower() == ".xyz":
         missing = [opt for opt, val in (("--method", method), ("--program", program)) if not val]
         if missing:
@@ -42,7 +64,8 @@ def _load(path: Path, xyz: XyzOptions) -> Any:
         return read_xyz(path, method=str(method), program=str(program), basis=xyz.basis, bsse=xyz.bsse,
                         max_nbody=xyz.max_nbody, keywords=parse_keywords(xyz.keywords),
                         driver=(driver or Driver.energy).value, charges=_ints("charge", xyz.charge),
-                        multiplicities=_ints("multiplicity", xyz.multiplicity))
+                        multiplicities=_ints("multiplicity", xyz.multiplicity),
+                        fragments=xyz.fragments or "file")
     extra = [f"--{k.replace('_', '-')}" for k, v in vars(xyz).items() if v]
     if extra:
         verb = "applies" if len(extra) == 1 else "apply"

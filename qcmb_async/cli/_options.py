@@ -33,8 +33,10 @@ def _opt(*names: str, metavar: str | None = None, help: str) -> Any:
     return typer.Option(*names, metavar=metavar, help=help)
 
 
-InputArg = Annotated[Path, typer.Argument(help="ManyBodyInput as JSON or YAML, or an XYZ file with '--' lines "
-                                                "between fragments.", show_default=False, metavar="INPUT")]
+InputArg = Annotated[Path, typer.Argument(help="ManyBodyInput as JSON or YAML, an XYZ file with '--' lines "
+                                                "between fragments, or an XYZ/PDB/mmCIF cluster whose molecules "
+                                                "are found (--fragments molecules).", show_default=False,
+                                           metavar="INPUT")]
 MethodOpt = Annotated[str | None, _opt("--method", metavar="METHOD", help="XYZ input: method, e.g. pm7, mp2.")]
 BasisOpt = Annotated[str | None, _opt("--basis", metavar="BASIS", help="XYZ input: basis set (none for "
                                                                         "semi-empirical methods).")]
@@ -48,7 +50,16 @@ KeywordsOpt = Annotated[str | None, _opt("--keywords", metavar="JSON", help="XYZ
                                                                              "object.")]
 DriverOpt = Annotated[Driver | None, _opt("--driver", help="XYZ input: energy (default), gradient or hessian.")]
 ChargeOpt = Annotated[str | None, _opt("--charge", metavar="Q[,Q...]", help="XYZ input: fragment charges, one per "
-                                                                             "fragment or one for all. Default 0.")]
+                                                                             "fragment or one for all. Default 0. "
+                                                                             "Fragments found from bonds: also rules "
+                                                                             "by element, formula or PDB residue, "
+                                                                             "e.g. Na=+1,Cl=-1,SO4=-2.")]
+FragmentsOpt = Annotated[str | None, _opt("--fragments", metavar="file|molecules", help="XYZ input: 'file' (the "
+                                                                                        "'--' lines; default) or "
+                                                                                        "'molecules' (covalently "
+                                                                                        "bonded molecules found "
+                                                                                        "from the geometry; "
+                                                                                        "always for PDB/mmCIF).")]
 MultOpt = Annotated[str | None, _opt("--multiplicity", metavar="M[,M...]", help="XYZ input: fragment "
                                                                                  "multiplicities, one per fragment "
                                                                                  "or one for all. Default: a "
@@ -117,13 +128,14 @@ class XyzOptions:
     driver: Driver | None = None
     charge: str | None = None
     multiplicity: str | None = None
+    fragments: str | None = None
 
 
 _XYZ_PARAMETERS = [
     inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=annotation)
     for name, annotation in (("method", MethodOpt), ("basis", BasisOpt), ("program", ProgramOpt), ("bsse", BsseOpt),
                              ("max_nbody", MaxNbodyOpt), ("keywords", KeywordsOpt), ("driver", DriverOpt),
-                             ("charge", ChargeOpt), ("multiplicity", MultOpt))
+                             ("charge", ChargeOpt), ("multiplicity", MultOpt), ("fragments", FragmentsOpt))
 ]
 
 

@@ -25,6 +25,8 @@ from ._options import (
 )
 from ._render import screening_table
 
+PDB_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
+
 
 @app.command()
 @with_xyz_options
@@ -54,6 +56,8 @@ def plan(
         cores = make_options(ncores=ncores).ncores
         the_plan = plan_manybody(mbe, screening=screening)
         console = _stdout()
+        if xyz.fragments == "molecules" or input.suffix.lower() in PDB_SUFFIXES:
+            _print_found(console, the_plan.input.molecule)
         _print_plan(console, the_plan)
         if the_plan.screen is not None:
             from .._core.screening import subset_of
@@ -66,6 +70,42 @@ def plan(
                             title="screened expansion (planned before the run)")
         where = None if no_store else (str(store_file) if store_file else "default")
         _print_prediction(console, the_plan, cores, where)
+
+
+def _print_found(console: Any, molecule: Any, listed: int = 30) -> None:
+    """The fragments found from bonds: formula, file atoms, charge, multiplicity (each when few, else grouped)."""
+    from rich import box
+    from rich.table import Table
+
+    from .._core.fragment import ORDER_KEY, _ranges, formula
+
+    order = (molecule.extras or {}).get(ORDER_KEY) or list(range(len(molecule.symbols)))
+    rows = []
+    for i, atoms in enumerate(molecule.fragments, start=1):
+        idx = [int(a) for a in atoms]
+        rows.append((i, formula([molecule.symbols[a] for a in idx]), _ranges([order[a] for a in idx]),
+                     _signed(molecule.fragment_charges[i - 1]), f"{molecule.fragment_multiplicities[i - 1]:g}"))
+    reordered = ORDER_KEY in (molecule.extras or {})
+    console.print(f"{len(rows)} fragments found from bonds (covalently bonded molecules)"
+                  + ("; atoms reordered into fragment order, results come back in the file's order" if reordered
+                     else ""), markup=False, soft_wrap=True)
+    table = Table(box=box.SIMPLE, title="fragments found", title_justify="left")
+    if len(rows) <= listed:
+        for name, justify in (("#", "right"), ("formula", "left"), ("atoms in file", "left"), ("charge", "right"),
+                              ("mult", "right")):
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for row in rows:
+            table.add_row(str(row[0]), *row[1:])
+    else:
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for i, name, _, charge, mult in rows:
+            groups.setdefault((name, charge, mult), []).append(i)
+        for name, justify in (("formula", "left"), ("charge", "right"), ("mult", "right"), ("count", "right"),
+                              ("fragments", "left")):
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for (name, charge, mult), members in groups.items():
+            table.add_row(name, charge, mult, str(len(members)), _ranges([m - 1 for m in members]))
+    console.print(table)
 
 
 def _print_plan(console: Any, the_plan: Any) -> None:
@@ -149,3 +189,7 @@ def _calibrate(the_plan: Any, model: Any, store: str | None, sample: int = 256) 
             model.observe(frag.group, frag.size, float(wall))
             n += 1
     return n
+
+
+def _signed(charge: float) -> str:
+    return f"{charge:+g}" if charge else "0"

@@ -1,0 +1,131 @@
+"""PDB and mmCIF files read with gemmi, their molecules found from bonds (waters, ions, ligands, small chains).
+
+gemmi (extra ``qcmb_async[pdb]``) reads the file: the first model only, alternative conformations
+reduced to the first, every atom kept (HETATM waters, ions and ligands, and ATOM records). Fragments
+are the covalently bonded molecules (:func:`qcmb_async._core.fragment.find_molecules`), so a chain of
+small molecules gives one fragment per molecule. A molecule that is a covalent polymer (two or more
+standard residues bonded together: a peptide, a nucleic acid) is refused: splitting it needs bonds cut
+and capped (the generalized MBE), not this reader. Charges follow the fragment module's rule; the PDB
+charge column (columns 79-80) counts as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+PDB_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
+
+
+def _gemmi() -> Any:
+    try:
+        import gemmi
+    except ImportError:
+        raise InputError("reading PDB/mmCIF files needs gemmi: pip install 'qcmb_async[pdb]' (or pip install "
+                         "gemmi)") from None
+    return gemmi
+
+
+def read_pdb_atoms(path: str | Path) -> tuple[list[tuple[str, float, float, float]], list[str], list[int | None],
+                                               list[str]]:
+    """``(atoms, residue names, formal charges, residue ids)`` of the first model of a PDB/mmCIF file.
+
+    ``atoms`` are ``(element, x, y, z)`` in Å in file order; a charge is ``None`` where the file gives none.
+    Raises :class:`InputError` for unreadable files, no atoms, unknown elements or a file without hydrogens.
+    """
+    from .inputs import read_text_file
+
+    gemmi = _gemmi()
+    path = Path(path)
+    text = read_text_file(path, "PDB file")
+    source = f"PDB file {str(path)!r}"
+    try:
+        if path.suffix.lower() in (".cif", ".mmcif"):
+            st = gemmi.make_structure_from_block(gemmi.cif.read_string(text).sole_block())
+        else:
+            st = gemmi.read_pdb_string(text)
+    except Exception as exc:
+        raise InputError(f"{source} cannot be read: {exc}") from None
+    if len(st) == 0:
+        raise InputError(f"{source} has no model (no ATOM/HETATM records)")
+    st.remove_alternative_conformations()
+    atoms: list[tuple[str, float, float, float]] = []
+    residues: list[str] = []
+    charges: list[int | None] = []
+    ids: list[str] = []
+    has_charge = False
+    for chain in st[0]:
+        for res in chain:
+            for atom in res:
+                element = atom.element.name
+                if element in ("X", ""):
+                    raise InputError(f"{source}: atom {atom.name!r} of residue {res.name} {res.seqid} has no known "
+                                     "element (columns 77-78): give its element symbol")
+                if element == "D":
+                    element = "H"
+                atoms.append((element.capitalize(), atom.pos.x, atom.pos.y, atom.pos.z))
+                residues.append(res.name)
+                ids.append(f"{chain.name}/{res.name}{res.seqid}")
+                has_charge = has_charge or atom.charge != 0
+                charges.append(int(atom.charge))
+    if not atoms:
+        raise InputError(f"{source} has no atoms")
+    if not any(a[0] == "H" for a in atoms):
+        raise InputError(f"{source} has no hydrogen atoms (as most crystal structures): a many-body expansion needs "
+                         "them; add hydrogens first (e.g. pdbfixer, reduce or 'obabel -h') and read the result")
+    return atoms, residues, (charges if has_charge else [None] * len(atoms)), ids
+
+
+def pdb_molecule(path: str | Path, *, charges: list[int] | Mapping[str, int] | None = None,
+                 multiplicities: list[int] | Mapping[str, int] | None = None) -> tuple[Any, list[Any]]:
+    """The QCElemental ``Molecule`` (fragments = molecules found) of a PDB/mmCIF file, and the fragments found."""
+    from .xyz import molecule_from_atoms
+
+    gemmi = _gemmi()
+    source = f"PDB file {str(path)!r}"
+    atoms, residues, formal, ids = read_pdb_atoms(path)
+    # Refuse covalent polymers before charges are asked for: they cannot be fragments of this kind.
+    from qcelemental import constants
+
+    from .fragment import find_molecules
+
+    to_bohr = 1.0 / constants.bohr2angstroms
+    for group in find_molecules([a[0] for a in atoms], [[v * to_bohr for v in a[1:]] for a in atoms]):
+        polymer = sorted({ids[i] for i in group if _is_polymer_residue(gemmi, residues[i])})
+        if len(polymer) >= 2:
+            raise InputError(f"{source}: residues {', '.join(polymer[:4])}{' ...' if len(polymer) > 4 else ''} are "
+                             f"one covalent polymer ({len(group)} atoms): splitting it needs bonds cut and capped with "
+                             "hydrogen (the generalized MBE), which whole-molecule fragments cannot do. Give the "
+                             "polymer as one fragment by hand, or remove it")
+    return molecule_from_atoms(atoms, residues=residues, formal_charges=formal, charges=charges,
+                               multiplicities=multiplicities, source=source)
+
+
+def _is_polymer_residue(gemmi: Any, name: str) -> bool:
+    info = gemmi.find_tabulated_residue(name)
+    return info is not None and (info.is_amino_acid() or info.is_nucleic_acid())
+
+
+def pdb_input(path: str | Path, *, method: str, program: str, basis: str | None = None, bsse: list[str] | None = None,
+              max_nbody: int | None = None, keywords: dict[str, Any] | None = None, driver: str = "energy",
+              charges: list[int] | Mapping[str, int] | None = None,
+              multiplicities: list[int] | Mapping[str, int] | None = None) -> Any:
+    """Read a PDB/mmCIF cluster and build a v2 ``ManyBodyInput`` whose fragments are its molecules.
+
+    Args:
+        path: ``.pdb``/``.ent`` or ``.cif``/``.mmcif`` file (first model; hydrogens required).
+        charges, multiplicities: one value per fragment found, one for all, or rules by element, formula or
+            residue name (``{"NA": 1, "CL": -1}``); the file's charge column counts as given.
+        The rest as :func:`qcmb_async.read_xyz`.
+
+    Raises:
+        InputError: unreadable file, no hydrogens, a covalent polymer, fragments that need a charge.
+    """
+    from .xyz import mbe_input
+
+    molecule, _ = pdb_molecule(path, charges=charges, multiplicities=multiplicities)
+    return mbe_input(molecule, source=f"PDB file {str(path)!r}", method=method, program=program, basis=basis,
+                     bsse=bsse, max_nbody=max_nbody, keywords=keywords, driver=driver)
