@@ -87,7 +87,7 @@ def check_embedding(inp: ManyBodyInput) -> None:
     bad = sorted({s.program for s in used_specs(inp).values() if not traits(s.program).embedding_charges})
     if bad:
         raise InputError(
-            f"embedding_charges cannot be used with program(s) {', '.join(bad)}: point charges reach only "
+            f"embedding_charges cannot be used with program(s) {', '.join(bad)}: point charges can be passed only to "
             f"{', '.join(embedding_programs())} (psi4 as external_potentials, psi4 >= 1.6; pyscf as QM/MM point "
             "charges). Use one of those programs or remove embedding_charges")
     driver = str(getattr(inp.specification.driver, "value", inp.specification.driver))

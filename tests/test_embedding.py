@@ -1,0 +1,224 @@
+"""Electrostatically embedded MBE (EE-MBE) with PySCF: QCManyBody's ``embedding_charges`` as QM/MM point charges.
+
+References are independent of the code under test: QCManyBody's own EE reference values (its het4 test,
+computed with Psi4), PySCF QM/MM jobs run directly here and summed with the textbook MBE formula, and
+central finite differences of that sum.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+from qcmanybody.models.v2 import ManyBodyInput
+
+from .helpers import require_module
+
+pyscf = require_module("pyscf")
+
+from pyscf import gto, qmmm, scf  # noqa: E402
+
+import qcmb_async  # noqa: E402
+from qcmb_async._core.checks import EMBEDDING_ENV, check_input  # noqa: E402
+
+# QCManyBody 0.8, qcmanybody/tests/test_computer_het4_gradient.py: het_tetramer fixture (geometry in bohr) and
+# the "4b_nocp_rtd_ee" case, HF/cc-pVDZ with Psi4 (scf_type pk: conventional integrals, our default).
+HET4 = {"symbols": ["F", "H", "F", "H", "H", "He"], "fragments": [[0], [1, 2], [3, 4], [5]],
+        "fragment_charges": [-1, 0, 0, 0], "geometry": [-2, 0, 0, 0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 3, 2, 0, -3, 0]}
+HET4_CHARGES = {1: [-1.0], 2: [0.5, -0.5], 3: [-0.5, 0.5], 4: [0.0]}
+HET4_EE = {  # het4_refs_conv_grad_dtz["4b_nocp_rtd_ee"]
+    "nocp_corrected_total_energy_through_1_body": -203.4340927642202,
+    "nocp_corrected_total_energy_through_2_body": -203.33800560627736,
+    "nocp_corrected_total_energy_through_3_body": -203.32602370522727,
+    "nocp_corrected_2_body_contribution_to_energy": 0.09608715794283285,
+    "nocp_corrected_3_body_contribution_to_energy": 0.011981901050091892,
+}
+HET4_EE_4B = -203.325313169849
+HET4_EE_4B_GRADIENT = np.array([
+    [-7.40362107e-02, 2.84130177e-03, 1.00812417e-02],
+    [7.57644630e-02, -1.48382170e-04, -1.73598308e-03],
+    [2.60812737e-02, 4.40153586e-04, 2.02181449e-03],
+    [-8.52081509e-03, -2.26666902e-02, -1.10830218e-01],
+    [-6.03761335e-03, -1.54080947e-02, 1.00510650e-01],
+    [-1.32510976e-02, 3.49417117e-02, -4.75050664e-05]])
+# Same file, the EE gradient through 3 bodies from Psi4 (kept there as a comment, "fine but wrongly present"):
+# each fragment's gradient on its own atoms with the charges held fixed.
+HET4_EE_3B_GRADIENT = np.array([
+    [-7.36025774e-02, 3.36991350e-03, 1.00686673e-02],
+    [7.55655033e-02, -5.37981728e-04, -2.19873195e-03],
+    [2.63105970e-02, 4.12475495e-04, 2.10686911e-03],
+    [-8.78129292e-03, -2.22190993e-02, -1.10826802e-01],
+    [-6.14121135e-03, -1.53249058e-02, 1.00569730e-01],
+    [-1.32579782e-02, 3.44008392e-02, 3.46216252e-05]])
+
+ANG = 1.0 / 0.52917721092  # bohr per angstrom (QCElemental's CODATA 2014)
+WATER_DIMER = np.array([[-1.551007, -0.114520, 0.000000], [-1.934259, 0.762503, 0.000000],
+                        [-0.599677, 0.040712, 0.000000], [1.350625, 0.111469, 0.000000],
+                        [1.680398, -0.373741, -0.758561], [1.680398, -0.373741, 0.758561]]) * ANG
+THIRD_WATER = np.array([[0.0, 0.0, 3.0], [0.0, 0.76, 3.6], [0.0, -0.76, 3.6]]) * ANG
+TIP3P = [-0.834, 0.417, 0.417]
+
+
+def _mbe_input(molecule: dict[str, Any], charges: dict[int, list[float]], nbody: int, driver: str,
+               basis: str, **extra: Any) -> ManyBodyInput:
+    return ManyBodyInput(**{"molecule": molecule, "specification": {
+        "driver": driver,
+        "keywords": {"bsse_type": "nocp", "return_total_data": True, "max_nbody": nbody,
+                     "embedding_charges": charges},
+        "specification": {"(auto)": {"program": "pyscf", "model": {"method": "hf", "basis": basis},
+                                     "driver": driver, "keywords": {"conv_tol": 1e-12}}},
+        **extra}})
+
+
+def _waters(geometry: np.ndarray) -> dict[str, Any]:
+    n = len(geometry) // 3
+    return {"symbols": ["O", "H", "H"] * n, "geometry": geometry.ravel().tolist(),
+            "fragments": [[3 * i, 3 * i + 1, 3 * i + 2] for i in range(n)], "fragment_charges": [0] * n,
+            "fragment_multiplicities": [1] * n}
+
+
+def _qmmm(symbols: list[str], geometry: np.ndarray, atoms: list[int], charge_atoms: list[int],
+          charges: list[float], basis: str, charge_geometry: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """PySCF RHF on ``atoms`` in bare point charges ``charges`` at ``charge_atoms`` (bohr), run directly.
+
+    Returns the energy and the gradient on ``atoms`` (charges held fixed), ``(len(atoms), 3)``.
+    ``charge_geometry``: where the charges sit (default ``geometry``: on their atoms).
+    """
+    mol = gto.M(atom=[(symbols[a], geometry[a]) for a in atoms], unit="Bohr", basis=basis, verbose=0)
+    mf = scf.RHF(mol)
+    mf.conv_tol = 1e-12
+    if charge_atoms:
+        where = geometry if charge_geometry is None else charge_geometry
+        mf = qmmm.mm_charge(mf, where[charge_atoms], charges, unit="Bohr")
+    energy = mf.kernel()
+    assert mf.converged
+    return float(energy), np.asarray(mf.nuc_grad_method().kernel())
+
+
+def _nocp_mbe(geometry: np.ndarray, nfrag: int, order: int, charges: list[float], basis: str,
+              charge_geometry: np.ndarray | None = None, gradient: bool = False) -> Any:
+    """Textbook NoCP MBE(order) of ``nfrag`` waters, each subset in the TIP3P-like charges of the others.
+
+    E(n) = sum_{k=1..n} (-1)**(n-k) * C(N-k-1, n-k) * sum_{|S|=k} E_S  (the inclusion-exclusion of the
+    increments, e.g. Richard & Herbert, J. Chem. Phys. 137, 064113 (2012), for disjoint fragments).
+    """
+    symbols = ["O", "H", "H"] * nfrag
+    energy, grad = 0.0, np.zeros((3 * nfrag, 3))
+    for k in range(1, order + 1):
+        coef = (-1) ** (order - k) * math.comb(nfrag - k - 1, order - k) if k < nfrag else 1
+        for subset in itertools.combinations(range(nfrag), k):
+            atoms = [3 * f + i for f in subset for i in range(3)]
+            others = [3 * f + i for f in range(nfrag) if f not in subset for i in range(3)]
+            e, g = _qmmm(symbols, geometry, atoms, others, charges * (nfrag - k), basis, charge_geometry)
+            energy += coef * e
+            grad[atoms] += coef * g
+    return (energy, grad) if gradient else energy
+
+
+@pytest.fixture(autouse=True)
+def _opt_in_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every test starts without QCManyBody's opt-in: qcmb_async must set it when charges are given.
+    monkeypatch.delenv(EMBEDDING_ENV, raising=False)
+
+
+def test_het4_reference_values_through_three_bodies() -> None:
+    """QCManyBody's EE-MBE reference (Psi4) through PySCF: energies to 1e-8 Eh, the 3-body gradient to 1e-7."""
+    result = qcmb_async.run(_mbe_input(HET4, HET4_CHARGES, 3, "gradient", "cc-pvdz"), ncores=2)
+    props = result.properties.model_dump()
+    for name, ref in HET4_EE.items():
+        assert props[name] == pytest.approx(ref, abs=1e-8), name
+    assert result.properties.return_energy == pytest.approx(HET4_EE["nocp_corrected_total_energy_through_3_body"],
+                                                            abs=1e-8)
+    np.testing.assert_allclose(np.asarray(result.return_result), HET4_EE_3B_GRADIENT, rtol=0, atol=1e-7)
+    assert os.environ.get(EMBEDDING_ENV) == "1"  # set for the user: the charges were the request
+
+
+def test_het4_reference_values_full_expansion() -> None:
+    """MBE(4) of the tetramer: the full job has no charges, and the expansion gives QCManyBody's 4-body values."""
+    result = qcmb_async.run(_mbe_input(HET4, HET4_CHARGES, 4, "gradient", "cc-pvdz"), ncores=2)
+    props = result.properties.model_dump()
+    assert props["nocp_corrected_total_energy_through_4_body"] == pytest.approx(HET4_EE_4B, abs=1e-8)
+    assert props["nocp_corrected_4_body_contribution_to_energy"] == pytest.approx(0.000710535378, abs=1e-8)
+    for name, ref in HET4_EE.items():
+        assert props[name] == pytest.approx(ref, abs=1e-8), name
+    np.testing.assert_allclose(np.asarray(result.return_result), HET4_EE_4B_GRADIENT, rtol=0, atol=1e-7)
+
+
+def test_dimer_embedded_mbe_equals_direct_qmmm_jobs() -> None:
+    """Water dimer with TIP3P-like charges: MBE(1) and MBE(2) against PySCF QM/MM jobs run here, summed by hand."""
+    geometry = WATER_DIMER
+    symbols = ["O", "H", "H"] * 2
+    e1, g1 = _qmmm(symbols, geometry, [0, 1, 2], [3, 4, 5], TIP3P, "6-31g")  # water 1 in the charges of 2
+    e2, g2 = _qmmm(symbols, geometry, [3, 4, 5], [0, 1, 2], TIP3P, "6-31g")
+    e12, _ = _qmmm(symbols, geometry, list(range(6)), [], [], "6-31g")  # the dimer: nothing left to embed it
+    charges = {1: TIP3P, 2: TIP3P}
+
+    one = qcmb_async.run(_mbe_input(_waters(geometry), charges, 1, "gradient", "6-31g"), ncores=2)
+    assert one.properties.return_energy == pytest.approx(e1 + e2, abs=1e-9)
+    np.testing.assert_allclose(np.asarray(one.return_result), np.vstack([g1, g2]), rtol=0, atol=1e-8)
+
+    two = qcmb_async.run(_mbe_input(_waters(geometry), charges, 2, "energy", "6-31g"), ncores=2)
+    props = two.properties
+    assert props.nocp_corrected_total_energy_through_1_body == pytest.approx(e1 + e2, abs=1e-9)
+    assert props.nocp_corrected_2_body_contribution_to_energy == pytest.approx(e12 - e1 - e2, abs=1e-9)
+    assert props.return_energy == pytest.approx(e12, abs=1e-9)
+
+
+def test_trimer_gradient_matches_finite_differences() -> None:
+    """EE-MBE(2) gradient of a water trimer against central differences of the textbook EE-MBE(2) energy.
+
+    QCManyBody's EE gradient (what its Psi4 reference holds) is each fragment's gradient on its own atoms with
+    the charges held where they are: the derivative of the energy with the charges frozen. Moving the charges
+    with their atoms adds the harness's charge-position gradients (``extras["pyscf"]["embedding_gradient"]``),
+    assembled here with the same textbook coefficients.
+    """
+    geometry = np.vstack([WATER_DIMER, THIRD_WATER])
+    result = qcmb_async.run(_mbe_input(_waters(geometry), {1: TIP3P, 2: TIP3P, 3: TIP3P}, 2, "gradient", "sto-3g",
+                                       protocols={"cluster_results": "all"}), ncores=2)
+    energy_ref = _nocp_mbe(geometry, 3, 2, TIP3P, "sto-3g")
+    assert result.properties.return_energy == pytest.approx(energy_ref, abs=1e-9)
+    grad = np.asarray(result.return_result).reshape(-1, 3)
+
+    # Charge-position terms from the fragments' results: MBE(2) of a trimer = sum E_ij - sum E_i.
+    moving = grad.copy()
+    for label, atomic in result.cluster_results.items():
+        extras = atomic.extras["pyscf"]
+        real = json.loads(label)[1]
+        coef = 1 if len(real) == 2 else -1
+        charge_atoms = [3 * (f - 1) + i for f in (1, 2, 3) if f not in real for i in range(3)]
+        assert len(extras.get("embedding_gradient", [])) == len(charge_atoms)
+        if charge_atoms:
+            moving[charge_atoms] += coef * np.asarray(extras["embedding_gradient"])
+
+    h = 1e-3
+    charge_terms = []
+    for atom, xyz in ((0, 0), (4, 2), (7, 0), (8, 1)):  # atoms of all three waters
+        def shifted(step: float, _a: int = atom, _x: int = xyz) -> np.ndarray:
+            g = geometry.copy()
+            g[_a, _x] += step
+            return g
+        frozen = (_nocp_mbe(shifted(h), 3, 2, TIP3P, "sto-3g", charge_geometry=geometry)
+                  - _nocp_mbe(shifted(-h), 3, 2, TIP3P, "sto-3g", charge_geometry=geometry)) / (2 * h)
+        assert grad[atom, xyz] == pytest.approx(frozen, abs=1e-6), (atom, xyz)
+        both = (_nocp_mbe(shifted(h), 3, 2, TIP3P, "sto-3g") - _nocp_mbe(shifted(-h), 3, 2, TIP3P, "sto-3g")) / (2 * h)
+        assert moving[atom, xyz] == pytest.approx(both, abs=1e-6), (atom, xyz)
+        charge_terms.append(abs(both - frozen))
+    assert max(charge_terms) > 1e-5  # 10x the tolerance: the charge terms matter, the two checks differ
+
+
+def test_embedded_hessian_is_refused_before_running() -> None:
+    data = _mbe_input(_waters(WATER_DIMER), {1: TIP3P, 2: TIP3P}, 2, "hessian", "sto-3g")
+    with pytest.raises(qcmb_async.InputError, match="no analytic Hessian with external point charges"):
+        check_input(data)
+
+
+def test_input_without_charges_leaves_environment_alone() -> None:
+    data = _mbe_input(_waters(WATER_DIMER), {1: TIP3P, 2: TIP3P}, 2, "energy", "sto-3g").model_dump()
+    data["specification"]["keywords"].pop("embedding_charges")
+    check_input(ManyBodyInput(**data))
+    assert EMBEDDING_ENV not in os.environ
