@@ -222,3 +222,69 @@ def test_input_without_charges_leaves_environment_alone() -> None:
     data["specification"]["keywords"].pop("embedding_charges")
     check_input(ManyBodyInput(**data))
     assert EMBEDDING_ENV not in os.environ
+
+
+OH_RADICAL = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.84]])  # bohr
+POINT_CHARGES = [[0.6, [3.0, 0.5, 0.2]], [-0.4, [-0.5, 2.8, 1.1]]]  # [charge, [x, y, z] bohr], QCManyBody's form
+
+
+def _harness(geometry: np.ndarray, charges: list[Any], driver: str) -> Any:
+    """Our harness through QCEngine: UKS B3LYP/6-31G density-fitted, the OH radical in ``charges``."""
+    import qcengine
+    from qcelemental.models.v2 import AtomicInput, Molecule
+
+    from qcmb_async.harnesses import register_harnesses
+
+    register_harnesses()
+    mol = Molecule(symbols=["O", "H"], geometry=geometry, molecular_multiplicity=2, fix_com=True,
+                   fix_orientation=True, extras={"embedding_charges": charges})
+    inp = AtomicInput(molecule=mol, specification={
+        "driver": driver, "model": {"method": "b3lyp", "basis": "6-31g"},
+        "keywords": {"conv_tol": 1e-12, "density_fit": True}})
+    res = qcengine.compute(inp, "pyscf", raise_error=True, task_config={"ncores": 1, "memory": 1})
+    assert res.success
+    return res
+
+
+def _direct_uks(geometry: np.ndarray, charges: list[Any]) -> float:
+    from pyscf import dft
+
+    mol = gto.M(atom=[("O", geometry[0]), ("H", geometry[1])], unit="Bohr", basis="6-31g", spin=1, verbose=0)
+    mf = dft.UKS(mol).density_fit()
+    mf.xc = "b3lyp"
+    mf.conv_tol = 1e-12
+    mf = qmmm.mm_charge(mf, np.array([c[1] for c in charges]), [c[0] for c in charges], unit="Bohr")
+    return float(mf.kernel())
+
+
+def test_harness_open_shell_dft_density_fitted_in_charges() -> None:
+    """UKS, density fitting, point charges: energy = PySCF QM/MM run directly; atom and charge gradients = FD."""
+    res = _harness(OH_RADICAL, POINT_CHARGES, "gradient")
+    assert res.properties.return_energy == pytest.approx(_direct_uks(OH_RADICAL, POINT_CHARGES), abs=1e-9)
+    extras = res.extras["pyscf"]
+    assert extras["embedding_charges"] == 2
+    # Charge-nucleus energy (in E): sum over nuclei Z and charges q of Z q / r, written out.
+    nuclear = sum(z * q / np.linalg.norm(np.asarray(pos) - atom)
+                  for z, atom in zip((8, 1), OH_RADICAL, strict=True) for q, pos in POINT_CHARGES)
+    assert extras["embedding_nuclear_energy"] == pytest.approx(nuclear, abs=1e-12)
+
+    h = 1e-4
+    shifted = [OH_RADICAL.copy(), OH_RADICAL.copy()]
+    shifted[0][1, 2] += h
+    shifted[1][1, 2] -= h
+    fd_atom = (_direct_uks(shifted[0], POINT_CHARGES) - _direct_uks(shifted[1], POINT_CHARGES)) / (2 * h)
+    assert np.asarray(res.return_result)[1, 2] == pytest.approx(fd_atom, abs=1e-6)
+    moved = [[[q, list(p)] for q, p in POINT_CHARGES] for _ in range(2)]
+    moved[0][1][1][0] += h
+    moved[1][1][1][0] -= h
+    fd_charge = (_direct_uks(OH_RADICAL, moved[0]) - _direct_uks(OH_RADICAL, moved[1])) / (2 * h)
+    assert extras["embedding_gradient"][1][0] == pytest.approx(fd_charge, abs=1e-6)
+
+
+def test_harness_refuses_hessian_and_malformed_charges() -> None:
+    from qcengine.exceptions import InputError as EngineInputError
+
+    with pytest.raises(EngineInputError, match="no analytic Hessian with external point charges"):
+        _harness(OH_RADICAL, POINT_CHARGES, "hessian")
+    with pytest.raises(EngineInputError, match=r"list of \[charge, \[x, y, z\]\]"):
+        _harness(OH_RADICAL, [[0.5, [1.0, 2.0]]], "energy")
