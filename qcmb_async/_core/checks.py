@@ -90,6 +90,16 @@ def check_embedding(inp: ManyBodyInput) -> None:
             f"embedding_charges cannot be used with program(s) {', '.join(bad)}: point charges can be passed only to "
             f"{', '.join(embedding_programs())} (psi4 as external_potentials, psi4 >= 1.6; pyscf as QM/MM point "
             "charges). Use one of those programs or remove embedding_charges")
+    keywords = inp.specification.keywords
+    if keywords.return_total_data is not True:
+        raise InputError("embedding_charges need return_total_data: true: with embedding the fragments are not the "
+                         "isolated monomers, so QCManyBody gives total energies only, no interaction energies")
+    # QCManyBody pairs charges with atoms by zip(): a short list would silently leave atoms without a charge.
+    for ifr, atoms in enumerate(inp.molecule.fragments or [], start=1):
+        given = keywords.embedding_charges.get(ifr)
+        if given is not None and len(given) != len(atoms):
+            raise InputError(f"embedding_charges for fragment {ifr} has {len(given)} charge(s), the fragment has "
+                             f"{len(atoms)} atom(s): give one charge per atom, in the fragment's atom order")
     driver = str(getattr(inp.specification.driver, "value", inp.specification.driver))
     if driver == "hessian" and any(s.program == "pyscf" for s in used_specs(inp).values()):
         from ..harnesses._pyscf_model import EMBEDDED_HESSIAN
