@@ -288,3 +288,37 @@ def test_harness_refuses_hessian_and_malformed_charges() -> None:
         _harness(OH_RADICAL, POINT_CHARGES, "hessian")
     with pytest.raises(EngineInputError, match=r"list of \[charge, \[x, y, z\]\]"):
         _harness(OH_RADICAL, [[0.5, [1.0, 2.0]]], "energy")
+
+
+@pytest.mark.parametrize("bsse", ["nocp", "vmfc"])
+def test_materialised_fragments_carry_qcmanybodys_charges(bsse: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our plan (fast path included) gives each PySCF job exactly the molecule QCManyBody's iterate_molecules
+    yields, embedding charges in its extras; Psi4 jobs get them as external_potentials, as QCManyBody's loop does."""
+    from qcmanybody.v2 import ManyBodyComputer
+
+    from qcmb_async._core.plan import make_plan
+
+    monkeypatch.setenv(EMBEDDING_ENV, "1")
+    geometry = np.vstack([WATER_DIMER, THIRD_WATER, THIRD_WATER + np.array([5.0, 0.0, 0.0])])
+    data = _mbe_input(_waters(geometry), {i: TIP3P for i in range(1, 5)}, 3, "energy", "sto-3g").model_dump()
+    data["specification"]["keywords"]["bsse_type"] = [bsse]
+    inp = ManyBodyInput(**data)
+    plan = make_plan(inp)
+    reference = list(ManyBodyComputer.from_manybodyinput(inp, build_tasks=False).qcmb_core.iterate_molecules())
+    assert [f.label for f in plan.fragments] == [label for _, label, _ in reference]
+    with_charges = 0
+    for frag, (_, label, mol) in zip(plan.fragments, reference, strict=True):
+        job = plan.materialise(frag)
+        assert job.atomic_input.molecule.model_dump_json() == mol.model_dump_json(), label
+        charges = job.atomic_input.molecule.extras.get("embedding_charges", [])
+        assert len(charges) == 3 * (4 - len(frag.basis))  # one per atom outside the job's basis
+        with_charges += bool(charges)
+        assert "function_kwargs" not in job.atomic_input.specification.keywords
+    assert with_charges > 0
+
+    data["specification"]["specification"]["(auto)"]["program"] = "psi4"
+    psi4_plan = make_plan(ManyBodyInput(**data))
+    frag = psi4_plan.fragments[0]
+    job = psi4_plan.materialise(frag)
+    assert (job.atomic_input.specification.keywords["function_kwargs"]["external_potentials"]
+            == job.atomic_input.molecule.extras["embedding_charges"])
