@@ -126,6 +126,7 @@ def _opt_in_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(EMBEDDING_ENV, raising=False)
 
 
+@pytest.mark.slow
 def test_het4_reference_values_through_three_bodies() -> None:
     """QCManyBody's EE-MBE reference (Psi4) through PySCF: energies to 1e-8 Eh, the 3-body gradient to 1e-7."""
     result = qcmb_async.run(_mbe_input(HET4, HET4_CHARGES, 3, "gradient", "cc-pvdz"), ncores=2)
@@ -138,6 +139,7 @@ def test_het4_reference_values_through_three_bodies() -> None:
     assert os.environ.get(EMBEDDING_ENV) == "1"  # set for the user: the charges were the request
 
 
+@pytest.mark.slow
 def test_het4_reference_values_full_expansion() -> None:
     """MBE(4) of the tetramer: the full job has no charges, and the expansion gives QCManyBody's 4-body values."""
     result = qcmb_async.run(_mbe_input(HET4, HET4_CHARGES, 4, "gradient", "cc-pvdz"), ncores=2)
@@ -169,6 +171,7 @@ def test_dimer_embedded_mbe_equals_direct_qmmm_jobs() -> None:
     assert props.return_energy == pytest.approx(e12, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_trimer_gradient_matches_finite_differences() -> None:
     """EE-MBE(2) gradient of a water trimer against central differences of the textbook EE-MBE(2) energy.
 
