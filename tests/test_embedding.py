@@ -325,3 +325,39 @@ def test_materialised_fragments_carry_qcmanybodys_charges(bsse: str, monkeypatch
     job = psi4_plan.materialise(frag)
     assert (job.atomic_input.specification.keywords["function_kwargs"]["external_potentials"]
             == job.atomic_input.molecule.extras["embedding_charges"])
+
+
+def test_harness_mp2_gradient_in_charges_matches_finite_differences() -> None:
+    """MP2 in point charges through the harness: energy = PySCF QM/MM + MP2 run directly, gradient = FD of it."""
+    import qcengine
+    from pyscf import mp
+    from qcelemental.models.v2 import AtomicInput, Molecule
+
+    from qcmb_async.harnesses import register_harnesses
+
+    register_harnesses()
+    water = WATER_DIMER[:3]
+    charges = [[q, list(map(float, xyz))] for q, xyz in zip(TIP3P, WATER_DIMER[3:], strict=True)]
+
+    def direct(geometry: np.ndarray) -> float:
+        mol = gto.M(atom=[(s, xyz) for s, xyz in zip("OHH", geometry, strict=True)], unit="Bohr", basis="6-31g",
+                    verbose=0)
+        mf = scf.RHF(mol)
+        mf.conv_tol = 1e-12
+        mf = qmmm.mm_charge(mf, WATER_DIMER[3:], TIP3P, unit="Bohr")
+        mf.kernel()
+        pt = mp.MP2(mf)
+        pt.kernel()
+        return float(pt.e_tot)
+
+    mol = Molecule(symbols=["O", "H", "H"], geometry=water, fix_com=True, fix_orientation=True,
+                   extras={"embedding_charges": charges})
+    inp = AtomicInput(molecule=mol, specification={"driver": "gradient", "model": {"method": "mp2", "basis": "6-31g"},
+                                                   "keywords": {"conv_tol": 1e-12}})
+    res = qcengine.compute(inp, "pyscf", raise_error=True, task_config={"ncores": 1, "memory": 1})
+    assert res.properties.return_energy == pytest.approx(direct(water), abs=1e-9)
+    h = 1e-4
+    plus, minus = water.copy(), water.copy()
+    plus[0, 1] += h
+    minus[0, 1] -= h
+    assert np.asarray(res.return_result)[0, 1] == pytest.approx((direct(plus) - direct(minus)) / (2 * h), abs=1e-6)
