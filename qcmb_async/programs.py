@@ -48,7 +48,8 @@ class ProgramTraits:
 
 #: The registry. Values measured or read from the harnesses shipped with QCEngine 0.52 and ours.
 PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
-    ProgramTraits("pyscf", in_process=True, parallel_fraction=0.85,
+    # embedding_charges: our harness takes QCManyBody's charges as PySCF QM/MM point charges.
+    ProgramTraits("pyscf", in_process=True, parallel_fraction=0.85, embedding_charges=True,
                   install_hint="pip install pyscf (or pip install 'qcmb_async[pyscf]'; its harness ships with "
                                "qcmb_async)"),
     # QCManyBody hands embedding_charges only to Psi4 (function_kwargs.external_potentials, psi4 >= 1.6).

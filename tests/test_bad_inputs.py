@@ -240,10 +240,10 @@ CASES: list[Case] = [
     Case("yaml alias bomb", r"YAML aliases \('\*a', line 3\) are not accepted.*Write the values out in full",
          files={"bomb.yaml": ALIAS_BOMB}, arg="bomb.yaml"),
     Case("embedding charges with nwchem", r"embedding_charges cannot be used with program\(s\) nwchem.*only to "
-         r"psi4.*remove embedding_charges", needs=("nwchem",),
+         r"psi4, pyscf.*remove embedding_charges", needs=("nwchem",),
          data=mbe(program="nwchem", method="hf", basis="sto-3g",
                   embedding_charges={"1": [-0.8, 0.4, 0.4], "2": [-0.8, 0.4, 0.4]})),
-    Case("embedding charges, plan", r"embedding_charges cannot be used with program\(s\) mopac.*only to psi4",
+    Case("embedding charges, plan", r"embedding_charges cannot be used with program\(s\) mopac.*only to psi4, pyscf",
          data=mbe(embedding_charges={"1": [-0.8, 0.4, 0.4], "2": [-0.8, 0.4, 0.4]}), command="plan", api=False),
     # -- paths that are not input files -------------------------------------------------------------
     Case("directory", r"is a directory: give a JSON, YAML or XYZ file", files={"dir.json/x": ""}, arg="dir.json"),
@@ -278,9 +278,17 @@ CASES: list[Case] = [
              n: {"program": "mopac", "model": {"method": "pm7"}, "driver": "energy"} for n in ("a", "b", "c")},
              molecule=WATER3, max_nbody=3, levels={"1": "a", "2": "b", "supersystem": "c"}),
          command="plan", api=False),  # found while planning: before any fragment, after the executor is chosen
-    Case("embedding charges in testing", r"QCMANYBODY_EMBEDDING_CHARGES=1.*remove embedding_charges",
-         data=mbe(program="psi4", method="hf", basis="sto-3g",
-                  embedding_charges={"1": [-0.8, 0.4, 0.4], "2": [-0.8, 0.4, 0.4]}), needs=("psi4",)),
+    Case("embedding charges without return_total_data", r"embedding_charges need return_total_data: true",
+         needs=("pyscf",), data=mbe(program="pyscf", method="hf", basis="sto-3g",
+                                    embedding_charges={"1": [-0.8, 0.4, 0.4], "2": [-0.8, 0.4, 0.4]})),
+    Case("embedding charges one short", r"embedding_charges for fragment 2 has 2 charge\(s\), the fragment has 3 "
+         r"atom\(s\): give one charge per atom", needs=("pyscf",),
+         data=mbe(program="pyscf", method="hf", basis="sto-3g", return_total_data=True,
+                  embedding_charges={"1": [-0.8, 0.4, 0.4], "2": [-0.8, 0.4]})),
+    Case("embedding charges with a pyscf hessian", r"no analytic Hessian with external point charges.*"
+         r"finite differences", needs=("pyscf",),
+         data=_hessian(mbe(program="pyscf", method="hf", basis="sto-3g", return_total_data=True,
+                           embedding_charges={"1": [-0.8, 0.4, 0.4], "2": [-0.8, 0.4, 0.4]}))),
     Case("ncores leaving no memory", r"leaves 0\.0 GiB per fragment: give fewer cores, more memory", data=mbe(),
          cli_args=["--ncores", "10000000", "--memory", "1"], api_options={"ncores": 10**7, "memory": 1}),
 ]

@@ -63,26 +63,56 @@ def used_specs(inp: ManyBodyInput) -> dict[str, Any]:
 def embedding_programs() -> list[str]:
     """Programs that take QCManyBody's ``embedding_charges`` (``embedding_charges`` in :mod:`qcmb_async.programs`).
 
-    QCManyBody's computer hands them only to Psi4 (as ``function_kwargs.external_potentials``,
-    psi4 >= 1.6) and raises for every other program.
+    QCManyBody's own computer hands them only to Psi4 (as ``function_kwargs.external_potentials``,
+    psi4 >= 1.6); ``Plan.materialise`` does the same for Psi4 and leaves them in the fragment molecule's
+    ``extras`` for our PySCF harness (PySCF QM/MM point charges).
     """
     return sorted(name for name, t in PROGRAMS.items() if t.embedding_charges)
 
 
+#: QCManyBody's opt-in for EE-MBE (``ManyBodyCore`` raises without it).
+EMBEDDING_ENV = "QCMANYBODY_EMBEDDING_CHARGES"
+
+
 def check_embedding(inp: ManyBodyInput) -> None:
-    """:class:`InputError` when ``embedding_charges`` would go to a program that cannot take them."""
+    """:class:`InputError` when ``embedding_charges`` would go to a program that cannot take them, or to a
+    Hessian PySCF cannot compute with them.
+
+    When the input gives ``embedding_charges`` and every program takes them, sets QCManyBody's opt-in
+    ``QCMANYBODY_EMBEDDING_CHARGES=1`` in this process (once, with a warning in the log): giving the charges
+    is the user's request for EE-MBE. Inputs without ``embedding_charges`` never touch the environment.
+    """
     if not inp.specification.keywords.embedding_charges:
         return
     bad = sorted({s.program for s in used_specs(inp).values() if not traits(s.program).embedding_charges})
     if bad:
         raise InputError(
-            f"embedding_charges cannot be used with program(s) {', '.join(bad)}: QCManyBody passes point charges "
-            f"only to {', '.join(embedding_programs())} (as external_potentials, psi4 >= 1.6). Use that program or "
-            "remove embedding_charges")
-    if not os.environ.get("QCMANYBODY_EMBEDDING_CHARGES"):
-        raise InputError("embedding_charges: QCManyBody marks embedded (EE-MBE) expansions as still in testing and "
-                         "refuses them unless the environment variable QCMANYBODY_EMBEDDING_CHARGES=1 is set; set it "
-                         "to use them at your own risk, or remove embedding_charges")
+            f"embedding_charges cannot be used with program(s) {', '.join(bad)}: point charges can be passed only to "
+            f"{', '.join(embedding_programs())} (psi4 as external_potentials, psi4 >= 1.6; pyscf as QM/MM point "
+            "charges). Use one of those programs or remove embedding_charges")
+    keywords = inp.specification.keywords
+    if keywords.return_total_data is not True:
+        raise InputError("embedding_charges need return_total_data: true: with embedding the fragments are not the "
+                         "isolated monomers, so QCManyBody gives total energies only, no interaction energies")
+    # QCManyBody pairs charges with atoms by zip(): a short list would silently leave atoms without a charge.
+    for ifr, atoms in enumerate(inp.molecule.fragments or [], start=1):
+        given = keywords.embedding_charges.get(ifr)
+        if given is not None and len(given) != len(atoms):
+            raise InputError(f"embedding_charges for fragment {ifr} has {len(given)} charge(s), the fragment has "
+                             f"{len(atoms)} atom(s): give one charge per atom, in the fragment's atom order")
+    driver = str(getattr(inp.specification.driver, "value", inp.specification.driver))
+    if driver == "hessian" and any(s.program == "pyscf" for s in used_specs(inp).values()):
+        from ..harnesses._pyscf_model import EMBEDDED_HESSIAN
+
+        raise InputError(EMBEDDED_HESSIAN)
+    if not os.environ.get(EMBEDDING_ENV):
+        from .._logs import get_logger
+
+        # Process-wide and never unset (unsetting could race another thread's QCManyBody computer); the
+        # variable only unlocks inputs that give embedding_charges, so nothing else changes.
+        os.environ[EMBEDDING_ENV] = "1"
+        get_logger().warning(f"embedding_charges given: set {EMBEDDING_ENV}=1 in this process (QCManyBody's opt-in "
+                             "for EE-MBE, which it marks as still in testing)")
 
 
 #: Noble-gas cores (electrons) and, after a filled d shell, the d10 a valence-only method leaves out.
@@ -289,7 +319,8 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
         if spec.program == "pyscf":  # keywords, drivers, basis sets / ECPs PySCF lacks, unknown methods: before any run
             from ..harnesses.pyscf import check_model, check_request
 
-            check_request(spec.driver, spec.model.method, spec.keywords)
+            check_request(spec.driver, spec.model.method, spec.keywords,
+                          embedded=bool(inp.specification.keywords.embedding_charges))
             check_model(inp.molecule.symbols, spec.model)
     for spec in specs.values():
         known = traits(spec.program)

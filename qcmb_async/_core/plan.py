@@ -148,9 +148,12 @@ class Plan:
         else:
             spec = copy.deepcopy(self.specs[frag.mc]["specification"])
         atomic = AtomicInput(molecule=mol, specification=spec)
-        if mol.extras.get("embedding_charges"):
-            if frag.program != "psi4":
-                raise RuntimeError(f"Don't know how to handle external charges in {frag.program}")
+        # QCManyBody's own loop: Psi4 takes the charges as external_potentials. Our PySCF harness reads them where
+        # QCManyBody put them, the molecule's extras (part of the store key either way); check_embedding refuses
+        # every other program before anything runs.
+        if mol.extras.get("embedding_charges") and frag.program not in ("psi4", "pyscf"):
+            raise RuntimeError(f"Don't know how to handle external charges in {frag.program}")
+        if mol.extras.get("embedding_charges") and frag.program == "psi4":
             fkw = atomic.specification.keywords.get("function_kwargs", {})
             fkw.update({"external_potentials": mol.extras["embedding_charges"]})
             atomic.specification.keywords["function_kwargs"] = fkw

@@ -24,6 +24,11 @@ SUPPORTED_KEYWORDS: dict[str, str] = {
                   "each within 0.5 bohr of the new geometry) (bool, default False)",
 }
 
+#: Why a Hessian with embedding charges is refused (harness and input checks say the same).
+EMBEDDED_HESSIAN = ("PySCF harness: no analytic Hessian with external point charges (embedding_charges; PySCF's "
+                    "QM/MM has none): take finite differences of the EE-MBE gradients instead "
+                    "(qcmb_async.frequencies(..., method='finite-difference')).")
+
 _HF_NAMES = frozenset({"hf", "scf"})
 _MP2_NAMES = frozenset({"mp2"})
 
@@ -61,10 +66,13 @@ def _parse_keywords(keywords: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_driver(driver: str, kind: str, kw: dict[str, Any]) -> None:
-    """What this harness cannot compute for a driver and method kind (``_classify_method``); QCEngine ``InputError``."""
+def _check_driver(driver: str, kind: str, kw: dict[str, Any], embedded: bool = False) -> None:
+    """What this harness cannot compute for a driver and method kind (``_classify_method``), with external point
+    charges (``embedded``) or without; QCEngine ``InputError``."""
     if driver not in ("energy", "gradient", "hessian"):
         raise InputError(f"PySCF harness: driver {driver!r} is not supported (energy/gradient/hessian).")
+    if driver == "hessian" and embedded:
+        raise InputError(EMBEDDED_HESSIAN)
     if driver == "hessian" and kind == "mp2":
         raise InputError("PySCF harness: hessian is not supported for MP2 (only HF and DFT): take finite "
                          "differences of MP2 gradients (qcmb_async.frequencies(..., method='finite-difference')).")
@@ -72,11 +80,37 @@ def _check_driver(driver: str, kind: str, kw: dict[str, Any]) -> None:
         raise InputError("PySCF harness: density-fitted MP2 gradients are not available in PySCF.")
 
 
-def check_request(driver: Any, method: str, keywords: dict[str, Any] | None) -> None:
+def embedding_charges(extras: Mapping[str, Any] | None) -> tuple[Any, Any] | None:
+    """External point charges of a fragment: ``(coords, charges)`` or ``None`` when it has none.
+
+    ``extras``: the fragment molecule's ``extras``; QCManyBody (``ManyBodyCore.iterate_molecules``, when
+    ``embedding_charges`` is given) puts ``"embedding_charges": [[q, [x, y, z]], ...]`` there: charge ``q``
+    (e) at position ``(x, y, z)`` (bohr, the parent's frame, the fragment molecule's frame too since QCManyBody
+    fixes its orientation and centre). Returns ``coords`` ``(k, 3)`` bohr and ``charges`` ``(k,)`` as float
+    arrays. Raises QCEngine's ``InputError`` for a malformed or non-finite entry.
+    """
+    import numpy as np
+
+    raw = (extras or {}).get("embedding_charges")
+    if not raw:
+        return None
+    try:
+        charges = np.array([float(item[0]) for item in raw], dtype=float)
+        coords = np.array([[float(c) for c in item[1]] for item in raw], dtype=float).reshape(len(raw), 3)
+    except (TypeError, ValueError, IndexError):
+        raise InputError("PySCF harness: molecule.extras['embedding_charges'] must be a list of [charge, [x, y, z]] "
+                         "(bohr), as QCManyBody writes it.") from None
+    if not (np.isfinite(charges).all() and np.isfinite(coords).all()):
+        raise InputError("PySCF harness: molecule.extras['embedding_charges'] holds NaN or infinite numbers.")
+    return coords, charges
+
+
+def check_request(driver: Any, method: str, keywords: dict[str, Any] | None, *, embedded: bool = False) -> None:
     """Refuse, before anything runs, a request this harness would refuse in every fragment.
 
     ``driver``: energy/gradient/hessian (enum or str); ``method``; ``keywords``: the specification's program
-    keywords (see ``SUPPORTED_KEYWORDS``). Unknown methods are :func:`check_model`'s business.
+    keywords (see ``SUPPORTED_KEYWORDS``); ``embedded``: fragments get ``embedding_charges`` (no Hessian then).
+    Unknown methods are :func:`check_model`'s business.
 
     Raises:
         qcmb_async.errors.InputError: naming the keyword and what it must be, or the driver the method lacks.
@@ -87,7 +121,7 @@ def check_request(driver: Any, method: str, keywords: dict[str, Any] | None) -> 
             kind, _ = _classify_method(method)
         except InputError:
             return  # check_model names an unknown method
-        _check_driver(str(getattr(driver, "value", driver)), kind, kw)
+        _check_driver(str(getattr(driver, "value", driver)), kind, kw, embedded)
     except InputError as err:
         raise QCMBInputError(str(err)) from None
 

@@ -31,6 +31,17 @@ ghosts included, in input order. PySCF is given the real atoms first and the gho
 
 Hessian runs also return the gradient at the same geometry (``properties.return_gradient``), as
 QCEngine's own harnesses do.
+
+External point charges (EE-MBE): when the molecule's ``extras["embedding_charges"]`` holds
+``[[q, [x, y, z]], ...]`` (bohr; QCManyBody writes it with ``embedding_charges``), the SCF runs in their
+field (``pyscf.qmmm.mm_charge``, bare point charges). As with Psi4's ``external_potentials``, on which
+QCManyBody's EE reference values rest, the energy includes the charges' interaction with the electrons and
+the nuclei, not among themselves; the gradient is the derivative with respect to the molecule's atoms with
+the charges held where they are (QCManyBody's EE-MBE gradients are assembled from these; checked against its
+het4 reference). The derivative with respect to the charges' positions (HF/DFT) is returned apart, in
+``extras["pyscf"]["embedding_gradient"]`` (``(k, 3)`` Eh/bohr, one row per charge, in the input's order),
+with ``extras["pyscf"]["embedding_nuclear_energy"]`` (the charge-nucleus energy, included in
+``return_energy``). No Hessian with charges (PySCF's QM/MM has none).
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ from ._pyscf_model import (
     check_model,
     check_request,
     ecp_core_electrons,
+    embedding_charges,
 )
 from ._pyscf_warm import _WARM, _warm_key
 
@@ -183,9 +195,12 @@ class PySCFHarness(ProgramHarness):
         return mol, order
 
     @staticmethod
-    def _build_scf(mol: Any, kind: str, xc: str | None, kw: dict[str, Any]) -> Any:
-        """An unconverged SCF object: (R/U)HF or (R/U)KS from the multiplicity, options applied."""
-        from pyscf import dft, scf
+    def _build_scf(mol: Any, kind: str, xc: str | None, kw: dict[str, Any], external: Any = None) -> Any:
+        """An unconverged SCF object: (R/U)HF or (R/U)KS from the multiplicity, options applied.
+
+        ``external``: ``(coords (k, 3) bohr, charges (k,))`` point charges the SCF runs in, or ``None``.
+        """
+        from pyscf import dft, qmmm, scf
 
         restricted = mol.spin == 0
         if kind == "dft":
@@ -202,6 +217,8 @@ class PySCFHarness(ProgramHarness):
             mf.max_cycle = kw["max_cycle"]
         if kw["density_fit"]:
             mf = mf.density_fit()
+        if external is not None:
+            mf = qmmm.mm_charge(mf, external[0], external[1], unit="Bohr")
         mf.verbose = 0
         return mf
 
@@ -218,8 +235,9 @@ class PySCFHarness(ProgramHarness):
         method = spec.model.method
         kw = _parse_keywords(spec.keywords)
         kind, xc = _classify_method(method)
+        external = embedding_charges(input_data.molecule.extras)
 
-        _check_driver(driver, kind, kw)
+        _check_driver(driver, kind, kw, external is not None)
 
         previous_threads = lib.num_threads()
         if config.ncores:
@@ -232,7 +250,7 @@ class PySCFHarness(ProgramHarness):
                 mol, order = self._build_mol(input_data, config)
                 # QCManyBody names each fragment after its real and ghost fragments: part of its identity.
                 kw["_name"] = input_data.molecule.name
-                props, return_result, extras = self._run(mol, kind, xc, kw, driver, method, order)
+                props, return_result, extras = self._run(mol, kind, xc, kw, driver, method, order, external)
         finally:
             lib.num_threads(previous_threads)
 
@@ -253,15 +271,17 @@ class PySCFHarness(ProgramHarness):
         return AtomicResult(**ret_data)
 
     def _run(
-        self, mol: Any, kind: str, xc: str | None, kw: dict[str, Any], driver: str, method: str, order: list[int]
+        self, mol: Any, kind: str, xc: str | None, kw: dict[str, Any], driver: str, method: str, order: list[int],
+        external: Any = None,
     ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         """Do the calculation; return (properties, return_result, extras), per-atom arrays in input order.
 
-        ``order``: PySCF atom k is input atom ``order[k]`` (see :meth:`_build_mol`).
+        ``order``: PySCF atom k is input atom ``order[k]`` (see :meth:`_build_mol`); ``external``: point charges
+        ``(coords, charges)`` or ``None`` (see :func:`embedding_charges`).
         """
         from pyscf import lib, mp
 
-        mf = self._build_scf(mol, kind, xc, kw)
+        mf = self._build_scf(mol, kind, xc, kw, external)
         warm_key = _warm_key(mol, kind, xc, kw) if kw["warm_start"] else None
         dm0 = _WARM.guess(warm_key, mol) if warm_key is not None else None
         mf.kernel(dm0=dm0)  # PySCF errors propagate: QCEngine reports them as unknown_error with the traceback
@@ -290,6 +310,10 @@ class PySCFHarness(ProgramHarness):
         if kind == "hf" and "e2" in summary:  # for DFT PySCF lumps exact exchange into exc: not split here
             props["scf_two_electron_energy"] = float(summary["e2"])
         extras: dict[str, Any] = {"scf_class": type(mf).__name__, "xc": xc, "threads": int(lib.num_threads())}
+        if external is not None:
+            extras["embedding_charges"] = len(external[1])
+            # mf.energy_nuc() is QM/MM's: nuclei-nuclei plus nuclei-charges (in E); the QM part alone is above.
+            extras["embedding_nuclear_energy"] = float(mf.energy_nuc() - mol.energy_nuc())
         if warm_key is not None:
             _WARM.keep(warm_key, mol, (mf.mo_coeff, mf.mo_occ))
             extras["warm_start"] = dm0 is not None
@@ -323,6 +347,8 @@ class PySCFHarness(ProgramHarness):
             props["return_gradient"] = grad
             if kind != "mp2":
                 props["scf_total_gradient"] = grad
+                if external is not None:
+                    extras["embedding_gradient"] = _charge_gradient(mf).tolist()
             return_result = grad
         else:  # hessian, HF/DFT only; the gradient at the same geometry comes with it (QCEngine's harnesses do)
             grad = _gradient_in_input_order(mf, natom, order)
@@ -357,6 +383,8 @@ class PySCFHarness(ProgramHarness):
             f"atoms {natom} (ghost {nghost}), charge {mol.charge}, multiplicity {mol.spin + 1}, "
             f"basis functions {props['calcinfo_nbasis']}, threads {extras['threads']}, "
             f"max_memory {mol.max_memory:.0f} MB",
+            *([f"external point charges {extras['embedding_charges']} (charge-nucleus energy "
+               f"{extras['embedding_nuclear_energy']:.10f} Eh, included)"] if "embedding_charges" in extras else []),
             f"SCF converged in {props.get('scf_iterations', '?')} iterations: E(SCF) = "
             f"{props['scf_total_energy']:.10f} Eh",
         ]
@@ -380,6 +408,19 @@ def _gradient_in_input_order(solver: Any, natom: int, order: list[int]) -> np.nd
     back = np.empty_like(grad)
     back[order] = grad
     return back
+
+
+def _charge_gradient(mf: Any) -> np.ndarray:
+    """Derivative of a QM/MM SCF energy with respect to its point charges' positions, ``(k, 3)`` Eh/bohr.
+
+    Electrons (Hellmann-Feynman: the SCF energy is stationary in the orbitals and the basis does not move
+    with the charges) plus nuclei; PySCF's ``grad_hcore_mm`` and ``grad_nuc_mm``.
+    """
+    grad = mf.nuc_grad_method()
+    dm = np.asarray(mf.make_rdm1())
+    if dm.ndim == 3:  # UHF/UKS: alpha + beta
+        dm = dm[0] + dm[1]
+    return np.asarray(grad.grad_hcore_mm(dm) + grad.grad_nuc_mm(), dtype=float).reshape(-1, 3)
 
 
 def _blas_limits(ncores: int) -> Any:
