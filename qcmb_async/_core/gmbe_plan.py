@@ -6,6 +6,7 @@ import copy
 import functools
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,26 @@ def as_gmbe_input(obj: Any) -> GMBEInput | None:
         return obj
     if isinstance(obj, dict) and obj.get("schema_name") == "qcmb_async_gmbe_input":
         return _validated(obj)
+    if isinstance(obj, str) and obj.lstrip().startswith("{") and '"qcmb_async_gmbe_input"' in obj:
+        import json
+
+        return _validated(json.loads(obj))
+    if isinstance(obj, Path) and obj.suffix.lower() in (".json", ".yaml", ".yml") and obj.is_file():
+        from .inputs import read_text_file
+
+        text = read_text_file(obj)
+        if "qcmb_async_gmbe_input" not in text:
+            return None  # an ordinary ManyBodyInput file: load_input reads it
+        import json
+
+        from .inputs import _yaml_load
+
+        try:
+            data = _yaml_load(text) if obj.suffix.lower() != ".json" else json.loads(text)
+        except Exception as exc:
+            raise InputError(f"input file {str(obj)!r} is not valid: {exc}") from None
+        if isinstance(data, dict) and data.get("schema_name") == "qcmb_async_gmbe_input":
+            return _validated(data)
     return None
 
 
