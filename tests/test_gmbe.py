@@ -233,3 +233,37 @@ def test_optimize_and_finite_difference_frequencies_take_gmbe_inputs(pyscf):
     # The driver symmetrises (H + H^T) / 2: the column differs from the raw one by the FD asymmetry only (O(h^2)).
     assert np.abs(hess[:, 3] - by_hand).max() < 1e-5
     assert np.abs(by_hand).max() > 0.1  # a real stretch constant, not zeros
+
+
+def test_cli_plan_run_and_report_a_peptide(tmp_path, pyscf):
+    require_module("gemmi")
+    from tests.test_cli import cli
+
+    pdb = str(DATA / "ala4.pdb")
+    common = ["--gmbe", "2", "--program", "pyscf", "--method", "hf", "--basis", "sto-3g", "--no-store"]
+    shown = cli("plan", pdb, *common, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "4 primary fragments" in shown.stdout and "3 bond(s) cut" in shown.stdout
+    assert "subsystems per order" in shown.stdout and "nothing was computed" in shown.stdout
+    out = tmp_path / "gmbe.json"
+    done = cli("run", pdb, *common[:1], "1", *common[2:], "-o", str(out), cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "total energy GMBE(1)" in done.stdout
+    import json
+
+    data = json.loads(out.read_text())
+    assert data["schema_name"] == "qcmb_async_gmbe_result" and len(data["extras"]["gmbe"]["subsystems"]) == 4
+    # GMBE(1) of disjoint residues: the sum of the four capped residues (their energies, as computed).
+    assert data["properties"]["return_energy"] == pytest.approx(
+        sum(s["energy"] for s in data["extras"]["gmbe"]["subsystems"]), abs=1e-9)
+    reported = cli("report", str(out), cwd=tmp_path)
+    assert reported.returncode == 0 and "GMBE(1)" in reported.stdout
+    bad = cli("plan", pdb, *common, "--bsse", "cp", cwd=tmp_path)
+    assert bad.returncode == 2 and "NoCP" in bad.stderr
+    xyz = tmp_path / "hexane.xyz"
+    xyz.write_text(f"{len(HEXANE)}\n\n" + "\n".join(f"{s} {x} {y} {z}" for s, x, y, z in HEXANE) + "\n")
+    needs = cli("plan", str(xyz), *common, cwd=tmp_path)
+    assert needs.returncode == 2 and "--max-fragment-atoms" in needs.stderr
+    split = cli("plan", str(xyz), *common, "--max-fragment-atoms", "8", cwd=tmp_path)
+    assert split.returncode == 0, split.stderr
+    assert "primary fragments" in split.stdout
