@@ -15,6 +15,8 @@ import logging
 
 from . import events
 from ._core.contract import Executor, FragmentJob, JobOutcome
+from ._core.gmbe import GMBEInput
+from ._core.gmbe_assemble import GMBEResult
 from ._core.pdb import pdb_input as read_pdb
 from ._core.plan import Fragment, Plan
 from ._core.xyz import xyz_input as read_xyz
@@ -37,6 +39,8 @@ __all__ = [
     "FragmentError",
     "FragmentJob",
     "FrequencyResult",
+    "GMBEInput",
+    "GMBEResult",
     "InputError",
     "JobOutcome",
     "OptimizationResult",

@@ -19,6 +19,8 @@ from ._core.checks import check_input
 from ._core.contract import Executor
 from ._core.events import StepFinished, StepStarted, emit
 from ._core.fragment import ORDER_KEY
+from ._core.gmbe import GMBEInput
+from ._core.gmbe_plan import as_gmbe_input, check_gmbe
 from ._core.inputs import load_input
 from ._core.options import make_options
 from .errors import InputError
@@ -35,6 +37,9 @@ def prepare(mbe_input: Any, driver: str) -> Any:
     Moving atoms needs the total energy and its derivatives: for CP/VMFC QCManyBody returns the
     interaction energy unless ``return_total_data`` is set, so it is set here. Blocking.
     """
+    gmbe = as_gmbe_input(mbe_input)
+    if gmbe is not None:
+        return _prepare_gmbe(gmbe, driver)
     inp = load_input(mbe_input)
     data = inp.model_dump()
     spec = data["specification"]
@@ -50,6 +55,17 @@ def prepare(mbe_input: Any, driver: str) -> Any:
                                   if k != ORDER_KEY}
     out = type(inp)(**data)
     check_input(out)
+    return out
+
+
+def _prepare_gmbe(inp: GMBEInput, driver: str) -> GMBEInput:
+    """A generalized MBE with ``driver``, frame fixed; Hessians with caps are finite differences only."""
+    if driver == "hessian":
+        raise InputError("a generalized MBE has no analytic Hessians (caps): use method='finite-difference' "
+                         "(qcmb-async frequencies --hessian finite-difference)")
+    mol = inp.molecule.model_copy(update={"fix_com": True, "fix_orientation": True})
+    out = inp.model_copy(update={"molecule": mol, "specification": {**inp.specification, "driver": driver}})
+    check_gmbe(out)
     return out
 
 
@@ -84,6 +100,8 @@ def make_executor(inp: Any, run_options: dict[str, Any], executor: str | Executo
     """The executor a driver enters once and reuses for every MBE (see ``executors.resolve_executor``)."""
     options = make_options(**{k: run_options.get(k) for k in ("ncores", "memory", "fragment_ncores",
                                                                 "fragment_memory")})
+    if isinstance(inp, GMBEInput):
+        return resolve_executor(executor, {str(inp.specification["program"]).lower()}, options, scheduler)
     specs = inp.specification.specification.values()
     return resolve_executor(executor, {s.program for s in specs}, options, scheduler,
                             psiapi=any(s.program == "psi4" and (s.extras or {}).get("psiapi") for s in specs))

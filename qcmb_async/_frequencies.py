@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 
 from ._core.assemble import assemble, component_properties
+from ._core.gmbe import GMBEInput
+from ._core.gmbe_assemble import assemble_gmbe
+from ._core.gmbe_plan import GMBEPlan, plan_gmbe
 from ._core.plan import Fragment, Job, Plan
 from ._core.scheduler import Scheduler
 from ._dynamics import (
@@ -135,7 +138,7 @@ class CompositePlan:
 
 @dataclass
 class _Displaced:
-    plan: Plan
+    plan: Plan | GMBEPlan
     keys: dict[str, str]
     """Label in ``plan`` -> content key in the composite plan."""
 
@@ -149,7 +152,7 @@ def plan_displacements(inputs: list[Any]) -> tuple[list[_Displaced], CompositePl
     frags: list[Fragment] = []
     planned = 0
     for inp in inputs:
-        plan = _plan(inp)
+        plan = plan_gmbe(inp) if isinstance(inp, GMBEInput) else _plan(inp)
         keys = {}
         for frag in plan.fragments:
             job = plan.materialise(frag)
@@ -191,7 +194,8 @@ def _displacements(coords: np.ndarray, step: float) -> list[np.ndarray]:
 def _assemble_gradients(displaced: list[_Displaced], results: dict[str, Any]) -> list[Any]:
     out = []
     for d in displaced:
-        res = assemble(d.plan, {label: results[key] for label, key in d.keys.items()})
+        own = {label: results[key] for label, key in d.keys.items()}
+        res = assemble_gmbe(d.plan, own) if isinstance(d.plan, GMBEPlan) else assemble(d.plan, own)
         out.append(res)
     return out
 

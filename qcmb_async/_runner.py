@@ -17,6 +17,9 @@ import anyio
 from ._core.assemble import assemble, assemble_through, keeps_results, slim
 from ._core.checks import check_input
 from ._core.contract import Executor
+from ._core.gmbe import GMBEInput
+from ._core.gmbe_assemble import GMBEResult, assemble_gmbe
+from ._core.gmbe_plan import as_gmbe_input, check_gmbe, plan_gmbe
 from ._core.inputs import load_input
 from ._core.options import make_options, make_screening
 from ._core.outcome import ScheduleOutcome, unwrap_group
@@ -42,6 +45,12 @@ def plan_manybody(mbe_input: Any, *, screening: Any = None) -> Plan:
     ``screening`` as for :func:`run_manybody`: only kept subsets' fragments are planned (energy
     screening: those decided before anything runs); ``plan.screen.summary()`` counts them per order.
     """
+    gmbe = as_gmbe_input(mbe_input)
+    if gmbe is not None:  # a generalized MBE: its subsystems, caps and coefficients (a GMBEPlan)
+        if screening is not None:
+            raise InputError("a GMBE takes distance_cutoffs={order: Å} in its GMBEInput, not screening=")
+        check_gmbe(gmbe)
+        return plan_gmbe(gmbe)  # type: ignore[return-value]
     inp = load_input(mbe_input)
     spec = make_screening(screening)
     check_input(inp)
@@ -130,6 +139,14 @@ async def run_manybody(
         FragmentError: a fragment failed (``on_error="raise"``): names it, keeps QCEngine's error.
         RunFailed: some fragments failed (``on_error="continue"``); ``.report`` has the details.
     """
+    gmbe = as_gmbe_input(mbe_input)
+    if gmbe is not None:  # a generalized MBE: its own plan and assembly on the same scheduler
+        async with _interruptible():
+            return await _run_gmbe(gmbe, ncores=ncores, memory=memory, fragment_ncores=fragment_ncores,  # type: ignore[return-value]
+                                  fragment_memory=fragment_memory, executor=executor, level_barrier=level_barrier,
+                                  scratch_directory=scratch_directory, retries=retries, timeout=timeout,
+                                  on_error=on_error, on_event=on_event, store=store, scheduler=scheduler,
+                                  cluster=cluster, screening=screening)
     # IPython kernels turn an interrupt into a callback that does not wake the event loop.
     async with _interruptible():
         get_settings()  # a bad QCMB_ASYNC_* variable is an InputError now, not in a worker later
@@ -363,3 +380,36 @@ def _failure_report(plan: Plan, outcome: ScheduleOutcome, extras: dict[str, Any]
         if report.partial_result is None:
             log.warning("partial result not assembled", through=max(complete))
     return report
+
+
+async def _run_gmbe(inp: GMBEInput, *, ncores: int | None = None, memory: float | None = None,
+                   fragment_ncores: int | None = None, fragment_memory: float | None = None,
+                   executor: Any = "auto", level_barrier: bool = False, scratch_directory: Any = None,
+                   retries: int = 0, timeout: float | None = None, on_error: str = "raise", on_event: Any = None,
+                   store: Any = "default", scheduler: Any = None, cluster: Any = None,
+                   screening: Any = None) -> GMBEResult:
+    """Run a GMBE on the scheduler; options as :func:`~qcmb_async.run_manybody` (``screening`` excepted: give
+    ``distance_cutoffs`` in the input)."""
+    if screening is not None:
+        raise InputError("screening= screens QCManyBody expansions; a GMBE takes distance_cutoffs={order: Å} in its "
+                         "GMBEInput")
+    given = {"ncores": ncores, "memory": memory, "fragment_ncores": fragment_ncores,
+             "fragment_memory": fragment_memory, "level_barrier": level_barrier,
+             "scratch_directory": scratch_directory, "retries": retries, "timeout": timeout,
+             "on_error": on_error, "on_event": on_event}
+    options = make_options(**given)
+    remote = scheduler is not None or cluster is not None or executor == "dask"
+    await anyio.to_thread.run_sync(functools.partial(check_gmbe, inp, local=not remote))
+    plan = await anyio.to_thread.run_sync(plan_gmbe, inp)
+    if cluster is not None:
+        executor = _cluster_executor(cluster, executor, scheduler)
+    program = str(inp.specification["program"]).lower()
+    exe = resolve_executor(executor, {program}, options, scheduler)
+    async with exe:
+        if (capacity := exe.capacity) is not None and (ncores is None or memory is None):
+            options = make_options(**{**given, "ncores": ncores if ncores is not None else max(1, int(capacity[0])),
+                                      "memory": memory if memory is not None else capacity[1]})
+        outcome, extras = await _execute(plan, options, exe, store, run_id=uuid.uuid4().hex[:12])  # type: ignore[arg-type]
+    if outcome.failures:
+        raise RunFailed(FailureReport(failed=list(outcome.failures), complete_levels=[]))
+    return await anyio.to_thread.run_sync(assemble_gmbe, plan, outcome.results, extras)

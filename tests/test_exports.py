@@ -11,7 +11,8 @@ PUBLIC = {
     "__version__", "Executor", "FailureReport", "Fragment", "FragmentError", "FragmentJob", "InputError",
     "JobOutcome", "Plan", "QCMBAsyncError", "RunFailed", "RunHandle", "Terminated", "events", "open_run",
     "plan_manybody", "prime_qcengine", "read_pdb", "read_xyz", "run", "run_manybody",
-    "optimize", "frequencies", "OptimizationResult", "FrequencyResult", "optimize_sync", "frequencies_sync",
+    "GMBEInput", "GMBEResult", "optimize", "frequencies", "OptimizationResult", "FrequencyResult", "optimize_sync",
+    "frequencies_sync",
 }
 
 #: The progress events (``qcmb_async.events``): fragment events of every run, step events of the drivers.

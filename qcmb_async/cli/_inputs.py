@@ -38,6 +38,12 @@ def _load(path: Path, xyz: XyzOptions) -> Any:
     check_input_path(path)  # a directory, FIFO or device: refused before anything opens it
     from .._core.pdb import PDB_SUFFIXES
 
+    if xyz.gmbe is not None:
+        return _load_gmbe(path, xyz)
+    gmbe_only = [f"--{k.replace('_', '-')}" for k in ("residues_per_fragment", "overlap", "max_fragment_atoms")
+                 if getattr(xyz, k) is not None]
+    if gmbe_only:
+        raise Usage(f"{', '.join(gmbe_only)} shape the fragments of a generalized MBE: add --gmbe N")
     if path.suffix.lower() in PDB_SUFFIXES:
         missing = [opt for opt, val in (("--method", method), ("--program", program)) if not val]
         if missing:
@@ -171,3 +177,50 @@ def _check_not_store(store: Path | None, no_store: bool, **outputs: Path | None)
             raise Usage(f"--{option} {str(out)!r} is the result store {str(path)!r} (or one of its -wal/-shm "
                         "files): writing the result there would destroy every stored fragment. Give another "
                         "output path")
+
+
+def _load_gmbe(path: Path, xyz: XyzOptions) -> Any:
+    """A :class:`~qcmb_async.GMBEInput` from a PDB file (residue windows) or an XYZ file (cut at sp3 C-C bonds)."""
+    from .. import GMBEInput
+    from .._core.pdb import PDB_SUFFIXES
+    from .._core.xyz import parse_keywords, parse_xyz
+
+    missing = [opt for opt, val in (("--method", xyz.method), ("--program", xyz.program)) if not val]
+    if missing:
+        raise Usage(f"--gmbe needs {' and '.join(missing)} (and --basis) to say what to compute")
+    refused = [f"--{k.replace('_', '-')}" for k in ("bsse", "charge", "multiplicity", "fragments")
+               if getattr(xyz, k) is not None]
+    if refused:
+        raise Usage(f"{', '.join(refused)} do(es) not apply to --gmbe (no ghost atoms: the GMBE is a NoCP expansion; "
+                    "charges come from the PDB file's residues)")
+    spec = {"program": str(xyz.program), "driver": (xyz.driver or Driver.energy).value,
+            "model": {"method": str(xyz.method), "basis": xyz.basis}, "keywords": parse_keywords(xyz.keywords)}
+    from pydantic import ValidationError
+
+    from .._core.inputs import _pydantic_message
+
+    try:
+        if path.suffix.lower() in PDB_SUFFIXES:
+            if xyz.max_fragment_atoms is not None:
+                raise Usage("--max-fragment-atoms applies to XYZ files; a PDB file is cut into residues "
+                            "(--residues-per-fragment, --overlap)")
+            return GMBEInput.from_pdb(path, residues_per_fragment=xyz.residues_per_fragment or 1,
+                                      overlap=xyz.overlap or 0, max_nbody=xyz.gmbe, specification=spec)
+        if path.suffix.lower() != ".xyz":
+            raise Usage(f"--gmbe reads PDB/mmCIF or XYZ files; {str(path)!r} is neither (a GMBEInput JSON file "
+                        "carries its own order: leave --gmbe out)")
+        if xyz.max_fragment_atoms is None:
+            raise Usage("--gmbe with an XYZ file needs --max-fragment-atoms N (the largest primary fragment)")
+        from qcelemental import constants
+        from qcelemental.models.v2 import Molecule
+
+        from .._core.inputs import read_text_file
+
+        atoms = parse_xyz(read_text_file(path, "XYZ file"), f"XYZ file {str(path)!r}", single=True)[0].atoms
+        to_bohr = 1.0 / constants.bohr2angstroms
+        molecule = Molecule(symbols=[a[0] for a in atoms], geometry=[[v * to_bohr for v in a[1:]] for a in atoms],
+                            fix_com=True, fix_orientation=True)
+        return GMBEInput.from_molecule(molecule, max_fragment_atoms=xyz.max_fragment_atoms, max_nbody=xyz.gmbe,
+                                       specification=spec)
+    except ValidationError as exc:
+        raise InputError(f"the generalized MBE of {str(path)!r} is not valid: {_pydantic_message(exc)}") from None

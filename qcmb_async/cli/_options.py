@@ -54,6 +54,16 @@ ChargeOpt = Annotated[str | None, _opt("--charge", metavar="Q[,Q...]", help="XYZ
                                                                              "Fragments found from bonds: also rules "
                                                                              "by element, formula or PDB residue, "
                                                                              "e.g. Na=+1,Cl=-1,SO4=-2.")]
+GmbeOpt = Annotated[int | None, _opt("--gmbe", metavar="N", help="PDB/XYZ input: a generalized MBE of order N with "
+                                                                 "hydrogen caps (covalent molecules: peptides from "
+                                                                 "PDB files, others cut at sp3 C-C bonds).")]
+ResiduesOpt = Annotated[int | None, _opt("--residues-per-fragment", metavar="K", help="--gmbe with a PDB file: "
+                                                                                      "residues per primary "
+                                                                                      "fragment (default 1).")]
+OverlapOpt = Annotated[int | None, _opt("--overlap", metavar="K", help="--gmbe with a PDB file: residues shared by "
+                                                                       "consecutive fragments (default 0).")]
+MaxAtomsOpt = Annotated[int | None, _opt("--max-fragment-atoms", metavar="N", help="--gmbe with an XYZ file: "
+                                                                                   "largest primary fragment.")]
 FragmentsOpt = Annotated[str | None, _opt("--fragments", metavar="file|molecules", help="XYZ input: 'file' (the "
                                                                                         "'--' lines; default) or "
                                                                                         "'molecules' (covalently "
@@ -129,13 +139,19 @@ class XyzOptions:
     charge: str | None = None
     multiplicity: str | None = None
     fragments: str | None = None
+    gmbe: int | None = None
+    residues_per_fragment: int | None = None
+    overlap: int | None = None
+    max_fragment_atoms: int | None = None
 
 
 _XYZ_PARAMETERS = [
     inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=annotation)
     for name, annotation in (("method", MethodOpt), ("basis", BasisOpt), ("program", ProgramOpt), ("bsse", BsseOpt),
                              ("max_nbody", MaxNbodyOpt), ("keywords", KeywordsOpt), ("driver", DriverOpt),
-                             ("charge", ChargeOpt), ("multiplicity", MultOpt), ("fragments", FragmentsOpt))
+                             ("charge", ChargeOpt), ("multiplicity", MultOpt), ("fragments", FragmentsOpt),
+                             ("gmbe", GmbeOpt), ("residues_per_fragment", ResiduesOpt), ("overlap", OverlapOpt),
+                             ("max_fragment_atoms", MaxAtomsOpt))
 ]
 
 

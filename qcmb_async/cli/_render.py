@@ -63,6 +63,9 @@ def _energy_tables(console: Any, result: Any, heading: str | None = None) -> Non
     from rich import box
     from rich.table import Table
 
+    if getattr(result, "schema_name", "") == "qcmb_async_gmbe_result":
+        gmbe_result_tables(console, result, heading)
+        return
     rows = energy_rows(result.properties)
     requested = [str(getattr(b, "value", b)) for b in result.input_data.specification.keywords.bsse_type]
     if heading:
@@ -126,4 +129,75 @@ def screening_table(console: Any, summary: dict[str, Any], *, cost: dict[int, fl
     if energy:
         console.print(f"energy screening decides orders >= {min(map(int, energy))} during the run (from the "
                       f"{summary.get('screened_bsse', '?')} increments); a plan counts those orders as not yet kept",
+                      markup=False, soft_wrap=True)
+
+
+def gmbe_plan_tables(console: Any, plan: Any) -> None:
+    """A GMBE plan: primary fragments, cut bonds, subsystems per order (coefficients, cancellations)."""
+    from collections import Counter
+
+    from rich import box
+    from rich.table import Table
+
+    from .._core.gmbe_assemble import cut_bonds
+
+    inp = plan.input
+    symbols = [str(s) for s in inp.molecule.symbols]
+    cuts = cut_bonds(plan)
+    console.print(f"generalized MBE of order {inp.max_nbody}: {len(inp.fragments)} primary fragments, "
+                  f"{len(symbols)} atoms, {len(cuts)} bond(s) cut and capped with hydrogen; driver {inp.driver}",
+                  markup=False, soft_wrap=True)
+    frags = Table(box=box.SIMPLE, title="primary fragments", title_justify="left")
+    for name, justify in (("#", "right"), ("atoms", "right"), ("formula", "left"), ("shared with", "left")):
+        frags.add_column(name, justify=justify)  # type: ignore[arg-type]
+    sets = [set(f) for f in inp.fragments]
+    for k, frag in enumerate(inp.fragments):
+        counts = Counter(symbols[a] for a in frag)
+        formula = "".join(f"{el}{counts[el] if counts[el] > 1 else ''}" for el in sorted(counts))
+        shared = [str(j) for j in range(len(sets)) if j != k and sets[j] & sets[k]]
+        frags.add_row(str(k), str(len(frag)), formula, ", ".join(shared) or "-")
+    console.print(frags)
+    if cuts:
+        shown = ", ".join(f"{symbols[a]}{a}-{symbols[b]}{b}" for a, b in cuts[:12])
+        console.print(f"cut bonds (0-based atoms): {shown}{' ...' if len(cuts) > 12 else ''}", markup=False,
+                      soft_wrap=True)
+    table = Table(box=box.SIMPLE, title="subsystems per order", title_justify="left")
+    for name in ("order", "n-mers", "distinct subsystems", "cancelled (net 0)", "computed", "coefficients"):
+        table.add_column(name, justify="right")
+    for order, counts in sorted(plan.summary.items()):
+        coefs = Counter(s.coefficients[order] for s in plan.subsystems if order in s.coefficients)
+        table.add_row(str(order), str(counts["nmers"]), str(counts["family"]), str(counts["cancelled"]),
+                      str(sum(coefs.values())), ", ".join(f"{c:+d}x{n}" for c, n in sorted(coefs.items())))
+    table.add_section()
+    table.add_row("all", "", "", "", str(len(plan.subsystems)), "")
+    console.print(table)
+    console.print("nothing was computed (plan only)", markup=False, soft_wrap=True)
+
+
+def gmbe_result_tables(console: Any, result: Any, heading: str | None = None) -> None:
+    """A GMBE result: total energy through each order, subsystems computed."""
+    from rich import box
+    from rich.table import Table
+
+    if heading:
+        console.print(heading, markup=False, soft_wrap=True)
+    props = result.properties
+    table = Table(title="generalized MBE (hydrogen caps)", box=box.SIMPLE, title_justify="left")
+    table.add_column("n", justify="right")
+    table.add_column("quantity")
+    table.add_column("E / Eh", justify="right")
+    table.add_column("change / kcal/mol", justify="right")
+    previous = None
+    for n, value in sorted(props.total_energy_through.items()):
+        change = format_kcal(value - previous) if previous is not None else ""
+        table.add_row(str(n), f"total energy GMBE({n})", format_eh(value), change)
+        previous = value
+    console.print(table)
+    console.print(f"return energy: {format_eh(props.return_energy)} Eh from {props.subsystems_computed} subsystems",
+                  markup=False, soft_wrap=True)
+    if props.return_gradient is not None:
+        import numpy as np
+
+        grad = np.asarray(props.return_gradient)
+        console.print(f"return gradient: {grad.shape[0]} x 3, largest |component| {np.abs(grad).max():.6g} Eh/bohr",
                       markup=False, soft_wrap=True)

@@ -56,9 +56,14 @@ def plan(
         cores = make_options(ncores=ncores).ncores
         the_plan = plan_manybody(mbe, screening=screening)
         console = _stdout()
-        if xyz.fragments == "molecules" or input.suffix.lower() in PDB_SUFFIXES:
+        if xyz.gmbe is None and (xyz.fragments == "molecules" or input.suffix.lower() in PDB_SUFFIXES):
             _print_found(console, the_plan.input.molecule)
-        _print_plan(console, the_plan)
+        if getattr(the_plan, "subsystems", None) is not None:  # a generalized MBE
+            from ._render import gmbe_plan_tables
+
+            gmbe_plan_tables(console, the_plan)
+        else:
+            _print_plan(console, the_plan)
         if the_plan.screen is not None:
             from .._core.screening import subset_of
 

@@ -55,6 +55,14 @@ def _load_result(path: Path) -> Any:
     if isinstance(data, dict) and "input_data" not in data and "specification" in data and "molecule" in data:
         raise InputError(f"{str(path)!r} is a ManyBodyInput, not a result: compute it with 'qcmb-async run "
                          f"{path}', or report the file written by its --output")
+    if isinstance(data, dict) and data.get("schema_name") == "qcmb_async_gmbe_result":
+        from .._core.gmbe_assemble import GMBEResult
+
+        try:
+            return GMBEResult.model_validate_json(text)
+        except ValidationError as exc:
+            raise InputError(f"{str(path)!r} is not a valid GMBE result: {_short(describe_validation(exc), False)}"
+                             ) from None
     try:
         return ManyBodyResult.model_validate_json(text)
     except ValidationError as exc:

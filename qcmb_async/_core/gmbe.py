@@ -1,0 +1,359 @@
+"""The generalized many-body expansion (GMBE) with hydrogen caps: input, subsystems, caps and coefficients.
+
+Method (Richard & Herbert, J. Chem. Phys. 137, 064113 (2012)): primary fragments F_1..F_N (sets of
+atoms) may overlap. The n-mers are the distinct unions of n primary fragments; GMBE(n) is the
+inclusion-exclusion sum over them,
+
+    E(n) = sum_a E(S_a) - sum_{a<b} E(S_a & S_b) + sum_{a<b<c} E(S_a & S_b & S_c) - ...
+
+With disjoint fragments this is exactly the ordinary MBE(n). Terms repeat and cancel, so the sum is
+aggregated per distinct subsystem T of the family L closed under intersection: the net coefficient
+obeys sum_{T' in L, T' >= T} c(T') = 1 for every T in L (the inclusion-exclusion sum over the n-mers
+containing T is 1), i.e. c(T) = 1 - sum_{T' > T} c(T') (Moebius inversion on L). A subsystem whose net
+coefficient is 0 is never computed.
+
+Caps: every bond from an atom i of a subsystem to an atom j outside it is replaced by a hydrogen at
+r_H = r_i + g (r_j - r_i), g = (R_i + R_H) / (R_i + R_j) with QCElemental's covalent radii
+(Alvarez 2008): the capping X-H bond gets the length the covalent radii give an X-H bond, in the
+direction of the bond it replaces (C-C -> C-H: g = 0.704, 1.54 A -> 1.08 A). A cap's gradient goes to
+i and j by the chain rule (dE/dr_i += (1 - g) dE/dr_H, dE/dr_j += g dE/dr_H), so the assembled
+gradient is the exact derivative of the GMBE energy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..errors import InputError
+
+__all__ = ["Cap", "GMBEInput", "Subsystem", "cap_scale", "gmbe_subsystems"]
+
+#: Subsystems per order above which planning refuses (memory and minutes of Python): use screening.
+MAX_SUBSYSTEMS = 2_000_000
+
+
+class GMBEInput(BaseModel):
+    """A generalized many-body expansion: a molecule, primary fragments that may overlap, the order.
+
+    Attributes:
+        molecule: QCElemental v2 ``Molecule`` (bohr). Its own fragments, if any, are ignored.
+        fragments: primary fragments as 0-based atom indices; they may overlap and must cover every atom.
+        max_nbody: the GMBE order n (unions of up to n primary fragments), 1..len(fragments).
+        specification: ``{"program", "driver" ("energy" | "gradient"), "model": {"method", "basis"},
+            "keywords"}`` as QCSchema's ``AtomicSpecification``.
+        atom_charges: formal charge of each atom (default 0); a subsystem's charge is the sum over its atoms
+            (caps are neutral hydrogens). Subsystems must be closed-shell (an even electron count).
+        bonds: 0-based atom pairs; default: QCElemental's ``guess_connectivity`` (1.2 x covalent radii).
+        distance_cutoffs: ``{order: Å}``; an n-mer (n >= 2) is kept only if every pair of its primary
+            fragments has two atoms within the cutoff of its order (no entry: keep all).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    schema_name: Literal["qcmb_async_gmbe_input"] = "qcmb_async_gmbe_input"
+    molecule: Any
+    fragments: list[list[int]]
+    max_nbody: int = Field(ge=1)
+    specification: dict[str, Any]
+    atom_charges: list[int] | None = None
+    bonds: list[tuple[int, int]] | None = None
+    distance_cutoffs: dict[int, float] | None = None
+
+    @field_validator("molecule", mode="before")
+    @classmethod
+    def _molecule(cls, value: Any) -> Any:
+        from qcelemental.models.v2 import Molecule
+
+        if isinstance(value, Molecule):
+            return value
+        if hasattr(value, "convert_v"):
+            return value.convert_v(2)
+        if isinstance(value, dict):
+            return Molecule(**value)
+        raise ValueError(f"molecule must be a QCElemental Molecule or its dict, not {type(value).__name__}")
+
+    @model_validator(mode="after")
+    def _check(self) -> GMBEInput:
+        natom = len(self.molecule.symbols)
+        if not self.fragments:
+            raise ValueError("fragments is empty: give the primary fragments as lists of 0-based atom indices")
+        seen: set[int] = set()
+        sets: list[frozenset[int]] = []
+        for k, frag in enumerate(self.fragments):
+            if not frag:
+                raise ValueError(f"fragment {k} is empty")
+            bad = [i for i in frag if not 0 <= i < natom]
+            if bad:
+                raise ValueError(f"fragment {k} names atoms {bad[:5]} outside 0..{natom - 1} (indices are 0-based)")
+            if len(set(frag)) != len(frag):
+                raise ValueError(f"fragment {k} lists an atom twice")
+            sets.append(frozenset(frag))
+            seen.update(frag)
+        missing = sorted(set(range(natom)) - seen)
+        if missing:
+            raise ValueError(f"atoms {missing[:10]} are in no fragment: every atom must be in at least one")
+        for a, b in itertools.permutations(range(len(sets)), 2):
+            if sets[a] <= sets[b] and (sets[a] != sets[b] or a < b):
+                raise ValueError(f"fragment {a} is contained in fragment {b}: a primary fragment inside another adds "
+                                 "nothing; remove it")
+        if self.max_nbody > len(self.fragments):
+            raise ValueError(f"max_nbody {self.max_nbody} exceeds the {len(self.fragments)} primary fragments")
+        if self.atom_charges is not None and len(self.atom_charges) != natom:
+            raise ValueError(f"atom_charges has {len(self.atom_charges)} values for {natom} atoms")
+        spec = self.specification
+        driver = str(spec.get("driver", "energy"))
+        if driver not in ("energy", "gradient"):
+            raise ValueError(f"driver {driver!r}: the GMBE assembles energies and gradients; Hessians with caps are "
+                             "not offered yet (use frequencies(..., method='finite-difference'))")
+        if not spec.get("program"):
+            raise ValueError("specification needs a program, e.g. {'program': 'pyscf', 'driver': 'energy', "
+                             "'model': {'method': 'hf', 'basis': 'sto-3g'}, 'keywords': {}}")
+        for order, cutoff in (self.distance_cutoffs or {}).items():
+            if order < 2 or not (isinstance(cutoff, int | float) and math.isfinite(cutoff) and cutoff > 0):
+                raise ValueError(f"distance_cutoffs: {order}: {cutoff!r} — orders >= 2, cutoffs positive Å")
+        for a, b in self.bonds or []:
+            if not (0 <= a < natom and 0 <= b < natom) or a == b:
+                raise ValueError(f"bond ({a}, {b}) does not join two atoms of the molecule")
+        return self
+
+    @property
+    def driver(self) -> str:
+        return str(self.specification.get("driver", "energy"))
+
+    @classmethod
+    def from_pdb(cls, path: Any, *, residues_per_fragment: int = 1, overlap: int = 0, max_nbody: int = 2,
+                 specification: dict[str, Any], residue_charges: dict[str, int] | None = None,
+                 distance_cutoffs: dict[int, float] | None = None) -> GMBEInput:
+        """Primary fragments of a peptide/protein from a PDB or mmCIF file (hydrogens required).
+
+        The chain is cut at the CA-C bond of every residue but the last (a single C-C bond: never the
+        peptide C-N bond, a ring or a bond to a metal), so a residue unit is the carbonyl of the residue
+        before plus the residue's N-H, CA and side chain. A primary fragment is a window of
+        ``residues_per_fragment`` consecutive units; consecutive windows share ``overlap`` units (0:
+        disjoint fragments). Charges: every residue that can carry one (ASP, GLU, LYS, ARG, HIS, CYS,
+        TYR, termini) must be named in ``residue_charges`` (``{"A/ASP12": -1, ...}``: chain/name+number),
+        or the file's charge column must give it; the error lists them with the charge their hydrogens
+        suggest, for you to confirm.
+        """
+        from .gmbe_fragment import pdb_fragments
+
+        molecule, fragments, charges = pdb_fragments(path, residues_per_fragment, overlap, residue_charges)
+        return cls(molecule=molecule, fragments=fragments, max_nbody=max_nbody, specification=specification,
+                   atom_charges=charges, distance_cutoffs=distance_cutoffs)
+
+    @classmethod
+    def from_molecule(cls, molecule: Any, *, max_fragment_atoms: int, max_nbody: int = 2,
+                      specification: dict[str, Any], atom_charges: list[int] | None = None,
+                      distance_cutoffs: dict[int, float] | None = None) -> GMBEInput:
+        """Primary fragments of a covalent molecule from its bonds: cut single C-C bonds between sp3 carbons
+        outside rings, then join the pieces along cut bonds into fragments of at most ``max_fragment_atoms``."""
+        from .gmbe_fragment import bond_fragments
+
+        fragments = bond_fragments(molecule, max_fragment_atoms)
+        return cls(molecule=molecule, fragments=fragments, max_nbody=max_nbody, specification=specification,
+                   atom_charges=atom_charges, distance_cutoffs=distance_cutoffs)
+
+
+@dataclass(frozen=True)
+class Cap:
+    """A hydrogen replacing the bond from ``inside`` (in the subsystem) to ``outside`` (0-based atoms)."""
+
+    inside: int
+    outside: int
+    g: float
+    """r_H = r_inside + g (r_outside - r_inside)."""
+
+
+@dataclass
+class Subsystem:
+    """A distinct subsystem of the expansion: atoms (0-based, ascending), caps, net coefficient per order."""
+
+    atoms: tuple[int, ...]
+    caps: tuple[Cap, ...]
+    coefficients: dict[int, int] = field(default_factory=dict)
+    """GMBE order n -> net coefficient of this subsystem in GMBE(n) (orders where it is 0 are absent)."""
+
+    @property
+    def label(self) -> str:
+        return "gmbe:" + _ranges(self.atoms)
+
+
+def _ranges(atoms: Sequence[int]) -> str:
+    out: list[str] = []
+    for _, run in itertools.groupby(enumerate(atoms), key=lambda p: p[1] - p[0]):
+        items = [a for _, a in run]
+        out.append(f"{items[0]}" if len(items) == 1 else f"{items[0]}-{items[-1]}")
+    return ",".join(out)
+
+
+def cap_scale(inside: str, outside: str) -> float:
+    """``g`` of a hydrogen cap on the bond ``inside``-``outside`` (element symbols), from covalent radii."""
+    from qcelemental import covalentradii
+
+    r_in = covalentradii.get(inside, units="angstrom")
+    r_out = covalentradii.get(outside, units="angstrom")
+    r_h = covalentradii.get("H", units="angstrom")
+    return float((r_in + r_h) / (r_in + r_out))
+
+
+def bonds_of(inp: GMBEInput) -> list[tuple[int, int]]:
+    """The molecule's bonds (0-based pairs, i < j): ``inp.bonds`` or QCElemental's guess."""
+    if inp.bonds is not None:
+        return sorted({(min(a, b), max(a, b)) for a, b in inp.bonds})
+    from qcelemental.molutil import guess_connectivity
+
+    mol = inp.molecule
+    return sorted({(int(min(a, b)), int(max(a, b)))
+                   for a, b in guess_connectivity(list(mol.symbols), np.asarray(mol.geometry).reshape(-1, 3), 1.2)})
+
+
+def _mask(atoms: Sequence[int]) -> int:
+    out = 0
+    for a in atoms:
+        out |= 1 << a
+    return out
+
+
+def _atoms(mask: int) -> tuple[int, ...]:
+    out = []
+    i = 0
+    while mask:
+        low = mask & -mask
+        i = low.bit_length() - 1
+        out.append(i)
+        mask ^= low
+    return tuple(out)
+
+
+def _close(inp: GMBEInput) -> np.ndarray:
+    """``close[a, b]``: the smallest atom-atom distance between primary fragments a and b, Å."""
+    from qcelemental import constants
+
+    xyz = np.asarray(inp.molecule.geometry).reshape(-1, 3) * constants.bohr2angstroms
+    n = len(inp.fragments)
+    out = np.zeros((n, n))
+    for a in range(n):
+        pa = xyz[inp.fragments[a]]
+        for b in range(a + 1, n):
+            pb = xyz[inp.fragments[b]]
+            d = float(np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1)).min())
+            out[a, b] = out[b, a] = d
+    return out
+
+
+def nmers(inp: GMBEInput, order: int) -> list[int]:
+    """Distinct unions of ``order`` primary fragments (bit masks), screened by ``distance_cutoffs``."""
+    masks = [_mask(f) for f in inp.fragments]
+    cutoff = (inp.distance_cutoffs or {}).get(order) if order >= 2 else None
+    close = _close(inp) if cutoff is not None else None
+    n = len(masks)
+    total = math.comb(n, order)
+    if total > MAX_SUBSYSTEMS and cutoff is None:
+        raise InputError(f"GMBE({order}) of {n} primary fragments has {total:,} {order}-mers: give distance_cutoffs "
+                         f"(e.g. {{{order}: 6.0}}) to keep only fragments close to each other")
+    out: set[int] = set()
+    for combo in itertools.combinations(range(n), order):
+        if close is not None and any(close[a, b] > cutoff for a, b in itertools.combinations(combo, 2)):
+            continue
+        union = 0
+        for k in combo:
+            union |= masks[k]
+        out.add(union)
+    return sorted(out, key=lambda m: (-m.bit_count(), m))
+
+
+def coefficients(generators: list[int], counts: dict[str, int] | None = None) -> dict[int, int]:
+    """Net inclusion-exclusion coefficient of every subsystem of the family generated by ``generators``
+    (closed under intersection), zeros dropped. ``c(T) = 1 - sum_{T' in L, T' > T} c(T')``.
+
+    ``counts`` (if given) receives ``family`` (distinct subsystems) and ``cancelled`` (net coefficient 0).
+    """
+    gens = list(dict.fromkeys(generators))
+    family: set[int] = set(gens)
+    frontier = set(gens)
+    # Which generators share an atom with a set: through the atoms' generator lists (bit masks of generators).
+    by_atom: dict[int, int] = {}
+    for k, g in enumerate(gens):
+        for a in _atoms(g):
+            by_atom[a] = by_atom.get(a, 0) | (1 << k)
+    while frontier:
+        new: set[int] = set()
+        for t in frontier:
+            touching = 0
+            for a in _atoms(t):
+                touching |= by_atom[a]
+            for k in _atoms(touching):
+                c = t & gens[k]
+                if c and c != t and c not in family:
+                    new.add(c)
+        family |= new
+        frontier = new
+    # Largest first: every strict superset of T is decided before T.
+    ordered = sorted(family, key=lambda m: (-m.bit_count(), m))
+    containing: dict[int, list[int]] = {}
+    for t in ordered:
+        for a in _atoms(t):
+            containing.setdefault(a, []).append(t)
+    coef: dict[int, int] = {}
+    for t in ordered:
+        pivot = min(_atoms(t), key=lambda a: len(containing[a]))
+        above = sum(coef[s] for s in containing[pivot] if s != t and s & t == t and s in coef)
+        coef[t] = 1 - above
+    kept = {t: c for t, c in coef.items() if c != 0}
+    if counts is not None:
+        counts.update(family=len(coef), cancelled=len(coef) - len(kept), nmers=len(gens))
+    return kept
+
+
+def gmbe_subsystems(inp: GMBEInput, bonds: list[tuple[int, int]] | None = None,
+                    summary: dict[int, dict[str, int]] | None = None) -> list[Subsystem]:
+    """Every subsystem with a nonzero net coefficient in GMBE(1..max_nbody), with its caps (blocking).
+
+    ``summary`` (if given) receives per order the n-mers, distinct subsystems and cancelled ones.
+    """
+    bonds = bonds_of(inp) if bonds is None else bonds
+    symbols = [str(s) for s in inp.molecule.symbols]
+    neighbours: dict[int, list[int]] = {}
+    for a, b in bonds:
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+    subsystems: dict[int, Subsystem] = {}
+    for order in range(1, inp.max_nbody + 1):
+        counts: dict[str, int] = {}
+        for mask, c in coefficients(nmers(inp, order), counts).items():
+            sub = subsystems.get(mask)
+            if sub is None:
+                atoms = _atoms(mask)
+                caps = tuple(Cap(i, j, cap_scale(symbols[i], symbols[j]))
+                             for i in atoms for j in sorted(neighbours.get(i, ())) if not (mask >> j) & 1)
+                sub = subsystems[mask] = Subsystem(atoms, caps)
+            sub.coefficients[order] = c
+        if summary is not None:
+            summary[order] = counts
+    return sorted(subsystems.values(), key=lambda s: (-len(s.atoms), s.atoms))
+
+
+def capped_geometry(sub: Subsystem, geometry: np.ndarray) -> np.ndarray:
+    """Coordinates (bohr) of the subsystem's atoms followed by its caps, shape (natom + ncaps, 3)."""
+    xyz = np.asarray(geometry, dtype=float).reshape(-1, 3)
+    caps = [xyz[c.inside] + c.g * (xyz[c.outside] - xyz[c.inside]) for c in sub.caps]
+    return np.vstack([xyz[list(sub.atoms)], *caps]) if caps else xyz[list(sub.atoms)]
+
+
+def chain_rule(sub: Subsystem, gradient: Any, natom: int) -> np.ndarray:
+    """The subsystem's gradient (natom_sub + ncaps, 3) spread onto the parent's atoms (natom, 3)."""
+    g = np.asarray(gradient, dtype=float).reshape(-1, 3)
+    out = np.zeros((natom, 3))
+    n = len(sub.atoms)
+    out[list(sub.atoms)] += g[:n]
+    for k, cap in enumerate(sub.caps):
+        out[cap.inside] += (1.0 - cap.g) * g[n + k]
+        out[cap.outside] += cap.g * g[n + k]
+    return out

@@ -1,0 +1,229 @@
+"""Primary fragments of covalent systems for the GMBE: peptides from PDB files, other molecules from bonds.
+
+Only single C-C bonds are cut: in a peptide the CA-C bond of each residue but the last (never the
+peptide C-N bond, a ring or a bond to a metal); in another molecule the bonds between two sp3 carbons
+(four neighbours each) that are in no ring. Charges are never guessed: a residue that can carry one must
+be named by the user (or by the file's charge column); the error suggests what its hydrogens say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+#: Residues whose charge depends on protonation, with the hydrogens that decide it (PDB names):
+#: charge when those hydrogens are all present / absent. Termini are handled separately.
+_IONISABLE: dict[str, tuple[tuple[str, ...], int, int]] = {
+    "ASP": (("HD2",), 0, -1), "GLU": (("HE2",), 0, -1), "LYS": (("HZ1", "HZ2", "HZ3"), 1, 0),
+    "ARG": (("HH11", "HH12", "HH21", "HH22"), 1, 0), "HIS": (("HD1", "HE2"), 1, 0), "CYS": (("HG",), 0, -1),
+    "TYR": (("HH",), 0, -1),
+}
+
+
+def _components(n: int, bonds: Sequence[tuple[int, int]]) -> list[list[int]]:
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in bonds:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def _bonds(symbols: Sequence[str], geometry_bohr: Any) -> list[tuple[int, int]]:
+    from qcelemental.molutil import guess_connectivity
+
+    xyz = np.asarray(geometry_bohr, dtype=float).reshape(-1, 3)
+    return sorted({(int(min(a, b)), int(max(a, b))) for a, b in guess_connectivity(list(symbols), xyz, 1.2)})
+
+
+def _in_ring(n: int, bonds: list[tuple[int, int]], bond: tuple[int, int]) -> bool:
+    """Whether ``bond`` lies on a ring: its atoms stay connected without it."""
+    rest = [b for b in bonds if b != bond]
+    groups = _components(n, rest)
+    where = {a: k for k, g in enumerate(groups) for a in g}
+    return where[bond[0]] == where[bond[1]]
+
+
+def bond_fragments(molecule: Any, max_fragment_atoms: int) -> list[list[int]]:
+    """Disjoint primary fragments of a covalent molecule of at most ``max_fragment_atoms`` atoms (InputError if
+    a piece that cannot be cut is larger)."""
+    if max_fragment_atoms < 2:
+        raise InputError(f"max_fragment_atoms must be at least 2, got {max_fragment_atoms}")
+    symbols = [str(s) for s in molecule.symbols]
+    n = len(symbols)
+    bonds = _bonds(symbols, molecule.geometry)
+    degree = [0] * n
+    for a, b in bonds:
+        degree[a] += 1
+        degree[b] += 1
+    cuttable = [b for b in bonds if symbols[b[0]] == symbols[b[1]] == "C" and degree[b[0]] == degree[b[1]] == 4
+                and not _in_ring(n, bonds, b)]
+    pieces = _components(n, [b for b in bonds if b not in set(cuttable)])
+    big = max(pieces, key=len)
+    if len(big) > max_fragment_atoms:
+        raise InputError(f"a piece of {len(big)} atoms (atoms {big[0]}..{big[-1]}) has no single C-C bond between "
+                         f"sp3 carbons outside a ring to cut: raise max_fragment_atoms to at least {len(big)}, or give "
+                         "the fragments yourself")
+    # Join pieces along cut bonds, in atom order, while the fragment stays within the size.
+    piece_of = {a: k for k, p in enumerate(pieces) for a in p}
+    links: dict[int, set[int]] = {}
+    for a, b in cuttable:
+        links.setdefault(piece_of[a], set()).add(piece_of[b])
+        links.setdefault(piece_of[b], set()).add(piece_of[a])
+    used: set[int] = set()
+    fragments: list[list[int]] = []
+    for start in range(len(pieces)):
+        if start in used:
+            continue
+        group, size, frontier = [start], len(pieces[start]), sorted(links.get(start, ()))
+        used.add(start)
+        while frontier:
+            nxt = frontier.pop(0)
+            if nxt in used or size + len(pieces[nxt]) > max_fragment_atoms:
+                continue
+            group.append(nxt)
+            used.add(nxt)
+            size += len(pieces[nxt])
+            frontier.extend(sorted(links.get(nxt, ())))
+        fragments.append(sorted(a for k in group for a in pieces[k]))
+    if len(fragments) < 2:
+        raise InputError(f"the molecule ({n} atoms) fits in one fragment of {max_fragment_atoms} atoms: nothing to "
+                         "expand; lower max_fragment_atoms")
+    return fragments
+
+
+def pdb_fragments(path: Any, residues_per_fragment: int, overlap: int,
+                  residue_charges: dict[str, int] | None) -> tuple[Any, list[list[int]], list[int]]:
+    """``(molecule, primary fragments, atom charges)`` of a peptide in a PDB/mmCIF file."""
+    from qcelemental import constants
+    from qcelemental.models.v2 import Molecule
+
+    from .pdb import read_pdb_atoms
+
+    if residues_per_fragment < 1 or not 0 <= overlap < residues_per_fragment:
+        raise InputError(f"residues_per_fragment {residues_per_fragment} and overlap {overlap}: need "
+                         "residues_per_fragment >= 1 and 0 <= overlap < residues_per_fragment")
+    atoms, _residues, formal, ids = read_pdb_atoms(Path(path))
+    names = _atom_names(Path(path))
+    source = f"PDB file {str(path)!r}"
+    to_bohr = 1.0 / constants.bohr2angstroms
+    symbols = [a[0] for a in atoms]
+    geometry = np.array([[v * to_bohr for v in a[1:]] for a in atoms])
+    n = len(atoms)
+    bonds = _bonds(symbols, geometry)
+    for a, b in bonds:
+        if ids[a] != ids[b] and {names[a], names[b]} == {"SG"}:
+            raise InputError(f"{source}: a disulfide bond joins {ids[a]} and {ids[b]}: cutting S-S bonds is not "
+                             "offered; give the fragments yourself (GMBEInput(fragments=...))")
+    order = list(dict.fromkeys(ids))  # residues in file order
+    if len(order) < 2:
+        raise InputError(f"{source} has one residue: nothing to fragment")
+    by_res: dict[str, dict[str, int]] = {}
+    for i, rid in enumerate(ids):
+        by_res.setdefault(rid, {})[names[i]] = i
+    cut: list[tuple[int, int]] = []
+    for rid in order[:-1]:
+        ca, c = by_res[rid].get("CA"), by_res[rid].get("C")
+        if ca is None or c is None:
+            raise InputError(f"{source}: residue {rid} has no CA or C atom: not a peptide residue; give the "
+                             "fragments yourself")
+        cut.append((min(ca, c), max(ca, c)))
+    missing = [b for b in cut if b not in set(bonds)]
+    if missing:
+        raise InputError(f"{source}: the CA-C bond of {ids[missing[0][0]]} is not bonded in the geometry "
+                         "(distance beyond 1.2 x covalent radii): check the structure")
+    units = _components(n, [b for b in bonds if b not in set(cut)])
+    # Each unit belongs to the residue of its CA (the carbonyl before it travels with it).
+    unit_res = []
+    for unit in units:
+        cas = [ids[i] for i in unit if names[i] == "CA"]
+        if len(cas) != 1:
+            raise InputError(f"{source}: a piece of {len(unit)} atoms around {ids[unit[0]]} holds {len(cas)} CA "
+                             "atoms: two chains joined, or a ligand bonded to the chain; give the fragments yourself")
+        unit_res.append(order.index(cas[0]))
+    units = [u for _, u in sorted(zip(unit_res, units, strict=True))]
+    step = residues_per_fragment - overlap
+    fragments: list[list[int]] = []
+    start = 0
+    while True:
+        window = units[start:start + residues_per_fragment]
+        fragments.append(sorted(a for u in window for a in u))
+        if start + residues_per_fragment >= len(units):
+            break
+        start += step
+    hydrogens = [0] * n  # hydrogens bonded to each atom (decide the termini whatever the H atoms are named)
+    for a, b in bonds:
+        if symbols[b] == "H":
+            hydrogens[a] += 1
+        if symbols[a] == "H":
+            hydrogens[b] += 1
+    charges = _residue_charges(source, order, by_res, formal, residue_charges or {}, hydrogens)
+    molecule = Molecule(symbols=symbols, geometry=geometry, molecular_charge=float(sum(charges)),
+                        fix_com=True, fix_orientation=True)
+    return molecule, fragments, charges
+
+
+def _atom_names(path: Path) -> list[str]:
+    """Atom names in the order :func:`~qcmb_async._core.pdb.read_pdb_atoms` lists atoms."""
+    import gemmi
+
+    from .inputs import read_text_file
+
+    text = read_text_file(path, "PDB file")
+    if path.suffix.lower() in (".cif", ".mmcif"):
+        st = gemmi.make_structure_from_block(gemmi.cif.read_string(text).sole_block())
+    else:
+        st = gemmi.read_pdb_string(text)
+    st.remove_alternative_conformations()
+    return [atom.name for chain in st[0] for res in chain for atom in res]
+
+
+def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, int]], formal: list[int | None],
+                     given: dict[str, int], hydrogens: list[int]) -> list[int]:
+    """Charge per atom: on one atom of each charged residue (the total is what matters for a subsystem)."""
+    natom = len(formal)
+    charges = [int(c or 0) for c in formal]
+    unknown = sorted(set(given) - set(order))
+    if unknown:
+        raise InputError(f"{source}: residue_charges names {unknown[:5]}, which are not residues of the file "
+                         f"(names look like {order[0]!r})")
+    need: list[str] = []
+    for k, rid in enumerate(order):
+        atoms = by_res[rid]
+        resname = rid.split("/")[-1].rstrip("0123456789-")
+        anchor = next(iter(atoms.values()))
+        suggestion = None
+        if resname in _IONISABLE:
+            hs, present, absent = _IONISABLE[resname]
+            suggestion = present if all(h in atoms for h in hs) else absent
+        elif k == 0 and "N" in atoms and hydrogens[atoms["N"]] == 3:
+            suggestion = 1  # protonated N-terminus: NH3+
+        elif k == len(order) - 1 and "OXT" in atoms and hydrogens[atoms["OXT"]] == 0 and hydrogens[
+                atoms.get("O", atoms["OXT"])] == 0:
+            suggestion = -1  # carboxylate C-terminus
+        if rid in given:
+            charges[anchor] += int(given[rid])
+        elif any(formal[i] is not None for i in atoms.values()):
+            continue  # the file's charge column says it
+        elif suggestion is not None and (resname in _IONISABLE or suggestion != 0):
+            need.append(f"{rid} (its hydrogens suggest {suggestion:+d})")
+    if need:
+        raise InputError(f"{source}: charges are never guessed; confirm the charge of every residue that can carry "
+                         f"one, e.g. residue_charges={{{need[0].split(' ')[0]!r}: ...}}:\n  " + "\n  ".join(need))
+    assert len(charges) == natom
+    return charges

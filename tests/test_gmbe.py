@@ -1,0 +1,269 @@
+"""The generalized MBE with hydrogen caps against independent references (real PySCF runs).
+
+References: QCManyBody's sequential computer (disjoint fragments = the ordinary MBE), the textbook
+inclusion-exclusion sum written in tests/gmbe_reference.py and run with PySCF directly, the uncut
+molecule with PySCF directly, and central finite differences of the GMBE energy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qcelemental import constants
+from qcelemental.models.v2 import Molecule
+
+from qcmb_async import GMBEInput, InputError, plan_manybody, run
+from tests import gmbe_reference as ref
+from tests.helpers import require_module, require_program
+
+DATA = Path(__file__).parent / "data"
+
+# n-hexane (Å, MMFF94 geometry): C0..C5 then the hydrogens of each carbon in order.
+HEXANE = [("C", 3.1315, 0.5144, -0.3471), ("C", 1.8291, 0.333, 0.4161), ("C", 0.6541, 0.091, -0.5309),
+          ("C", -0.6541, -0.091, 0.2406), ("C", -1.8291, -0.333, -0.7065), ("C", -3.1315, -0.5144, 0.0567),
+          ("H", 3.366, -0.3755, -0.9399), ("H", 3.9582, 0.6861, 0.3494), ("H", 3.0734, 1.3729, -1.0237),
+          ("H", 1.6406, 1.2263, 1.0229), ("H", 1.9316, -0.5125, 1.1063), ("H", 0.8495, -0.8012, -1.1384),
+          ("H", 0.5586, 0.9375, -1.2218), ("H", -0.8495, 0.8012, 0.848), ("H", -0.5586, -0.9375, 0.9314),
+          ("H", -1.9316, 0.5125, -1.3966), ("H", -1.6406, -1.2263, -1.3133), ("H", -3.0734, -1.3729, 0.7334),
+          ("H", -3.9582, -0.6861, -0.6398), ("H", -3.366, 0.3755, 0.6495)]
+HEXANE_BONDS = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 6), (0, 7), (0, 8), (1, 9), (1, 10), (2, 11), (2, 12),
+                (3, 13), (3, 14), (4, 15), (4, 16), (5, 17), (5, 18), (5, 19)]
+HYDROGENS = {0: [6, 7, 8], 1: [9, 10], 2: [11, 12], 3: [13, 14], 4: [15, 16], 5: [17, 18, 19]}
+SPEC = {"program": "pyscf", "driver": "energy", "model": {"method": "hf", "basis": "sto-3g"},
+        "keywords": {"conv_tol": 1e-12}}
+
+
+def _molecule(atoms: list[tuple[str, float, float, float]]) -> Molecule:
+    xyz = np.array([a[1:] for a in atoms]) / constants.bohr2angstroms
+    return Molecule(symbols=[a[0] for a in atoms], geometry=xyz, fix_com=True, fix_orientation=True)
+
+
+def _carbons(*cs: int) -> list[int]:
+    return sorted([*cs, *(h for c in cs for h in HYDROGENS[c])])
+
+
+#: Overlapping primary fragments of hexane: C0-C2, C2-C4 (sharing C2), C4-C5 (sharing C4) ... with their H.
+OVERLAPPING = [_carbons(0, 1, 2), _carbons(2, 3), _carbons(3, 4, 5)]
+
+
+@pytest.fixture(scope="module")
+def pyscf() -> None:
+    require_program("pyscf")
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_overlapping_fragments_equal_the_textbook_sum(pyscf, order):
+    mol = _molecule(HEXANE)
+    inp = GMBEInput(molecule=mol, fragments=OVERLAPPING, max_nbody=order, specification=SPEC)
+    result = run(inp, store=None)
+    xyz = np.asarray(mol.geometry).reshape(-1, 3)
+    expected = ref.gmbe_energy([a[0] for a in HEXANE], xyz, HEXANE_BONDS, OVERLAPPING, order,
+                               ref.pyscf_energy("hf", "sto-3g"))
+    assert result.properties.return_energy == pytest.approx(expected, abs=1e-9)
+    assert result.return_result == pytest.approx(expected, abs=1e-9)
+    subsystems = result.extras["gmbe"]["subsystems"]
+    assert all(s["coefficients"][str(order)] != 0 for s in subsystems if str(order) in s["coefficients"])
+
+
+def test_highest_order_is_the_uncut_molecule(pyscf):
+    mol = _molecule(HEXANE)
+    inp = GMBEInput(molecule=mol, fragments=OVERLAPPING, max_nbody=3, specification=SPEC)
+    result = run(inp, store=None)
+    xyz = np.asarray(mol.geometry).reshape(-1, 3)
+    whole = ref.pyscf_energy("hf", "sto-3g")([a[0] for a in HEXANE], xyz)
+    assert result.properties.total_energy_through[3] == pytest.approx(whole, abs=1e-9)
+    top = [s for s in result.extras["gmbe"]["subsystems"] if "3" in s["coefficients"]]
+    assert len(top) == 1 and top[0]["caps"] == [] and len(top[0]["atoms"]) == len(HEXANE)
+
+
+def test_disjoint_fragments_are_the_ordinary_mbe(pyscf):
+    from qcmanybody.models.v2 import ManyBodyInput
+    from qcmanybody.v2 import ManyBodyComputer
+
+    from tests.helpers import trimer
+
+    water = trimer()
+    frags = [[int(i) for i in f] for f in water.fragments]
+    plain = Molecule(symbols=water.symbols, geometry=water.geometry, fix_com=True, fix_orientation=True)
+    for order in (1, 2):
+        spec = {**SPEC, "driver": "gradient"}
+        result = run(GMBEInput(molecule=plain, fragments=frags, max_nbody=order, specification=spec), store=None)
+        mbe = ManyBodyInput(molecule=water, specification={
+            "driver": "gradient", "keywords": {"bsse_type": ["nocp"], "max_nbody": order},
+            "specification": {"(auto)": spec}})
+        sequential = ManyBodyComputer.from_manybodyinput(mbe)  # QCManyBody's own loop of qcengine.compute
+        assert result.properties.return_energy == pytest.approx(
+            sequential.properties.nocp_corrected_total_energy, abs=1e-9)
+        assert np.abs(np.asarray(result.return_result) - np.asarray(sequential.return_result)).max() < 1e-9
+
+
+def test_gradient_equals_finite_differences_with_caps_moving(pyscf):
+    # Butane, fragments C0-C1 and C1-C2 and C2-C3 overlapping on one carbon: GMBE(1) with caps on both sides.
+    butane_atoms = [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12]  # C0-C3 of hexane and their hydrogens ...
+    atoms = [HEXANE[i] for i in butane_atoms]
+    # ... C3 of hexane gets one hydrogen more where C4 was (a methyl end): along the C3-C4 bond, 1.09 Å.
+    c3, c4 = np.array(HEXANE[3][1:]), np.array(HEXANE[4][1:])
+    atoms.append(("H", *(c3 + 1.09 * (c4 - c3) / np.linalg.norm(c4 - c3))))
+    atoms.extend(HEXANE[i] for i in (13, 14))
+    index = {old: new for new, old in enumerate([*butane_atoms, -1, 13, 14])}
+    hs = {0: [6, 7, 8], 1: [9, 10], 2: [11, 12], 3: [-1, 13, 14]}
+    frags = [sorted(index[a] for c in pair for a in (c, *hs[c])) for pair in ((0, 1), (1, 2), (2, 3))]
+    mol = _molecule(atoms)
+    spec = {**SPEC, "driver": "gradient"}
+    result = run(GMBEInput(molecule=mol, fragments=frags, max_nbody=1, specification=spec), store=None)
+    grad = np.asarray(result.return_result)
+    assert any(s["caps"] for s in result.extras["gmbe"]["subsystems"])
+    h = 1e-3
+    xyz = np.asarray(mol.geometry).reshape(-1, 3)
+    # Both atoms of a cut bond (C1, C2) and a hydrogen: the caps' chain rule lands on the cut bonds.
+    for atom, axis in ((1, 0), (2, 1), (2, 2), (9, 0)):
+        energies = []
+        for sign in (1, -1):
+            moved = xyz.copy()
+            moved[atom, axis] += sign * h
+            m = Molecule(symbols=mol.symbols, geometry=moved, fix_com=True, fix_orientation=True)
+            energies.append(run(GMBEInput(molecule=m, fragments=frags, max_nbody=1, specification=SPEC),
+                                store=None).return_result)
+        fd = (energies[0] - energies[1]) / (2 * h)
+        assert grad[atom, axis] == pytest.approx(fd, abs=1e-6), (atom, axis)
+
+
+def test_bad_gmbe_inputs_are_refused_before_anything_runs():
+    mol = _molecule(HEXANE)
+    with pytest.raises(ValueError, match="in no fragment"):
+        GMBEInput(molecule=mol, fragments=OVERLAPPING[:2], max_nbody=1, specification=SPEC)
+    with pytest.raises(ValueError, match="contained in fragment"):
+        GMBEInput(molecule=mol, fragments=[*OVERLAPPING, _carbons(0, 1)], max_nbody=1, specification=SPEC)
+    with pytest.raises(ValueError, match="Hessians with caps"):
+        GMBEInput(molecule=mol, fragments=OVERLAPPING, max_nbody=1, specification={**SPEC, "driver": "hessian"})
+    with pytest.raises(ValueError, match="exceeds"):
+        GMBEInput(molecule=mol, fragments=OVERLAPPING, max_nbody=4, specification=SPEC)
+    # A fragment that cuts a C-H bond leaves an odd electron count once capped? No: caps keep it even; a charge
+    # on one atom does not.
+    with pytest.raises(InputError, match="odd electron count"):
+        run(GMBEInput(molecule=mol, fragments=OVERLAPPING, max_nbody=1, specification=SPEC,
+                      atom_charges=[1] + [0] * 19), store=None)
+    with pytest.raises(InputError, match="unknown method"):
+        run(GMBEInput(molecule=mol, fragments=OVERLAPPING, max_nbody=1,
+                      specification={**SPEC, "model": {"method": "not-a-method", "basis": "sto-3g"}}), store=None)
+
+
+def test_plan_counts_cancellations():
+    mol = _molecule(HEXANE)
+    # Two-carbon windows overlapping by one carbon: many intersections cancel at GMBE(2).
+    frags = [_carbons(k, k + 1) for k in range(5)]
+    plan = plan_manybody(GMBEInput(molecule=mol, fragments=frags, max_nbody=2, specification=SPEC))
+    summary = plan.summary
+    assert summary[1]["nmers"] == 5 and summary[1]["family"] == 9  # 5 fragments + 4 shared carbons
+    assert summary[2]["cancelled"] > 0
+    # Coefficients of GMBE(1): +1 per fragment, -1 per shared carbon (inclusion-exclusion by hand).
+    coef = {tuple(s.atoms): s.coefficients.get(1) for s in plan.subsystems if 1 in s.coefficients}
+    assert sorted(coef.values()) == [-1] * 4 + [1] * 5
+
+
+def test_from_pdb_cuts_only_ca_c_bonds(tmp_path):
+    require_module("gemmi")
+    inp = GMBEInput.from_pdb(DATA / "ala4.pdb", residues_per_fragment=1, max_nbody=2, specification=SPEC)
+    assert len(inp.fragments) == 4
+    assert sorted(a for f in inp.fragments for a in f) == list(range(len(inp.molecule.symbols)))
+    plan = plan_manybody(inp)
+    from qcmb_async._core.gmbe_assemble import cut_bonds
+
+    symbols = list(inp.molecule.symbols)
+    cuts = cut_bonds(plan)
+    assert len(cuts) == 3 and all(symbols[a] == symbols[b] == "C" for a, b in cuts)
+    over = GMBEInput.from_pdb(DATA / "ala4.pdb", residues_per_fragment=2, overlap=1, max_nbody=2,
+                              specification=SPEC)
+    assert len(over.fragments) == 3
+    assert set(over.fragments[0]) & set(over.fragments[1])
+
+
+def test_pdb_charged_residues_must_be_confirmed(tmp_path):
+    require_module("gemmi")
+    text = (DATA / "ala4.pdb").read_text()
+    # Protonate the N-terminus by hand: a third hydrogen on N of residue 1 makes it NH3+.
+    lines = text.splitlines()
+    n_line = next(line for line in lines if line[12:16].strip() == "N" and line[22:26].strip() == "1")
+    x, y, z = (float(n_line[30 + 8 * k:38 + 8 * k]) for k in range(3))
+    extra = f"ATOM    999  H9  ALA A   1    {x + 0.6:8.3f}{y + 0.6:8.3f}{z + 0.5:8.3f}  1.00  0.00           H  "
+    idx = lines.index(n_line)
+    path = tmp_path / "nh3.pdb"
+    path.write_text("\n".join([*lines[:idx + 1], extra, *lines[idx + 1:]]) + "\n")
+    with pytest.raises(InputError, match=r"A/ALA1 \(its hydrogens suggest \+1\)"):
+        GMBEInput.from_pdb(path, max_nbody=1, specification=SPEC)
+    inp = GMBEInput.from_pdb(path, max_nbody=1, specification=SPEC, residue_charges={"A/ALA1": 1})
+    assert sum(inp.atom_charges) == 1
+
+
+def _ethane() -> tuple[Molecule, list[list[int]]]:
+    """Ethane (Å) split at its C-C bond into two methyls: each subsystem is a capped CH3 (methane)."""
+    atoms = [("C", 0.0, 0.0, 0.0), ("C", 1.53, 0.0, 0.0), ("H", -0.39, 1.02, 0.0), ("H", -0.39, -0.51, 0.88),
+             ("H", -0.39, -0.51, -0.88), ("H", 1.92, -1.02, 0.0), ("H", 1.92, 0.51, -0.88), ("H", 1.92, 0.51, 0.88)]
+    return _molecule(atoms), [[0, 2, 3, 4], [1, 5, 6, 7]]
+
+
+def test_optimize_and_finite_difference_frequencies_take_gmbe_inputs(pyscf):
+    from qcmb_async import frequencies_sync, optimize_sync
+
+    mol, frags = _ethane()
+    inp = GMBEInput(molecule=mol, fragments=frags, max_nbody=1, specification=SPEC)
+    first = run(inp.model_copy(update={"specification": {**SPEC, "driver": "gradient"}}), store=None)
+    opt = optimize_sync(inp, maxiter=2, store=None)
+    assert opt.energies[0] == pytest.approx(first.properties.return_energy, abs=1e-10)
+    assert opt.energies[-1] < opt.energies[0]  # geomeTRIC steps downhill on the GMBE surface
+    assert np.abs(np.asarray(opt.trajectory[0].return_result) - np.asarray(first.return_result)).max() < 1e-10
+    with pytest.raises(InputError, match="finite-difference"):
+        frequencies_sync(inp, method="analytic", store=None)
+    step = 5e-3
+    freq = frequencies_sync(inp, method="finite-difference", step=step, store=None)
+    # One Hessian column by hand: central difference of two GMBE gradients run through run().
+    xyz = np.asarray(mol.geometry).reshape(-1, 3)
+    column = []
+    for sign in (1, -1):
+        moved = xyz.copy()
+        moved[1, 0] += sign * step
+        m = Molecule(symbols=mol.symbols, geometry=moved, fix_com=True, fix_orientation=True)
+        g = run(GMBEInput(molecule=m, fragments=frags, max_nbody=1, specification={**SPEC, "driver": "gradient"}),
+                store=None)
+        column.append(np.asarray(g.return_result).reshape(-1))
+    by_hand = (column[0] - column[1]) / (2 * step)
+    hess = np.asarray(freq.hessian)
+    # The driver symmetrises (H + H^T) / 2: the column differs from the raw one by the FD asymmetry only (O(h^2)).
+    assert np.abs(hess[:, 3] - by_hand).max() < 1e-5
+    assert np.abs(by_hand).max() > 0.1  # a real stretch constant, not zeros
+
+
+def test_cli_plan_run_and_report_a_peptide(tmp_path, pyscf):
+    require_module("gemmi")
+    from tests.test_cli import cli
+
+    pdb = str(DATA / "ala4.pdb")
+    common = ["--gmbe", "2", "--program", "pyscf", "--method", "hf", "--basis", "sto-3g", "--no-store"]
+    shown = cli("plan", pdb, *common, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "4 primary fragments" in shown.stdout and "3 bond(s) cut" in shown.stdout
+    assert "subsystems per order" in shown.stdout and "nothing was computed" in shown.stdout
+    out = tmp_path / "gmbe.json"
+    done = cli("run", pdb, *common[:1], "1", *common[2:], "-o", str(out), cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "total energy GMBE(1)" in done.stdout
+    import json
+
+    data = json.loads(out.read_text())
+    assert data["schema_name"] == "qcmb_async_gmbe_result" and len(data["extras"]["gmbe"]["subsystems"]) == 4
+    # GMBE(1) of disjoint residues: the sum of the four capped residues (their energies, as computed).
+    assert data["properties"]["return_energy"] == pytest.approx(
+        sum(s["energy"] for s in data["extras"]["gmbe"]["subsystems"]), abs=1e-9)
+    reported = cli("report", str(out), cwd=tmp_path)
+    assert reported.returncode == 0 and "GMBE(1)" in reported.stdout
+    bad = cli("plan", pdb, *common, "--bsse", "cp", cwd=tmp_path)
+    assert bad.returncode == 2 and "NoCP" in bad.stderr
+    xyz = tmp_path / "hexane.xyz"
+    xyz.write_text(f"{len(HEXANE)}\n\n" + "\n".join(f"{s} {x} {y} {z}" for s, x, y, z in HEXANE) + "\n")
+    needs = cli("plan", str(xyz), *common, cwd=tmp_path)
+    assert needs.returncode == 2 and "--max-fragment-atoms" in needs.stderr
+    split = cli("plan", str(xyz), *common, "--max-fragment-atoms", "8", cwd=tmp_path)
+    assert split.returncode == 0, split.stderr
+    assert "primary fragments" in split.stdout
