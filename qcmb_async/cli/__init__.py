@@ -28,15 +28,16 @@ for _name in COMMANDS:
 
 def _version(value: bool) -> None:
     if value:
-        from .._version import __version__
+        from ._version import version_lines
 
-        typer.echo(f"qcmb-async {__version__}")
+        typer.echo("\n".join(version_lines()))
         raise typer.Exit()
 
 
 @app.callback()
 def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Show the version and exit.")] = False) -> None:
+                                                help="Show the versions of qcmb-async, QCEngine, QCManyBody, "
+                                                "QCElemental and the programs found here, and exit.")] = False) -> None:
     """Run, plan and report QCManyBody many-body expansions with concurrent fragments."""
 
 

@@ -114,7 +114,11 @@ def _print_prediction(console: Any, the_plan: Any, ncores: int, store: str | Non
     model = CostModel()
     calibrated = _calibrate(the_plan, model, store)
     durations = {f.label: model.estimate(f.group, f.size) if calibrated else f.cost for f in frags}
-    sim = simulate(frags, ncores, durations=durations)
+    try:
+        sim = simulate(frags, ncores, durations=durations)
+    except ImportError as exc:  # trio missing (an install with --no-deps): the plan stands, the prediction goes
+        console.print(f"predicted wall time: not available ({exc})", markup=False, soft_wrap=True)
+        return
     unit = "s" if calibrated else "cost units"
     total = sum(durations.values())
     console.print(f"predicted: {total:,.4g} {unit} of work, wall time {sim.makespan:,.4g} {unit} on {ncores} "
