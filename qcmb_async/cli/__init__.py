@@ -28,7 +28,7 @@ for _name in COMMANDS:
 
 def _version(value: bool) -> None:
     if value:
-        from ._version import version_lines
+        from ._versions import version_lines
 
         typer.echo("\n".join(version_lines()))
         raise typer.Exit()
