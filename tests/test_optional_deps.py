@@ -18,18 +18,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import require_module, require_program
+from tests.helpers import WATER_TRIMER, require_module, require_program
 
-DIMER_XYZ = """6
-water dimer
-O 0.000 0.000 0.000
-H 0.758 0.000 0.504
-H -0.758 0.000 0.504
---
-O 0.000 0.000 2.900
-H 0.758 0.000 3.404
-H -0.758 0.000 3.404
-"""
+#: The first two waters of the trimer the other tests use, as an XYZ file with a fragment separator.
+DIMER_XYZ = "6\nwater dimer\n" + "--\n".join(WATER_TRIMER.strip().split("--\n")[:2])
 PYSCF_HF = ["--program", "pyscf", "--method", "hf", "--basis", "sto-3g"]
 
 

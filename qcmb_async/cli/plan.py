@@ -5,67 +5,59 @@ from __future__ import annotations
 from typing import Any
 
 from ._app import app
-from ._console import _errors, _setup_logging, _stdout
+from ._console import _stdout, with_log_options
 from ._inputs import _load, _store_arg
 from ._options import (
-    CentroidOpt,
-    CutoffOpt,
-    DebugOpt,
-    EnergyScreenOpt,
     InputArg,
-    LogFormat,
-    LogFormatOpt,
+    LogOptions,
     NcoresOpt,
     NoStoreOpt,
+    ScreeningOptions,
     StoreOpt,
-    VerboseOpt,
     XyzOptions,
-    screening_option,
+    with_screening_options,
     with_xyz_options,
 )
 from ._render import screening_table
 
 
 @app.command()
+@with_log_options
 @with_xyz_options
+@with_screening_options
 def plan(
     input: InputArg,
+    *,
     xyz: XyzOptions,
-    cutoff: CutoffOpt = None,
-    energy_threshold: EnergyScreenOpt = None,
-    centroid: CentroidOpt = False,
+    screen: ScreeningOptions,
     ncores: NcoresOpt = None,
     store: StoreOpt = None,
     no_store: NoStoreOpt = False,
-    log_format: LogFormatOpt = LogFormat.console,
-    verbose: VerboseOpt = 0,
-    debug: DebugOpt = False,
+    logs: LogOptions,
 ) -> None:
     """Show the fragments per n-body level and model chemistry, what screening keeps and the predicted
     wall time on --ncores cores; computes nothing."""
-    with _errors(debug):
-        _setup_logging(log_format, verbose, debug)
-        screening = screening_option(cutoff, energy_threshold, centroid)
-        store_file = _store_arg(store)
-        mbe = _load(input, xyz)
-        from .. import plan_manybody
-        from .._core.options import make_options
+    screening = screen.spec()
+    store_file = _store_arg(store)
+    mbe = _load(input, xyz)
+    from .. import plan_manybody
+    from .._core.options import make_options
 
-        cores = make_options(ncores=ncores).ncores
-        the_plan = plan_manybody(mbe, screening=screening)
-        console = _stdout()
-        _print_plan(console, the_plan)
-        if the_plan.screen is not None:
-            from .._core.screening import subset_of
+    cores = make_options(ncores=ncores).ncores
+    the_plan = plan_manybody(mbe, screening=screening)
+    console = _stdout()
+    _print_plan(console, the_plan)
+    if the_plan.screen is not None:
+        from .._core.screening import subset_of
 
-            cost: dict[int, float] = {}
-            for frag in the_plan.fragments:
-                order = len(subset_of(frag.real, frag.basis, the_plan.screen.nfrag))
-                cost[order] = cost.get(order, 0.0) + frag.cost
-            screening_table(console, the_plan.screen.summary(), cost=cost,
-                            title="screened expansion (planned before the run)")
-        where = None if no_store else (str(store_file) if store_file else "default")
-        _print_prediction(console, the_plan, cores, where)
+        cost: dict[int, float] = {}
+        for frag in the_plan.fragments:
+            order = len(subset_of(frag.real, frag.basis, the_plan.screen.nfrag))
+            cost[order] = cost.get(order, 0.0) + frag.cost
+        screening_table(console, the_plan.screen.summary(), cost=cost,
+                        title="screened expansion (planned before the run)")
+    where = None if no_store else (str(store_file) if store_file else "default")
+    _print_prediction(console, the_plan, cores, where)
 
 
 def _print_plan(console: Any, the_plan: Any) -> None:
