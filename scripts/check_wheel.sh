@@ -22,7 +22,7 @@ say "fresh virtual environment with ${wheel[0]##*/}[pyscf]"
 "$PYTHON" -m venv "$tmp/venv"
 # No PYTHONPATH: the checkout must not be importable from here; the store goes to a private cache.
 run_clean() { env -u PYTHONPATH -u VIRTUAL_ENV PATH="$tmp/venv/bin:$PATH" XDG_CACHE_HOME="$tmp/cache" "$@"; }
-run_clean "$tmp/venv/bin/python" -m pip install -q "${wheel[0]}[pyscf]" 2> >(grep -v "^WARNING: Location" >&2)
+run_clean "$tmp/venv/bin/python" -m pip install -q --no-compile "${wheel[0]}[pyscf]" 2> >(grep -v "^WARNING: Location" >&2)
 
 mkdir "$tmp/work" && cd "$tmp/work"
 where="$(run_clean python -c 'import qcmb_async; print(qcmb_async.__file__)')"
