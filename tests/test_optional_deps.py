@@ -79,11 +79,15 @@ def test_timeline_without_matplotlib_is_a_usage_error(cli: Any, monkeypatch: pyt
         plot_timeline({"fragments": []}, None)
 
 
-def test_run_and_report_without_matplotlib(cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The result's numbers come from PySCF directly (no-CP 2-body interaction energy of the dimer)."""
+@pytest.mark.parametrize("missing", ["matplotlib", "threadpoolctl"])
+def test_run_and_report_without(missing: str, cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """run and report need neither matplotlib nor threadpoolctl (PySCF's BLAS cap, an optional speed-up; threads
+    executor, so the PySCF harness runs in this process). The numbers come from PySCF directly (no-CP 2-body
+    interaction energy of the dimer)."""
     pyscf = require_module("pyscf")
-    hide(monkeypatch, "matplotlib")
-    res = cli("run", "{dir}/w.xyz", *PYSCF_HF, "--bsse", "nocp", "--no-store", "-q", "-o", "{dir}/r.json")
+    hide(monkeypatch, missing)
+    res = cli("run", "{dir}/w.xyz", *PYSCF_HF, "--bsse", "nocp", "--no-store", "-q", "-o", "{dir}/r.json",
+              "--executor", "threads")
     assert res.exit_code == 0, (res.stdout, res.stderr, res.exception)
     rep = cli("report", "{dir}/r.json")
     assert rep.exit_code == 0, (rep.stdout, rep.stderr, rep.exception)
@@ -168,3 +172,18 @@ def test_version_names_the_stack_and_the_programs(cli: Any) -> None:
     for program in ("pyscf", "tblite", "nwchem", "mopac", "psi4"):
         (line,) = [x for x in lines if x.split()[:1] == [program]]
         assert line.split(maxsplit=1)[1] == "not found" or line.split()[1][0].isdigit() or "found at /" in line
+
+
+def test_importing_the_package_and_its_cli_loads_no_optional_module() -> None:
+    """Optional modules are imported where their feature is used, never by ``import qcmb_async`` or the CLI's
+    start-up: a fresh interpreter (this test process may have imported them already)."""
+    import subprocess
+
+    optional = ["matplotlib", "distributed", "dask", "dask_jobqueue", "cryptography", "ase", "geometric", "pyscf",
+                "tblite", "threadpoolctl", "mkdocs", "xtb"]
+    code = ("import sys, qcmb_async, qcmb_async.cli, qcmb_async.store, qcmb_async.events, qcmb_async.progress, "
+            f"qcmb_async.timeline, qcmb_async.simulate; print([m for m in {optional!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
