@@ -1,8 +1,10 @@
 """The ``qcmb-async`` command line: ``run``, ``plan``, ``report``, ``optimize`` and ``frequencies``.
 
-One command per module (:mod:`.run`, :mod:`.plan`, :mod:`.report`), registered on the typer
-application in :mod:`._app`; options in :mod:`._options`, consoles and the exception-to-exit-code
-map in :mod:`._console`, tables in :mod:`._render`, input/output paths in :mod:`._inputs`.
+One command per module (:mod:`.run`, :mod:`.plan`, :mod:`.report`, :mod:`.optimize`, :mod:`.frequencies`),
+registered on the typer application in :mod:`._app`; options and the option groups commands share in
+:mod:`._options`, consoles, the exception-to-exit-code map and the log options' group in :mod:`._console`,
+what the commands that run expansions share in :mod:`._moving`, tables in :mod:`._render`, input/output
+paths in :mod:`._inputs`, ``--version`` in :mod:`._versions`.
 
 Exit codes: 0 success; 1 a computation failed; 2 bad input or usage. Errors go to stderr as one
 paragraph, with a traceback only under ``--debug``.
