@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install example test docs bench
+.PHONY: install example test check-wheel docs bench
 
 install:
 	$(PIP) install -q -e '.[test]'
@@ -14,6 +14,10 @@ test: install
 	$(PYTHON) -m ruff check qcmb_async tests scripts docs/hooks
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict -q
 	$(PYTHON) -m pytest -q -rs
+	PYTHON=$(PYTHON) scripts/check_wheel.sh
+
+check-wheel:
+	PYTHON=$(PYTHON) scripts/check_wheel.sh
 
 docs: install
 	$(PYTHON) -m mkdocs build --strict

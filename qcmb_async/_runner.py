@@ -139,38 +139,52 @@ async def run_manybody(
         FragmentError: a fragment failed (``on_error="raise"``): names it, keeps QCEngine's error.
         RunFailed: some fragments failed (``on_error="continue"``); ``.report`` has the details.
     """
+    given = {"ncores": ncores, "memory": memory, "fragment_ncores": fragment_ncores,
+             "fragment_memory": fragment_memory, "level_barrier": level_barrier,
+             "scratch_directory": scratch_directory, "retries": retries, "timeout": timeout,
+             "on_error": on_error, "on_event": on_event, "screening": screening}
     gmbe = as_gmbe_input(mbe_input)
     if gmbe is not None:  # a generalized MBE: its own plan and assembly on the same scheduler
         async with _interruptible():
-            return await _run_gmbe(gmbe, ncores=ncores, memory=memory, fragment_ncores=fragment_ncores,  # type: ignore[return-value]
-                                  fragment_memory=fragment_memory, executor=executor, level_barrier=level_barrier,
-                                  scratch_directory=scratch_directory, retries=retries, timeout=timeout,
-                                  on_error=on_error, on_event=on_event, store=store, scheduler=scheduler,
-                                  cluster=cluster, screening=screening)
+            return await _run_gmbe(gmbe, executor=executor, store=store, scheduler=scheduler,  # type: ignore[return-value]
+                                   cluster=cluster, **given)
     # IPython kernels turn an interrupt into a callback that does not wake the event loop.
     async with _interruptible():
-        get_settings()  # a bad QCMB_ASYNC_* variable is an InputError now, not in a worker later
-        _check_store_argument(store)
-        inp = load_input(mbe_input)
-        given = {"ncores": ncores, "memory": memory, "fragment_ncores": fragment_ncores,
-                 "fragment_memory": fragment_memory, "level_barrier": level_barrier,
-                 "scratch_directory": scratch_directory, "retries": retries, "timeout": timeout,
-                 "on_error": on_error, "on_event": on_event, "screening": screening}
-        options = make_options(**given)
+        inp, options = _checked_arguments(mbe_input, store, given)
         if cluster is not None:
             executor = _cluster_executor(cluster, executor, scheduler)
         exe = await _checked_executor(inp, options, executor, scheduler)
         async with contextlib.AsyncExitStack() as stack:
             plan = await _plan_while_starting(inp, options, exe, stack)
-            if (capacity := exe.capacity) is not None and (ncores is None or memory is None):
-                # A cluster's size, not this machine's, bounds a distributed run.
-                options = make_options(**{**given, "ncores": ncores if ncores is not None else max(1, int(capacity[0])),
-                                          "memory": memory if memory is not None else capacity[1]})
+            options = _sized_to_executor(options, exe, given)
             outcome, extras = await _execute(plan, options, exe, store, run_id=uuid.uuid4().hex[:12])
-        if outcome.failures:
-            report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
-            raise RunFailed(report)
-        return await anyio.to_thread.run_sync(assemble, plan, outcome.results, extras)
+        return await _result(plan, outcome, extras)
+
+
+def _checked_arguments(mbe_input: Any, store: Any, given: dict[str, Any]) -> tuple[Any, Any]:
+    """The validated ``ManyBodyInput`` and ``RunOptions``: every argument checked before anything starts."""
+    get_settings()  # a bad QCMB_ASYNC_* variable is an InputError now, not in a worker later
+    _check_store_argument(store)
+    inp = load_input(mbe_input)
+    return inp, make_options(**given)
+
+
+def _sized_to_executor(options: Any, exe: Executor, given: dict[str, Any]) -> Any:
+    """``options`` with the totals not given taken from the executor's capacity (a cluster's size, not this
+    machine's, bounds a distributed run); unchanged for local executors (no capacity) or when both were given."""
+    ncores, memory = given["ncores"], given["memory"]
+    if (capacity := exe.capacity) is None or (ncores is not None and memory is not None):
+        return options
+    return make_options(**{**given, "ncores": ncores if ncores is not None else max(1, int(capacity[0])),
+                           "memory": memory if memory is not None else capacity[1]})
+
+
+async def _result(plan: Plan, outcome: ScheduleOutcome, extras: dict[str, Any]) -> ManyBodyResult:
+    """QCManyBody's assembled result, or :class:`RunFailed` with what could be assembled (off the loop)."""
+    if outcome.failures:
+        report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
+        raise RunFailed(report)
+    return await anyio.to_thread.run_sync(assemble, plan, outcome.results, extras)
 
 
 async def _checked_executor(inp: Any, options: Any, executor: Any, scheduler: Any) -> Executor:
@@ -264,23 +278,13 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
             await anyio.to_thread.run_sync(functools.partial(
                 _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=started))
         try:
-            scheduler = Scheduler(plan, options, exe, run_id=run_id, store=result_store,
-                                  partial_result=functools.partial(assemble_through, plan),
-                                  keep=functools.partial(slim, plan), compact=not keeps_results(plan))
-            if hasattr(exe, "queue_depth"):
-                # An executor that batches small fragments (Dask) wants more of them in hand than cores;
-                # its workers' resources, not this pool, bound what runs at once.
-                scheduler.pool = ResourcePool(options.ncores, options.memory, depth=lambda: exe.queue_depth)
-            outcome = await scheduler.run()
+            outcome = await _scheduler(plan, options, exe, result_store, run_id).run()
         except BaseException as exc:
             # The run row must not stay 'running' forever: say how it ended.
             if result_store is not None:
-                status = "failed" if isinstance(exc, FragmentError) else (
-                    "interrupted" if isinstance(exc, KeyboardInterrupt | anyio.get_cancelled_exc_class())
-                    else "error")
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(_record_end, result_store, run_id, plan.input_hash, started,
-                                                   status, exc)
+                                                   _end_status(exc), exc)
             raise
         extras = _extras(run_id, exe.name, options, outcome)
         if plan.screen is not None:
@@ -295,6 +299,25 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
         if result_store is not None:
             result_store.close()
     return outcome, extras
+
+
+def _scheduler(plan: Plan, options: Any, exe: Executor, result_store: Any, run_id: str) -> Scheduler:
+    """The run's :class:`Scheduler`, given what of the results to keep and how to assemble MBE(n) early."""
+    scheduler = Scheduler(plan, options, exe, run_id=run_id, store=result_store,
+                          partial_result=functools.partial(assemble_through, plan),
+                          keep=functools.partial(slim, plan), compact=not keeps_results(plan))
+    if hasattr(exe, "queue_depth"):
+        # An executor that batches small fragments (Dask) wants more of them in hand than cores;
+        # its workers' resources, not this pool, bound what runs at once.
+        scheduler.pool = ResourcePool(options.ncores, options.memory, depth=lambda: exe.queue_depth)
+    return scheduler
+
+
+def _end_status(exc: BaseException) -> str:
+    """The run row's status for a run that raised ``exc``."""
+    if isinstance(exc, FragmentError):
+        return "failed"
+    return "interrupted" if isinstance(exc, KeyboardInterrupt | anyio.get_cancelled_exc_class()) else "error"
 
 
 def _record_run_quietly(store: Any, run_id: str, **row: Any) -> None:

@@ -24,8 +24,13 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
-from ase.units import Bohr, Hartree
+
+try:
+    from ase.calculators.calculator import Calculator, all_changes
+    from ase.units import Bohr, Hartree
+except ImportError as _exc:  # the extra's pip line, not a bare "No module named 'ase'"
+    raise ModuleNotFoundError(f"qcmb_async.ase needs ASE: pip install 'qcmb_async[ase]' ({_exc})",
+                              name="ase") from _exc
 
 from qcmb_async._dynamics import gradient_step, kept_pool, prepare
 from qcmb_async.errors import InputError

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The one module errors.py builds on: pure text functions that import nothing of the package (the
+# lowest layer in tests/test_architecture.py), so the exception tree stays at the bottom of the graph.
+from ._core.causes import extract_cause
+
 
 class QCMBAsyncError(Exception):
     """Base class of every qcmb_async error."""
@@ -71,8 +75,6 @@ class FragmentError(QCMBAsyncError, RuntimeError):
         self.error_message = error_message
         self.attempts = attempts
         self.result = result
-        from ._core.causes import extract_cause
-
         self.cause = extract_cause(error_message, error_type=error_type)
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         super().__init__(

@@ -14,7 +14,7 @@ fragments, or 4,096 cores and 100,000 fragments, are studied in seconds on a lap
 
 Durations come from a real run (:meth:`Workload.from_run` replays the fragment times measured
 in a ``ManyBodyResult``), from a JSON file (:meth:`Workload.load`) or from a cost law
-(:func:`synthetic_workload`). Needs ``trio`` (``pip install qcmb_async[sim]``).
+(:func:`synthetic_workload`). Needs ``trio`` (a dependency of qcmb_async since 0.1.0).
 
 What the simulation leaves out: the scheduler's own CPU time (it costs no virtual time), the
 program start-up and QCEngine overhead beyond what the measured durations contain, and
@@ -345,8 +345,8 @@ def _run_virtual(fn: Callable[[], Any]) -> Any:
     try:
         import trio.testing
     except ImportError as exc:
-        raise ImportError("qcmb_async.simulate needs trio for its virtual clock: "
-                          "pip install 'qcmb_async[sim]'") from exc
+        raise ImportError("qcmb_async.simulate needs trio for its virtual clock (a dependency of qcmb_async; "
+                          "was it installed with --no-deps?): pip install trio") from exc
     import anyio
 
     def go() -> Any:

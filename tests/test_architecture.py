@@ -14,8 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qcmb_async"
 #: Inside ``_core`` the pipeline stages are layers too: a stage imports upstream stages' data types,
 #: never a downstream stage.
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "_logs", "programs", "settings",
-     "_core", "_core.causes", "_core.compact", "_core.contract", "_core.events", "_core.resources"},
+    {"_version", "_core", "_core.causes"},                              # leaves: import nothing of the package
+    {"errors", "_logs", "programs", "settings",
+     "_core.compact", "_core.contract", "_core.events", "_core.resources"},  # foundation
     {"harnesses"},
     {"_core.cost", "_core.chgmult", "_core.xyz", "_core.fragment", "_core.pdb", "_core.inputs", "_core.options",
      "_core.checks"},  # input
@@ -56,11 +57,22 @@ def _module_name(path: Path) -> str:
 
 def _imports(path: Path) -> set[str]:
     """Modules of the package that ``path`` imports (relative to the package), anywhere in the file."""
-    name = _module_name(path)
-    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    return _imports_in(path.read_text(), _module_name(path), is_package=path.name == "__init__.py")
+
+
+def _imports_in(source: str, name: str, *, is_package: bool = False) -> set[str]:
+    """Modules of the package that the source of module ``name`` imports: at module level, lazily inside
+    functions and methods (``ast.walk`` visits every node, so an import that waits for its first call still
+    counts), and through ``importlib.import_module("qcmb_async....")`` with a literal name."""
+    package = name.split(".") if is_package else name.split(".")[:-1]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute | ast.Name)
+                and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                and node.args[0].value.split(".")[0] == "qcmb_async"):
+            found.add(".".join(node.args[0].value.split(".")[1:]) or "__init__")
+        elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[: len(package) - node.level + 1] if node.level > 1 else package
                 target = [*base, *(node.module.split(".") if node.module else [])]
@@ -123,3 +135,36 @@ def test_the_guard_sees_a_violation() -> None:
     # The checker itself must be able to fail: the scheduler importing an executor would reach up.
     assert _layer(_unit("_core.scheduler")) < _layer(_unit("executors.threads"))
     assert ("_runner", "executors") in set(_edges())
+
+
+LAZY_REACH_UP = """
+from __future__ import annotations
+
+from ..errors import InputError
+
+
+def check(x):
+    if x:
+        from ..executors.threads import ThreadExecutor  # lazy: only when called
+
+        return ThreadExecutor
+    import importlib
+
+    return importlib.import_module("qcmb_async.cli")
+"""
+
+
+def test_the_guard_sees_a_lazy_import_reaching_up() -> None:
+    # A function-level import (and an import_module with a literal name) counts like one at the top.
+    found = _imports_in(LAZY_REACH_UP, "_core.scheduler")
+    assert found == {"errors", "executors.threads", "cli"}
+    src = _unit("_core.scheduler")
+    assert all(_layer(src) < _layer(_unit(target)) for target in ("executors.threads", "cli"))
+
+
+def test_leaves_import_nothing_of_the_package() -> None:
+    """The lowest layer's modules are what errors.py may build on: they import no module of the package."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    for name in LAYERS[0]:
+        path = modules[name] if name in modules else PACKAGE / name.replace(".", "/") / "__init__.py"
+        assert not _imports(path), f"{name} is in the lowest layer but imports {_imports(path)}"

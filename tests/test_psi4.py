@@ -109,13 +109,22 @@ def test_v1_document() -> None:
                                 config)
 
 
+def _psi4_at_nowhere(monkeypatch: pytest.MonkeyPatch, version: str | None) -> None:
+    """psi4 "installed" at a path that does not exist, its version probe answered with ``version`` (``None``: not
+    probed yet, so the probe runs and fails), and no harness chosen yet."""
+    fake = "/nowhere/bin/psi4"
+    monkeypatch.setattr(psi4_legacy, "psi4_executable", lambda: fake)
+    if version is None:
+        psi4_legacy._probes.pop(fake, None)
+    else:
+        psi4_legacy._probes[fake] = Psi4Probe(path=fake, version=version, error=None, seconds=0.0)
+    psi4_legacy._state.update(original=None, choice=None)
+
+
 def test_newer_psi4_gets_qcengine_harness_back(registry: None, monkeypatch: pytest.MonkeyPatch,
                                                caplog: pytest.LogCaptureFixture) -> None:
     """psi4 >= 1.4: the first use puts QCEngine's own harness back into the registry, and logs it."""
-    fake = "/nowhere/bin/psi4"
-    monkeypatch.setattr(psi4_legacy, "psi4_executable", lambda: fake)
-    psi4_legacy._probes[fake] = Psi4Probe(path=fake, version="1.9.1", error=None, seconds=0.0)
-    psi4_legacy._state.update(original=None, choice=None)
+    _psi4_at_nowhere(monkeypatch, "1.9.1")
     programs["psi4"] = original = Psi4Harness()
     psi4_legacy.install()
     psi4_legacy.install()  # idempotent
@@ -142,10 +151,7 @@ def test_someone_elses_psi4_harness_is_left_alone(registry: None) -> None:
 
 def test_old_psi4_is_chosen_and_logged(registry: None, monkeypatch: pytest.MonkeyPatch,
                                        caplog: pytest.LogCaptureFixture) -> None:
-    fake = "/nowhere/bin/psi4"
-    monkeypatch.setattr(psi4_legacy, "psi4_executable", lambda: fake)
-    psi4_legacy._probes[fake] = Psi4Probe(path=fake, version="1.3.2", error=None, seconds=0.0)
-    psi4_legacy._state.update(original=None, choice=None)
+    _psi4_at_nowhere(monkeypatch, "1.3.2")
     programs["psi4"] = Psi4Harness()
     psi4_legacy.install()
     harness = programs["psi4"]
@@ -158,10 +164,7 @@ def test_old_psi4_is_chosen_and_logged(registry: None, monkeypatch: pytest.Monke
 
 
 def test_broken_psi4_is_not_found(registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = "/nowhere/bin/psi4"
-    monkeypatch.setattr(psi4_legacy, "psi4_executable", lambda: fake)
-    psi4_legacy._state.update(original=None, choice=None)
-    psi4_legacy._probes.pop(fake, None)
+    _psi4_at_nowhere(monkeypatch, None)
     programs["psi4"] = Psi4Harness()
     psi4_legacy.install()
     harness = programs["psi4"]

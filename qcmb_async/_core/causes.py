@@ -6,6 +6,9 @@ the deck and its echo fill the first kilobytes, so a cut-off message shows only 
 In-process programs (PySCF) and Psi4's JSON mode return a Python traceback whose last
 exception line is the cause. :func:`extract_cause` finds those lines; the full message is
 kept elsewhere (store, ``FragmentError.error_message``, ``--debug``).
+
+The lowest layer of the package: it imports nothing of qcmb_async (``errors.py`` imports it, for
+``FragmentError.cause``), which tests/test_architecture.py checks.
 """
 
 from __future__ import annotations

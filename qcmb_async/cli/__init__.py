@@ -1,8 +1,10 @@
 """The ``qcmb-async`` command line: ``run``, ``plan``, ``report``, ``optimize`` and ``frequencies``.
 
-One command per module (:mod:`.run`, :mod:`.plan`, :mod:`.report`), registered on the typer
-application in :mod:`._app`; options in :mod:`._options`, consoles and the exception-to-exit-code
-map in :mod:`._console`, tables in :mod:`._render`, input/output paths in :mod:`._inputs`.
+One command per module (:mod:`.run`, :mod:`.plan`, :mod:`.report`, :mod:`.optimize`, :mod:`.frequencies`),
+registered on the typer application in :mod:`._app`; options and the option groups commands share in
+:mod:`._options`, consoles, the exception-to-exit-code map and the log options' group in :mod:`._console`,
+what the commands that run expansions share in :mod:`._moving`, tables in :mod:`._render`, input/output
+paths in :mod:`._inputs`, ``--version`` in :mod:`._versions`.
 
 Exit codes: 0 success; 1 a computation failed; 2 bad input or usage. Errors go to stderr as one
 paragraph, with a traceback only under ``--debug``.
@@ -28,15 +30,16 @@ for _name in COMMANDS:
 
 def _version(value: bool) -> None:
     if value:
-        from .._version import __version__
+        from ._versions import version_lines
 
-        typer.echo(f"qcmb-async {__version__}")
+        typer.echo("\n".join(version_lines()))
         raise typer.Exit()
 
 
 @app.callback()
 def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Show the version and exit.")] = False) -> None:
+                                                help="Show the versions of qcmb-async, QCEngine, QCManyBody, "
+                                                "QCElemental and the programs found here, and exit.")] = False) -> None:
     """Run, plan and report QCManyBody many-body expansions with concurrent fragments."""
 
 

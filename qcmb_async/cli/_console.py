@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from ..errors import FragmentError, InputError, RunFailed, Terminated
-from ._options import LogFormat
+from ._options import LOG_PARAMETERS, LogFormat, LogOptions, _with_group
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MESSAGE_LIMIT = 600
@@ -122,3 +122,16 @@ def _errors(debug: bool) -> Iterator[None]:
     except Exception as exc:
         raise _fail(f"unexpected {type(exc).__name__}: {_short(str(exc), debug)} (rerun with --debug for the "
                     "traceback)", EXIT_FAILED, exc, debug) from None
+
+
+@contextlib.contextmanager
+def _logged(logs: LogOptions) -> Iterator[None]:
+    """A command's body: exceptions mapped to exit codes (:func:`_errors`), logging set up from its options."""
+    with _errors(logs.debug):
+        _setup_logging(logs.log_format, logs.verbose, logs.debug)
+        yield
+
+
+#: Gives a command --log-format, -v and --debug (``logs: LogOptions``) and runs its body under :func:`_logged`:
+#: the opening every command shares, declared once.
+with_log_options = _with_group("logs", LogOptions, LOG_PARAMETERS, around=_logged)

@@ -1,16 +1,40 @@
-"""What the commands that run expansions share: the run options they pass to every MBE, JSON output."""
+"""What the commands that run expansions share: their option groups, the run options they pass to every MBE,
+JSON output."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._console import Usage, _stderr
+from ._app import app
+from ._console import Usage, _stderr, with_log_options
 from ._inputs import _check_not_store, _check_outputs, _load, _store_arg
-from ._options import ResourceOptions, XyzOptions
+from ._options import (
+    OutputOptions,
+    ResourceOptions,
+    XyzOptions,
+    with_output_options,
+    with_resource_options,
+    with_xyz_options,
+)
+
+
+def expansion_command(output_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Registers a command that runs expansions (run, optimize, frequencies) with the option groups they all take:
+    the XYZ options (``xyz``), resources (``resources``), --output described by ``output_help`` and --timeline
+    (``outputs``), and the log options (``logs``), whose error handling and log set-up its body runs in. Each
+    group's options stand in the help where the command's parameter of that name stands."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for group in (with_output_options(output_help), with_resource_options, with_xyz_options, with_log_options):
+            command = group(command)
+        return app.command()(command)
+
+    return decorate
 
 
 def run_options(resources: ResourceOptions, *, with_scheduler: bool = True) -> dict[str, Any]:
@@ -28,26 +52,32 @@ def run_options(resources: ResourceOptions, *, with_scheduler: bool = True) -> d
     return options
 
 
-def start_job(command: str, input: Path, xyz: XyzOptions, output: Path | None, resources: ResourceOptions,
-              timeline: Path | None = None) -> tuple[Any, dict[str, Any]]:
-    """The input and run options of a command that runs many expansions (optimize, frequencies).
-
-    Everything checked before anything runs: --driver refused (the command chooses), the input
-    read, --output and --timeline writable (not the input, not the store; matplotlib there for a
-    timeline), the resource options turned into ``run_manybody`` options.
-    """
-    if xyz.driver is not None:
-        raise Usage(f"--driver does not apply to {command}: it chooses what each expansion computes")
-    mbe = _load(input, xyz)
-    _check_outputs(input, output, timeline)
-    _check_not_store(_store_arg(resources.store), resources.no_store, output=output, timeline=timeline)
-    if timeline is not None:
+def check_outputs(input: Path, outputs: OutputOptions, resources: ResourceOptions) -> None:
+    """--output and --timeline writable (not the input, not the result store; matplotlib there for a timeline),
+    checked before anything runs (:class:`Usage` otherwise)."""
+    _check_outputs(input, outputs.output, outputs.timeline)
+    _check_not_store(_store_arg(resources.store), resources.no_store, output=outputs.output,
+                     timeline=outputs.timeline)
+    if outputs.timeline is not None:
         from ..timeline import _import_matplotlib
 
         try:
             _import_matplotlib()
         except ImportError as exc:
             raise Usage(f"--timeline: {exc}") from None
+
+
+def start_job(command: str, input: Path, xyz: XyzOptions, outputs: OutputOptions,
+              resources: ResourceOptions) -> tuple[Any, dict[str, Any]]:
+    """The input and run options of a command that runs many expansions (optimize, frequencies).
+
+    Everything checked before anything runs: --driver refused (the command chooses), the input
+    read, the outputs (:func:`check_outputs`), the resource options turned into ``run_manybody`` options.
+    """
+    if xyz.driver is not None:
+        raise Usage(f"--driver does not apply to {command}: it chooses what each expansion computes")
+    mbe = _load(input, xyz)
+    check_outputs(input, outputs, resources)
     return mbe, run_options(resources)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable
@@ -119,8 +120,6 @@ TimeoutOpt = Annotated[float | None, _opt("--timeout", metavar="SECONDS", help="
 OnErrorOpt = Annotated[OnError, _opt("--on-error", help="raise: stop at the first failure; continue: compute all "
                                                         "that can be.")]
 BarrierOpt = Annotated[bool, _opt("--level-barrier", help="Finish each n-body level before the next.")]
-OutputOpt = Annotated[Path | None, _opt("--output", "-o", metavar="RESULT.json", help="Write the ManyBodyResult "
-                                                                                      "JSON here.")]
 TimelineOpt = Annotated[Path | None, _opt("--timeline", metavar="FILE.png", help="Write a Gantt chart of the "
                                                                                  "fragments (PNG, SVG, PDF).")]
 
@@ -145,32 +144,41 @@ class XyzOptions:
     max_fragment_atoms: int | None = None
 
 
-_XYZ_PARAMETERS = [
-    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=annotation)
-    for name, annotation in (("method", MethodOpt), ("basis", BasisOpt), ("program", ProgramOpt), ("bsse", BsseOpt),
-                             ("max_nbody", MaxNbodyOpt), ("keywords", KeywordsOpt), ("driver", DriverOpt),
-                             ("charge", ChargeOpt), ("multiplicity", MultOpt), ("fragments", FragmentsOpt),
-                             ("gmbe", GmbeOpt), ("residues_per_fragment", ResiduesOpt), ("overlap", OverlapOpt),
-                             ("max_fragment_atoms", MaxAtomsOpt))
-]
+def _parameters(*specs: tuple[str, Any, Any]) -> list[inspect.Parameter]:
+    """A group's command parameters from ``(name, Annotated type, default)`` triples."""
+    return [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+            for name, annotation, default in specs]
 
 
-def _with_group(name: str, group: type, parameters: list[inspect.Parameter]
+_XYZ_PARAMETERS = _parameters(
+    ("method", MethodOpt, None), ("basis", BasisOpt, None), ("program", ProgramOpt, None), ("bsse", BsseOpt, None),
+    ("max_nbody", MaxNbodyOpt, None), ("keywords", KeywordsOpt, None), ("driver", DriverOpt, None),
+    ("charge", ChargeOpt, None), ("multiplicity", MultOpt, None), ("fragments", FragmentsOpt, None),
+    ("gmbe", GmbeOpt, None), ("residues_per_fragment", ResiduesOpt, None), ("overlap", OverlapOpt, None),
+    ("max_fragment_atoms", MaxAtomsOpt, None))
+
+
+def _with_group(name: str, group: type, parameters: list[inspect.Parameter],
+                around: Callable[[Any], contextlib.AbstractContextManager[None]] | None = None,
                 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """A decorator giving a command ``parameters`` where its parameter ``name`` stands; it receives them as one
-    ``group`` instance. One declaration for every command that takes the group, so the commands cannot drift."""
+    ``group`` instance. One declaration for every command that takes the group, so the commands cannot drift.
+    ``around(value)``: a context the command's body runs in (the log options' error handling and log set-up)."""
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         signature = inspect.signature(command, eval_str=True)
         names = list(signature.parameters)
         at = names.index(name)
         own = list(signature.parameters.values())
-        new = [*own[:at], *parameters, *own[at + 1:]]
+        # The group's options take the placeholder's kind: ``*, resources: ResourceOptions`` (keyword-only, no
+        # made-up default) is how a command names a group.
+        new = [*own[:at], *(q.replace(kind=own[at].kind) for q in parameters), *own[at + 1:]]
 
         @functools.wraps(command)
         def wrapper(**kwargs: object) -> None:
             value = group(**{p.name: kwargs.pop(p.name) for p in parameters})
-            command(**{name: value}, **kwargs)
+            with around(value) if around is not None else contextlib.nullcontext():
+                command(**{name: value}, **kwargs)
 
         wrapper.__signature__ = signature.replace(parameters=new)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in new}
@@ -199,17 +207,48 @@ class ResourceOptions:
     timeout: float | None = None
 
 
-_RESOURCE_PARAMETERS = [
-    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
-    for name, annotation, default in (
-        ("ncores", NcoresOpt, None), ("memory", MemoryOpt, None), ("fragment_ncores", FragNcoresOpt, None),
-        ("fragment_memory", FragMemoryOpt, None), ("executor", ExecutorOpt, "auto"),
-        ("scheduler", SchedulerOpt, None), ("store", StoreOpt, None), ("no_store", NoStoreOpt, False),
-        ("retries", RetriesOpt, 0), ("timeout", TimeoutOpt, None))
-]
+_RESOURCE_PARAMETERS = _parameters(
+    ("ncores", NcoresOpt, None), ("memory", MemoryOpt, None), ("fragment_ncores", FragNcoresOpt, None),
+    ("fragment_memory", FragMemoryOpt, None), ("executor", ExecutorOpt, "auto"),
+    ("scheduler", SchedulerOpt, None), ("store", StoreOpt, None), ("no_store", NoStoreOpt, False),
+    ("retries", RetriesOpt, 0), ("timeout", TimeoutOpt, None))
 
 #: Gives a command the resource options; it receives them as ``resources: ResourceOptions``.
 with_resource_options = _with_group("resources", ResourceOptions, _RESOURCE_PARAMETERS)
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """How a command logs (stderr) and reports errors: --log-format, -v, --debug."""
+
+    log_format: LogFormat = LogFormat.console
+    verbose: int = 0
+    debug: bool = False
+
+    @property
+    def json(self) -> bool:
+        """JSON log lines: stderr stays machine-readable (no live display, summaries as log lines)."""
+        return self.log_format is LogFormat.json
+
+
+LOG_PARAMETERS = _parameters(("log_format", LogFormatOpt, LogFormat.console), ("verbose", VerboseOpt, 0),
+                             ("debug", DebugOpt, False))
+"""The log options' parameters; ``_console.with_log_options`` gives them to a command with the error handling."""
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What a command writes besides stdout: --output (JSON) and --timeline (a chart); ``None``: not asked."""
+
+    output: Path | None = None
+    timeline: Path | None = None
+
+
+def with_output_options(output_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Gives a command ``--output/-o`` (JSON, described by ``output_help``) and ``--timeline``; it receives them as
+    ``outputs: OutputOptions``."""
+    output = Annotated[Path | None, _opt("--output", "-o", metavar="RESULT.json", help=output_help)]
+    return _with_group("outputs", OutputOptions, _parameters(("output", output, None), ("timeline", TimelineOpt, None)))
 
 
 CutoffOpt = Annotated[str | None, _opt("--cutoff", metavar="K:Å[,K:Å...]", help="Distance screening: keep a "
@@ -223,6 +262,24 @@ EnergyScreenOpt = Annotated[str | None, _opt("--energy-threshold", metavar="K:EH
                                                                                                    "e.g. 3:1e-5.")]
 CentroidOpt = Annotated[bool, _opt("--centroid", help="Distance screening between fragment centroids instead of "
                                                       "closest atoms.")]
+
+
+@dataclass(frozen=True)
+class ScreeningOptions:
+    """--cutoff, --energy-threshold, --centroid as given (``None``/``False``: not given)."""
+
+    cutoff: str | None = None
+    energy_threshold: str | None = None
+    centroid: bool = False
+
+    def spec(self) -> dict[str, Any] | None:
+        """The ``screening`` run option (:func:`screening_option`; InputError if a flag is bad)."""
+        return screening_option(self.cutoff, self.energy_threshold, self.centroid)
+
+
+#: Gives a command the screening options; it receives them as ``screen: ScreeningOptions``.
+with_screening_options = _with_group("screen", ScreeningOptions, _parameters(
+    ("cutoff", CutoffOpt, None), ("energy_threshold", EnergyScreenOpt, None), ("centroid", CentroidOpt, False)))
 
 
 def screening_option(cutoff: str | None, energy: str | None, centroid: bool) -> dict[str, Any] | None:

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ._app import app
-from ._console import Usage, _errors, _setup_logging, _stdout
-from ._moving import start_job, step_progress, write_json, write_timeline
+from ._console import Usage, _stdout
+from ._moving import expansion_command, start_job, step_progress, write_json, write_timeline
 from ._options import (
-    DebugOpt,
     InputArg,
-    LogFormat,
-    LogFormatOpt,
+    LogOptions,
+    OutputOptions,
     ResourceOptions,
-    TimelineOpt,
-    VerboseOpt,
     XyzOptions,
-    with_resource_options,
-    with_xyz_options,
 )
 
 
@@ -35,39 +28,30 @@ RouteOpt = Annotated[Route, typer.Option("--hessian", help="analytic: MBE of ana
                                                            "gradients, all displacements in one pool.")]
 StepOpt = Annotated[float | None, typer.Option("--step", metavar="BOHR",
                                                help="Finite-difference step, bohr (default 0.005).")]
-JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESULT.json",
-                                                 help="Write frequencies, normal modes and Hessian as JSON.")]
 
 
-@app.command()
-@with_xyz_options
-@with_resource_options
+@expansion_command("Write frequencies, normal modes and Hessian as JSON.")
 def frequencies(
     input: InputArg,
+    *,
     xyz: XyzOptions,
     hessian: RouteOpt = Route.analytic,
     step: StepOpt = None,
-    resources: ResourceOptions = ResourceOptions(),  # replaced by the option group (with_resource_options)
-    output: JsonOutOpt = None,
-    timeline: TimelineOpt = None,
-    log_format: LogFormatOpt = LogFormat.console,
-    verbose: VerboseOpt = 0,
-    debug: DebugOpt = False,
+    resources: ResourceOptions,
+    outputs: OutputOptions,
+    logs: LogOptions,
 ) -> None:
     """Harmonic frequencies (cm⁻¹, translations and rotations projected out) of a many-body expansion."""
-    with _errors(debug):
-        _setup_logging(log_format, verbose, debug)
-        if step is not None and hessian is Route.analytic:
-            raise Usage("--step applies to --hessian finite-difference only (the analytic Hessian takes no step)")
-        mbe, options = start_job("frequencies", input, xyz, output, resources, timeline)
-        json_logs = log_format is LogFormat.json
-        result = _frequencies(mbe, options, route=hessian.value, step=step, json_logs=json_logs)
-        write_timeline(result, timeline, json_logs)
-        if output is not None:
-            write_json(output, {"frequencies_cm-1": result.frequencies, "modes": result.modes,
-                                "hessian": result.hessian, "energy": result.energy, "gradient": result.gradient,
-                                "method": result.method,
-                                "extras": {k: v for k, v in result.extras.items() if k != "fragments"}})
+    if step is not None and hessian is Route.analytic:
+        raise Usage("--step applies to --hessian finite-difference only (the analytic Hessian takes no step)")
+    mbe, options = start_job("frequencies", input, xyz, outputs, resources)
+    result = _frequencies(mbe, options, route=hessian.value, step=step, json_logs=logs.json)
+    write_timeline(result, outputs.timeline, logs.json)
+    if outputs.output is not None:
+        write_json(outputs.output, {"frequencies_cm-1": result.frequencies, "modes": result.modes,
+                                    "hessian": result.hessian, "energy": result.energy, "gradient": result.gradient,
+                                    "method": result.method,
+                                    "extras": {k: v for k, v in result.extras.items() if k != "fragments"}})
 
 
 def _frequencies(mbe: Any, options: dict[str, Any], *, route: str, step: float | None, json_logs: bool) -> Any:

@@ -7,20 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
-from ._app import app
-from ._console import EXIT_FAILED, Usage, _errors, _setup_logging, _stderr, _stdout
-from ._moving import start_job, step_progress, write_json, write_timeline
+from ._console import EXIT_FAILED, Usage, _stderr, _stdout
+from ._moving import expansion_command, start_job, step_progress, write_json, write_timeline
 from ._options import (
-    DebugOpt,
     InputArg,
-    LogFormat,
-    LogFormatOpt,
+    LogOptions,
+    OutputOptions,
     ResourceOptions,
-    TimelineOpt,
-    VerboseOpt,
     XyzOptions,
-    with_resource_options,
-    with_xyz_options,
 )
 
 CoordsysOpt = Annotated[str, typer.Option("--coordsys", metavar="NAME",
@@ -33,60 +27,51 @@ MaxiterOpt = Annotated[int, typer.Option(
     "geometry).")]
 ConstraintsOpt = Annotated[Path | None, typer.Option("--constraints", metavar="FILE",
                                                      help="geomeTRIC constraints file ($freeze, $set, ...).")]
-JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESULT.json",
-                                                 help="Write the steps, energies and final geometry as JSON.")]
 
 
-@app.command()
-@with_xyz_options
-@with_resource_options
+@expansion_command("Write the steps, energies and final geometry as JSON.")
 def optimize(
     input: InputArg,
+    *,
     xyz: XyzOptions,
     coordsys: CoordsysOpt = "tric",
     convergence: ConvergenceOpt = "GAU",
     maxiter: MaxiterOpt = 300,
     constraints: ConstraintsOpt = None,
-    resources: ResourceOptions = ResourceOptions(),  # replaced by the option group (with_resource_options)
-    output: JsonOutOpt = None,
-    timeline: TimelineOpt = None,
-    log_format: LogFormatOpt = LogFormat.console,
-    verbose: VerboseOpt = 0,
-    debug: DebugOpt = False,
+    resources: ResourceOptions,
+    outputs: OutputOptions,
+    logs: LogOptions,
 ) -> None:
     """Optimize the geometry with geomeTRIC; each gradient is a many-body expansion (needs qcmb_async[opt]).
 
     One line per gradient as it finishes (energy, gradient rms/max, fragments computed and from the store,
     wall time). Ctrl-C stops it cleanly; rerun with the same --store to resume at the interrupted step.
     """
-    with _errors(debug):
-        _setup_logging(log_format, verbose, debug)
-        mbe, options = start_job("optimize", input, xyz, output, resources, timeline)
+    mbe, options = start_job("optimize", input, xyz, outputs, resources)
+    try:
+        import geometric  # noqa: F401
+    except ImportError:
+        raise Usage("optimize needs geomeTRIC: pip install 'qcmb_async[opt]'") from None
+    cons = None
+    if constraints is not None:
         try:
-            import geometric  # noqa: F401
-        except ImportError:
-            raise Usage("optimize needs geomeTRIC: pip install 'qcmb_async[opt]'") from None
-        cons = None
-        if constraints is not None:
-            try:
-                cons = constraints.read_text()
-            except OSError as exc:
-                raise Usage(f"--constraints {str(constraints)!r}: {exc.strerror}") from None
-            except UnicodeDecodeError:
-                raise Usage(f"--constraints {str(constraints)!r} is not UTF-8 text: give geomeTRIC's constraint "
-                            "file ($freeze, $set, ...)") from None
-        json_logs = log_format is LogFormat.json
-        result = _optimize(mbe, options, json_logs=json_logs, coordsys=coordsys, convergence=convergence,
-                           maxiter=maxiter, constraints=cons)
-        write_timeline(result, timeline, json_logs)
-        if output is not None:
-            write_json(output, {
-                "success": result.success, "error": result.error, "final_energy": result.final_energy,
-                "final_molecule": result.final_molecule.model_dump(mode="json"), "energies": result.energies,
-                "steps": result.steps, "extras": result.extras})
-        if not result.success:
-            _stderr().print(f"error: not converged: {result.error}", markup=False, soft_wrap=True)
-            raise typer.Exit(EXIT_FAILED)
+            cons = constraints.read_text()
+        except OSError as exc:
+            raise Usage(f"--constraints {str(constraints)!r}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise Usage(f"--constraints {str(constraints)!r} is not UTF-8 text: give geomeTRIC's constraint "
+                        "file ($freeze, $set, ...)") from None
+    result = _optimize(mbe, options, json_logs=logs.json, coordsys=coordsys, convergence=convergence,
+                       maxiter=maxiter, constraints=cons)
+    write_timeline(result, outputs.timeline, logs.json)
+    if outputs.output is not None:
+        write_json(outputs.output, {
+            "success": result.success, "error": result.error, "final_energy": result.final_energy,
+            "final_molecule": result.final_molecule.model_dump(mode="json"), "energies": result.energies,
+            "steps": result.steps, "extras": result.extras})
+    if not result.success:
+        _stderr().print(f"error: not converged: {result.error}", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _optimize(mbe: Any, options: dict[str, Any], *, json_logs: bool, **kwargs: Any) -> Any:

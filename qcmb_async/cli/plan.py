@@ -5,22 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from ._app import app
-from ._console import _errors, _setup_logging, _stdout
+from ._console import _stdout, with_log_options
 from ._inputs import _load, _store_arg
 from ._options import (
-    CentroidOpt,
-    CutoffOpt,
-    DebugOpt,
-    EnergyScreenOpt,
     InputArg,
-    LogFormat,
-    LogFormatOpt,
+    LogOptions,
     NcoresOpt,
     NoStoreOpt,
+    ScreeningOptions,
     StoreOpt,
-    VerboseOpt,
     XyzOptions,
-    screening_option,
+    with_screening_options,
     with_xyz_options,
 )
 from ._render import screening_table
@@ -29,52 +24,49 @@ PDB_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
 
 
 @app.command()
+@with_log_options
 @with_xyz_options
+@with_screening_options
 def plan(
     input: InputArg,
+    *,
     xyz: XyzOptions,
-    cutoff: CutoffOpt = None,
-    energy_threshold: EnergyScreenOpt = None,
-    centroid: CentroidOpt = False,
+    screen: ScreeningOptions,
     ncores: NcoresOpt = None,
     store: StoreOpt = None,
     no_store: NoStoreOpt = False,
-    log_format: LogFormatOpt = LogFormat.console,
-    verbose: VerboseOpt = 0,
-    debug: DebugOpt = False,
+    logs: LogOptions,
 ) -> None:
     """Show the fragments per n-body level and model chemistry, what screening keeps and the predicted
     wall time on --ncores cores; computes nothing."""
-    with _errors(debug):
-        _setup_logging(log_format, verbose, debug)
-        screening = screening_option(cutoff, energy_threshold, centroid)
-        store_file = _store_arg(store)
-        mbe = _load(input, xyz)
-        from .. import plan_manybody
-        from .._core.options import make_options
+    screening = screen.spec()
+    store_file = _store_arg(store)
+    mbe = _load(input, xyz)
+    from .. import plan_manybody
+    from .._core.options import make_options
 
-        cores = make_options(ncores=ncores).ncores
-        the_plan = plan_manybody(mbe, screening=screening)
-        console = _stdout()
-        if xyz.gmbe is None and (xyz.fragments == "molecules" or input.suffix.lower() in PDB_SUFFIXES):
-            _print_found(console, the_plan.input.molecule)
-        if getattr(the_plan, "subsystems", None) is not None:  # a generalized MBE
-            from ._render import gmbe_plan_tables
+    cores = make_options(ncores=ncores).ncores
+    the_plan = plan_manybody(mbe, screening=screening)
+    console = _stdout()
+    if xyz.gmbe is None and (xyz.fragments == "molecules" or input.suffix.lower() in PDB_SUFFIXES):
+        _print_found(console, the_plan.input.molecule)
+    if getattr(the_plan, "subsystems", None) is not None:  # a generalized MBE
+        from ._render import gmbe_plan_tables
 
-            gmbe_plan_tables(console, the_plan)
-        else:
-            _print_plan(console, the_plan)
-        if the_plan.screen is not None:
-            from .._core.screening import subset_of
+        gmbe_plan_tables(console, the_plan)
+    else:
+        _print_plan(console, the_plan)
+    if the_plan.screen is not None:
+        from .._core.screening import subset_of
 
-            cost: dict[int, float] = {}
-            for frag in the_plan.fragments:
-                order = len(subset_of(frag.real, frag.basis, the_plan.screen.nfrag))
-                cost[order] = cost.get(order, 0.0) + frag.cost
-            screening_table(console, the_plan.screen.summary(), cost=cost,
-                            title="screened expansion (planned before the run)")
-        where = None if no_store else (str(store_file) if store_file else "default")
-        _print_prediction(console, the_plan, cores, where)
+        cost: dict[int, float] = {}
+        for frag in the_plan.fragments:
+            order = len(subset_of(frag.real, frag.basis, the_plan.screen.nfrag))
+            cost[order] = cost.get(order, 0.0) + frag.cost
+        screening_table(console, the_plan.screen.summary(), cost=cost,
+                        title="screened expansion (planned before the run)")
+    where = None if no_store else (str(store_file) if store_file else "default")
+    _print_prediction(console, the_plan, cores, where)
 
 
 def _print_found(console: Any, molecule: Any, listed: int = 30) -> None:
@@ -159,7 +151,11 @@ def _print_prediction(console: Any, the_plan: Any, ncores: int, store: str | Non
     model = CostModel()
     calibrated = _calibrate(the_plan, model, store)
     durations = {f.label: model.estimate(f.group, f.size) if calibrated else f.cost for f in frags}
-    sim = simulate(frags, ncores, durations=durations)
+    try:
+        sim = simulate(frags, ncores, durations=durations)
+    except ImportError as exc:  # trio missing (an install with --no-deps): the plan stands, the prediction goes
+        console.print(f"predicted wall time: not available ({exc})", markup=False, soft_wrap=True)
+        return
     unit = "s" if calibrated else "cost units"
     total = sum(durations.values())
     console.print(f"predicted: {total:,.4g} {unit} of work, wall time {sim.makespan:,.4g} {unit} on {ncores} "

@@ -12,32 +12,33 @@ import typer
 
 from ..errors import InputError, describe_validation
 from ._app import app
-from ._console import Usage, _errors, _short, _stdout
-from ._options import DebugOpt, _opt
+from ._console import Usage, _short, _stdout, with_log_options
+from ._options import LogOptions, _opt
 from ._render import _energy_tables
 
 
 @app.command()
+@with_log_options
 def report(
     source: Annotated[Path, typer.Argument(help="A result JSON written by 'run --output', or a result store "
                                                 "(.sqlite).", show_default=False, metavar="RESULT")],
+    *,
     run_id: Annotated[str | None, _opt("--run", metavar="RUN_ID", help="Store: only this run's fragments.")] = None,
-    debug: DebugOpt = False,
+    logs: LogOptions,
 ) -> None:
     """Print the energies and per-fragment timings of a saved result, or a result store's runs."""
-    with _errors(debug):
-        if not source.exists():
-            raise InputError(f"{str(source)!r} does not exist: give a result JSON (run --output) or a result store")
-        if source.is_dir():
-            raise InputError(f"{str(source)!r} is a directory: give a result JSON or a result store file")
-        with source.open("rb") as fh:
-            head = fh.read(16)
-        if head.startswith(b"SQLite format 3"):
-            _report_store(source, run_id)
-        else:
-            if run_id is not None:
-                raise Usage("--run applies to result stores, not to a result JSON")
-            _report_json(source)
+    if not source.exists():
+        raise InputError(f"{str(source)!r} does not exist: give a result JSON (run --output) or a result store")
+    if source.is_dir():
+        raise InputError(f"{str(source)!r} is a directory: give a result JSON or a result store file")
+    with source.open("rb") as fh:
+        head = fh.read(16)
+    if head.startswith(b"SQLite format 3"):
+        _report_store(source, run_id)
+    else:
+        if run_id is not None:
+            raise Usage("--run applies to result stores, not to a result JSON")
+        _report_json(source)
 
 
 def _load_result(path: Path) -> Any:

@@ -7,46 +7,38 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunFailed
-from ._app import app
-from ._console import Usage, _errors, _setup_logging, _stderr, _stdout
-from ._inputs import _check_not_store, _check_outputs, _load, _store_arg
-from ._moving import run_options
+from ._console import Usage, _stderr, _stdout
+from ._inputs import _load, _store_arg
+from ._moving import check_outputs, expansion_command, run_options
 from ._options import (
     BarrierOpt,
-    CentroidOpt,
     ClusterOpt,
-    CutoffOpt,
-    DebugOpt,
-    EnergyScreenOpt,
     InputArg,
     JobCoresOpt,
     JobMemoryOpt,
     LogFormat,
-    LogFormatOpt,
+    LogOptions,
     MaxJobsOpt,
     OnError,
     OnErrorOpt,
-    OutputOpt,
+    OutputOptions,
     QueueOpt,
     QuietOpt,
     ResourceOptions,
     SchedulerFileOpt,
-    TimelineOpt,
-    VerboseOpt,
+    ScreeningOptions,
     WalltimeOpt,
     XyzOptions,
-    screening_option,
-    with_resource_options,
-    with_xyz_options,
+    with_screening_options,
 )
 from ._render import _energy_tables
 
 
-@app.command()
-@with_xyz_options
-@with_resource_options
+@expansion_command("Write the ManyBodyResult JSON here.")
+@with_screening_options
 def run(
     input: InputArg,
+    *,
     xyz: XyzOptions,
     resources: ResourceOptions,
     scheduler_file: SchedulerFileOpt = None,
@@ -58,39 +50,24 @@ def run(
     walltime: WalltimeOpt = None,
     on_error: OnErrorOpt = OnError.raise_,
     level_barrier: BarrierOpt = False,
-    cutoff: CutoffOpt = None,
-    energy_threshold: EnergyScreenOpt = None,
-    centroid: CentroidOpt = False,
-    output: OutputOpt = None,
-    timeline: TimelineOpt = None,
-    log_format: LogFormatOpt = LogFormat.console,
+    screen: ScreeningOptions,
+    outputs: OutputOptions,
     quiet: QuietOpt = False,
-    verbose: VerboseOpt = 0,
-    debug: DebugOpt = False,
+    logs: LogOptions,
 ) -> None:
     """Compute a many-body expansion and print its energies."""
-    with _errors(debug):
-        _setup_logging(log_format, verbose, debug)
-        store_file = _store_arg(resources.store)
-        mbe = _load(input, xyz)
-        _check_outputs(input, output, timeline)
-        _check_not_store(store_file, resources.no_store, output=output, timeline=timeline)
-        if timeline is not None:
-            from ..timeline import _import_matplotlib
-
-            try:
-                _import_matplotlib()
-            except ImportError as exc:
-                raise Usage(f"--timeline: {exc}") from None
-        options = run_options(resources, with_scheduler=False)
-        options.update(on_error=on_error.value, level_barrier=level_barrier,
-                       screening=screening_option(cutoff, energy_threshold, centroid))
-        options.update(_dask_target(resources.scheduler, scheduler_file, cluster, queue=queue, job_cores=job_cores,
-                                    job_memory=job_memory, max_jobs=max_jobs, walltime=walltime))
-        if quiet and log_format is LogFormat.console and logging.getLogger("qcmb_async").level == logging.WARNING:
-            # --quiet: only the final lines; advisories (e.g. MOPAC and ghost atoms) stay out of it.
-            logging.getLogger("qcmb_async").setLevel(logging.ERROR)
-        _run(mbe, options, output=output, timeline=timeline, quiet=quiet, json_logs=log_format is LogFormat.json)
+    _store_arg(resources.store)  # a bad --store is named before the input is read
+    mbe = _load(input, xyz)
+    check_outputs(input, outputs, resources)
+    options = run_options(resources, with_scheduler=False)
+    options.update(on_error=on_error.value, level_barrier=level_barrier,
+                   screening=screen.spec())
+    options.update(_dask_target(resources.scheduler, scheduler_file, cluster, queue=queue, job_cores=job_cores,
+                                job_memory=job_memory, max_jobs=max_jobs, walltime=walltime))
+    if quiet and logs.log_format is LogFormat.console and logging.getLogger("qcmb_async").level == logging.WARNING:
+        # --quiet: only the final lines; advisories (e.g. MOPAC and ghost atoms) stay out of it.
+        logging.getLogger("qcmb_async").setLevel(logging.ERROR)
+    _run(mbe, options, output=outputs.output, timeline=outputs.timeline, quiet=quiet, json_logs=logs.json)
 
 
 def _dask_target(scheduler: str | None, scheduler_file: Path | None, cluster: Any, **jobs: Any) -> dict[str, Any]:
