@@ -18,7 +18,7 @@ from ._core.assemble import assemble, assemble_through, keeps_results, slim
 from ._core.checks import check_input
 from ._core.contract import Executor
 from ._core.inputs import load_input
-from ._core.options import make_options, make_screening
+from ._core.options import make_options, make_screening, options_for
 from ._core.outcome import ScheduleOutcome, unwrap_group
 from ._core.plan import Plan, make_plan
 from ._core.resources import ResourcePool
@@ -139,21 +139,48 @@ async def run_manybody(
                  "fragment_memory": fragment_memory, "level_barrier": level_barrier,
                  "scratch_directory": scratch_directory, "retries": retries, "timeout": timeout,
                  "on_error": on_error, "on_event": on_event, "screening": screening}
-        options = make_options(**given)
+        remote = (cluster is not None or scheduler is not None or executor == "dask"
+                  or getattr(executor, "name", None) == "dask")
+        # A cluster's run is sized once its workers are known: until then this machine's size must not refuse a
+        # fragment size the workers can give.
+        options = make_options(**(_unsized(given) if remote else given))
         if cluster is not None:
             executor = _cluster_executor(cluster, executor, scheduler)
         exe = await _checked_executor(inp, options, executor, scheduler)
         async with contextlib.AsyncExitStack() as stack:
             plan = await _plan_while_starting(inp, options, exe, stack)
-            if (capacity := exe.capacity) is not None and (ncores is None or memory is None):
-                # A cluster's size, not this machine's, bounds a distributed run.
-                options = make_options(**{**given, "ncores": ncores if ncores is not None else max(1, int(capacity[0])),
-                                          "memory": memory if memory is not None else capacity[1]})
+            if exe.capacity is not None:
+                # A cluster's workers or jobs, not this machine, size a distributed run and its fragments.
+                options = sized_options(exe, given)
             outcome, extras = await _execute(plan, options, exe, store, run_id=uuid.uuid4().hex[:12])
         if outcome.failures:
             report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
             raise RunFailed(report)
         return await anyio.to_thread.run_sync(assemble, plan, outcome.results, extras)
+
+
+def _unsized(given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` with totals that no fragment size given exceeds (the early check of a cluster's run)."""
+    from ._core.resources import default_memory, default_ncores
+
+    out = dict(given)
+    for name, per, default in (("ncores", "fragment_ncores", default_ncores), ("memory", "fragment_memory",
+                                                                                default_memory)):
+        if out.get(name) is None and isinstance(out.get(per), int | float) and not isinstance(out.get(per), bool):
+            out[name] = max(default(), out[per])
+    return out
+
+
+def sized_options(exe: Executor, given: dict[str, Any]) -> Any:
+    """Run options sized from the entered ``exe``'s workers (see ``options_for``), logged when they are."""
+    options = options_for(exe, **given)
+    limits = getattr(exe, "limits", None)
+    if limits is not None:
+        log.info("fragments sized from the workers", source=limits.source, ncores=options.ncores,
+                 memory=options.memory, largest_worker_cores=limits.cores, largest_worker_memory=limits.memory,
+                 memory_per_core=round(limits.per_core, 6), fragment_memory=options.fragment_memory,
+                 fragment_ncores=None if options.auto_cores else options.fragment_ncores)
+    return options
 
 
 async def _checked_executor(inp: Any, options: Any, executor: Any, scheduler: Any) -> Executor:

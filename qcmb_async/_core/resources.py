@@ -27,6 +27,31 @@ def default_memory() -> float:
     return round(psutil.virtual_memory().available / 1024**3 * SAFE_MEMORY_SHARE, 3)
 
 
+@dataclass(frozen=True)
+class WorkerLimits:
+    """What one fragment may ask of a cluster whose workers differ from this machine (Dask, batch jobs).
+
+    ``cores``: most cores one fragment may have (the largest worker's or job's); ``memory``: most GiB one
+    fragment may have (the largest worker's); ``per_core``: GiB per core an automatically sized fragment gets
+    at most (the smallest ``memory / cores`` over the workers, so a fragment of ``c <= cores`` cores fits the
+    largest worker); ``source``: where the figures come from, for the log.
+    """
+
+    cores: int
+    memory: float
+    per_core: float
+    source: str
+
+    @classmethod
+    def of(cls, shapes: list[tuple[float, float]], source: str) -> WorkerLimits | None:
+        """Limits from ``(cores, memory GiB)`` per worker (or per job); ``None`` without a usable one."""
+        usable = [(c, m) for c, m in shapes if c >= 1 and m > 0]
+        if not usable:
+            return None
+        return cls(cores=int(max(c for c, _ in usable)), memory=max(m for _, m in usable),
+                   per_core=min(m / int(c) for c, m in usable), source=source)
+
+
 @dataclass
 class Usage:
     """Peak usage seen by a :class:`ResourcePool` (for tests and reports)."""

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
+from .._core.resources import WorkerLimits
 from ..errors import InputError
 from ..settings import get_settings
 from ._dask_batch import _Batching, _Entry, _task_key
@@ -166,6 +167,12 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         self._template: dict[str, float] | None = None
         """Resources one batch job's worker declares, when the cluster is a dask-jobqueue one."""
         self._max_jobs: int | None = None
+        self._declared = True
+        """Whether fragments ask Dask for the cores/memory resources: some worker (or the job) declares them."""
+        self._host_memory = 0.0
+        self._source = ""
+        self._watch: Any = None
+        """Batch-job watcher (``hpc.JobWatch``): jobs that end before their worker connects."""
         from .._core.cost import CostModel
 
         self.direct_to_workers = direct_to_workers
@@ -205,9 +212,28 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         if self._template is not None and self._max_jobs:
             return (self._template.get(self.cores_resource, 0.0) * self._max_jobs,
                     self._template.get(self.memory_resource, 0.0) * self._max_jobs)
-        cores = sum(w.resources.get(self.cores_resource, 0.0) for w in self._workers.values())
-        memory = sum(w.resources.get(self.memory_resource, 0.0) for w in self._workers.values())
+        offers = [self._offers(w) for w in self._workers.values()]
+        cores = sum(o.get(self.cores_resource, 0.0) for o in offers)
+        memory = sum(o.get(self.memory_resource, 0.0) for o in offers)
         return cores, memory
+
+    @property
+    def limits(self) -> WorkerLimits | None:
+        """What one fragment may have: the largest worker's (or batch job's) cores and memory (inside ``async with``).
+
+        Workers that declare ``cores``/``memory`` resources offer those; a plain Dask cluster's workers
+        their ``nthreads`` and ``memory_limit``. Read by the run to size fragments (``options_for``).
+        """
+        if self._template is not None:
+            shapes = [(self._template.get(self.cores_resource, 0.0), self._template.get(self.memory_resource, 0.0))]
+        else:
+            offers = [self._offers(w) for w in self._workers.values()]
+            shapes = [(o.get(self.cores_resource, 0.0), o.get(self.memory_resource, 0.0)) for o in offers]
+            if not self._declared and shapes:
+                # Dask places a task without resources on any worker: size fragments for the smallest one.
+                small = min(shapes)
+                shapes = [(small[0], min(m for _, m in shapes))]
+        return WorkerLimits.of(shapes, self._source or "Dask workers")
 
     async def _start(self) -> None:
         """Connect, check workers and their resources, and prepare QCEngine on every worker."""
@@ -263,7 +289,8 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             if cluster is not None:
                 from .hpc import job_resources, max_jobs
 
-                self._template, self._max_jobs = job_resources(cluster), max_jobs(cluster)
+                self._template, self._max_jobs = job_resources(cluster, self.cores_resource,
+                                                               self.memory_resource), max_jobs(cluster)
             if self._template is not None:
                 self._check_template()
             else:
@@ -323,11 +350,13 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
 
         client = self.client
         resources = self._resources(job)
-        unmet = await self._unsatisfiable(resources)
+        unmet = None
+        key = _task_key(job)
+        unmet = unmet or await self._unsatisfiable(self._needs(job))
         if unmet:
             return _failed(job, ErrorType.RESOURCES_UNAVAILABLE, unmet)
-        key = _task_key(job)
-        future = client.submit(_run_on_worker, job, key, resources=resources, pure=False, key=key)
+        future = client.submit(_run_on_worker, job, key, not self._declared, resources=resources,
+                               workers=self._fitting(job), allow_other_workers=False, pure=False, key=key)
         self._inflight.add(key)
         submitted = time.time()
         try:

@@ -310,8 +310,13 @@ async def _check_submission(opts: ClusterOptions, cluster: Any, shared: Path) ->
 _RESOURCES = re.compile(r"--resources[ =]+['\"]?([A-Za-z0-9_.=,\-]+)")
 
 
-def job_resources(cluster: Any) -> dict[str, float] | None:
-    """Worker resources one job of a dask-jobqueue ``cluster`` declares (from its job script), or ``None``."""
+def job_resources(cluster: Any, cores: str = "cores", memory: str = "memory") -> dict[str, float] | None:
+    """What one worker of a dask-jobqueue ``cluster``'s jobs offers, or ``None`` (not a dask-jobqueue cluster).
+
+    The resources its job script declares (``--resources``); when they do not include ``cores`` and
+    ``memory``, the worker's threads and memory (``SLURMCluster(cores=32, memory="120GiB", processes=1)``:
+    32 and 120 GiB) stand in for them, as for any Dask worker without declared resources.
+    """
     script = getattr(cluster, "job_script", None)
     if script is None:
         return None
@@ -319,25 +324,39 @@ def job_resources(cluster: Any) -> dict[str, float] | None:
         text = str(script())
     except Exception:
         return None
-    match = _RESOURCES.search(text)
-    if match is None:
-        return None
     out: dict[str, float] = {}
-    for item in match.group(1).split(","):
-        name, _, value = item.partition("=")
-        with contextlib.suppress(ValueError):
-            out[name] = float(value)
-    return out
+    match = _RESOURCES.search(text)
+    if match is not None:
+        for item in match.group(1).split(","):
+            name, _, value = item.partition("=")
+            with contextlib.suppress(ValueError):
+                out[name] = float(value)
+    if cores in out and memory in out:
+        return out
+    job = getattr(cluster, "_dummy_job", None)  # the job template dask-jobqueue renders scripts from
+    threads = getattr(job, "worker_process_threads", None)
+    process_memory = getattr(job, "worker_process_memory", None)
+    if not threads or not process_memory:
+        return out or None
+    return {**out, cores: float(threads), memory: float(process_memory) / 1024**3}
+
+
+def _processes(cluster: Any) -> int:
+    return int(getattr(getattr(cluster, "_dummy_job", None), "worker_processes", 1) or 1)
 
 
 def max_jobs(cluster: Any) -> int | None:
-    """The most jobs a dask-jobqueue ``cluster`` will run: its adaptive maximum, else the jobs asked for."""
+    """The most workers a dask-jobqueue ``cluster`` will run: its adaptive maximum, else the jobs asked for.
+
+    Counted in workers (jobs times worker processes per job: ``processes=``).
+    """
     adaptive = getattr(cluster, "_adaptive", None)  # set by cluster.adapt(); no public accessor
     maximum = getattr(adaptive, "maximum", None)
     if isinstance(maximum, (int, float)) and maximum != float("inf"):
+        # dask-jobqueue's adapt(maximum_jobs=N) sets N x processes workers.
         return int(maximum)
     spec = getattr(cluster, "worker_spec", None)
-    return len(spec) if spec else None
+    return len(spec) * _processes(cluster) if spec else None
 
 
 def job_id() -> str:
