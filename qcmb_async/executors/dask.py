@@ -173,6 +173,11 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         self._source = ""
         self._watch: Any = None
         """Batch-job watcher (``hpc.JobWatch``): jobs that end before their worker connects."""
+        self._watcher: asyncio.Future[None] | None = None
+        self._cluster_error: BaseException | None = None
+        self._keep_logs = False
+        self.kept_logs: Path | None = None
+        """Where a failed run's batch job logs were kept (a cluster started for the run)."""
         from .._core.cost import CostModel
 
         self.direct_to_workers = direct_to_workers
@@ -296,12 +301,58 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             else:
                 await self._check_workers()
             await self._prepare_workers()
+            if cluster is not None and self._template is not None:
+                from .hpc import JobWatch
+
+                if JobWatch.applies(cluster):
+                    self._watch = JobWatch(cluster)
+                    self._watcher = asyncio.ensure_future(self._watch_jobs())
         except BaseException:
             await self._close()
             raise
 
+    async def _watch_jobs(self) -> None:
+        """Look at the batch jobs every few seconds; stop the run when too many end before their worker connects."""
+        from ..errors import ClusterError
+        from .hpc import WATCH_INTERVAL
+
+        assert self._watch is not None
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                await self._watch.check()
+            except ClusterError as exc:
+                if self._shared is not None:
+                    # The cluster's private directory goes when it closes: its job logs are moved out first.
+                    logs, kept = self._shared / "logs", self._shared.parent / f"logs-{self._shared.name}"
+                    exc = ClusterError(f"{str(exc).replace(str(logs), str(kept))}  The batch job logs are kept in "
+                                       f"{kept}", logs=str(kept))
+                self._cluster_error = exc
+                self._fail_everything()
+                return
+
+    def _fail_everything(self) -> None:
+        """Release every fragment waiting here or in a task: :meth:`run` raises the cluster's error for them."""
+        for task in list(self._batches):
+            task.cancel()
+        for pending in self._pending.values():
+            while pending:
+                entry = pending.popleft()
+                entry.outcome = _failed(entry.job, ErrorType.CANCELLED, str(self._cluster_error))
+                entry.done.set()
+
+    def __aexit__(self, *exc_info: Any) -> Any:
+        # A failed run keeps the job logs of a cluster started for it (they say why jobs died).
+        if exc_info and exc_info[0] is not None and not issubclass(exc_info[0], (asyncio.CancelledError,
+                                                                                   KeyboardInterrupt)):
+            self._keep_logs = True
+        return super().__aexit__(*exc_info)
+
     async def _stop(self) -> None:
         """Kill programs of fragments still in flight, then close the Client if this executor opened it."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         if self._pump_handle is not None:
             self._pump_handle.cancel()
             self._pump_handle = None
@@ -339,10 +390,19 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         return max(base, min(4.0 * self._deep_hint, _DEEP_HOLD / max(1.0, self.capacity[0])))
 
     async def run(self, job: FragmentJob) -> JobOutcome:
-        """Submit ``job`` to the cluster and await its outcome (see the module docstring for failures)."""
+        """Submit ``job`` to the cluster and await its outcome (see the module docstring for failures).
+
+        Raises :class:`~qcmb_async.errors.ClusterError` when the cluster's batch jobs keep ending before their
+        worker connects (see :class:`~qcmb_async.executors.hpc.JobWatch`).
+        """
+        if self._cluster_error is not None:
+            raise self._cluster_error
         if self.max_batch <= 1:
             return await self._run_single(job)
-        return await self._run_pooled(job)
+        outcome = await self._run_pooled(job)
+        if self._cluster_error is not None:
+            raise self._cluster_error
+        return outcome
 
     async def _run_single(self, job: FragmentJob) -> JobOutcome:
         """One fragment, one Dask task (``max_batch=1``)."""
@@ -406,7 +466,8 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             from .hpc import stop_cluster
 
             # Cancels the batch jobs (scancel/qdel), stops the scheduler, removes the TLS files.
+            keep = self._keep_logs or self._cluster_error is not None
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception), anyio.move_on_after(60):
-                await stop_cluster(cluster, shared)
+                self.kept_logs = await stop_cluster(cluster, shared, keep=keep)
 
 
