@@ -325,7 +325,7 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
                 if self._shared is not None:
                     # The cluster's private directory goes when it closes: its job logs are moved out first.
                     logs, kept = self._shared / "logs", self._shared.parent / f"logs-{self._shared.name}"
-                    exc = ClusterError(f"{str(exc).replace(str(logs), str(kept))}  The batch job logs are kept in "
+                    exc = ClusterError(f"{str(exc).replace(str(logs), str(kept))} The batch job logs are kept in "
                                        f"{kept}", logs=str(kept))
                 self._cluster_error = exc
                 self._fail_everything()
