@@ -176,6 +176,8 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         self._watcher: asyncio.Future[None] | None = None
         self._cluster_error: BaseException | None = None
         self._keep_logs = False
+        self._single: set[asyncio.Future[Any]] = set()
+        """Waits on single-fragment tasks (``max_batch=1``), cancelled when the watcher gives up."""
         self.kept_logs: Path | None = None
         """Where a failed run's batch job logs were kept (a cluster started for the run)."""
         from .._core.cost import CostModel
@@ -331,8 +333,28 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
                 self._fail_everything()
                 return
 
+    async def _unless_broken(self, future: Any) -> Any:
+        """``await future``, or ``None`` as soon as the batch-job watcher gives up on the cluster."""
+        waiter = asyncio.ensure_future(self._await(future))
+        self._single.add(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._cluster_error is not None and task is not None and not task.cancelling():
+                return None  # only the inner wait was cancelled (by the watcher), not this fragment
+            raise
+        finally:
+            self._single.discard(waiter)
+
+    @staticmethod
+    async def _await(future: Any) -> Any:
+        return await future
+
     def _fail_everything(self) -> None:
         """Release every fragment waiting here or in a task: :meth:`run` raises the cluster's error for them."""
+        for waiter in list(self._single):
+            waiter.cancel()
         for task in list(self._batches):
             task.cancel()
         for pending in self._pending.values():
@@ -423,7 +445,10 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             wait = None if job.timeout is None else job.timeout + self.timeout_grace
             with anyio.move_on_after(wait):
                 try:
-                    outcome: JobOutcome = await future
+                    outcome: JobOutcome = await (future if self._watch is None else self._unless_broken(future))
+                    if self._cluster_error is not None:
+                        await self._abandon(future, key)
+                        raise self._cluster_error
                     return outcome
                 except KilledWorker as exc:
                     return _failed(job, ErrorType.KILLED_WORKER, f"Dask gave up on fragment {job.label}: {exc}",

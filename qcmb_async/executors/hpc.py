@@ -426,17 +426,19 @@ class JobWatch:
         import anyio
 
         connected = self._seen()
+        planned = getattr(self.cluster, "worker_spec", {})
         for name, job in list(getattr(self.cluster, "workers", {}).items()):
             job_id = getattr(job, "job_id", None)
-            if not job_id or str(name) in connected or job_id in self.dead:
+            # A job adapt is releasing (gone from the plan) is cancelled on purpose: not a dead one.
+            if not job_id or str(name) in connected or job_id in self.dead or name not in planned:
                 continue
             ended = await anyio.to_thread.run_sync(_slurm_job_end, str(job_id), getattr(job, "log_directory", None),
                                                    getattr(job, "job_name", None))
             if ended is None:
                 continue
             self._seen()
-            if str(name) in self._connected:
-                continue  # its worker connected after all, then the job ended: Dask handles lost workers
+            if str(name) in self._connected or name not in planned:
+                continue  # its worker connected after all, or adapt released it meanwhile
             self.dead[job_id] = ended
             _log.warning("batch job ended before its Dask worker connected", job=job_id, dead=len(self.dead),
                          limit=self.limit, detail=ended[-500:])
