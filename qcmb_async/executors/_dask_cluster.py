@@ -59,6 +59,7 @@ class _ClusterChecks:
     _template: dict[str, float] | None
     _max_jobs: int | None
     _scheduler_file: Any
+    _template_plain: bool
     _declared: bool
     """Whether fragments ask Dask for the cores/memory resources (some worker declares them)."""
     _host_memory: float
@@ -158,7 +159,7 @@ class _ClusterChecks:
 
     def _check_template(self) -> None:
         assert self._template is not None
-        self._declared = self._declares(self._template)
+        self._declared = not self._template_plain and self._declares(self._template)
         self._source = ("the batch jobs' declared resources" if self._declared
                         else "the batch jobs' worker threads and memory (no --resources declared)")
         log.info("Dask batch jobs", sizing=self._source, each_worker=self._template, most_workers=self._max_jobs)

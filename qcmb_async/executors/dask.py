@@ -170,6 +170,8 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         self._declared = True
         """Whether fragments ask Dask for the cores/memory resources: some worker (or the job) declares them."""
         self._host_memory = 0.0
+        self._template_plain = False
+        """The template's cores/memory are the job worker's threads and memory, not declared resources."""
         self._source = ""
         self._watch: Any = None
         """Batch-job watcher (``hpc.JobWatch``): jobs that end before their worker connects."""
@@ -294,10 +296,15 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             self._owns_client = True
         try:
             if cluster is not None:
-                from .hpc import job_resources, max_jobs
+                from .hpc import job_resources, job_worker, max_jobs
 
-                self._template, self._max_jobs = job_resources(cluster, self.cores_resource,
-                                                               self.memory_resource), max_jobs(cluster)
+                self._template, self._max_jobs = job_resources(cluster), max_jobs(cluster)
+                plain = job_worker(cluster)
+                if plain is not None and not self._declares(self._template or {}):
+                    # No cores/memory resources in the job script: the job's worker threads and memory stand in.
+                    self._template = {**(self._template or {}), self.cores_resource: plain[0],
+                                      self.memory_resource: plain[1]}
+                    self._template_plain = True
             if self._template is not None:
                 self._check_template()
             else:

@@ -29,7 +29,7 @@ from ..errors import InputError, describe_validation
 _log = get_logger()
 
 __all__ = ["CLUSTER_KINDS", "ClusterOptions", "JobWatch", "cluster_options", "job_id", "job_resources", "job_script",
-           "keep_logs", "max_jobs", "start_cluster", "stop_cluster"]
+           "job_worker", "keep_logs", "max_jobs", "start_cluster", "stop_cluster"]
 
 #: Batch systems a cluster can be started on, and their dask-jobqueue classes.
 CLUSTER_KINDS: dict[str, str] = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
@@ -322,13 +322,8 @@ async def _check_submission(opts: ClusterOptions, cluster: Any, shared: Path) ->
 _RESOURCES = re.compile(r"--resources[ =]+['\"]?([A-Za-z0-9_.=,\-]+)")
 
 
-def job_resources(cluster: Any, cores: str = "cores", memory: str = "memory") -> dict[str, float] | None:
-    """What one worker of a dask-jobqueue ``cluster``'s jobs offers, or ``None`` (not a dask-jobqueue cluster).
-
-    The resources its job script declares (``--resources``); when they do not include ``cores`` and
-    ``memory``, the worker's threads and memory (``SLURMCluster(cores=32, memory="120GiB", processes=1)``:
-    32 and 120 GiB) stand in for them, as for any Dask worker without declared resources.
-    """
+def job_resources(cluster: Any) -> dict[str, float] | None:
+    """Worker resources one job of a dask-jobqueue ``cluster`` declares (from its job script), or ``None``."""
     script = getattr(cluster, "job_script", None)
     if script is None:
         return None
@@ -336,21 +331,33 @@ def job_resources(cluster: Any, cores: str = "cores", memory: str = "memory") ->
         text = str(script())
     except Exception:
         return None
-    out: dict[str, float] = {}
     match = _RESOURCES.search(text)
-    if match is not None:
-        for item in match.group(1).split(","):
-            name, _, value = item.partition("=")
-            with contextlib.suppress(ValueError):
-                out[name] = float(value)
-    if cores in out and memory in out:
-        return out
+    if match is None:
+        return None
+    out: dict[str, float] = {}
+    for item in match.group(1).split(","):
+        name, _, value = item.partition("=")
+        with contextlib.suppress(ValueError):
+            out[name] = float(value)
+    return out
+
+
+def job_worker(cluster: Any) -> tuple[float, float] | None:
+    """``(threads, memory GiB)`` of one worker of a dask-jobqueue ``cluster``'s jobs, or ``None``.
+
+    ``SLURMCluster(cores=32, memory="120GiB", processes=1)``: ``(32, 120)``; with ``processes=4`` each worker
+    has a quarter. What a worker offers fragments when the job script declares no resources.
+    """
     job = getattr(cluster, "_dummy_job", None)  # the job template dask-jobqueue renders scripts from
     threads = getattr(job, "worker_process_threads", None)
     process_memory = getattr(job, "worker_process_memory", None)
     if not threads or not process_memory:
-        return out or None
-    return {**out, cores: float(threads), memory: float(process_memory) / 1024**3}
+        return None
+    if isinstance(process_memory, str):  # dask-jobqueue keeps it formatted ("4.00GiB")
+        from dask.utils import parse_bytes
+
+        process_memory = parse_bytes(process_memory.replace(" ", ""))
+    return float(threads), float(process_memory) / 1024**3
 
 
 def _processes(cluster: Any) -> int:
