@@ -292,8 +292,9 @@ class _Batching:
                 # Without declared resources (a plain Dask cluster) the worker's gate keeps its fragments within
                 # its threads and memory limit, and only workers that can hold the fragment may take it.
                 future = self.client.submit(_run_batch_on_worker, payload, [e.key for e in live], key,
-                                            not self._declared, resources=resources, workers=self._fitting(first),
-                                            allow_other_workers=False, pure=False, key=key)
+                                            gated=not self._declared, resources=resources,
+                                            workers=self._fitting(first), allow_other_workers=False, pure=False,
+                                            key=key)
             except Exception as exc:
                 fail_all(type(exc).__name__, f"Dask task {key} (with fragment {{label}}) was not submitted: {exc}")
                 return

@@ -444,7 +444,7 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         unmet = unmet or await self._unsatisfiable(self._needs(job))
         if unmet:
             return _failed(job, ErrorType.RESOURCES_UNAVAILABLE, unmet)
-        future = client.submit(_run_on_worker, job, key, not self._declared, resources=resources,
+        future = client.submit(_run_on_worker, job, key, gated=not self._declared, resources=resources,
                                workers=self._fitting(job), allow_other_workers=False, pure=False, key=key)
         self._inflight.add(key)
         submitted = time.time()
