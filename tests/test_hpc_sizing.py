@@ -6,6 +6,7 @@ Without SLURM these tests skip, under CI=true they fail (the ``slurm`` fixture o
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
-from qcmb_async import run, run_manybody
+from qcmb_async import run_manybody
 from qcmb_async.errors import ClusterError
 from tests.helpers import mbe_input, waters
 from tests.test_hpc import JOB, ROOT, TOL, _reference, _wait_no_jobs, slurm  # noqa: F401 - slurm: the fixture
@@ -65,16 +66,20 @@ def test_cli_one_core_jobs_run_one_core_fragments(tmp_path: Path) -> None:
     assert [(f["cores"], f["memory"]) for f in frags] == [(1, 2.0)] * len(frags)
 
 
-def test_jobs_that_die_before_their_worker_stop_the_run_quoting_their_log(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_batch", [8, 1])
+def test_jobs_that_die_before_their_worker_stop_the_run_quoting_their_log(tmp_path: Path, max_batch: int) -> None:
     """A prologue that fails: no worker ever connects; after 3 such jobs a ClusterError quotes the job's log,
-    within a bounded time (no fragment timeout given), and the logs are kept."""
+    within a bounded time (no fragment timeout given), and the logs are kept (batched and single tasks)."""
+    from qcmb_async.executors.dask import DaskExecutor
+
     inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2, molecule=waters(2))
     message = "qcmb-test: module nwchem/7.2 not found"
     shared = tmp_path / "hpc"
+    exe = DaskExecutor(cluster={**JOB, "max_jobs": 1, "host": "127.0.0.1", "shared_directory": str(shared),
+                                "prologue": [f"echo '{message}' >&2", "exit 3"]}, max_batch=max_batch)
     t0 = time.monotonic()
     with pytest.raises(ClusterError) as err:
-        run(inp, cluster={**JOB, "max_jobs": 1, "host": "127.0.0.1", "shared_directory": str(shared),
-                          "prologue": [f"echo '{message}' >&2", "exit 3"]}, store=None)
+        anyio.run(functools.partial(run_manybody, inp, executor=exe, store=None))
     assert time.monotonic() - t0 < 180
     text = str(err.value)
     assert message in text and "3 batch jobs ended before their Dask worker connected" in text

@@ -370,12 +370,12 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
                 entry.outcome = _failed(entry.job, ErrorType.CANCELLED, str(self._cluster_error))
                 entry.done.set()
 
-    def __aexit__(self, *exc_info: Any) -> Any:
-        # A failed run keeps the job logs of a cluster started for it (they say why jobs died).
-        if exc_info and exc_info[0] is not None and not issubclass(exc_info[0], (asyncio.CancelledError,
-                                                                                   KeyboardInterrupt)):
-            self._keep_logs = True
-        return super().__aexit__(*exc_info)
+    async def __aexit__(self, *exc_info: Any) -> None:
+        """Leave (see the base class); a failed run keeps the job logs of a cluster started for it."""
+        exc_type = exc_info[0] if exc_info else None
+        if isinstance(exc_type, type) and not issubclass(exc_type, (asyncio.CancelledError, KeyboardInterrupt)):
+            self._keep_logs = True  # they say why jobs died
+        await super().__aexit__(*exc_info)
 
     async def _stop(self) -> None:
         """Kill programs of fragments still in flight, then close the Client if this executor opened it."""
@@ -465,6 +465,8 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
                     await self._abandon(future, key)
                     raise
                 except Exception as exc:
+                    if exc is self._cluster_error:
+                        raise  # the cluster cannot run anything: the run stops (not this fragment's failure)
                     return _failed(job, type(exc).__name__, f"Dask task {key} failed: {exc}", submitted)
             return _failed(
                 job, ErrorType.TIMEOUT,
