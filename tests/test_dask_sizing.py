@@ -168,3 +168,35 @@ async def test_dask_executor_limits_of_a_plain_cluster() -> None:
         assert limits is not None and limits.cores == 2 and limits.memory == pytest.approx(3.0)
         assert limits.per_core == pytest.approx(1.5)
         assert "nthreads" in limits.source
+
+
+@pytest.mark.asyncio
+async def test_uneven_plain_workers_take_only_fragments_they_can_hold() -> None:
+    """A 2-thread and a 1-thread worker, no resources: automatic fragments fit the smaller (1 core); explicit
+    two-core fragments go only to the 2-thread worker."""
+    from distributed import Client, Scheduler, Worker
+
+    reference = await _threads_reference()
+    async with Scheduler(host="127.0.0.1", port=0, dashboard_address=":0") as sched, \
+            Worker(sched.address, nthreads=2, memory_limit="2GiB", name="two") as two, \
+            Worker(sched.address, nthreads=1, memory_limit="2GiB", name="one"), \
+            Client(sched.address, asynchronous=True, set_as_default=False) as client:
+        auto = await run_manybody(_inp(), scheduler=client, store=None)
+        big = await run_manybody(_inp(), scheduler=client, fragment_ncores=2, store=None)
+    assert abs(float(auto.return_result) - reference) < TOL
+    assert abs(float(big.return_result) - reference) < TOL
+    assert auto.extras["qcmb_async"]["ncores"] == 3  # 2 + 1 threads
+    assert all(r["cores"] == 1 and r["memory"] <= 2.0 + 1e-9 for r in _records(auto))
+    assert {r["worker"] for r in _records(big)} == {two.address}
+
+
+@pytest.mark.asyncio
+async def test_workers_without_a_memory_limit_offer_a_share_of_their_host() -> None:
+    import psutil
+    from distributed import Client
+
+    async with _plain_cluster(2, 0) as lc, \
+            Client(lc, asynchronous=True, set_as_default=False) as client, DaskExecutor(client) as exe:
+        cores, memory = exe.capacity
+    assert cores == 2
+    assert 0 < memory <= psutil.virtual_memory().total / GIB

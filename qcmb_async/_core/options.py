@@ -123,6 +123,8 @@ class RunOptions(BaseModel):
         "when that shortens the run."))
     max_fragment_ncores: int | None = Field(None, description=(
         "Most cores one fragment may have: the largest worker's or batch job's (set from the executor)."))
+    auto_max_ncores: int | None = Field(None, description=(
+        "Most cores the scheduler gives one fragment by itself on a cluster (set from the executor)."))
     max_fragment_memory: float | None = Field(None, description=(
         "Most GiB one fragment may have: the largest worker's or batch job's (set from the executor)."))
     memory_per_core: float | None = Field(None, description=(
@@ -261,7 +263,7 @@ def options_for(executor: Any, **given: Any) -> RunOptions:
     limits = getattr(executor, "limits", None)
     if limits is not None:
         sized.update(max_fragment_ncores=limits.cores, max_fragment_memory=limits.memory,
-                     memory_per_core=limits.per_core)
+                     memory_per_core=limits.per_core, auto_max_ncores=limits.auto_cores or limits.cores)
     return make_options(**sized)
 
 

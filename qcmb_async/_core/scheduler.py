@@ -81,7 +81,7 @@ class Scheduler:
                                 prerequisites=max(energy) if energy else None)
         self.multi = allotment(plan.fragments, self.model, ncores=options.ncores, memory=options.memory,
                                auto_memory=options.auto_memory,
-                               max_cores=options.max_fragment_ncores) if options.auto_cores else {}
+                               max_cores=options.auto_max_ncores) if options.auto_cores else {}
         self.results: dict[str, Any] = {}
         self.failures: list[FragmentError] = []
         self.records: dict[str, FragmentRecord] = {}

@@ -238,11 +238,9 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         else:
             offers = [self._offers(w) for w in self._workers.values()]
             shapes = [(o.get(self.cores_resource, 0.0), o.get(self.memory_resource, 0.0)) for o in offers]
-            if not self._declared and shapes:
-                # Dask places a task without resources on any worker: size fragments for the smallest one.
-                small = min(shapes)
-                shapes = [(small[0], min(m for _, m in shapes))]
-        return WorkerLimits.of(shapes, self._source or "Dask workers")
+        # Dask places a task without resources on any worker: automatic sizes fit the smallest one.
+        return WorkerLimits.of(shapes, self._source or "Dask workers",
+                               anywhere=not self._declared and self._template is None)
 
     async def _start(self) -> None:
         """Connect, check workers and their resources, and prepare QCEngine on every worker."""
