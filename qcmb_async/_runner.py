@@ -82,12 +82,13 @@ async def run_manybody(
         mbe_input: ``qcmanybody.models.v2.ManyBodyInput`` (v1 models, dicts, JSON strings and
             JSON/YAML file paths are converted).
         ncores: Total cores the run may use. Default: this process's CPU affinity (Dask: the
-            cores the cluster's workers declare).
+            cores the cluster's workers declare, else their threads).
         memory: Total memory in GiB. Default: 80 % of the memory available now (Dask: the
-            workers' declared memory).
-        fragment_ncores: Cores per fragment (default 1).
+            workers' declared memory, else their memory limits).
+        fragment_ncores: Cores per fragment (default: chosen, 1 or more for large fragments; on Dask never
+            more than the largest worker or batch job has; more than that is an InputError).
         fragment_memory: GiB per fragment (default: an even share, ``memory / (ncores //
-            fragment_ncores)``).
+            fragment_ncores)``; on Dask at most the workers' GiB per core).
         executor: ``"auto"`` (processes for in-process programs such as PySCF, threads for
             subprocess programs, Dask when ``scheduler`` is given), ``"threads"``,
             ``"processes"``, ``"dask"``, or an :class:`~qcmb_async.executors.base.Executor`.

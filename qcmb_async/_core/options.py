@@ -113,14 +113,15 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     ncores: int = Field(default_factory=default_ncores, description=(
-        "Total cores the run may use. Default: this process's CPU affinity (Dask: the cores its workers declare)."))
+        "Total cores the run may use. Default: this process's CPU affinity (Dask: the cores its workers declare, "
+        "else their threads; batch clusters: what the jobs may grow to)."))
     memory: float = Field(default_factory=default_memory, description=(
         "Total memory the run may use, GiB. Default: 80 % of the memory available now (Dask: the workers' declared "
-        "memory)."))
+        "memory, else their memory limits)."))
     fragment_ncores: int = Field(1, description=(
         "Cores per fragment (QCEngine `task_config.ncores`, `OMP_NUM_THREADS`); setting it fixes it for every "
         "fragment. Unset: the scheduler chooses, 1, or more for a few large fragments of a threaded program "
-        "when that shortens the run."))
+        "when that shortens the run (Dask: never more than the largest worker or batch job has)."))
     max_fragment_ncores: int | None = Field(None, description=(
         "Most cores one fragment may have: the largest worker's or batch job's (set from the executor)."))
     auto_max_ncores: int | None = Field(None, description=(
@@ -131,7 +132,7 @@ class RunOptions(BaseModel):
         "GiB per core an automatically sized fragment gets at most: the workers' (set from the executor)."))
     fragment_memory: float = Field(description=(
         "Memory per fragment, GiB. Unset: an even share, `memory / (ncores // fragment_ncores)`, for each core "
-        "the fragment gets."))
+        "the fragment gets (Dask: at most the workers' GiB per core, so a fragment fits a worker)."))
     level_barrier: bool = Field(False, description=(
         "Finish every n-body level before starting the next (off: fragments do not depend on each other)."))
     scratch_directory: str | None = Field(None, description=(
