@@ -35,6 +35,7 @@ import anyio
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
 from .._core.resources import WorkerLimits
+from .._logs import get_logger
 from ..errors import InputError
 from ..settings import get_settings
 from ._dask_batch import _Batching, _Entry, _task_key
@@ -45,6 +46,7 @@ from .base import ReusableExecutor
 if TYPE_CHECKING:
     import distributed
 
+_log = get_logger()
 #: Environment variable naming the scheduler when none is passed.
 SCHEDULER_ENV = "QCMB_ASYNC_DASK_SCHEDULER"
 _THREE_WAYS = (
@@ -337,6 +339,8 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
                 self._cluster_error = exc
                 self._fail_everything()
                 return
+            except Exception as exc:  # a look that failed (scontrol hung, ...): the next one may work
+                _log.warning("could not look at the batch jobs", error=f"{type(exc).__name__}: {exc}")
 
     async def _unless_broken(self, future: Any) -> Any:
         """``await future``, or ``None`` as soon as the batch-job watcher gives up on the cluster."""
