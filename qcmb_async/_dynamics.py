@@ -98,8 +98,12 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], str | Execut
 
 def make_executor(inp: Any, run_options: dict[str, Any], executor: str | Executor, scheduler: Any) -> Executor:
     """The executor a driver enters once and reuses for every MBE (see ``executors.resolve_executor``)."""
-    options = make_options(**{k: run_options.get(k) for k in ("ncores", "memory", "fragment_ncores",
-                                                                "fragment_memory")})
+    from ._runner import _unsized
+
+    sizes = {k: run_options.get(k) for k in ("ncores", "memory", "fragment_ncores", "fragment_memory")}
+    if scheduler is not None or executor == "dask" or getattr(executor, "name", None) == "dask":
+        sizes = _unsized(sizes)  # a cluster's workers size the runs, once they are known (run_manybody)
+    options = make_options(**sizes)
     if isinstance(inp, GMBEInput):
         return resolve_executor(executor, {str(inp.specification["program"]).lower()}, options, scheduler)
     specs = inp.specification.specification.values()

@@ -208,8 +208,7 @@ async def finite_difference_hessian(inp: Any, exe: Any, run_options: dict[str, A
     Returns ``(hessian, reference ManyBodyResult, counts)``; ``counts`` also has the scheduling run's
     ``run_id``, ``ncores``, ``started``/``finished`` (epoch s) and fragment records (``fragments``).
     """
-    from ._core.options import make_options
-    from ._runner import open_store
+    from ._runner import open_store, sized_options
 
     _check_step(step)
     t0 = time.perf_counter()
@@ -219,7 +218,8 @@ async def finite_difference_hessian(inp: Any, exe: Any, run_options: dict[str, A
     t_plan = time.perf_counter() - t0
     opts = dict(run_options)
     store = opts.pop("store", "default")
-    options = make_options(**opts)
+    # Sized from the entered executor's workers (a Dask cluster), not from this machine.
+    options = sized_options(exe, opts)
     result_store = await off_loop(open_store, store)
     try:
         run_id = uuid.uuid4().hex[:12]

@@ -21,7 +21,7 @@ from ._core.gmbe import GMBEInput
 from ._core.gmbe_assemble import GMBEResult, assemble_gmbe
 from ._core.gmbe_plan import as_gmbe_input, check_gmbe, plan_gmbe
 from ._core.inputs import load_input
-from ._core.options import make_options, make_screening
+from ._core.options import make_options, make_screening, options_for
 from ._core.outcome import ScheduleOutcome, unwrap_group
 from ._core.plan import Plan, make_plan
 from ._core.resources import ResourcePool
@@ -91,12 +91,13 @@ async def run_manybody(
         mbe_input: ``qcmanybody.models.v2.ManyBodyInput`` (v1 models, dicts, JSON strings and
             JSON/YAML file paths are converted).
         ncores: Total cores the run may use. Default: this process's CPU affinity (Dask: the
-            cores the cluster's workers declare).
+            cores the cluster's workers declare, else their threads).
         memory: Total memory in GiB. Default: 80 % of the memory available now (Dask: the
-            workers' declared memory).
-        fragment_ncores: Cores per fragment (default 1).
+            workers' declared memory, else their memory limits).
+        fragment_ncores: Cores per fragment (default: chosen, 1 or more for large fragments; on Dask never
+            more than the largest worker or batch job has; more than that is an InputError).
         fragment_memory: GiB per fragment (default: an even share, ``memory / (ncores //
-            fragment_ncores)``).
+            fragment_ncores)``; on Dask at most the workers' GiB per core).
         executor: ``"auto"`` (processes for in-process programs such as PySCF, threads for
             subprocess programs, Dask when ``scheduler`` is given), ``"threads"``,
             ``"processes"``, ``"dask"``, or an :class:`~qcmb_async.executors.base.Executor`.
@@ -150,7 +151,9 @@ async def run_manybody(
                                    cluster=cluster, **given)
     # IPython kernels turn an interrupt into a callback that does not wake the event loop.
     async with _interruptible():
-        inp, options = _checked_arguments(mbe_input, store, given)
+        remote = (cluster is not None or scheduler is not None or executor == "dask"
+                  or getattr(executor, "name", None) == "dask")
+        inp, options = _checked_arguments(mbe_input, store, given, remote=remote)
         if cluster is not None:
             executor = _cluster_executor(cluster, executor, scheduler)
         exe = await _checked_executor(inp, options, executor, scheduler)
@@ -161,22 +164,23 @@ async def run_manybody(
         return await _result(plan, outcome, extras)
 
 
-def _checked_arguments(mbe_input: Any, store: Any, given: dict[str, Any]) -> tuple[Any, Any]:
-    """The validated ``ManyBodyInput`` and ``RunOptions``: every argument checked before anything starts."""
+def _checked_arguments(mbe_input: Any, store: Any, given: dict[str, Any], *, remote: bool = False
+                       ) -> tuple[Any, Any]:
+    """The validated ``ManyBodyInput`` and ``RunOptions``: every argument checked before anything starts.
+
+    ``remote``: a cluster's run, sized once its workers are known; until then this machine's size must not
+    refuse a fragment size the workers can give.
+    """
     get_settings()  # a bad QCMB_ASYNC_* variable is an InputError now, not in a worker later
     _check_store_argument(store)
     inp = load_input(mbe_input)
-    return inp, make_options(**given)
+    return inp, make_options(**(_unsized(given) if remote else given))
 
 
 def _sized_to_executor(options: Any, exe: Executor, given: dict[str, Any]) -> Any:
-    """``options`` with the totals not given taken from the executor's capacity (a cluster's size, not this
-    machine's, bounds a distributed run); unchanged for local executors (no capacity) or when both were given."""
-    ncores, memory = given["ncores"], given["memory"]
-    if (capacity := exe.capacity) is None or (ncores is not None and memory is not None):
-        return options
-    return make_options(**{**given, "ncores": ncores if ncores is not None else max(1, int(capacity[0])),
-                           "memory": memory if memory is not None else capacity[1]})
+    """``options`` sized from the entered executor's workers (a cluster's size, not this machine's, bounds a
+    distributed run and its fragments); unchanged for local executors (no capacity)."""
+    return sized_options(exe, given) if exe.capacity is not None else options
 
 
 async def _result(plan: Plan, outcome: ScheduleOutcome, extras: dict[str, Any]) -> ManyBodyResult:
@@ -185,6 +189,30 @@ async def _result(plan: Plan, outcome: ScheduleOutcome, extras: dict[str, Any]) 
         report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
         raise RunFailed(report)
     return await anyio.to_thread.run_sync(assemble, plan, outcome.results, extras)
+
+
+def _unsized(given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` with totals that no fragment size given exceeds (the early check of a cluster's run)."""
+    from ._core.resources import default_memory, default_ncores
+
+    out = dict(given)
+    for name, per, default in (("ncores", "fragment_ncores", default_ncores), ("memory", "fragment_memory",
+                                                                                default_memory)):
+        if out.get(name) is None and isinstance(out.get(per), int | float) and not isinstance(out.get(per), bool):
+            out[name] = max(default(), out[per])
+    return out
+
+
+def sized_options(exe: Executor, given: dict[str, Any]) -> Any:
+    """Run options sized from the entered ``exe``'s workers (see ``options_for``), logged when they are."""
+    options = options_for(exe, **given)
+    limits = getattr(exe, "limits", None)
+    if limits is not None:
+        log.info("fragments sized from the workers", source=limits.source, ncores=options.ncores,
+                 memory=options.memory, largest_worker_cores=limits.cores, largest_worker_memory=limits.memory,
+                 memory_per_core=round(limits.per_core, 6), fragment_memory=options.fragment_memory,
+                 fragment_ncores=None if options.auto_cores else options.fragment_ncores)
+    return options
 
 
 async def _checked_executor(inp: Any, options: Any, executor: Any, scheduler: Any) -> Executor:
@@ -420,8 +448,8 @@ async def _run_gmbe(inp: GMBEInput, *, ncores: int | None = None, memory: float 
              "fragment_memory": fragment_memory, "level_barrier": level_barrier,
              "scratch_directory": scratch_directory, "retries": retries, "timeout": timeout,
              "on_error": on_error, "on_event": on_event}
-    options = make_options(**given)
     remote = scheduler is not None or cluster is not None or executor == "dask"
+    options = make_options(**(_unsized(given) if remote else given))
     await anyio.to_thread.run_sync(functools.partial(check_gmbe, inp, local=not remote))
     plan = await anyio.to_thread.run_sync(plan_gmbe, inp)
     if cluster is not None:
@@ -429,9 +457,7 @@ async def _run_gmbe(inp: GMBEInput, *, ncores: int | None = None, memory: float 
     program = str(inp.specification["program"]).lower()
     exe = resolve_executor(executor, {program}, options, scheduler)
     async with exe:
-        if (capacity := exe.capacity) is not None and (ncores is None or memory is None):
-            options = make_options(**{**given, "ncores": ncores if ncores is not None else max(1, int(capacity[0])),
-                                      "memory": memory if memory is not None else capacity[1]})
+        options = _sized_to_executor(options, exe, given)
         outcome, extras = await _execute(plan, options, exe, store, run_id=uuid.uuid4().hex[:12])  # type: ignore[arg-type]
     if outcome.failures:
         raise RunFailed(FailureReport(failed=list(outcome.failures), complete_levels=[]))

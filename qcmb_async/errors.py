@@ -30,6 +30,17 @@ class WorkerStartError(QCMBAsyncError, RuntimeError):
     """A worker process could not be started or failed to prepare itself."""
 
 
+class ClusterError(QCMBAsyncError, RuntimeError):
+    """The batch cluster cannot run the fragments: e.g. its jobs end before their Dask worker connects.
+
+    :attr:`logs` names the kept job logs (a directory or files), when there are any.
+    """
+
+    def __init__(self, message: str, logs: str | None = None) -> None:
+        super().__init__(message)
+        self.logs = logs
+
+
 def describe_validation(exc: Exception) -> str:
     """One line per problem of a pydantic ``ValidationError`` (``field.path: message``), for InputErrors.
 

@@ -300,20 +300,6 @@ async def test_scheduler_from_environment(cluster: Cluster, monkeypatch: pytest.
         assert exe.capacity == (4.0, 8.0)
 
 
-async def test_workers_without_resources_are_refused() -> None:
-    from distributed import Client, LocalCluster
-
-    async with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, asynchronous=True,
-                            dashboard_address=":0") as lc, \
-            Client(lc, asynchronous=True, set_as_default=False) as client:
-        with pytest.raises(InputError) as err:
-            async with DaskExecutor(client):
-                pass
-    msg = str(err.value)
-    assert "declares the resources 'cores' and 'memory'" in msg
-    assert 'dask worker tcp://<scheduler>:8786 --resources "cores=16,memory=64"' in msg
-
-
 async def test_unreachable_scheduler() -> None:
     with pytest.raises(InputError, match=r"could not connect to the Dask scheduler at 'tcp://127\.0\.0\.1:9'"):
         async with DaskExecutor("tcp://127.0.0.1:9", connect_timeout=2):

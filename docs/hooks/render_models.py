@@ -11,7 +11,8 @@ from typing import Any
 from pydantic import BaseModel
 
 #: RunOptions fields the scheduler sets itself (not keyword arguments of run_manybody).
-INTERNAL = {"order", "auto_cores", "auto_memory"}
+INTERNAL = {"order", "auto_cores", "auto_memory", "max_fragment_ncores", "max_fragment_memory",
+            "memory_per_core", "auto_max_ncores"}
 #: Options whose model default is only a placeholder: unset, the scheduler chooses (the description says how).
 UNSET_MEANS_CHOSEN = {"fragment_ncores"}
 

@@ -249,18 +249,21 @@ ALLOT_MAX_FRAGMENTS = 4096
 
 
 def allotment(fragments: Sequence[Any], model: CostModel, *, ncores: int, memory: float,
-              auto_memory: bool) -> dict[str, int]:
+              auto_memory: bool, max_cores: int | None = None) -> dict[str, int]:
     """Cores per fragment label, for the fragments that should get more than one.
 
     ``fragments`` carry ``label``, ``group``, ``size`` and ``program`` (a plan's ``Fragment`` s).
     A fragment never takes more cores than its per-core memory share allows when the caller
-    fixed the memory per fragment (``auto_memory=False``).
+    fixed the memory per fragment (``auto_memory=False``), nor more than ``max_cores`` (the largest
+    worker's or batch job's cores on a cluster: a fragment runs on one of them).
     """
     if ncores <= 1 or not fragments or len(fragments) > ALLOT_MAX_FRAGMENTS:
         return {}
     durations = [model.estimate(f.group, f.size) for f in fragments]
     fractions = [parallel_fraction(f.program) for f in fragments]
     per_core = memory / ncores
-    max_cores = ncores if auto_memory else max(1, int(memory // max(per_core, 1e-9)))
-    cores = allot_cores(durations, ncores, fractions, max_cores=max_cores)
+    cap = ncores if auto_memory else max(1, int(memory // max(per_core, 1e-9)))
+    if max_cores is not None:
+        cap = max(1, min(cap, max_cores))
+    cores = allot_cores(durations, ncores, fractions, max_cores=cap)
     return {f.label: c for f, c in zip(fragments, cores, strict=True) if c > 1}

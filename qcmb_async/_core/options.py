@@ -113,17 +113,26 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     ncores: int = Field(default_factory=default_ncores, description=(
-        "Total cores the run may use. Default: this process's CPU affinity (Dask: the cores its workers declare)."))
+        "Total cores the run may use. Default: this process's CPU affinity (Dask: the cores its workers declare, "
+        "else their threads; batch clusters: what the jobs may grow to)."))
     memory: float = Field(default_factory=default_memory, description=(
         "Total memory the run may use, GiB. Default: 80 % of the memory available now (Dask: the workers' declared "
-        "memory)."))
+        "memory, else their memory limits)."))
     fragment_ncores: int = Field(1, description=(
         "Cores per fragment (QCEngine `task_config.ncores`, `OMP_NUM_THREADS`); setting it fixes it for every "
         "fragment. Unset: the scheduler chooses, 1, or more for a few large fragments of a threaded program "
-        "when that shortens the run."))
+        "when that shortens the run (Dask: never more than the largest worker or batch job has)."))
+    max_fragment_ncores: int | None = Field(None, description=(
+        "Most cores one fragment may have: the largest worker's or batch job's (set from the executor)."))
+    auto_max_ncores: int | None = Field(None, description=(
+        "Most cores the scheduler gives one fragment by itself on a cluster (set from the executor)."))
+    max_fragment_memory: float | None = Field(None, description=(
+        "Most GiB one fragment may have: the largest worker's or batch job's (set from the executor)."))
+    memory_per_core: float | None = Field(None, description=(
+        "GiB per core an automatically sized fragment gets at most: the workers' (set from the executor)."))
     fragment_memory: float = Field(description=(
         "Memory per fragment, GiB. Unset: an even share, `memory / (ncores // fragment_ncores)`, for each core "
-        "the fragment gets."))
+        "the fragment gets (Dask: at most the workers' GiB per core, so a fragment fits a worker)."))
     level_barrier: bool = Field(False, description=(
         "Finish every n-body level before starting the next (off: fragments do not depend on each other)."))
     scratch_directory: str | None = Field(None, description=(
@@ -180,6 +189,11 @@ class RunOptions(BaseModel):
             if cores is None or memory is None or per is None:
                 return value  # an earlier field failed; its error is the one to report
             share = round(memory / max(1, cores // per), 6)
+            per_core = info.data.get("memory_per_core")
+            if per_core is not None:
+                # A cluster's workers, not the run's total over its cores, bound what one fragment may have
+                # (floored: such shares must not sum to a hair more than a worker has).
+                share = min(share, math.floor(per * per_core * 1e6) / 1e6)
             if share <= 0:
                 raise ValueError(f"memory={memory} GiB over ncores={cores} leaves {share} GiB per fragment: give "
                                  "fewer cores, more memory, or fragment_memory")
@@ -213,6 +227,14 @@ class RunOptions(BaseModel):
 
     @model_validator(mode="after")
     def _fits(self) -> RunOptions:
+        if self.max_fragment_ncores is not None and self.fragment_ncores > self.max_fragment_ncores:
+            raise ValueError(f"fragment_ncores={self.fragment_ncores} is more than the largest worker or batch job "
+                             f"offers ({self.max_fragment_ncores} cores, {self.max_fragment_memory:g} GiB): "
+                             f"give at most {self.max_fragment_ncores}, or start larger workers or jobs")
+        if self.max_fragment_memory is not None and self.fragment_memory > self.max_fragment_memory + 1e-9:
+            raise ValueError(f"fragment_memory={self.fragment_memory} GiB is more than the largest worker or batch "
+                             f"job offers ({self.max_fragment_ncores} cores, {self.max_fragment_memory:g} GiB): "
+                             f"give at most {self.max_fragment_memory:g}, or start larger workers or jobs")
         if self.fragment_ncores > self.ncores:
             raise ValueError(f"fragment_ncores={self.fragment_ncores} is more than the run's total "
                              f"ncores={self.ncores}: lower fragment_ncores or raise ncores")
@@ -220,6 +242,30 @@ class RunOptions(BaseModel):
             raise ValueError(f"fragment_memory={self.fragment_memory} GiB is more than the run's total "
                              f"memory={self.memory} GiB: lower fragment_memory or raise memory")
         return self
+
+
+def options_for(executor: Any, **given: Any) -> RunOptions:
+    """Run options sized for an entered ``executor`` (``given`` as for :func:`make_options`; ``None`` = not given).
+
+    An executor with a ``capacity`` (Dask: its workers or batch jobs) sets the totals the caller left out; one
+    with ``limits`` (:class:`~qcmb_async._core.resources.WorkerLimits`) also bounds one fragment: the
+    automatic cores per fragment never exceed the largest worker's, the automatic memory per fragment is at
+    most ``cores x`` the workers' memory per core, and ``fragment_ncores``/``fragment_memory`` above the largest
+    worker are an :class:`InputError` naming it. Other executors: :func:`make_options` as it is.
+    """
+    capacity = getattr(executor, "capacity", None)
+    if capacity is None:
+        return make_options(**given)
+    sized = dict(given)
+    if sized.get("ncores") is None:
+        sized["ncores"] = max(1, int(capacity[0]))
+    if sized.get("memory") is None:
+        sized["memory"] = capacity[1] if capacity[1] > 0 else None
+    limits = getattr(executor, "limits", None)
+    if limits is not None:
+        sized.update(max_fragment_ncores=limits.cores, max_fragment_memory=limits.memory,
+                     memory_per_core=limits.per_core, auto_max_ncores=limits.auto_cores or limits.cores)
+    return make_options(**sized)
 
 
 def make_options(**given: Any) -> RunOptions:

@@ -111,7 +111,8 @@ def unwrap_group(group: BaseExceptionGroup) -> BaseException:
     for leaf in leaves:
         if isinstance(leaf, FragmentError):
             return leaf
-    real = [leaf for leaf in leaves if not isinstance(leaf, anyio.get_cancelled_exc_class())]
+    # One error may reach several tasks (an executor's ClusterError raised to every fragment waiting on it).
+    real = list({id(leaf): leaf for leaf in leaves if not isinstance(leaf, anyio.get_cancelled_exc_class())}.values())
     if len(real) == 1:
         return real[0]
     return group

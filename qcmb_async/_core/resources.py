@@ -27,6 +27,40 @@ def default_memory() -> float:
     return round(psutil.virtual_memory().available / 1024**3 * SAFE_MEMORY_SHARE, 3)
 
 
+@dataclass(frozen=True)
+class WorkerLimits:
+    """What one fragment may ask of a cluster whose workers differ from this machine (Dask, batch jobs).
+
+    ``cores``: most cores one fragment may have (the largest worker's or job's); ``memory``: most GiB one
+    fragment may have (the largest worker's); ``per_core``: GiB per core an automatically sized fragment gets
+    at most (the smallest ``memory / cores`` over the workers, so a fragment of ``c <= cores`` cores fits the
+    largest worker); ``auto_cores``: most cores the scheduler gives a fragment by itself (``cores``, or the
+    smallest worker's when a task may land on any worker); ``source``: where the figures come from, for the log.
+    """
+
+    cores: int
+    memory: float
+    per_core: float
+    source: str
+    auto_cores: int = 0
+
+    @classmethod
+    def of(cls, shapes: list[tuple[float, float]], source: str, *, anywhere: bool = False) -> WorkerLimits | None:
+        """Limits from ``(cores, memory GiB)`` per worker (or per job); ``None`` without a usable one.
+
+        ``anywhere``: a task may run on any worker (no resources asked), so automatic sizes fit the smallest.
+        """
+        usable = [(int(c), m) for c, m in shapes if c >= 1 and m > 0]
+        if not usable:
+            return None
+        largest = max(c for c, _ in usable)
+        per_core = min(m / c for c, m in usable)
+        if anywhere:
+            per_core = min(per_core, min(m for _, m in usable) / min(c for c, _ in usable))
+        return cls(cores=largest, memory=max(m for _, m in usable), per_core=per_core, source=source,
+                   auto_cores=min(c for c, _ in usable) if anywhere else largest)
+
+
 @dataclass
 class Usage:
     """Peak usage seen by a :class:`ResourcePool` (for tests and reports)."""

@@ -80,7 +80,8 @@ class Scheduler:
         self.queue = ReadyQueue(plan.fragments, self.model, options.order,
                                 prerequisites=max(energy) if energy else None)
         self.multi = allotment(plan.fragments, self.model, ncores=options.ncores, memory=options.memory,
-                               auto_memory=options.auto_memory) if options.auto_cores else {}
+                               auto_memory=options.auto_memory,
+                               max_cores=options.auto_max_ncores) if options.auto_cores else {}
         self.results: dict[str, Any] = {}
         self.failures: list[FragmentError] = []
         self.records: dict[str, FragmentRecord] = {}
@@ -146,6 +147,8 @@ class Scheduler:
         cores = self.multi.get(frag.label, 1)
         per_core = options.fragment_memory / options.fragment_ncores
         memory = cores * per_core if options.auto_memory else options.fragment_memory
+        if options.max_fragment_memory is not None:
+            memory = min(memory, options.max_fragment_memory)
         return cores, min(memory, options.memory)
 
     async def _feed(self, send: Any) -> None:

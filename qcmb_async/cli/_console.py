@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from ..errors import FragmentError, InputError, RunFailed, Terminated
+from ..errors import ClusterError, FragmentError, InputError, RunFailed, Terminated
 from ._options import LOG_PARAMETERS, LogFormat, LogOptions, _with_group
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -116,6 +116,8 @@ def _errors(debug: bool) -> Iterator[None]:
                  f"{', '.join(map(str, report.complete_levels)) or 'none'}."]
         parts += [f"- {_fragment_message(e, debug)}" for e in report.failed]
         raise _fail("\n".join(parts), EXIT_FAILED, exc, debug) from None
+    except ClusterError as exc:
+        raise _fail(str(exc), EXIT_FAILED, exc, debug) from None
     except FragmentError as exc:
         raise _fail(_fragment_message(exc, debug) + " (other fragments were cancelled; --on-error continue "
                     "computes everything it can)", EXIT_FAILED, exc, debug) from None

@@ -123,9 +123,12 @@ class _Batching:
     _pump_at: float
     _batches: set[asyncio.Future[None]]
     program_resources: bool
+    _declared: bool
 
     if TYPE_CHECKING:  # the executor's other halves (only declared here: the MRO must reach them)
-        def _resources(self, job: FragmentJob) -> dict[str, float]: ...
+        def _resources(self, job: FragmentJob) -> dict[str, float] | None: ...
+        def _needs(self, job: FragmentJob) -> dict[str, float]: ...
+        def _fitting(self, job: FragmentJob) -> list[str] | None: ...
         async def _unsatisfiable(self, resources: dict[str, float]) -> str | None: ...
         async def _abandon(self, future: Any, key: str, fragment_keys: list[str] | None = None) -> None: ...
         async def _kill_remote(self, keys: list[str]) -> None: ...
@@ -279,15 +282,19 @@ class _Batching:
                 return
             first = live[0].job
             resources = self._resources(first)
-            unmet = await self._unsatisfiable(resources)
+            unmet = await self._unsatisfiable(self._needs(first))
             if unmet:
                 fail_all(ErrorType.RESOURCES_UNAVAILABLE, unmet)
                 return
             try:
                 payload = pickle.dumps([e.job for e in live], protocol=pickle.HIGHEST_PROTOCOL)
                 t0 = time.perf_counter()
+                # Without declared resources (a plain Dask cluster) the worker's gate keeps its fragments within
+                # its threads and memory limit, and only workers that can hold the fragment may take it.
                 future = self.client.submit(_run_batch_on_worker, payload, [e.key for e in live], key,
-                                            resources=resources, pure=False, key=key)
+                                            gated=not self._declared, resources=resources,
+                                            workers=self._fitting(first), allow_other_workers=False, pure=False,
+                                            key=key)
             except Exception as exc:
                 fail_all(type(exc).__name__, f"Dask task {key} (with fragment {{label}}) was not submitted: {exc}")
                 return

@@ -14,10 +14,16 @@ from typing import Any
 import anyio
 
 from .._core.contract import FragmentJob
+from .._logs import get_logger
 from ..errors import InputError
 from ._dask_worker import _prepare_dask_worker
 
+log = get_logger()
+
 _WORKER_SYNTAX = 'dask worker tcp://<scheduler>:8786 --resources "cores=16,memory=64"'
+
+
+_GIB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,20 @@ class _WorkerInfo:
     address: str
     name: str
     resources: dict[str, float]
+    """What the worker declares (``--resources``)."""
+    nthreads: int = 0
+    memory_limit: float = 0.0
+    """Dask's memory limit of the worker, GiB (0: none)."""
+
+
+def _offer(w: _WorkerInfo, declared: bool, cores: str, memory: str, host_memory: float) -> dict[str, float]:
+    """What ``w`` offers fragments: its declared resources, else its threads and memory limit (GiB).
+
+    A worker without a memory limit offers ``host_memory`` (a safe share of its host's memory).
+    """
+    if declared:
+        return dict(w.resources)
+    return {cores: float(w.nthreads), memory: w.memory_limit if w.memory_limit > 0 else host_memory}
 
 
 class _ClusterChecks:
@@ -39,14 +59,30 @@ class _ClusterChecks:
     _template: dict[str, float] | None
     _max_jobs: int | None
     _scheduler_file: Any
+    _template_plain: bool
+    _declared: bool
+    """Whether fragments ask Dask for the cores/memory resources (some worker declares them)."""
+    _host_memory: float
+    _source: str
 
-    def _resources(self, job: FragmentJob) -> dict[str, float]:
+    def _needs(self, job: FragmentJob) -> dict[str, float]:
+        """What ``job`` needs of one worker: cores, memory (GiB) and, with ``program_resources``, its program."""
         # Floored to 1e-6 GiB: shares like 8/3 GiB must not sum to a hair more than the worker declares.
         memory = math.floor(job.memory * 1e6) / 1e6
         res: dict[str, float] = {self.cores_resource: job.ncores, self.memory_resource: memory}
         if self.program_resources:
             res[job.program] = job.ncores
         return res
+
+    def _resources(self, job: FragmentJob) -> dict[str, float] | None:
+        """The Dask ``resources=`` of ``job``'s task: none from workers that declare none.
+
+        Without declared resources Dask's thread slots and the gate on the worker
+        (``_dask_worker._Gate``: cores <= nthreads, memory <= memory_limit) bound what runs at once.
+        """
+        if self._declared:
+            return self._needs(job)
+        return {job.program: job.ncores} if self.program_resources else None
 
     async def _refresh_workers(self) -> dict[str, _WorkerInfo]:
         # An asynchronous Client's scheduler_info() is a cached summary without workers: ask the scheduler.
@@ -55,10 +91,25 @@ class _ClusterChecks:
         except TypeError:  # distributed before n_workers existed: identity() lists every worker
             info = await self.client.scheduler.identity()
         self._workers = {
-            addr: _WorkerInfo(addr, str(w.get("name", addr)), dict(w.get("resources") or {}))
+            addr: _WorkerInfo(addr, str(w.get("name", addr)), dict(w.get("resources") or {}),
+                              int(w.get("nthreads") or 0), float(w.get("memory_limit") or 0) / _GIB)
             for addr, w in info.get("workers", {}).items()
         }
         return self._workers
+
+    def _declares(self, resources: dict[str, float]) -> bool:
+        return self.cores_resource in resources and self.memory_resource in resources
+
+    def _offers(self, w: _WorkerInfo) -> dict[str, float]:
+        return _offer(w, self._declared, self.cores_resource, self.memory_resource, self._host_memory)
+
+    def _fitting(self, job: FragmentJob) -> list[str] | None:
+        """Workers without declared resources whose threads and memory limit hold ``job`` (``None``: all do)."""
+        if self._declared or self._template is not None:
+            return None
+        fit = [a for a, w in self._workers.items() if w.nthreads >= job.ncores
+               and self._offers(w)[self.memory_resource] >= job.memory - 1e-6]
+        return None if len(fit) == len(self._workers) else fit
 
     async def _check_workers(self) -> None:
         client = self.client
@@ -71,14 +122,30 @@ class _ClusterChecks:
                 f"the Dask cluster at {where} has no workers (waited {self.connect_timeout} s): start some with "
                 f"`{_WORKER_SYNTAX}`"
             )
-        needed = (self.cores_resource, self.memory_resource)
-        if not any(all(r in w.resources for r in needed) for w in workers.values()):
-            declared = {w.name: w.resources for w in workers.values()}
-            raise InputError(
-                f"no worker of the Dask cluster at {where} declares the resources {needed[0]!r} and {needed[1]!r} "
-                f"(memory in GiB) that every fragment requests; declared: {declared}. Start workers with "
-                f"`{_WORKER_SYNTAX}` (or LocalCluster(..., resources={{'{needed[0]}': 16, '{needed[1]}': 64}}))"
-            )
+        # Workers that declare cores and memory are what fragments ask for; a plain Dask cluster (none declares
+        # them) is used as it is: its workers' threads and memory limits size the fragments instead.
+        self._declared = any(self._declares(w.resources) for w in workers.values())
+        if not self._declared:
+            self._host_memory = await self._worker_host_memory()
+        source = (f"declared resources {self.cores_resource!r}/{self.memory_resource!r}" if self._declared
+                  else "worker threads (nthreads) and memory_limit: no worker declares "
+                       f"{self.cores_resource!r}/{self.memory_resource!r} resources")
+        self._source = source
+        log.info("Dask workers", scheduler=where, workers=len(workers), sizing=source,
+                 offers={w.name: self._offers(w) for w in list(workers.values())[:16]})
+
+    async def _worker_host_memory(self) -> float:
+        """GiB a worker without a memory limit offers: the smallest safe share of its host's memory."""
+        from ._dask_worker import _host_memory
+
+        with contextlib.suppress(Exception), anyio.move_on_after(self.connect_timeout):
+            replies = await self.client.run(_host_memory, on_error="return")
+            values = [v for v in replies.values() if isinstance(v, float) and v > 0]
+            if values:
+                return min(values)
+        from .._core.resources import default_memory
+
+        return default_memory()
 
     async def _prepare_workers(self) -> None:
         replies = await self.client.run(_prepare_dask_worker, on_error="return")
@@ -92,13 +159,10 @@ class _ClusterChecks:
 
     def _check_template(self) -> None:
         assert self._template is not None
-        needed = (self.cores_resource, self.memory_resource)
-        if not all(r in self._template for r in needed):
-            raise InputError(
-                f"the batch jobs' workers declare the resources {self._template}, not {needed[0]!r} and "
-                f"{needed[1]!r} (memory in GiB) that every fragment requests: build the cluster with "
-                f"worker_extra_args=['--resources', 'cores=<job cores>,memory=<job GiB>'] (or use cluster=...)"
-            )
+        self._declared = not self._template_plain and self._declares(self._template)
+        self._source = ("the batch jobs' declared resources" if self._declared
+                        else "the batch jobs' worker threads and memory (no --resources declared)")
+        log.info("Dask batch jobs", sizing=self._source, each_worker=self._template, most_workers=self._max_jobs)
         if not self._max_jobs:
             raise InputError("the dask-jobqueue cluster may start no job: call cluster.adapt(minimum_jobs=..., "
                              "maximum_jobs=N) or cluster.scale(jobs=N) before the run")
@@ -120,27 +184,33 @@ class _ClusterChecks:
     async def _unsatisfiable(self, resources: dict[str, float]) -> str | None:
         """Why no current worker could ever run a task asking for ``resources`` (``None``: some can)."""
 
-        def fits(w: _WorkerInfo) -> bool:
-            return all(w.resources.get(r, 0.0) >= amount - 1e-9 for r, amount in resources.items())
+        def fits_job(template: dict[str, float]) -> bool:
+            return all(template.get(r, 0.0) >= amount - 1e-6 for r, amount in resources.items())
 
+        if not self._declared:
+            resources = {k: v for k, v in resources.items() if k in (self.cores_resource, self.memory_resource)}
         if self._template is not None:
             # Workers of batch jobs come and go: what matters is whether a job could run it.
-            if fits(_WorkerInfo("", "job", self._template)):
+            if fits_job(self._template):
                 return None
-            return (f"no batch job of the cluster can run a fragment asking for {resources} (memory in GiB): each "
-                    f"job offers {self._template}. Raise --job-cores/--job-memory, or lower "
-                    "fragment_ncores/fragment_memory")
+            return (f"no batch job of the cluster can run a fragment asking for {resources} (memory in GiB): the "
+                    f"largest job's worker offers {self._template}. Give fragment_ncores/fragment_memory at most "
+                    "that, or raise --job-cores/--job-memory")
+
+        def fits(w: _WorkerInfo) -> bool:  # what a worker offers, declared or not
+            offer = self._offers(w)
+            return all(offer.get(r, 0.0) >= amount - 1e-6 for r, amount in resources.items())
 
         if any(fits(w) for w in self._workers.values()):
             return None
         workers = await self._refresh_workers()  # workers may have joined since
         if any(fits(w) for w in workers.values()):
             return None
-        declared = {w.name: w.resources for w in workers.values()}
+        offers = {w.name: self._offers(w) for w in workers.values()}
         return (
-            f"no worker of the Dask cluster can run a fragment asking for {resources} (memory in GiB); "
-            f"workers declare {declared}. Lower fragment_ncores/fragment_memory (or ncores/memory), or start "
-            f"workers with enough, e.g. `{_WORKER_SYNTAX}`"
+            f"no worker of the Dask cluster can run a fragment asking for {resources} (memory in GiB); the "
+            f"workers offer {offers} ({self._source}). Give fragment_ncores/fragment_memory at most the largest "
+            f"worker's, or start workers with enough, e.g. `{_WORKER_SYNTAX}`"
         )
 
 

@@ -25,6 +25,62 @@ _killed: set[str] = set()
 _found: set[str] = set()
 
 
+class _Gate:
+    """Cores and memory of one worker without declared resources: its threads and its memory limit.
+
+    Every fragment takes its cores and memory (GiB) here before it starts and gives them back after, first
+    come first served (a waiting many-core fragment is not overtaken), so the fragments on a worker never
+    use more than ``nthreads`` cores and ``memory_limit`` GiB together, whatever Dask puts on its threads.
+    """
+
+    def __init__(self, cores: float, memory: float) -> None:
+        self.cores, self.memory = cores, memory
+        self._free_cores, self._free_memory = cores, memory
+        self._cond = threading.Condition()
+        self._queue: list[object] = []
+
+    def fits(self, cores: float, memory: float) -> bool:
+        return cores <= self.cores and memory <= self.memory + 1e-6
+
+    def take(self, cores: float, memory: float) -> None:
+        token = object()
+        with self._cond:
+            self._queue.append(token)
+            while self._queue[0] is not token or cores > self._free_cores or memory > self._free_memory + 1e-6:
+                self._cond.wait()
+            self._queue.pop(0)
+            self._free_cores -= cores
+            self._free_memory -= memory
+            self._cond.notify_all()
+
+    def give(self, cores: float, memory: float) -> None:
+        with self._cond:
+            self._free_cores += cores
+            self._free_memory += memory
+            self._cond.notify_all()
+
+
+_gates: dict[str, _Gate] = {}
+"""Worker address -> its gate (several workers may share a process: LocalCluster(processes=False))."""
+
+
+def _gate(worker: Any) -> _Gate:
+    with _worker_lock:
+        gate = _gates.get(worker.address)
+        if gate is None:
+            limit = float(getattr(getattr(worker, "memory_manager", None), "memory_limit", None) or 0) / 1024**3
+            threads = float(getattr(getattr(worker, "state", None), "nthreads", None) or worker.nthreads)
+            gate = _gates[worker.address] = _Gate(threads, limit if limit > 0 else _host_memory())
+        return gate
+
+
+def _host_memory() -> float:
+    """``client.run`` target: the GiB a worker without a memory limit offers (a safe share of its host's)."""
+    from .._core.resources import default_memory
+
+    return float(default_memory())
+
+
 def _prepare_dask_worker() -> int:
     """``client.run`` target: harnesses, QCEngine seams and priming, once per worker process."""
     from .._qcengine.worker import prepare_worker
@@ -60,23 +116,48 @@ def _program_found(program: str) -> bool:
     return found
 
 
-def _run_batch_on_worker(payload: bytes, keys: list[str], batch: str) -> bytes:
+def _run_batch_on_worker(payload: bytes, keys: list[str], batch: str, gated: bool = False) -> bytes:
     """The Dask task of a batch: its fragments one after the other, each with its own key and timeout.
 
     ``payload`` is the pickled list of :class:`FragmentJob`; the outcomes come back pickled too, so Dask
-    ships two byte strings instead of walking and serialising the QCSchema models itself.
+    ships two byte strings instead of walking and serialising the QCSchema models itself. ``gated``: the worker
+    declares no resources, so each fragment takes its cores and memory from the worker's :class:`_Gate`.
     """
     jobs: list[FragmentJob] = pickle.loads(payload)
     outcomes = []
     for i, (job, key) in enumerate(zip(jobs, keys, strict=True)):
-        outcome = _run_on_worker(job, key)
+        outcome = _run_on_worker(job, key, gated)
         outcome.extras = {**outcome.extras, "dask_batch": batch, "batch_index": i, "batch_size": len(jobs)}
         outcomes.append(outcome)
     return pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _run_on_worker(job: FragmentJob, key: str) -> JobOutcome:
-    """The Dask task: check the program, run :func:`execute_job` under a timeout watchdog, tag the worker."""
+def _run_on_worker(job: FragmentJob, key: str, gated: bool = False) -> JobOutcome:
+    """The Dask task: check the program, run :func:`execute_job` under a timeout watchdog, tag the worker.
+
+    ``gated``: first take the fragment's cores and memory from the worker's :class:`_Gate` (workers that
+    declare no resources), give them back after.
+    """
+    if not gated:
+        return _run_here(job, key)
+    from distributed import get_worker
+
+    worker = get_worker()
+    gate = _gate(worker)
+    if not gate.fits(job.ncores, job.memory):
+        outcome = _failed(job, ErrorType.RESOURCES_UNAVAILABLE,
+                          f"fragment {job.label} needs {job.ncores} cores and {job.memory:g} GiB; Dask worker "
+                          f"{worker.address} has {gate.cores:g} threads and {gate.memory:g} GiB")
+        outcome.host, outcome.worker, outcome.pid = socket.gethostname(), worker.address, os.getpid()
+        return outcome
+    gate.take(job.ncores, job.memory)
+    try:
+        return _run_here(job, key)
+    finally:
+        gate.give(job.ncores, job.memory)
+
+
+def _run_here(job: FragmentJob, key: str) -> JobOutcome:
     from distributed import get_worker
 
     from .._qcengine.seams import FRAGMENT, FragmentContext

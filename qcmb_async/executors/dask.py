@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
+from .._core.resources import WorkerLimits
+from .._logs import get_logger
 from ..errors import InputError
 from ..settings import get_settings
 from ._dask_batch import _Batching, _Entry, _task_key
@@ -44,6 +46,7 @@ from .base import ReusableExecutor
 if TYPE_CHECKING:
     import distributed
 
+_log = get_logger()
 #: Environment variable naming the scheduler when none is passed.
 SCHEDULER_ENV = "QCMB_ASYNC_DASK_SCHEDULER"
 _THREE_WAYS = (
@@ -166,6 +169,21 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         self._template: dict[str, float] | None = None
         """Resources one batch job's worker declares, when the cluster is a dask-jobqueue one."""
         self._max_jobs: int | None = None
+        self._declared = True
+        """Whether fragments ask Dask for the cores/memory resources: some worker (or the job) declares them."""
+        self._host_memory = 0.0
+        self._template_plain = False
+        """The template's cores/memory are the job worker's threads and memory, not declared resources."""
+        self._source = ""
+        self._watch: Any = None
+        """Batch-job watcher (``hpc.JobWatch``): jobs that end before their worker connects."""
+        self._watcher: asyncio.Future[None] | None = None
+        self._cluster_error: BaseException | None = None
+        self._keep_logs = False
+        self._single: set[asyncio.Future[Any]] = set()
+        """Waits on single-fragment tasks (``max_batch=1``), cancelled when the watcher gives up."""
+        self.kept_logs: Path | None = None
+        """Where a failed run's batch job logs were kept (a cluster started for the run)."""
         from .._core.cost import CostModel
 
         self.direct_to_workers = direct_to_workers
@@ -205,9 +223,26 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         if self._template is not None and self._max_jobs:
             return (self._template.get(self.cores_resource, 0.0) * self._max_jobs,
                     self._template.get(self.memory_resource, 0.0) * self._max_jobs)
-        cores = sum(w.resources.get(self.cores_resource, 0.0) for w in self._workers.values())
-        memory = sum(w.resources.get(self.memory_resource, 0.0) for w in self._workers.values())
+        offers = [self._offers(w) for w in self._workers.values()]
+        cores = sum(o.get(self.cores_resource, 0.0) for o in offers)
+        memory = sum(o.get(self.memory_resource, 0.0) for o in offers)
         return cores, memory
+
+    @property
+    def limits(self) -> WorkerLimits | None:
+        """What one fragment may have: the largest worker's (or batch job's) cores and memory (inside ``async with``).
+
+        Workers that declare ``cores``/``memory`` resources offer those; a plain Dask cluster's workers
+        their ``nthreads`` and ``memory_limit``. Read by the run to size fragments (``options_for``).
+        """
+        if self._template is not None:
+            shapes = [(self._template.get(self.cores_resource, 0.0), self._template.get(self.memory_resource, 0.0))]
+        else:
+            offers = [self._offers(w) for w in self._workers.values()]
+            shapes = [(o.get(self.cores_resource, 0.0), o.get(self.memory_resource, 0.0)) for o in offers]
+        # Dask places a task without resources on any worker: automatic sizes fit the smallest one.
+        return WorkerLimits.of(shapes, self._source or "Dask workers",
+                               anywhere=not self._declared and self._template is None)
 
     async def _start(self) -> None:
         """Connect, check workers and their resources, and prepare QCEngine on every worker."""
@@ -261,20 +296,94 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             self._owns_client = True
         try:
             if cluster is not None:
-                from .hpc import job_resources, max_jobs
+                from .hpc import job_resources, job_worker, max_jobs
 
                 self._template, self._max_jobs = job_resources(cluster), max_jobs(cluster)
+                plain = job_worker(cluster)
+                if plain is not None and not self._declares(self._template or {}):
+                    # No cores/memory resources in the job script: the job's worker threads and memory stand in.
+                    self._template = {**(self._template or {}), self.cores_resource: plain[0],
+                                      self.memory_resource: plain[1]}
+                    self._template_plain = True
             if self._template is not None:
                 self._check_template()
             else:
                 await self._check_workers()
             await self._prepare_workers()
+            if cluster is not None and self._template is not None:
+                from .hpc import JobWatch
+
+                if JobWatch.applies(cluster):
+                    self._watch = JobWatch(cluster)
+                    self._watcher = asyncio.ensure_future(self._watch_jobs())
         except BaseException:
             await self._close()
             raise
 
+    async def _watch_jobs(self) -> None:
+        """Look at the batch jobs every few seconds; stop the run when too many end before their worker connects."""
+        from ..errors import ClusterError
+        from .hpc import WATCH_INTERVAL
+
+        assert self._watch is not None
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                await self._watch.check()
+            except ClusterError as exc:
+                if self._shared is not None:
+                    # The cluster's private directory goes when it closes: its job logs are moved out first.
+                    logs, kept = self._shared / "logs", self._shared.parent / f"logs-{self._shared.name}"
+                    exc = ClusterError(f"{str(exc).replace(str(logs), str(kept))} The batch job logs are kept in "
+                                       f"{kept}", logs=str(kept))
+                self._cluster_error = exc
+                self._fail_everything()
+                return
+            except Exception as exc:  # a look that failed (scontrol hung, ...): the next one may work
+                _log.warning("could not look at the batch jobs", error=f"{type(exc).__name__}: {exc}")
+
+    async def _unless_broken(self, future: Any) -> Any:
+        """``await future``, or ``None`` as soon as the batch-job watcher gives up on the cluster."""
+        waiter = asyncio.ensure_future(self._await(future))
+        self._single.add(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._cluster_error is not None and task is not None and not task.cancelling():
+                return None  # only the inner wait was cancelled (by the watcher), not this fragment
+            raise
+        finally:
+            self._single.discard(waiter)
+
+    @staticmethod
+    async def _await(future: Any) -> Any:
+        return await future
+
+    def _fail_everything(self) -> None:
+        """Release every fragment waiting here or in a task: :meth:`run` raises the cluster's error for them."""
+        for waiter in list(self._single):
+            waiter.cancel()
+        for task in list(self._batches):
+            task.cancel()
+        for pending in self._pending.values():
+            while pending:
+                entry = pending.popleft()
+                entry.outcome = _failed(entry.job, ErrorType.CANCELLED, str(self._cluster_error))
+                entry.done.set()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        """Leave (see the base class); a failed run keeps the job logs of a cluster started for it."""
+        exc_type = exc_info[0] if exc_info else None
+        if isinstance(exc_type, type) and not issubclass(exc_type, (asyncio.CancelledError, KeyboardInterrupt)):
+            self._keep_logs = True  # they say why jobs died
+        await super().__aexit__(*exc_info)
+
     async def _stop(self) -> None:
         """Kill programs of fragments still in flight, then close the Client if this executor opened it."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         if self._pump_handle is not None:
             self._pump_handle.cancel()
             self._pump_handle = None
@@ -312,10 +421,19 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         return max(base, min(4.0 * self._deep_hint, _DEEP_HOLD / max(1.0, self.capacity[0])))
 
     async def run(self, job: FragmentJob) -> JobOutcome:
-        """Submit ``job`` to the cluster and await its outcome (see the module docstring for failures)."""
+        """Submit ``job`` to the cluster and await its outcome (see the module docstring for failures).
+
+        Raises :class:`~qcmb_async.errors.ClusterError` when the cluster's batch jobs keep ending before their
+        worker connects (see :class:`~qcmb_async.executors.hpc.JobWatch`).
+        """
+        if self._cluster_error is not None:
+            raise self._cluster_error
         if self.max_batch <= 1:
             return await self._run_single(job)
-        return await self._run_pooled(job)
+        outcome = await self._run_pooled(job)
+        if self._cluster_error is not None:
+            raise self._cluster_error
+        return outcome
 
     async def _run_single(self, job: FragmentJob) -> JobOutcome:
         """One fragment, one Dask task (``max_batch=1``)."""
@@ -323,18 +441,23 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
 
         client = self.client
         resources = self._resources(job)
-        unmet = await self._unsatisfiable(resources)
+        unmet = None
+        key = _task_key(job)
+        unmet = unmet or await self._unsatisfiable(self._needs(job))
         if unmet:
             return _failed(job, ErrorType.RESOURCES_UNAVAILABLE, unmet)
-        key = _task_key(job)
-        future = client.submit(_run_on_worker, job, key, resources=resources, pure=False, key=key)
+        future = client.submit(_run_on_worker, job, key, gated=not self._declared, resources=resources,
+                               workers=self._fitting(job), allow_other_workers=False, pure=False, key=key)
         self._inflight.add(key)
         submitted = time.time()
         try:
             wait = None if job.timeout is None else job.timeout + self.timeout_grace
             with anyio.move_on_after(wait):
                 try:
-                    outcome: JobOutcome = await future
+                    outcome: JobOutcome = await (future if self._watch is None else self._unless_broken(future))
+                    if self._cluster_error is not None:
+                        await self._abandon(future, key)
+                        raise self._cluster_error
                     return outcome
                 except KilledWorker as exc:
                     return _failed(job, ErrorType.KILLED_WORKER, f"Dask gave up on fragment {job.label}: {exc}",
@@ -344,6 +467,8 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
                     await self._abandon(future, key)
                     raise
                 except Exception as exc:
+                    if exc is self._cluster_error:
+                        raise  # the cluster cannot run anything: the run stops (not this fragment's failure)
                     return _failed(job, type(exc).__name__, f"Dask task {key} failed: {exc}", submitted)
             return _failed(
                 job, ErrorType.TIMEOUT,
@@ -377,7 +502,8 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             from .hpc import stop_cluster
 
             # Cancels the batch jobs (scancel/qdel), stops the scheduler, removes the TLS files.
+            keep = self._keep_logs or self._cluster_error is not None
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception), anyio.move_on_after(60):
-                await stop_cluster(cluster, shared)
+                self.kept_logs = await stop_cluster(cluster, shared, keep=keep)
 
 

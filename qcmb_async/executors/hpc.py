@@ -23,10 +23,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .._logs import get_logger
 from ..errors import InputError, describe_validation
 
-__all__ = ["CLUSTER_KINDS", "ClusterOptions", "cluster_options", "job_id", "job_resources", "job_script", "max_jobs",
-           "start_cluster", "stop_cluster"]
+_log = get_logger()
+
+__all__ = ["CLUSTER_KINDS", "ClusterOptions", "JobWatch", "cluster_options", "job_id", "job_resources", "job_script",
+           "job_worker", "keep_logs", "max_jobs", "start_cluster", "stop_cluster"]
 
 #: Batch systems a cluster can be started on, and their dask-jobqueue classes.
 CLUSTER_KINDS: dict[str, str] = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
@@ -254,14 +257,23 @@ def _forget_credentials(cluster: Any) -> None:
                 getattr(cluster, name).close()
 
 
-async def stop_cluster(cluster: Any, shared: Path | None) -> None:
-    """Close a cluster :func:`start_cluster` started (its jobs are cancelled) and remove its files."""
+async def stop_cluster(cluster: Any, shared: Path | None, *, keep: bool = False) -> Path | None:
+    """Close a cluster :func:`start_cluster` started (its jobs are cancelled) and remove its files.
+
+    ``keep``: the run failed, so its job logs are kept (see :func:`keep_logs`); returns where, if any.
+    """
+    kept = None
     try:
         await cluster.close()
     finally:
         _forget_credentials(cluster)
         if shared is not None:
+            if keep:
+                kept = keep_logs(shared)
+                if kept is not None:
+                    _log.warning("batch job logs kept", path=str(kept))
             shutil.rmtree(shared, ignore_errors=True)
+    return kept
 
 
 async def start_cluster(opts: ClusterOptions) -> tuple[Any, Path]:
@@ -330,14 +342,40 @@ def job_resources(cluster: Any) -> dict[str, float] | None:
     return out
 
 
+def job_worker(cluster: Any) -> tuple[float, float] | None:
+    """``(threads, memory GiB)`` of one worker of a dask-jobqueue ``cluster``'s jobs, or ``None``.
+
+    ``SLURMCluster(cores=32, memory="120GiB", processes=1)``: ``(32, 120)``; with ``processes=4`` each worker
+    has a quarter. What a worker offers fragments when the job script declares no resources.
+    """
+    job = getattr(cluster, "_dummy_job", None)  # the job template dask-jobqueue renders scripts from
+    threads = getattr(job, "worker_process_threads", None)
+    process_memory = getattr(job, "worker_process_memory", None)
+    if not threads or not process_memory:
+        return None
+    if isinstance(process_memory, str):  # dask-jobqueue keeps it formatted ("4.00GiB")
+        from dask.utils import parse_bytes
+
+        process_memory = parse_bytes(process_memory.replace(" ", ""))
+    return float(threads), float(process_memory) / 1024**3
+
+
+def _processes(cluster: Any) -> int:
+    return int(getattr(getattr(cluster, "_dummy_job", None), "worker_processes", 1) or 1)
+
+
 def max_jobs(cluster: Any) -> int | None:
-    """The most jobs a dask-jobqueue ``cluster`` will run: its adaptive maximum, else the jobs asked for."""
+    """The most workers a dask-jobqueue ``cluster`` will run: its adaptive maximum, else the jobs asked for.
+
+    Counted in workers (jobs times worker processes per job: ``processes=``).
+    """
     adaptive = getattr(cluster, "_adaptive", None)  # set by cluster.adapt(); no public accessor
     maximum = getattr(adaptive, "maximum", None)
     if isinstance(maximum, (int, float)) and maximum != float("inf"):
+        # dask-jobqueue's adapt(maximum_jobs=N) sets N x processes workers.
         return int(maximum)
     spec = getattr(cluster, "worker_spec", None)
-    return len(spec) if spec else None
+    return len(spec) * _processes(cluster) if spec else None
 
 
 def job_id() -> str:
@@ -346,3 +384,129 @@ def job_id() -> str:
         if os.environ.get(name):
             return f"{system} job {os.environ[name]}"
     return ""
+
+
+#: Batch jobs that may end without their worker ever connecting before the run stops.
+DEAD_JOBS = 3
+#: Seconds between looks at the cluster's jobs.
+WATCH_INTERVAL = 2.0
+_ENDED = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+          "TIMEOUT")
+_LOG_TAIL = 1500
+
+
+class JobWatch:
+    """Counts a dask-jobqueue SLURM cluster's batch jobs that end before their Dask worker ever connects.
+
+    Such a job (a bad prologue, a missing module, a Python without qcmb_async) leaves dask-jobqueue
+    believing it still runs: adapt requests no replacement and fragments wait forever. Every
+    ``interval`` seconds :meth:`check` asks SLURM (``scontrol show job``) about the jobs whose worker has not
+    connected; one that ended is counted, its log read (``StdErr``/``StdOut`` of the job) and the job
+    dropped from the cluster, so adapt may request another. After ``limit`` of them :meth:`check`
+    raises :class:`~qcmb_async.errors.ClusterError` quoting the last one's log.
+    """
+
+    def __init__(self, cluster: Any, limit: int = DEAD_JOBS) -> None:
+        self.cluster = cluster
+        self.limit = limit
+        self.dead: dict[str, str] = {}
+        """SLURM job id -> why it ended and the tail of its log."""
+        self._connected: set[str] = set()
+
+    @staticmethod
+    def applies(cluster: Any) -> bool:
+        """Whether ``cluster`` is a dask-jobqueue SLURM cluster on a host with ``scontrol``."""
+        job = getattr(cluster, "_dummy_job", None)
+        return type(job).__name__ == "SLURMJob" and shutil.which("scontrol") is not None
+
+    def _seen(self) -> set[str]:
+        names = {str(w.get("name")) for w in (getattr(self.cluster, "scheduler_info", None) or {}).get(
+            "workers", {}).values()}
+        for job_name in list(getattr(self.cluster, "workers", {})):
+            # One worker per job is named like the job; several (processes=N) as "<job>-<i>".
+            if any(n == str(job_name) or n.startswith(f"{job_name}-") for n in names):
+                self._connected.add(str(job_name))
+        return self._connected
+
+    async def check(self) -> None:
+        """Look at the jobs once; raise :class:`ClusterError` when ``limit`` ended without a worker."""
+        import anyio
+
+        connected = self._seen()
+        planned = getattr(self.cluster, "worker_spec", {})
+        for name, job in list(getattr(self.cluster, "workers", {}).items()):
+            job_id = getattr(job, "job_id", None)
+            # A job adapt is releasing (gone from the plan) is cancelled on purpose: not a dead one.
+            if not job_id or str(name) in connected or job_id in self.dead or name not in planned:
+                continue
+            ended = await anyio.to_thread.run_sync(_slurm_job_end, str(job_id), getattr(job, "log_directory", None),
+                                                   getattr(job, "job_name", None))
+            if ended is None:
+                continue
+            self._seen()
+            if str(name) in self._connected or name not in planned:
+                continue  # its worker connected after all, or adapt released it meanwhile
+            self.dead[job_id] = ended
+            _log.warning("batch job ended before its Dask worker connected", job=job_id, dead=len(self.dead),
+                         limit=self.limit, detail=ended[-500:])
+            with contextlib.suppress(Exception):
+                # Dropped from the cluster's plan, so adapt may request a new job instead (scancel of an ended
+                # job does nothing).
+                await self.cluster.scale_down([name])
+        if len(self.dead) >= self.limit:
+            from ..errors import ClusterError
+
+            last_id, last = list(self.dead.items())[-1]
+            raise ClusterError(
+                f"{len(self.dead)} batch jobs ended before their Dask worker connected (SLURM jobs "
+                f"{', '.join(self.dead)}); the last one, job {last_id}: {last}. Fix the job (prologue, modules, "
+                "python, --queue/--account) and run again.")
+
+
+def _slurm_job_end(job_id: str, log_directory: str | None, job_name: str | None) -> str | None:
+    """Why SLURM job ``job_id`` ended and the tail of its logs, or ``None`` while it is pending or running."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fields: dict[str, str] = {}
+    if out.returncode == 0:
+        for item in out.stdout.split():
+            key, _, value = item.partition("=")
+            fields.setdefault(key, value)
+        state = fields.get("JobState", "")
+        if state not in _ENDED:
+            return None
+    elif "invalid job id" not in (out.stderr + out.stdout).lower():
+        return None  # scontrol could not answer: look again later
+    # Gone from scontrol (MinJobAge passed): the job ended; its logs are where dask-jobqueue put them.
+    guess = [str(Path(log_directory) / f"{job_name}-{job_id}.{ext}") for ext in ("err", "out")] if log_directory \
+        else []
+    paths = [p for p in dict.fromkeys([fields.get("StdErr", ""), fields.get("StdOut", ""), *guess]) if p]
+    tails = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            text = Path(path).read_bytes()[-_LOG_TAIL:].decode(errors="replace").strip()
+            if text:
+                tails.append(f"{path}: {text}")
+    state = fields.get("JobState", "gone from scontrol")
+    why = f"state {state}, exit code {fields.get('ExitCode', '?')}"
+    return f"{why}; log {' | '.join(tails)}" if tails else f"{why}; no log found ({', '.join(paths) or 'no path'})"
+
+
+def keep_logs(shared: Path) -> Path | None:
+    """Move a started cluster's job logs out of its private directory before it is removed; the new place.
+
+    Kept under the shared directory's parent as ``logs-<cluster directory name>`` (not swept away with the
+    directories of dead clusters). ``None`` when there are none.
+    """
+    logs = shared / "logs"
+    if not logs.is_dir() or not any(logs.iterdir()):
+        return None
+    target = shared.parent / f"logs-{shared.name}"
+    with contextlib.suppress(OSError):
+        shutil.move(str(logs), str(target))
+        return target
+    return None
