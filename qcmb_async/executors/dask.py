@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
+from .._logs import end_quiet_teardown, quiet_teardown
 from ..errors import InputError
 from ..settings import get_settings
 from ._dask_batch import _Batching, _Entry, _task_key
@@ -275,6 +276,7 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
 
     async def _stop(self) -> None:
         """Kill programs of fragments still in flight, then close the Client if this executor opened it."""
+        quiet_teardown()
         if self._pump_handle is not None:
             self._pump_handle.cancel()
             self._pump_handle = None
@@ -366,6 +368,15 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             await self.client.run(_kill_on_worker, keys, on_error="ignore")
 
     async def _close(self) -> None:
+        # Closing the connections makes distributed/tornado log every callback still using them, with
+        # tracebacks: the teardown is ours and expected, so those loggers stay quiet while it runs.
+        quiet_teardown()
+        try:
+            await self._close_all()
+        finally:
+            end_quiet_teardown()
+
+    async def _close_all(self) -> None:
         client, self._client = self._client, None
         if client is not None and self._owns_client:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception), \
