@@ -124,6 +124,16 @@ def default_host() -> str:
     return "127.0.0.1"
 
 
+def _interface_address(interface: str) -> str | None:
+    """The IPv4 address of network interface ``interface`` (``None`` when it has none)."""
+    import psutil
+
+    for addr in psutil.net_if_addrs().get(interface, []):
+        if addr.family == socket.AF_INET:
+            return str(addr.address)
+    return None
+
+
 def _jobqueue_class(kind: str) -> Any:
     try:
         dask_jobqueue = _import_jobqueue()
@@ -164,12 +174,17 @@ def _import_jobqueue() -> Any:
 
 def _kwargs(opts: ClusterOptions, shared: Path, security: Any) -> dict[str, Any]:
     res = opts.resources
-    # No dashboard: it is an unauthenticated web server.
+    # No dashboard: it is an unauthenticated web server. The scheduler still serves a few HTTP routes
+    # (health, metrics): dask-jobqueue's default puts them on 0.0.0.0:8787 (and warns when that port is
+    # taken), so they go to the scheduler's own address on a free port.
     scheduler_options: dict[str, Any] = {"dashboard": False}
     if opts.interface is not None:
         scheduler_options["interface"] = opts.interface
+        host = _interface_address(opts.interface)
     else:
-        scheduler_options["host"] = opts.host or default_host()
+        host = scheduler_options["host"] = opts.host or default_host()
+    if host is not None:
+        scheduler_options["dashboard_address"] = f"{host}:0"
     kwargs: dict[str, Any] = {
         "cores": opts.job_cores,
         "processes": 1,
