@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qcmb_async"
 #: Inside ``_core`` the pipeline stages are layers too: a stage imports upstream stages' data types,
 #: never a downstream stage.
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "_logs", "programs", "settings",
+    {"_version", "errors", "_logs", "_files", "programs", "settings",
      "_core", "_core.causes", "_core.compact", "_core.contract", "_core.events", "_core.resources"},
     {"harnesses"},
     {"_core.cost", "_core.chgmult", "_core.xyz", "_core.inputs", "_core.options", "_core.checks"},  # input

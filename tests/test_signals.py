@@ -20,11 +20,25 @@ import psutil
 import pytest
 
 from tests.helpers import alive, mbe_input, require_module, require_program, waters
-from tests.test_hpc import _wait_no_jobs, slurm  # noqa: F401 - the fixture is used by name
+from tests.test_hpc import slurm  # noqa: F401 - the fixture is used by name
 
 ROOT = Path(__file__).resolve().parents[1]
 EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
 LINE = {signal.SIGTERM: "error: terminated by SIGTERM", signal.SIGINT: "error: interrupted"}
+
+
+def _jobs_from(workdir: Path) -> list[str]:
+    """Our batch jobs: those submitted from ``workdir`` (other tests may have jobs of the same name)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i %Z"], capture_output=True, text=True, timeout=30)
+    return [line.split()[0] for line in out.stdout.splitlines()
+            if len(line.split()) == 2 and Path(line.split()[1]) == workdir]
+
+
+def _wait_no_jobs_from(workdir: Path, timeout: float = 120) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (jobs := _jobs_from(workdir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return jobs
 
 
 def _input(tmp_path: Path) -> Path:
@@ -84,7 +98,7 @@ def test_cluster_slurm_run_stopped_by_a_signal(slurm: str, tmp_path: Path, signu
     done = _stop_mid_fragment(cmd, tmp, signum, tmp_path)
     _assert_one_line(done, signum)
     # The batch jobs inherit TMPDIR (sbatch exports the environment): their workers wrote there.
-    assert _wait_no_jobs() == []
+    assert _wait_no_jobs_from(tmp_path) == []
     assert _left(tmp) == []
 
 

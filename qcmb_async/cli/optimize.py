@@ -9,6 +9,7 @@ import typer
 
 from ._app import app
 from ._console import EXIT_FAILED, Usage, _errors, _setup_logging, _stderr, _stdout
+from ._inputs import _check_writable, _same_file, write_output
 from ._moving import start_job, step_progress, write_json, write_timeline
 from ._options import (
     DebugOpt,
@@ -35,6 +36,9 @@ ConstraintsOpt = Annotated[Path | None, typer.Option("--constraints", metavar="F
                                                      help="geomeTRIC constraints file ($freeze, $set, ...).")]
 JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESULT.json",
                                                  help="Write the steps, energies and final geometry as JSON.")]
+XyzOutOpt = Annotated[Path | None, typer.Option(
+    "--xyz-output", metavar="FINAL.xyz", help="Write the final geometry as a fragment XYZ file ('--' between "
+    "fragments, charge and multiplicity lines): the input of `qcmb-async run`.")]
 
 
 @app.command()
@@ -49,6 +53,7 @@ def optimize(
     constraints: ConstraintsOpt = None,
     resources: ResourceOptions = ResourceOptions(),  # replaced by the option group (with_resource_options)
     output: JsonOutOpt = None,
+    xyz_output: XyzOutOpt = None,
     timeline: TimelineOpt = None,
     log_format: LogFormatOpt = LogFormat.console,
     verbose: VerboseOpt = 0,
@@ -62,6 +67,11 @@ def optimize(
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
         mbe, options = start_job("optimize", input, xyz, output, resources, timeline)
+        if xyz_output is not None:
+            _check_writable("--xyz-output", xyz_output)
+            for option, other in (("the input", input), ("--output", output), ("--timeline", timeline)):
+                if other is not None and _same_file(xyz_output, other):
+                    raise Usage(f"--xyz-output {str(xyz_output)!r} is {option} file: give another path")
         try:
             import geometric  # noqa: F401
         except ImportError:
@@ -78,12 +88,15 @@ def optimize(
         json_logs = log_format is LogFormat.json
         result = _optimize(mbe, options, json_logs=json_logs, coordsys=coordsys, convergence=convergence,
                            maxiter=maxiter, constraints=cons)
+        final_xyz = _final_xyz(result)
         write_timeline(result, timeline, json_logs)
         if output is not None:
             write_json(output, {
                 "success": result.success, "error": result.error, "final_energy": result.final_energy,
-                "final_molecule": result.final_molecule.model_dump(mode="json"), "energies": result.energies,
-                "steps": result.steps, "extras": result.extras})
+                "final_molecule": result.final_molecule.model_dump(mode="json"), "final_xyz": final_xyz,
+                "energies": result.energies, "steps": result.steps, "extras": result.extras})
+        if xyz_output is not None:
+            write_output("--xyz-output", xyz_output, final_xyz)
         if not result.success:
             _stderr().print(f"error: not converged: {result.error}", markup=False, soft_wrap=True)
             raise typer.Exit(EXIT_FAILED)
@@ -98,8 +111,16 @@ def _optimize(mbe: Any, options: dict[str, Any], *, json_logs: bool, **kwargs: A
                                **options)
     if result.steps:
         out = _stdout()
-        mol = result.final_molecule
         out.print(f"final energy {result.final_energy:.10f} Eh after {len(result.steps)} gradients "
                   f"({'converged' if result.success else 'not converged'})", markup=False, soft_wrap=True)
-        out.print(mol.to_string(dtype="xyz", units="Angstrom"), markup=False, soft_wrap=True)
+        # The command line's own fragment XYZ ('--' lines, charge and multiplicity): `run` reads it back.
+        out.print(_final_xyz(result), markup=False, soft_wrap=True, end="")
     return result
+
+
+def _final_xyz(result: Any) -> str:
+    from .._core.xyz import format_xyz
+
+    state = "converged" if result.success else "not converged"
+    energy = f"{result.final_energy:.10f} Eh" if result.final_energy is not None else "no energy"
+    return format_xyz(result.final_molecule, comment=f"qcmb-async optimize: final geometry ({state}), {energy}")
