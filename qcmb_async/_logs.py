@@ -88,13 +88,7 @@ def end_quiet_teardown(*, force: bool = False) -> None:
 
 
 class hold_quiet:
-    """Keep a teardown quiet until this block ends (callbacks of a closing cluster fire until its loop closes).
-
-    ``keep=True`` (the command line, which exits afterwards) leaves it quiet for good.
-    """
-
-    def __init__(self, keep: bool = False) -> None:
-        self.keep = keep
+    """Keep a teardown quiet until this block ends (callbacks of a closing cluster fire until its loop closes)."""
 
     def __enter__(self) -> None:
         global _holds
@@ -103,5 +97,5 @@ class hold_quiet:
     def __exit__(self, *exc: object) -> None:
         global _holds
         _holds -= 1
-        if not self.keep and not _holds:
+        if not _holds:
             end_quiet_teardown()
