@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcmb_async._files import write_atomic
 from tests.helpers import IN_CI, require_module, require_program, stored_ok
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +46,8 @@ def _env() -> dict[str, str]:
 
 
 def test_write_atomic_leaves_the_old_file_when_a_write_fails(tmp_path: Path) -> None:
+    from qcmb_async._files import write_atomic
+
     target = tmp_path / "out.json"
     target.write_text("previous result")
     os.chmod(target, 0o640)
