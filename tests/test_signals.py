@@ -155,3 +155,53 @@ def test_scheduler_run_stopped_by_a_signal_and_worker_closed(
     assert alive(procs) == []
     assert _left(tmp) == []
 
+
+
+IMPORT_IN_A_THREAD = """
+import signal, threading
+before = signal.getsignal(signal.SIGINT)
+from qcmb_async.executors.hpc import _jobqueue_class
+box = {}
+thread = threading.Thread(target=lambda: box.update(cls=_jobqueue_class("slurm")))
+thread.start()
+thread.join()
+print(box["cls"].__name__, signal.getsignal(signal.SIGINT) is before)
+"""
+
+CTRL_C_AFTER_IMPORT = """
+import signal
+import dask_jobqueue  # replaces the SIGINT handler with sys.exit() (dask_jobqueue/runner.py)
+from qcmb_async import run, events
+from tests.helpers import mbe_input, waters
+
+def on_event(event):
+    if isinstance(event, events.FragmentFinished):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C once a fragment is done
+
+inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2, molecule=waters(4))
+try:
+    run(inp, executor="threads", ncores=1, store=None, on_event=on_event)
+    print("finished")
+except KeyboardInterrupt:
+    print("interrupted")
+print("handler kept", getattr(signal.getsignal(signal.SIGINT), "__module__", None) == "dask_jobqueue.runner")
+"""
+
+
+def test_dask_jobqueue_import_leaves_the_sigint_handler_alone() -> None:
+    """Imported by qcmb_async (in a thread, as run() in Jupyter does): no error, SIGINT handler unchanged."""
+    require_module("dask_jobqueue")
+    out = subprocess.run([sys.executable, "-c", IMPORT_IN_A_THREAD], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["SLURMCluster", "True"]
+
+
+def test_ctrl_c_cancels_a_run_after_the_user_imported_dask_jobqueue() -> None:
+    """A script that imported dask_jobqueue itself: Ctrl-C still cancels run() (KeyboardInterrupt, not exit 0);
+    the script's handler is back afterwards."""
+    require_module("dask_jobqueue")
+    require_program("mopac")
+    out = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_IMPORT], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split("\n")[:2] == ["interrupted", "handler kept True"], (out.stdout, out.stderr[-3000:])
