@@ -114,10 +114,17 @@ def make_executor(inp: Any, run_options: dict[str, Any], executor: str | Executo
 @contextlib.asynccontextmanager
 async def kept_pool(inp: Any, options: dict[str, Any]) -> AsyncIterator[tuple[Executor, dict[str, Any]]]:
     """Enter the executor once; yield it with the options every ``run_manybody`` call gets."""
+    from ._core.scheduler import STORE_FAILURES, StoreFailures
+
     run_options, executor, scheduler = split_options(options)
     exe = make_executor(inp, run_options, executor, scheduler)
-    async with exe:
-        yield exe, run_options
+    # One "result not stored" line for the whole job (a full disk fails every run's writes alike).
+    token = STORE_FAILURES.set(StoreFailures(job=True))
+    try:
+        async with exe:
+            yield exe, run_options
+    finally:
+        STORE_FAILURES.reset(token)
 
 
 def computed_and_cached(result: Any) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from ._core.outcome import unwrap_group
+from ._logs import hold_quiet
 from ._runner import run_manybody
 from .errors import InputError, Terminated
 
@@ -59,7 +60,8 @@ def call_blocking(func: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: An
 
         # The result stays out of the loop's main task: asyncio.Runner formats that task (and
         # so the whole ManyBodyResult) on the way out, 0.1 s and more for a large expansion.
-        with _sigterm_as_interrupt() as got:
+        # A Dask cluster's teardown goes on until the loop closes (cancelled callbacks): keep it quiet till then.
+        with _sigterm_as_interrupt() as got, hold_quiet():
             try:
                 anyio.run(main)
             except KeyboardInterrupt:
@@ -88,10 +90,29 @@ def _sigterm_as_interrupt() -> Iterator[list[int]]:
     left alone.
     """
     got: list[int] = []
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if threading.current_thread() is not threading.main_thread():
         yield got
         return
+    sigint = signal.getsignal(signal.SIGINT)
+    replaced = getattr(sigint, "__module__", None) == "dask_jobqueue.runner"
+    if replaced:
+        # Importing dask_jobqueue makes SIGINT call sys.exit(): the run would end with SystemExit (exit code 0)
+        # instead of being cancelled. The event loop installs its own handler only over Python's default.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            yield got
+            return
+        with _sigterm_handler(got):
+            yield got
+    finally:
+        if replaced:
+            signal.signal(signal.SIGINT, sigint)
+
+
+@contextlib.contextmanager
+def _sigterm_handler(got: list[int]) -> Iterator[None]:
+    """SIGTERM handed to the SIGINT handler in place when it arrives (see :func:`_sigterm_as_interrupt`)."""
 
     def on_term(signum: int, frame: Any) -> None:
         got.append(signum)
@@ -103,7 +124,7 @@ def _sigterm_as_interrupt() -> Iterator[list[int]]:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        yield got
+        yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

@@ -27,7 +27,7 @@ from ._core.plan import Plan, make_plan
 from ._core.resources import ResourcePool
 from ._core.scheduler import Scheduler
 from ._logs import get_logger
-from .errors import FailureReport, FragmentError, InputError, QCMBAsyncWarning, RunFailed
+from .errors import FailureReport, FragmentError, InputError, QCMBAsyncWarning, RunFailed, StoreError
 from .executors import resolve_executor
 from .settings import get_settings
 
@@ -296,7 +296,28 @@ async def _interruptible() -> AsyncIterator[None]:
 async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
                    run_id: str) -> tuple[ScheduleOutcome, dict[str, Any]]:
     """Schedule ``plan`` on the entered executor ``exe``, with the result store open around it."""
-    result_store = await anyio.to_thread.run_sync(open_store, store)
+    from ._core.scheduler import STORE_FAILURES, StoreFailures
+
+    if STORE_FAILURES.get() is None:
+        # The run's store failures (run rows, results) are logged once for the run (a driver sets one per job).
+        token = STORE_FAILURES.set(StoreFailures())
+        try:
+            return await _execute(plan, options, exe, store, run_id=run_id)
+        finally:
+            STORE_FAILURES.reset(token)
+    failures = STORE_FAILURES.get()
+    try:
+        result_store = await anyio.to_thread.run_sync(open_store, store)
+    except InputError as exc:
+        if failures is None or not failures.job or not failures.opened or not isinstance(exc.__cause__, StoreError):
+            raise
+        # A later expansion of a job whose store opened before: the disk filled up (or went away) under it. Like a
+        # failed write, that is said once and the job goes on; its results are not stored.
+        failures.report("result store could not be opened for this step; its results are not stored, the job goes "
+                        "on", run_id=run_id, reason=str(exc))
+        result_store = None
+    if result_store is not None and failures is not None:
+        failures.opened = True
     log.info("run planned", run_id=run_id, fragments=len(plan.fragments), executor=exe.name,
              ncores=options.ncores, memory=options.memory, slots=options.slots,
              store=str(result_store.path) if result_store is not None else None)
@@ -350,12 +371,17 @@ def _end_status(exc: BaseException) -> str:
 
 def _record_run_quietly(store: Any, run_id: str, **row: Any) -> None:
     """``store.record_run``; a store that cannot be written (disk full) must not lose the computed result."""
+    from ._core.scheduler import STORE_FAILURES
     from .errors import StoreError
 
     try:
         store.record_run(run_id, **row)
     except StoreError as exc:
-        log.error("run not recorded in the store", run_id=run_id, reason=str(exc))
+        failures = STORE_FAILURES.get()
+        if failures is None:
+            log.error("run not recorded in the store", run_id=run_id, reason=str(exc))
+        else:  # the run's or the job's first store failure only: a full disk fails every write alike
+            failures.report("run not recorded in the store", run_id=run_id, reason=str(exc))
 
 
 def _record_end(store: Any, run_id: str, input_hash: str, started: float, status: str, exc: BaseException) -> None:

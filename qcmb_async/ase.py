@@ -47,6 +47,9 @@ class _Session:
         self._lock = threading.Lock()
         self.closed = False
         self._stop: anyio.Event | None = None
+        from qcmb_async._core.scheduler import StoreFailures
+
+        self._store_failures = StoreFailures(job=True)
         try:
             self._holder, state = self.portal.start_task(self._hold, inp, options)
             self.exe, self.run_options = state
@@ -61,10 +64,20 @@ class _Session:
             task_status.started(state)
             await self._stop.wait()
 
+    async def _step(self, step: int, inp: Any, coords: np.ndarray) -> tuple[Any, dict[str, Any]]:
+        from qcmb_async._core.scheduler import STORE_FAILURES
+
+        # Each step is its own portal task: the job's store failures (logged once for all steps) go with it.
+        token = STORE_FAILURES.set(self._store_failures)
+        try:
+            return await gradient_step("ase", step, inp, coords, self.exe, self.run_options)
+        finally:
+            STORE_FAILURES.reset(token)
+
     def run(self, inp: Any, coords: np.ndarray, step: int) -> tuple[Any, dict[str, Any]]:
         if self.closed:
             raise RuntimeError("this ManyBodyCalculator is closed")
-        future = self.portal.start_task_soon(gradient_step, "ase", step, inp, coords, self.exe, self.run_options)
+        future = self.portal.start_task_soon(self._step, step, inp, coords)
         try:
             return future.result()
         except KeyboardInterrupt:

@@ -151,7 +151,9 @@ class Workload:
         return cls(frags, durations, name=data.get("name", ""), source=data.get("source", ""))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        from ._files import write_atomic
+
+        write_atomic(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Workload:

@@ -261,7 +261,11 @@ def plot_timeline(source: Any, path: str | os.PathLike[str] | None = None, *, nc
                  f"(lower bound {stats['lower_bound']:.2f} s), {eff_text}, idle {stats['idle_fraction']:.0%}"
                  + screening_line(meta.get("screening")), fontsize=10)
     if path is not None:
-        fig.savefig(Path(path), dpi=120)
+        from ._files import write_atomic
+
+        # Whole or not at all (a full disk leaves no truncated image); the format from the suffix, as savefig's.
+        fmt = Path(path).suffix[1:].lower() or None
+        write_atomic(path, lambda fh: fig.savefig(fh, dpi=120, format=fmt))
     return fig
 
 

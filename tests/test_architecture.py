@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qcmb_async"
 #: never a downstream stage.
 LAYERS: list[set[str]] = [
     {"_version", "_core", "_core.causes"},                              # leaves: import nothing of the package
-    {"errors", "_logs", "programs", "settings",
+    {"errors", "_logs", "_files", "programs", "settings",
      "_core.compact", "_core.contract", "_core.events", "_core.resources"},  # foundation
     {"harnesses"},
     {"_core.cost", "_core.chgmult", "_core.xyz", "_core.fragment", "_core.pdb", "_core.inputs", "_core.options",

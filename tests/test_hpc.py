@@ -382,4 +382,6 @@ def test_sbatch_script_runs_an_mbe_inside_one_allocation(slurm: str, tmp_path: P
     workers = {f["worker"] for f in result["extras"]["qcmb_async"]["fragments"]}
     assert all(w.startswith("tcp://") for w in workers) and "0.0.0.0" not in "".join(workers)
     assert not list(tmp_path.glob("qcmb-scheduler-*.json")), f"scheduler file of job {job} left behind"
+    # The allocation ends quietly: workers retired before the scheduler stops, no traceback, no "srun: error".
+    assert "Traceback" not in log and "srun: error" not in log and "CANCELLED" not in log, log[-3000:]
 

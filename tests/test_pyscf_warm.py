@@ -93,3 +93,48 @@ def test_history_is_bounded_and_far_points_are_ignored(tmp_path: Any, monkeypatc
     far, _ = _scf(WATER + np.array([0.0, 0.0, 0.6]) * np.array([[0], [1], [0]]))  # one H moved 0.6 bohr
     assert warm.guess(key, far) is None
     assert warm.guess(("test", "never seen"), mol) is None
+
+
+def _water_input(coords: np.ndarray) -> Any:
+    from qcelemental.models.v2 import AtomicInput, Molecule
+
+    mol = Molecule(symbols=["O", "H", "H"], geometry=coords, molecular_charge=0, molecular_multiplicity=1,
+                   fix_com=True, fix_orientation=True)
+    return AtomicInput(molecule=mol, specification={
+        "driver": "energy", "model": {"method": "hf", "basis": "6-31g"},
+        "keywords": {"warm_start": True, "conv_tol": 1e-10}})
+
+
+def test_a_warm_start_that_does_not_converge_falls_back_to_the_cold_guess(tmp_path: Any, monkeypatch: Any) -> None:
+    """The warm-started SCF is cut to 2 cycles (it cannot reach 1e-10 from another geometry's density in 2):
+    the harness starts again from PySCF's own guess, the fragment succeeds with the cold-start energy, and
+    the result says so. With the warm attempt uncut, the same guess is used and no fallback happens."""
+    require_program("pyscf")
+    import qcengine
+    from pyscf import gto, scf
+
+    from qcmb_async.harnesses import _pyscf_warm, register_harnesses
+
+    register_harnesses()
+    monkeypatch.setenv("QCMB_ASYNC_WARM_START_DIR", str(tmp_path))
+    shifted = WATER.copy()
+    shifted[1] += [0.0, -0.12, 0.08]
+    mol = gto.M(atom=[(s, tuple(p)) for s, p in zip("OHH", shifted, strict=True)], unit="Bohr", basis="6-31g",
+                verbose=0)
+    ref = scf.RHF(mol)
+    ref.conv_tol = 1e-10
+    cold_energy = ref.kernel()  # PySCF directly, from its own guess
+
+    first = qcengine.compute(_water_input(WATER), "pyscf", raise_error=True, return_version=2)
+    assert first.extras["pyscf"]["warm_start"] is False  # nothing kept yet: cold
+    monkeypatch.setattr(_pyscf_warm, "WARM_START_MAX_CYCLE", 2)
+    out = qcengine.compute(_water_input(shifted), "pyscf", raise_error=True, return_version=2)
+    extras = out.extras["pyscf"]
+    assert extras["warm_start"] is False
+    assert extras["warm_start_fallback"]["warm_cycles"] == 2 and extras["warm_start_fallback"]["warm_max_cycle"] == 2
+    assert out.properties.scf_iterations > 2  # the cold SCF that gave the result took its own cycles
+    assert out.return_result == pytest.approx(cold_energy, abs=1e-8)
+    monkeypatch.setattr(_pyscf_warm, "WARM_START_MAX_CYCLE", None)
+    again = qcengine.compute(_water_input(shifted), "pyscf", raise_error=True, return_version=2)
+    assert again.extras["pyscf"]["warm_start"] is True and "warm_start_fallback" not in again.extras["pyscf"]
+    assert again.return_result == pytest.approx(cold_energy, abs=1e-8)

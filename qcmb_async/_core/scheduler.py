@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -42,6 +43,28 @@ from .ready import ReadyQueue
 from .resources import ResourcePool
 
 log = get_logger()
+
+class StoreFailures:
+    """Store writes that failed in one run, or in one job of many runs (a driver: optimize, frequencies, ASE).
+
+    A full disk fails every write alike: the first failure is logged (:meth:`report`), later ones only counted.
+    """
+
+    def __init__(self, job: bool = False) -> None:
+        self.job = job
+        self.count = 0
+        self.opened = False
+        """The store opened once in this job (a later failure to open it is a full disk, not a wrong path)."""
+
+    def report(self, event: str, **fields: Any) -> None:
+        """Log ``event`` as an error if it is the first store failure here; count it either way."""
+        self.count += 1
+        if self.count == 1:
+            log.error(event, **fields)
+
+
+#: Set around a run (``run_manybody``) or a job of many runs (the drivers) by whoever owns its store writes.
+STORE_FAILURES: ContextVar[StoreFailures | None] = ContextVar("qcmb_async_store_failures", default=None)
 
 
 
@@ -102,6 +125,7 @@ class Scheduler:
         self.failed_levels: set[int] = set()
         self.reused = 0
         self.unstored = 0
+        self._store_failures = StoreFailures()
         """Results computed but not committed to the store (a rerun would compute them again)."""
         self._announced: list[int] = []
         self._announce_lock = anyio.Lock()
@@ -130,7 +154,8 @@ class Scheduler:
         if self.store is not None:
             log.info("result store consulted", run_id=self.run_id, reused=self.reused,
                      computed=len(self.results) - self.reused)
-        if self.unstored:
+        failures = STORE_FAILURES.get()
+        if self.unstored and not (failures is not None and failures.job):  # not once per run of a job
             log.warning("results not in the store: a rerun would recompute them", run_id=self.run_id,
                         not_stored=self.unstored, computed=len(self.results) - self.reused)
         await ev.emit(on_event, ev.RunFinished(self.run_id, len(self.results), len(self.failures),
@@ -289,10 +314,11 @@ class Scheduler:
                                                          self.run_id)
             if problem is not None:
                 self.unstored += 1
-                if self.unstored == 1:
-                    # Once: a full disk would otherwise log the same line for every fragment.
-                    log.error("result not stored; the run goes on, later results that cannot be "
-                              "stored are counted in the summary, not logged", reason=problem)
+                # Once per run (or per job of many runs): a full disk would otherwise log the same line for
+                # every fragment.
+                failures = STORE_FAILURES.get() or self._store_failures
+                failures.report("result not stored; the run goes on, later results that cannot be stored are "
+                                "counted in the summary, not logged", reason=problem)
         self.results[frag.label] = self.keep(result) if kept is None else kept
         rec.status = "ok"
         await self._release(frag, result if kept is None else kept)

@@ -181,6 +181,37 @@ def build_molecule(frags: list[XYZFragment], charges: list[int] | None = None,
                          f"multiplicities {mult} (set them with --charge/--multiplicity)") from None
 
 
+def format_xyz(molecule: Any, comment: str = "") -> str:
+    """``molecule`` (QCElemental, bohr) as this module's XYZ text: what :func:`parse_xyz` reads back.
+
+    Header (atom count, ``comment``), then each fragment opened by its ``charge multiplicity`` line and
+    separated by ``--``; coordinates in Å with 10 decimals (1e-10 Å, far below any geometry's meaning);
+    ghost atoms as ``@Symbol``. Raises :class:`InputError` for a fragment charge that is not a whole number
+    (the format holds integers only).
+    """
+    from qcelemental import constants
+
+    geom = [[float(v) * constants.bohr2angstroms for v in row] for row in molecule.geometry]
+    symbols = list(molecule.symbols)
+    real = list(molecule.real) if molecule.real is not None else [True] * len(symbols)
+    frags = molecule.fragments or [list(range(len(symbols)))]
+    charges = molecule.fragment_charges or [float(molecule.molecular_charge)] * len(frags)
+    mults = molecule.fragment_multiplicities or [int(molecule.molecular_multiplicity)] * len(frags)
+    blocks = []
+    for atoms, charge, mult in zip(frags, charges, mults, strict=True):
+        if abs(charge - round(charge)) > 1e-8 or abs(mult - round(mult)) > 1e-8:
+            raise InputError(f"fragment charge {charge} / multiplicity {mult} is not a whole number: XYZ files hold "
+                             "whole numbers only")
+        lines = [f"{round(charge)} {round(mult)}"]
+        for i in atoms:
+            sym = symbols[i].capitalize()
+            x, y, z = geom[i]
+            lines.append(f"{'' if real[i] else '@'}{sym:<3s} {x:17.10f} {y:17.10f} {z:17.10f}")
+        blocks.append("\n".join(lines))
+    comment = " ".join(comment.split())  # one line, whatever it was given
+    return f"{len(symbols)}\n{comment}\n" + "\n--\n".join(blocks) + "\n"
+
+
 def parse_bsse(values: list[str] | None) -> list[str]:
     """``["cp,nocp", "vmfc"]`` -> ``["cp", "nocp", "vmfc"]``, each checked; ``None`` -> ``["cp"]``.
 

@@ -125,6 +125,22 @@ def _check_writable(option: str, path: Path | None) -> None:
                     "writable directory") from None
 
 
+def write_output(option: str, path: Path, data: Any) -> None:
+    """Write an output file atomically (see :func:`qcmb_async._files.write_atomic`); a failure is exit 2.
+
+    ``data``: text, bytes, or a function writing to the open binary file. The error names the option and
+    the path; the previous file, if any, is left as it was (never truncated).
+    """
+    from .._files import write_atomic
+
+    try:
+        write_atomic(path.expanduser(), data)
+    except OSError as exc:
+        raise Usage(f"{option} {str(path)!r} could not be written ({exc.strerror or exc}); it was left as it was "
+                    "(no partial file). Free space there or give another path, and rerun (the result store "
+                    "keeps what was computed)") from None
+
+
 def _check_outputs(input: Path, output: Path | None, timeline: Path | None) -> None:
     """Every check of --output and --timeline that can fail, before the run starts (exit 2, nothing computed)."""
     _check_writable("--output", output)

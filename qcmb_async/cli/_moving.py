@@ -12,7 +12,7 @@ import numpy as np
 
 from ._app import app
 from ._console import Usage, _stderr, with_log_options
-from ._inputs import _check_not_store, _check_outputs, _load, _store_arg
+from ._inputs import _check_not_store, _check_outputs, _load, _store_arg, write_output
 from ._options import (
     OutputOptions,
     ResourceOptions,
@@ -113,13 +113,14 @@ def write_timeline(result: Any, path: Path | None, json_logs: bool) -> None:
         return
     from ..timeline import plot_timeline
 
-    plot_timeline(result, path)
+    figure = plot_timeline(result)
+    write_output("--timeline", path, lambda fh: figure.savefig(fh, dpi=120, format=path.suffix[1:] or None))
     if not json_logs:
         _stderr().print(f"timeline written to {path}", markup=False, soft_wrap=True)
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """``data`` as JSON (numpy arrays become lists)."""
+def write_json(path: Path, data: dict[str, Any], option: str = "--output") -> None:
+    """``data`` as JSON (numpy arrays become lists), written atomically (a failure: exit 2 naming the path)."""
 
     def default(obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
@@ -128,4 +129,4 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
             return obj.item()
         raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
-    path.write_text(json.dumps(data, default=default, indent=1))
+    write_output(option, path, json.dumps(data, default=default, indent=1))

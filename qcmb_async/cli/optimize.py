@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ._console import EXIT_FAILED, Usage, _stderr, _stdout
+from ._inputs import _check_writable, _same_file, write_output
 from ._moving import expansion_command, start_job, step_progress, write_json, write_timeline
 from ._options import (
     InputArg,
@@ -25,6 +26,9 @@ ConvergenceOpt = Annotated[str, typer.Option("--convergence", metavar="SET",
 MaxiterOpt = Annotated[int, typer.Option(
     "--maxiter", metavar="N", help="Most optimization cycles (up to N+1 gradients: the first is at the input "
     "geometry).")]
+XyzOutOpt = Annotated[Path | None, typer.Option(
+    "--xyz-output", metavar="FINAL.xyz", help="Write the final geometry as a fragment XYZ file ('--' between "
+    "fragments, charge and multiplicity lines): the input of `qcmb-async run`.")]
 ConstraintsOpt = Annotated[Path | None, typer.Option("--constraints", metavar="FILE",
                                                      help="geomeTRIC constraints file ($freeze, $set, ...).")]
 
@@ -38,6 +42,7 @@ def optimize(
     convergence: ConvergenceOpt = "GAU",
     maxiter: MaxiterOpt = 300,
     constraints: ConstraintsOpt = None,
+    xyz_output: XyzOutOpt = None,
     resources: ResourceOptions,
     outputs: OutputOptions,
     logs: LogOptions,
@@ -48,6 +53,11 @@ def optimize(
     wall time). Ctrl-C stops it cleanly; rerun with the same --store to resume at the interrupted step.
     """
     mbe, options = start_job("optimize", input, xyz, outputs, resources)
+    if xyz_output is not None:
+        _check_writable("--xyz-output", xyz_output)
+        for option, other in (("the input", input), ("--output", outputs.output), ("--timeline", outputs.timeline)):
+            if other is not None and _same_file(xyz_output, other):
+                raise Usage(f"--xyz-output {str(xyz_output)!r} is {option} file: give another path")
     try:
         import geometric  # noqa: F401
     except ImportError:
@@ -64,11 +74,14 @@ def optimize(
     result = _optimize(mbe, options, json_logs=logs.json, coordsys=coordsys, convergence=convergence,
                        maxiter=maxiter, constraints=cons)
     write_timeline(result, outputs.timeline, logs.json)
+    final_xyz = _final_xyz(result)
     if outputs.output is not None:
         write_json(outputs.output, {
             "success": result.success, "error": result.error, "final_energy": result.final_energy,
-            "final_molecule": result.final_molecule.model_dump(mode="json"), "energies": result.energies,
-            "steps": result.steps, "extras": result.extras})
+            "final_molecule": result.final_molecule.model_dump(mode="json"), "final_xyz": final_xyz,
+            "energies": result.energies, "steps": result.steps, "extras": result.extras})
+    if xyz_output is not None:
+        write_output("--xyz-output", xyz_output, final_xyz)
     if not result.success:
         _stderr().print(f"error: not converged: {result.error}", markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED)
@@ -83,8 +96,16 @@ def _optimize(mbe: Any, options: dict[str, Any], *, json_logs: bool, **kwargs: A
                                **options)
     if result.steps:
         out = _stdout()
-        mol = result.final_molecule
         out.print(f"final energy {result.final_energy:.10f} Eh after {len(result.steps)} gradients "
                   f"({'converged' if result.success else 'not converged'})", markup=False, soft_wrap=True)
-        out.print(mol.to_string(dtype="xyz", units="Angstrom"), markup=False, soft_wrap=True)
+        # The command line's own fragment XYZ ('--' lines, charge and multiplicity): `run` reads it back.
+        out.print(_final_xyz(result), markup=False, soft_wrap=True, end="")
     return result
+
+
+def _final_xyz(result: Any) -> str:
+    from .._core.xyz import format_xyz
+
+    state = "converged" if result.success else "not converged"
+    energy = f"{result.final_energy:.10f} Eh" if result.final_energy is not None else "no energy"
+    return format_xyz(result.final_molecule, comment=f"qcmb-async optimize: final geometry ({state}), {energy}")

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import RunFailed
 from ._console import Usage, _stderr, _stdout
-from ._inputs import _load, _store_arg
+from ._inputs import _load, _store_arg, write_output
 from ._moving import check_outputs, expansion_command, run_options
 from ._options import (
     BarrierOpt,
@@ -106,7 +106,7 @@ def _run(mbe: Any, options: dict[str, Any], *, output: Path | None, timeline: Pa
             through = max(exc.report.complete_levels)
             _energy_tables(out, partial, heading=f"partial result through {through}-body (complete levels only)")
             if output is not None:
-                output.write_text(partial.model_dump_json())
+                write_output("--output", output, partial.model_dump_json())
         raise
     finally:
         if json_logs:
@@ -121,12 +121,14 @@ def _run(mbe: Any, options: dict[str, Any], *, output: Path | None, timeline: Pa
                         "written; see the first 'result not stored' log line for why): a rerun would recompute "
                         "them", markup=False, soft_wrap=True)
     if output is not None:
-        output.write_text(result.model_dump_json())
+        write_output("--output", output, result.model_dump_json())
         if not quiet and not json_logs:
             _stderr().print(f"result written to {output}", markup=False, soft_wrap=True)
     if timeline is not None:
         from ..timeline import plot_timeline
 
-        plot_timeline(result, timeline)
+        figure = plot_timeline(result)
+        write_output("--timeline", timeline,
+                     lambda fh: figure.savefig(fh, dpi=120, format=timeline.suffix[1:] or None))
         if not quiet and not json_logs:
             _stderr().print(f"timeline written to {timeline}", markup=False, soft_wrap=True)

@@ -148,6 +148,10 @@ class _ClusterChecks:
         return default_memory()
 
     async def _prepare_workers(self) -> None:
+        from ._dask_scratch import register_cleanup
+
+        # Every worker, also those that join later, removes its fragments' temporary files when it closes.
+        await register_cleanup(self.client)
         replies = await self.client.run(_prepare_dask_worker, on_error="return")
         broken = {addr: reply for addr, reply in replies.items() if isinstance(reply, BaseException)}
         if broken:

@@ -162,6 +162,7 @@ def _run_here(job: FragmentJob, key: str) -> JobOutcome:
 
     from .._qcengine.seams import FRAGMENT, FragmentContext
     from .._qcengine.worker import execute_job, prepare_worker
+    from ._dask_scratch import use_worker_scratch
     from .hpc import job_id
 
     worker = get_worker()
@@ -201,6 +202,9 @@ def _run_here(job: FragmentJob, key: str) -> JobOutcome:
         if timer is not None:
             timer.daemon = True
             timer.start()
+        # Temporary files go to the worker's own directory, removed when the worker closes: a cancelled
+        # fragment (its thread runs on) or a killed job leaves none in the system temporary directory.
+        use_worker_scratch(job.program, ctx.task_config, ctx.env)
         outcome = execute_job(job)
     finally:
         if timer is not None:

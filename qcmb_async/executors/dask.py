@@ -35,7 +35,7 @@ import anyio
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
 from .._core.resources import WorkerLimits
-from .._logs import get_logger
+from .._logs import end_quiet_teardown, get_logger, quiet_teardown
 from ..errors import InputError
 from ..settings import get_settings
 from ._dask_batch import _Batching, _Entry, _task_key
@@ -384,6 +384,7 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
+        quiet_teardown()
         if self._pump_handle is not None:
             self._pump_handle.cancel()
             self._pump_handle = None
@@ -491,6 +492,15 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             await self.client.run(_kill_on_worker, keys, on_error="ignore")
 
     async def _close(self) -> None:
+        # Closing the connections makes distributed/tornado log every callback still using them, with
+        # tracebacks: the teardown is ours and expected, so those loggers stay quiet while it runs.
+        quiet_teardown()
+        try:
+            await self._close_all()
+        finally:
+            end_quiet_teardown()
+
+    async def _close_all(self) -> None:
         client, self._client = self._client, None
         if client is not None and self._owns_client:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception), \

@@ -18,6 +18,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ __all__ = ["CLUSTER_KINDS", "ClusterOptions", "JobWatch", "cluster_options", "jo
 
 #: Batch systems a cluster can be started on, and their dask-jobqueue classes.
 CLUSTER_KINDS: dict[str, str] = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+_IMPORT_LOCK = threading.Lock()
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:[0-5]\d:[0-5]\d$")
 
 
@@ -125,22 +127,67 @@ def default_host() -> str:
     return "127.0.0.1"
 
 
+def _interface_address(interface: str) -> str | None:
+    """The IPv4 address of network interface ``interface`` (``None`` when it has none)."""
+    import psutil
+
+    for addr in psutil.net_if_addrs().get(interface, []):
+        if addr.family == socket.AF_INET:
+            return str(addr.address)
+    return None
+
+
 def _jobqueue_class(kind: str) -> Any:
     try:
-        import dask_jobqueue
+        dask_jobqueue = _import_jobqueue()
     except ImportError as exc:
         raise InputError(f"cluster={kind!r} needs dask-jobqueue: pip install 'qcmb_async[hpc]' ({exc})") from exc
     return getattr(dask_jobqueue, CLUSTER_KINDS[kind])
 
 
+def _import_jobqueue() -> Any:
+    """``import dask_jobqueue`` without its side effect on this process's SIGINT handler.
+
+    ``dask_jobqueue.runner`` (imported by the package) replaces the SIGINT handler with ``sys.exit()`` at import
+    time. Imported mid-run, that replaces the event loop's handler: Ctrl-C and SIGTERM (handed to the SIGINT
+    handler by :func:`qcmb_async.run`) then raise ``SystemExit`` inside the loop (exit code 0, tracebacks from
+    every callback) instead of cancelling the run; outside the main thread (``run()`` in Jupyter) the import
+    fails outright (``signal only works in main thread``). So for the import ``signal.signal`` leaves SIGINT
+    alone; nothing else is affected.
+    """
+    import signal
+
+    if "dask_jobqueue" in sys.modules:
+        return sys.modules["dask_jobqueue"]
+    with _IMPORT_LOCK:
+        original = signal.signal
+
+        def keep_sigint(signum: int, handler: Any) -> Any:
+            if signum == signal.SIGINT:
+                return signal.getsignal(signum)
+            return original(signum, handler)
+
+        signal.signal = keep_sigint  # type: ignore[assignment]
+        try:
+            import dask_jobqueue
+        finally:
+            signal.signal = original  # type: ignore[assignment]
+    return dask_jobqueue
+
+
 def _kwargs(opts: ClusterOptions, shared: Path, security: Any) -> dict[str, Any]:
     res = opts.resources
-    # No dashboard: it is an unauthenticated web server.
+    # No dashboard: it is an unauthenticated web server. The scheduler still serves a few HTTP routes
+    # (health, metrics): dask-jobqueue's default puts them on 0.0.0.0:8787 (and warns when that port is
+    # taken), so they go to the scheduler's own address on a free port.
     scheduler_options: dict[str, Any] = {"dashboard": False}
     if opts.interface is not None:
         scheduler_options["interface"] = opts.interface
+        host = _interface_address(opts.interface)
     else:
-        scheduler_options["host"] = opts.host or default_host()
+        host = scheduler_options["host"] = opts.host or default_host()
+    if host is not None:
+        scheduler_options["dashboard_address"] = f"{host}:0"
     kwargs: dict[str, Any] = {
         "cores": opts.job_cores,
         "processes": 1,

@@ -27,6 +27,9 @@ import numpy as np
 WARM_START_MAX_SHIFT = 0.5
 #: Converged densities kept per fragment (the points of the extrapolation).
 WARM_START_HISTORY = 8
+#: Most SCF cycles the warm-started attempt may take before the harness starts again from the cold guess
+#: (``None``: the SCF's own ``max_cycle``). The fallback itself happens whenever a warm start does not converge.
+WARM_START_MAX_CYCLE: int | None = None
 #: Largest extrapolation weight accepted; beyond it the fit is regularised harder (noise amplification).
 _MAX_WEIGHT = 10.0
 

@@ -56,6 +56,8 @@ from qcelemental.util import safe_version, which_import
 from qcengine.exceptions import ConvergenceError, InputError, UnknownError
 from qcengine.programs.model import ProgramHarness
 
+from .._logs import get_logger
+from . import _pyscf_warm
 from ._pyscf_model import (
     SUPPORTED_KEYWORDS,
     _basis_name,
@@ -73,6 +75,8 @@ from ._pyscf_model import (
 from ._pyscf_warm import _WARM, _warm_key
 
 __all__ = ["SUPPORTED_KEYWORDS", "PySCFHarness", "check_model", "check_request", "ecp_core_electrons"]
+
+_log = get_logger()
 
 if TYPE_CHECKING:
     from qcelemental.models.v2 import AtomicInput
@@ -284,7 +288,20 @@ class PySCFHarness(ProgramHarness):
         mf = self._build_scf(mol, kind, xc, kw, external)
         warm_key = _warm_key(mol, kind, xc, kw) if kw["warm_start"] else None
         dm0 = _WARM.guess(warm_key, mol) if warm_key is not None else None
+        fallback: dict[str, Any] | None = None
+        if dm0 is not None and _pyscf_warm.WARM_START_MAX_CYCLE is not None:
+            mf.max_cycle = min(mf.max_cycle, _pyscf_warm.WARM_START_MAX_CYCLE)
         mf.kernel(dm0=dm0)  # PySCF errors propagate: QCEngine reports them as unknown_error with the traceback
+        if dm0 is not None and not mf.converged:
+            # A guess from other geometries can stall where the cold guess converges (a different state's
+            # density, a DIIS trap): the fragment must not fail for an optimisation. Start again from PySCF's
+            # own guess, with the full max_cycle, and say so.
+            fallback = {"warm_cycles": int(getattr(mf, "cycles", 0) or 0), "warm_max_cycle": int(mf.max_cycle),
+                        "warm_energy": float(mf.e_tot)}
+            _log.info("warm-started SCF did not converge; cold guess used", molecule=kw.get("_name"),
+                      **fallback)
+            mf = self._build_scf(mol, kind, xc, kw)
+            mf.kernel()
         cycles = getattr(mf, "cycles", None)
         if not mf.converged:
             raise ConvergenceError(
@@ -316,7 +333,9 @@ class PySCFHarness(ProgramHarness):
             extras["embedding_nuclear_energy"] = float(mf.energy_nuc() - mol.energy_nuc())
         if warm_key is not None:
             _WARM.keep(warm_key, mol, (mf.mo_coeff, mf.mo_occ))
-            extras["warm_start"] = dm0 is not None
+            extras["warm_start"] = dm0 is not None and fallback is None
+            if fallback is not None:
+                extras["warm_start_fallback"] = fallback
 
         solver = mf
         props["return_energy"] = float(mf.e_tot)
