@@ -40,7 +40,8 @@ def test_worker_thread_lines_carry_the_fragment_fields(restore_logger: logging.L
     require_program("mopac")
     stream = StringIO()
     configure_logging("json", "DEBUG", stream=stream)
-    result = run(mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=3), ncores=2, fragment_memory=0.5, store=None)
+    result = run(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=3), ncores=2, fragment_memory=0.5,
+                 store=None)
     meta = result.extras["qcmb_async"]
     lines = _lines(stream)  # every line is JSON
     labels = {f["label"] for f in meta["fragments"]}
