@@ -23,6 +23,7 @@ from ._core.outcome import ScheduleOutcome, unwrap_group
 from ._core.plan import Plan, make_plan
 from ._core.resources import ResourcePool
 from ._core.scheduler import Scheduler
+from ._core.versions import program_versions
 from ._logs import get_logger
 from .errors import FailureReport, FragmentError, InputError, QCMBAsyncWarning, RunFailed
 from .executors import resolve_executor
@@ -242,10 +243,14 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
              ncores=options.ncores, memory=options.memory, slots=options.slots,
              store=str(result_store.path) if result_store is not None else None)
     started = time.time()
+    versions: dict[str, str] | None = None
     try:
         if result_store is not None:
+            # The store keys results by program version: ask each program once (cached per process).
+            versions = await anyio.to_thread.run_sync(program_versions, {s["program"] for s in plan.specs.values()})
             await anyio.to_thread.run_sync(functools.partial(
-                _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=started))
+                _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=started,
+                summary={"run_id": run_id, "program_versions": versions}))
         try:
             scheduler = Scheduler(plan, options, exe, run_id=run_id, store=result_store,
                                   partial_result=functools.partial(assemble_through, plan),
@@ -263,9 +268,11 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
                     else "error")
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(_record_end, result_store, run_id, plan.input_hash, started,
-                                                   status, exc)
+                                                   status, exc, versions)
             raise
         extras = _extras(run_id, exe.name, options, outcome)
+        if versions is not None:
+            extras["program_versions"] = versions
         if plan.screen is not None:
             extras["screening"] = plan.screen.summary()
         if result_store is not None:
@@ -290,10 +297,14 @@ def _record_run_quietly(store: Any, run_id: str, **row: Any) -> None:
         log.error("run not recorded in the store", run_id=run_id, reason=str(exc))
 
 
-def _record_end(store: Any, run_id: str, input_hash: str, started: float, status: str, exc: BaseException) -> None:
+def _record_end(store: Any, run_id: str, input_hash: str, started: float, status: str, exc: BaseException,
+                versions: dict[str, str] | None = None) -> None:
     reason = "interrupted" if status == "interrupted" else f"{type(exc).__name__}: {str(exc)[:500]}"
+    summary: dict[str, Any] = {"run_id": run_id, "ended": reason}
+    if versions is not None:
+        summary["program_versions"] = versions
     _record_run_quietly(store, run_id, input_hash=input_hash, started=started, finished=time.time(), status=status,
-                        summary={"run_id": run_id, "ended": reason})
+                        summary=summary)
 
 
 def _warn_oversubscribed(exe: Executor, options: Any) -> None:

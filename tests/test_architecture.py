@@ -17,7 +17,8 @@ LAYERS: list[set[str]] = [
     {"_version", "errors", "_logs", "programs", "settings",
      "_core", "_core.causes", "_core.compact", "_core.contract", "_core.events", "_core.resources"},
     {"harnesses"},
-    {"_core.cost", "_core.chgmult", "_core.xyz", "_core.inputs", "_core.options", "_core.checks"},  # input
+    {"_core.cost", "_core.chgmult", "_core.xyz", "_core.inputs", "_core.options", "_core.checks",
+     "_core.versions"},  # input
     {"_core.screening", "_core.plan"},                                 # plan
     {"_core.ready", "_core.store_layout", "_core.store", "_core.outcome", "_core.scheduler"},  # schedule
     {"_qcengine", "executors"},                                        # execute

@@ -84,6 +84,11 @@ def _real_first(real: list[bool]) -> list[int]:
     return [i for i, r in enumerate(real) if r] + [i for i, r in enumerate(real) if not r]
 
 
+#: Bump whenever a change here can change a result's numbers (defaults, convergence, grids): stored results
+#: of another harness version are then never reused (the result store keys by program and harness version).
+HARNESS_VERSION = 1
+
+
 class PySCFHarness(ProgramHarness):
     """QCEngine harness for PySCF: HF, DFT and MP2 energies, gradients and (HF/DFT) Hessians.
 
@@ -112,11 +117,20 @@ class PySCFHarness(ProgramHarness):
         )
 
     def get_version(self) -> str:
-        """The version of the importable pyscf."""
+        """The version of the importable pyscf (from its package metadata: no 0.6 s import)."""
         self.found(raise_error=True)
-        import pyscf
+        from importlib.metadata import PackageNotFoundError, version
 
-        return safe_version(pyscf.__version__)
+        try:
+            return safe_version(version("pyscf"))
+        except PackageNotFoundError:  # a source checkout on sys.path
+            import pyscf
+
+            return safe_version(pyscf.__version__)
+
+    def qcmb_harness_version(self) -> str:
+        """This harness's version, part of the result store's keys (:data:`HARNESS_VERSION`)."""
+        return str(HARNESS_VERSION)
 
     # -- building blocks --------------------------------------------------------------
 
