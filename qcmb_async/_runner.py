@@ -20,7 +20,7 @@ from ._core.contract import Executor
 from ._core.inputs import load_input
 from ._core.options import make_options, make_screening
 from ._core.outcome import ScheduleOutcome, unwrap_group
-from ._core.plan import Plan, make_plan
+from ._core.plan import Plan, input_hash, make_plan
 from ._core.resources import ResourcePool
 from ._core.scheduler import Scheduler
 from ._core.versions import program_versions
@@ -144,13 +144,45 @@ async def run_manybody(
         if cluster is not None:
             executor = _cluster_executor(cluster, executor, scheduler)
         exe = await _checked_executor(inp, options, executor, scheduler)
-        async with contextlib.AsyncExitStack() as stack:
-            plan = await _plan_while_starting(inp, options, exe, stack)
-            if (capacity := exe.capacity) is not None and (ncores is None or memory is None):
-                # A cluster's size, not this machine's, bounds a distributed run.
-                options = make_options(**{**given, "ncores": ncores if ncores is not None else max(1, int(capacity[0])),
-                                          "memory": memory if memory is not None else capacity[1]})
-            outcome, extras = await _execute(plan, options, exe, store, run_id=uuid.uuid4().hex[:12])
+        run_id = uuid.uuid4().hex[:12]
+        result_store = await anyio.to_thread.run_sync(open_store, store)
+        started = time.time()
+        versions: dict[str, str] | None = None
+        try:
+            if result_store is not None:
+                # Recorded before any worker starts: a run interrupted while workers import is in `report` too.
+                await anyio.to_thread.run_sync(functools.partial(
+                    _record_run_quietly, result_store, run_id, input_hash=input_hash(inp), started=started,
+                    summary={"run_id": run_id}))
+            async with contextlib.AsyncExitStack() as stack:
+                plan = await _plan_while_starting(inp, options, exe, stack)
+                if (capacity := exe.capacity) is not None and (ncores is None or memory is None):
+                    # A cluster's size, not this machine's, bounds a distributed run.
+                    options = make_options(**{**given,
+                                              "ncores": ncores if ncores is not None else max(1, int(capacity[0])),
+                                              "memory": memory if memory is not None else capacity[1]})
+                if result_store is not None:
+                    # The store keys results by program version: ask each program once (cached per process).
+                    versions = await anyio.to_thread.run_sync(program_versions,
+                                                              {s["program"] for s in plan.specs.values()})
+                    await anyio.to_thread.run_sync(functools.partial(
+                        _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=started,
+                        summary={"run_id": run_id, "program_versions": versions}))
+                outcome, extras = await _execute(plan, options, exe, result_store, run_id=run_id, started=started,
+                                                 versions=versions)
+        except BaseException as exc:
+            # The run row must not stay 'running' forever: say how it ended (planning and start-up included).
+            if result_store is not None:
+                status = "failed" if isinstance(exc, FragmentError) else (
+                    "interrupted" if isinstance(exc, KeyboardInterrupt | anyio.get_cancelled_exc_class())
+                    else "error")
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_record_end, result_store, run_id, input_hash(inp), started,
+                                                   status, exc, versions)
+            raise
+        finally:
+            if result_store is not None:
+                result_store.close()
         if outcome.failures:
             report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
             raise RunFailed(report)
@@ -235,55 +267,33 @@ async def _interruptible() -> AsyncIterator[None]:
         raise unwrap_group(group) from None
 
 
-async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
-                   run_id: str) -> tuple[ScheduleOutcome, dict[str, Any]]:
-    """Schedule ``plan`` on the entered executor ``exe``, with the result store open around it."""
-    result_store = await anyio.to_thread.run_sync(open_store, store)
+async def _execute(plan: Plan, options: Any, exe: Executor, result_store: ResultStore | None, *,
+                   run_id: str, started: float, versions: dict[str, str] | None) -> tuple[ScheduleOutcome,
+                                                                                       dict[str, Any]]:
+    """Schedule ``plan`` on the entered executor ``exe``; the caller opened ``result_store``, recorded the run
+    (``versions``: the programs' versions it keys by) and records how it ended if this raises."""
     log.info("run planned", run_id=run_id, fragments=len(plan.fragments), executor=exe.name,
              ncores=options.ncores, memory=options.memory, slots=options.slots,
              store=str(result_store.path) if result_store is not None else None)
-    started = time.time()
-    versions: dict[str, str] | None = None
-    try:
-        if result_store is not None:
-            # The store keys results by program version: ask each program once (cached per process).
-            versions = await anyio.to_thread.run_sync(program_versions, {s["program"] for s in plan.specs.values()})
+    scheduler = Scheduler(plan, options, exe, run_id=run_id, store=result_store,
+                          partial_result=functools.partial(assemble_through, plan),
+                          keep=functools.partial(slim, plan), compact=not keeps_results(plan))
+    if hasattr(exe, "queue_depth"):
+        # An executor that batches small fragments (Dask) wants more of them in hand than cores;
+        # its workers' resources, not this pool, bound what runs at once.
+        scheduler.pool = ResourcePool(options.ncores, options.memory, depth=lambda: exe.queue_depth)
+    outcome = await scheduler.run()
+    extras = _extras(run_id, exe.name, options, outcome)
+    if versions is not None:
+        extras["program_versions"] = versions
+    if plan.screen is not None:
+        extras["screening"] = plan.screen.summary()
+    if result_store is not None:
+        with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(functools.partial(
-                _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=started,
-                summary={"run_id": run_id, "program_versions": versions}))
-        try:
-            scheduler = Scheduler(plan, options, exe, run_id=run_id, store=result_store,
-                                  partial_result=functools.partial(assemble_through, plan),
-                                  keep=functools.partial(slim, plan), compact=not keeps_results(plan))
-            if hasattr(exe, "queue_depth"):
-                # An executor that batches small fragments (Dask) wants more of them in hand than cores;
-                # its workers' resources, not this pool, bound what runs at once.
-                scheduler.pool = ResourcePool(options.ncores, options.memory, depth=lambda: exe.queue_depth)
-            outcome = await scheduler.run()
-        except BaseException as exc:
-            # The run row must not stay 'running' forever: say how it ended.
-            if result_store is not None:
-                status = "failed" if isinstance(exc, FragmentError) else (
-                    "interrupted" if isinstance(exc, KeyboardInterrupt | anyio.get_cancelled_exc_class())
-                    else "error")
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_record_end, result_store, run_id, plan.input_hash, started,
-                                                   status, exc, versions)
-            raise
-        extras = _extras(run_id, exe.name, options, outcome)
-        if versions is not None:
-            extras["program_versions"] = versions
-        if plan.screen is not None:
-            extras["screening"] = plan.screen.summary()
-        if result_store is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(functools.partial(
-                    _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=outcome.started,
-                    finished=outcome.finished, status="failed" if outcome.failures else "ok",
-                    summary={k: v for k, v in extras.items() if k != "fragments"}))
-    finally:
-        if result_store is not None:
-            result_store.close()
+                _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=outcome.started,
+                finished=outcome.finished, status="failed" if outcome.failures else "ok",
+                summary={k: v for k, v in extras.items() if k != "fragments"}))
     return outcome, extras
 
 

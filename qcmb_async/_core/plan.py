@@ -105,7 +105,7 @@ class Plan:
     @property
     def input_hash(self) -> str:
         """Content hash of the ManyBodyInput (identifies 'the same run' in the result store)."""
-        return hashlib.sha256(self.input.model_dump_json().encode()).hexdigest()
+        return input_hash(self.input)
 
     def molecule(self, frag: Fragment) -> Any:
         """The fragment's ``Molecule``, identical to what ``ManyBodyCore.iterate_molecules`` yields."""
@@ -278,6 +278,11 @@ def _key(program: str, atomic: Any, version: str | None = None) -> str:
                           "version": program_version(program) if version is None else version,
                           "input": json.loads(canonical)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def input_hash(inp: ManyBodyInput) -> str:
+    """Content hash of a ManyBodyInput (the result store's ``runs.input_hash``), without planning it."""
+    return hashlib.sha256(inp.model_dump_json().encode()).hexdigest()
 
 
 def fragment_key(program: str, atomic_input: dict[str, Any], version: str | None = None) -> str:
