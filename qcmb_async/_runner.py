@@ -23,9 +23,10 @@ from ._core.gmbe_plan import as_gmbe_input, check_gmbe, plan_gmbe
 from ._core.inputs import load_input
 from ._core.options import make_options, make_screening, options_for
 from ._core.outcome import ScheduleOutcome, unwrap_group
-from ._core.plan import Plan, make_plan
+from ._core.plan import Plan, input_hash, make_plan
 from ._core.resources import ResourcePool
 from ._core.scheduler import Scheduler
+from ._core.versions import program_versions
 from ._logs import get_logger
 from .errors import FailureReport, FragmentError, InputError, QCMBAsyncWarning, RunFailed, StoreError
 from .executors import resolve_executor
@@ -157,10 +158,7 @@ async def run_manybody(
         if cluster is not None:
             executor = _cluster_executor(cluster, executor, scheduler)
         exe = await _checked_executor(inp, options, executor, scheduler)
-        async with contextlib.AsyncExitStack() as stack:
-            plan = await _plan_while_starting(inp, options, exe, stack)
-            options = _sized_to_executor(options, exe, given)
-            outcome, extras = await _execute(plan, options, exe, store, run_id=uuid.uuid4().hex[:12])
+        plan, outcome, extras = await _execute(inp, options, exe, store, given, planner=_plan)
         return await _result(plan, outcome, extras)
 
 
@@ -226,15 +224,18 @@ async def _checked_executor(inp: Any, options: Any, executor: Any, scheduler: An
     return exe
 
 
-async def _plan_while_starting(inp: Any, options: Any, exe: Executor, stack: contextlib.AsyncExitStack) -> Plan:
+async def _plan_while_starting(inp: Any, options: Any, exe: Executor, stack: contextlib.AsyncExitStack,
+                               planner: Callable[..., Any] | None = None) -> Plan:
     """Plan on a thread while ``exe`` starts (seconds for worker processes); ``exe`` is entered on ``stack``.
+
+    ``planner(inp, screening)``: :func:`_plan` unless given (a generalized MBE plans its own way).
 
     The executor is entered in the caller's task (its exit runs there too); only planning runs in a child task.
     """
     box: dict[str, Plan] = {}
 
     async def make() -> None:
-        box["plan"] = await anyio.to_thread.run_sync(_plan, inp, options.screening)
+        box["plan"] = await anyio.to_thread.run_sync(planner or _plan, inp, options.screening)
 
     try:
         async with anyio.create_task_group() as tg:
@@ -293,49 +294,49 @@ async def _interruptible() -> AsyncIterator[None]:
         raise unwrap_group(group) from None
 
 
-async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
-                   run_id: str) -> tuple[ScheduleOutcome, dict[str, Any]]:
-    """Schedule ``plan`` on the entered executor ``exe``, with the result store open around it."""
+async def _execute(inp: Any, options: Any, exe: Executor, store: Any, given: dict[str, Any], *,
+                   planner: Callable[..., Any]) -> tuple[Any, ScheduleOutcome, dict[str, Any]]:
+    """Plan ``inp`` with ``planner`` while ``exe`` starts, then schedule it; ``(plan, outcome, extras)``.
+
+    The result store is open around both, and the run is recorded in it before any worker starts (an
+    interrupted run is in ``report``); its row says how the run ended, whatever ended it. ``given``: the
+    options as passed, for sizing from a cluster's workers once they are known.
+    """
     from ._core.scheduler import STORE_FAILURES, StoreFailures
 
     if STORE_FAILURES.get() is None:
         # The run's store failures (run rows, results) are logged once for the run (a driver sets one per job).
         token = STORE_FAILURES.set(StoreFailures())
         try:
-            return await _execute(plan, options, exe, store, run_id=run_id)
+            return await _execute(inp, options, exe, store, given, planner=planner)
         finally:
             STORE_FAILURES.reset(token)
-    failures = STORE_FAILURES.get()
-    try:
-        result_store = await anyio.to_thread.run_sync(open_store, store)
-    except InputError as exc:
-        if failures is None or not failures.job or not failures.opened or not isinstance(exc.__cause__, StoreError):
-            raise
-        # A later expansion of a job whose store opened before: the disk filled up (or went away) under it. Like a
-        # failed write, that is said once and the job goes on; its results are not stored.
-        failures.report("result store could not be opened for this step; its results are not stored, the job goes "
-                        "on", run_id=run_id, reason=str(exc))
-        result_store = None
-    if result_store is not None and failures is not None:
-        failures.opened = True
-    log.info("run planned", run_id=run_id, fragments=len(plan.fragments), executor=exe.name,
-             ncores=options.ncores, memory=options.memory, slots=options.slots,
-             store=str(result_store.path) if result_store is not None else None)
+    run_id = uuid.uuid4().hex[:12]
+    result_store = await _open_run_store(store, run_id)
     started = time.time()
+    versions: dict[str, str] | None = None
     try:
         if result_store is not None:
             await anyio.to_thread.run_sync(functools.partial(
-                _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=started))
-        try:
-            outcome = await _scheduler(plan, options, exe, result_store, run_id).run()
-        except BaseException as exc:
-            # The run row must not stay 'running' forever: say how it ended.
+                _record_run_quietly, result_store, run_id, input_hash=input_hash(inp), started=started,
+                summary={"run_id": run_id}))
+        async with contextlib.AsyncExitStack() as stack:
+            plan = await _plan_while_starting(inp, options, exe, stack, planner)
+            options = _sized_to_executor(options, exe, given)
             if result_store is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_record_end, result_store, run_id, plan.input_hash, started,
-                                                   _end_status(exc), exc)
-            raise
+                # The store keys results by program version: ask each program once (cached per process).
+                versions = await anyio.to_thread.run_sync(program_versions,
+                                                          {s["program"] for s in plan.specs.values()})
+                await anyio.to_thread.run_sync(functools.partial(
+                    _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=started,
+                    summary={"run_id": run_id, "program_versions": versions}))
+            log.info("run planned", run_id=run_id, fragments=len(plan.fragments), executor=exe.name,
+                     ncores=options.ncores, memory=options.memory, slots=options.slots,
+                     store=str(result_store.path) if result_store is not None else None)
+            outcome = await _scheduler(plan, options, exe, result_store, run_id).run()
         extras = _extras(run_id, exe.name, options, outcome)
+        if versions is not None:
+            extras["program_versions"] = versions
         if plan.screen is not None:
             extras["screening"] = plan.screen.summary()
         if result_store is not None:
@@ -344,10 +345,36 @@ async def _execute(plan: Plan, options: Any, exe: Executor, store: Any, *,
                     _record_run_quietly, result_store, run_id, input_hash=plan.input_hash, started=outcome.started,
                     finished=outcome.finished, status="failed" if outcome.failures else "ok",
                     summary={k: v for k, v in extras.items() if k != "fragments"}))
+    except BaseException as exc:
+        # The run row must not stay 'running' forever: say how it ended (planning and start-up included).
+        if result_store is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_record_end, result_store, run_id, input_hash(inp), started,
+                                               _end_status(exc), exc, versions)
+        raise
     finally:
         if result_store is not None:
             result_store.close()
-    return outcome, extras
+    return plan, outcome, extras
+
+
+async def _open_run_store(store: Any, run_id: str) -> ResultStore | None:
+    """The run's result store, or ``None``. Within a job whose store opened before (a driver's later step), a store
+    that no longer opens (the disk filled up) is said once and the job goes on without storing."""
+    from ._core.scheduler import STORE_FAILURES
+
+    failures = STORE_FAILURES.get()
+    try:
+        result_store = await anyio.to_thread.run_sync(open_store, store)
+    except InputError as exc:
+        if failures is None or not failures.job or not failures.opened or not isinstance(exc.__cause__, StoreError):
+            raise
+        failures.report("result store could not be opened for this step; its results are not stored, the job goes "
+                        "on", run_id=run_id, reason=str(exc))
+        return None
+    if result_store is not None and failures is not None:
+        failures.opened = True
+    return result_store
 
 
 def _scheduler(plan: Plan, options: Any, exe: Executor, result_store: Any, run_id: str) -> Scheduler:
@@ -384,10 +411,14 @@ def _record_run_quietly(store: Any, run_id: str, **row: Any) -> None:
             failures.report("run not recorded in the store", run_id=run_id, reason=str(exc))
 
 
-def _record_end(store: Any, run_id: str, input_hash: str, started: float, status: str, exc: BaseException) -> None:
+def _record_end(store: Any, run_id: str, input_hash: str, started: float, status: str, exc: BaseException,
+                versions: dict[str, str] | None = None) -> None:
     reason = "interrupted" if status == "interrupted" else f"{type(exc).__name__}: {str(exc)[:500]}"
+    summary: dict[str, Any] = {"run_id": run_id, "ended": reason}
+    if versions is not None:
+        summary["program_versions"] = versions
     _record_run_quietly(store, run_id, input_hash=input_hash, started=started, finished=time.time(), status=status,
-                        summary={"run_id": run_id, "ended": reason})
+                        summary=summary)
 
 
 def _warn_oversubscribed(exe: Executor, options: Any) -> None:
@@ -482,9 +513,8 @@ async def _run_gmbe(inp: GMBEInput, *, ncores: int | None = None, memory: float 
         executor = _cluster_executor(cluster, executor, scheduler)
     program = str(inp.specification["program"]).lower()
     exe = resolve_executor(executor, {program}, options, scheduler)
-    async with exe:
-        options = _sized_to_executor(options, exe, given)
-        outcome, extras = await _execute(plan, options, exe, store, run_id=uuid.uuid4().hex[:12])  # type: ignore[arg-type]
+    # Planned above (bad subsystems are input errors before any worker starts): the run takes that plan.
+    plan, outcome, extras = await _execute(inp, options, exe, store, given, planner=lambda *_: plan)
     if outcome.failures:
         raise RunFailed(FailureReport(failed=list(outcome.failures), complete_levels=[]))
     return await anyio.to_thread.run_sync(assemble_gmbe, plan, outcome.results, extras)

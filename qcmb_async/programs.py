@@ -47,43 +47,96 @@ class ProgramTraits:
 
 
 #: The registry. Values measured or read from the harnesses shipped with QCEngine 0.52 and ours.
+#: ``ghost_atoms`` per entry: what the harness does with an atom whose ``molecule.real`` is False (read from its
+#: code; tests/test_ghost_atoms.py probes the harnesses' own ``build_input`` where it runs without the program).
 PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
+    # ghosts: our harness makes them PySCF ``ghost-El`` atoms (basis functions, no nucleus, no electrons).
     # embedding_charges: our harness takes QCManyBody's charges as PySCF QM/MM point charges.
     ProgramTraits("pyscf", in_process=True, parallel_fraction=0.85, embedding_charges=True,
                   install_hint="pip install pyscf (or pip install 'qcmb_async[pyscf]'; its harness ships with "
                                "qcmb_async)"),
     # QCManyBody hands embedding_charges only to Psi4 (function_kwargs.external_potentials, psi4 >= 1.6).
+    # ghosts: psi4 reads ``real`` from the QCSchema molecule (ours and QCEngine's harness pass it through).
     ProgramTraits("psi4", parallel_fraction=0.85, embedding_charges=True,
                   install_hint="apt-get install psi4 (Debian/Ubuntu, psi4 1.3.2) or conda install -c conda-forge psi4"),
+    # ghosts: QCElemental's nwchem format writes them as ``bqEl`` centres with the element's basis.
     ProgramTraits("nwchem", parallel_fraction=0.0,
                   install_hint="apt-get install nwchem (Debian/Ubuntu) or conda install -c conda-forge nwchem"),
     # methods and keywords: what QCEngine 0.52's MOPAC harness (build_input) accepts; anything else fails there.
+    # ghosts: build_input writes every atom's symbol and coordinates, ``real`` unread: a ghost is a real atom.
     ProgramTraits("mopac", parallel_fraction=0.6, semi_empirical=True, ghost_atoms=False, analytic_hessian=False,
                   methods=frozenset({"mndo", "am1", "pm3", "rm1", "mndod", "pm6", "pm6-d3", "pm6-dh+", "pm6-dh2",
                                      "pm6-dh2x", "pm6-d3h4", "pm6-3dh4x", "pm7", "pm7-ts"}),
                   keywords=frozenset({"iter", "pulay"}),
                   install_hint="apt-get install mopac (Debian/Ubuntu) or conda install -c conda-forge mopac"),
+    # ghosts: QCElemental's cfour format writes ``GH`` atoms and the harness a SPECIAL basis for them.
     ProgramTraits("cfour", parallel_fraction=0.8,
                   install_hint="CFOUR is not in package managers: obtain it from https://cfour.de under its licence "
                                "and put xcfour on PATH"),
-    ProgramTraits("qchem", install_hint="Q-Chem is commercial software: obtain a licensed copy from "
-                                        "https://www.q-chem.com and put qchem on PATH"),
-    ProgramTraits("gamess", install_hint="GAMESS is not in package managers: obtain it from its authors "
-                                         "(https://www.msg.chem.iastate.edu) under its licence and put rungms on PATH"),
+    # ghosts: the harness writes its own $molecule block with the plain symbol (its ``real is False`` refusal
+    # never fires: ``real`` holds numpy booleans), so a ghost is a real atom.
+    ProgramTraits("qchem", ghost_atoms=False,
+                  install_hint="Q-Chem is commercial software: obtain a licensed copy from "
+                               "https://www.q-chem.com and put qchem on PATH"),
+    # ghosts: the harness raises "GAMESS+QCEngine can't handle ghost atoms yet" for any real=False atom.
+    ProgramTraits("gamess", ghost_atoms=False,
+                  install_hint="GAMESS is not in package managers: obtain it from its authors "
+                               "(https://www.msg.chem.iastate.edu) under its licence and put rungms on PATH"),
+    # No harness in QCEngine 0.52 (one registered later gets QCElemental's orca format: ghosts as ``El:``).
     ProgramTraits("orca", install_hint="ORCA is not in package managers: download it from "
                                        "https://orcaforum.kofo.mpg.de (free for academic use) and put orca on PATH"),
+    # ghosts: QCElemental's molpro format adds a ``dummy,i,...`` card (zero charge, basis kept).
     ProgramTraits("molpro", install_hint="Molpro is commercial software: obtain a licensed copy from "
                                          "https://www.molpro.net"),
-    ProgramTraits("turbomole", install_hint="TURBOMOLE is commercial software: obtain a licensed copy from its vendor"),
+    # ghosts: QCElemental's turbomole format writes them as plain elements and the harness never zeroes their
+    # charge in the control file: a ghost is a real atom.
+    ProgramTraits("turbomole", ghost_atoms=False,
+                  install_hint="TURBOMOLE is commercial software: obtain a licensed copy from its vendor"),
+    # ghosts: QCElemental's terachem format writes ``XEl`` (TeraChem's ghost-atom syntax).
     ProgramTraits("terachem", install_hint="TeraChem is commercial software: obtain a licensed copy from its vendor"),
-    ProgramTraits("xtb", in_process=True, parallel_fraction=0.6, semi_empirical=True,
+    # ghosts (both): the tcpb client sends only molecule.symbols and geometry to the server.
+    ProgramTraits("terachem_pbs", ghost_atoms=False,
+                  install_hint="TeraChem is commercial software (a running TeraChem server) plus pip install tcpb"),
+    ProgramTraits("terachem_fe", ghost_atoms=False,
+                  install_hint="TeraChem is commercial software (a running TeraChem server) plus pip install tcpb"),
+    # ghosts: QCEngine calls xtb-python's xtb.qcschema.harness.run_qcschema, which builds its Calculator from
+    # molecule.atomic_numbers with no real mask: a ghost is a real atom (measured: CP water dimer +10.15 Eh).
+    ProgramTraits("xtb", in_process=True, parallel_fraction=0.6, semi_empirical=True, ghost_atoms=False,
                   install_hint="conda install -c conda-forge xtb-python"),
-    ProgramTraits("rdkit", in_process=True, force_field=True, install_hint="pip install rdkit"),
-    ProgramTraits("openmm", in_process=True, force_field=True, install_hint="conda install -c conda-forge openmm"),
-    ProgramTraits("torchani", in_process=True, install_hint="pip install torchani"),
-    ProgramTraits("mace", in_process=True, install_hint="conda install -c conda-forge pymace (QCEngine's hint)"),
-    ProgramTraits("aimnet2", in_process=True,
+    # ghosts (rdkit, openmm): the molecule is built from molecule.symbols (openmm: via RDKit or a CMILES string).
+    ProgramTraits("rdkit", in_process=True, force_field=True, ghost_atoms=False, install_hint="pip install rdkit"),
+    ProgramTraits("openmm", in_process=True, force_field=True, ghost_atoms=False,
+                  install_hint="conda install -c conda-forge openmm"),
+    # ghosts (torchani, mace, aimnet2, orb, qcore/entos): species from molecule.symbols / atomic_numbers with no
+    # real mask. A basis-free model has no BSSE to correct either.
+    ProgramTraits("torchani", in_process=True, ghost_atoms=False, install_hint="pip install torchani"),
+    ProgramTraits("mace", in_process=True, ghost_atoms=False,
+                  install_hint="conda install -c conda-forge pymace (QCEngine's hint)"),
+    ProgramTraits("aimnet2", in_process=True, ghost_atoms=False,
                   install_hint="pip install git+https://github.com/jthorton/AIMNet2.git@main (QCEngine's hint)"),
+    ProgramTraits("orb", in_process=True, ghost_atoms=False, install_hint="pip install orb-models"),
+    ProgramTraits("qcore", in_process=True, parallel_fraction=0.8, ghost_atoms=False,
+                  install_hint="conda install py-qcore -c entos -c conda-forge (QCEngine's hint)"),
+    ProgramTraits("entos", in_process=True, parallel_fraction=0.8, ghost_atoms=False,
+                  install_hint="conda install py-qcore -c entos -c conda-forge (QCEngine's hint)"),
+    # ghosts: the MRChem input takes QCElemental's mrchem format, which writes them as plain elements.
+    ProgramTraits("mrchem", parallel_fraction=0.8, ghost_atoms=False,
+                  install_hint="see https://mrchem.readthedocs.io (QCEngine's hint)"),
+    # ghosts: adcc's SCF is psi4's, built from the QCSchema molecule with its ``real`` flags.
+    ProgramTraits("adcc", in_process=True, parallel_fraction=0.8,
+                  install_hint="conda install adcc psi4 -c conda-forge (QCEngine's hint)"),
+    # ghosts (dftd3, gcp, mctc-gcp, mp2d): the geometry file omits them (ghost_format="") and their gradient
+    # rows are zero; dftd4, s-dftd3: the packages' run_qcschema mask atomic_numbers/geometry with ``real``.
+    ProgramTraits("dftd3", install_hint="conda install dftd3 -c psi4 (QCEngine's hint)"),
+    ProgramTraits("gcp", install_hint="conda install gcp -c psi4 (QCEngine's hint)"),
+    ProgramTraits("mctc-gcp", install_hint="conda install gcp-correction -c conda-forge (QCEngine's hint)"),
+    ProgramTraits("mp2d", install_hint="conda install mp2d -c psi4 (QCEngine's hint)"),
+    ProgramTraits("dftd4", in_process=True, parallel_fraction=0.8, install_hint="pip install dftd4 (its Python API)"),
+    ProgramTraits("s-dftd3", in_process=True, parallel_fraction=0.8, install_hint="pip install dftd3 (its Python API)"),
+    # ghosts: the harness marks each real=False atom a counterpoise atom (JaguarInput._setCounterpoise).
+    ProgramTraits("jaguar", parallel_fraction=0.8,
+                  install_hint="Jaguar is commercial software: run from a Schrodinger Python environment with "
+                               "SCHRODINGER set"),
 )}
 
 _lock = threading.Lock()

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def hexamer_input() -> ManyBodyInput:
     """The planar MOPAC PM7 water hexamer, CP, 3-body, energy (no per-fragment results kept)."""
-    return mbe(planar_hexamer(), "mopac", "pm7", None, bsse="cp", max_nbody=3, keep_all=False)
+    return mbe(planar_hexamer(), "mopac", "pm7", None, bsse="nocp", max_nbody=3, keep_all=False)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
      "_core.compact", "_core.contract", "_core.events", "_core.resources"},  # foundation
     {"harnesses"},
     {"_core.cost", "_core.chgmult", "_core.xyz", "_core.fragment", "_core.pdb", "_core.inputs", "_core.options",
-     "_core.checks"},  # input
+     "_core.checks", "_core.versions"},  # input
     {"_core.screening", "_core.plan", "_core.gmbe", "_core.gmbe_fragment", "_core.gmbe_plan"},  # plan
     {"_core.ready", "_core.store_layout", "_core.store", "_core.outcome", "_core.scheduler"},  # schedule
     {"_qcengine", "executors"},                                        # execute

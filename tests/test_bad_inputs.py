@@ -499,16 +499,6 @@ def test_multiplicity_help_says_what_the_default_is() -> None:
     assert re.search(r"1 for an even and 2 for an odd electron count", text), text
 
 
-def test_cp_with_a_program_without_ghost_atoms_warns_api_users_too() -> None:
-    """MOPAC writes ghosts as real atoms: QCManyBody's numbers, but a Python warning says they are not CP."""
-    require_program("mopac")
-    from qcmb_async import plan_manybody
-    from qcmb_async.errors import QCMBAsyncWarning
-
-    with pytest.warns(QCMBAsyncWarning, match="mopac cannot place ghost atoms.*not a BSSE correction.*nocp"):
-        plan_manybody(mbe(bsse_type=["cp"]))
-
-
 def test_store_argument_of_the_wrong_kind_is_refused_before_workers_start() -> None:
     from qcmb_async import run
 

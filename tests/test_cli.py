@@ -47,11 +47,14 @@ def assert_clean_error(proc: subprocess.CompletedProcess[str], code: int, *fragm
 
 @pytest.fixture(scope="module")
 def xyz_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One CLI run of the water trimer (MOPAC PM7, CP, 3-body) with --output and --timeline."""
-    require_program("mopac")
+    """One CLI run of the water trimer (NWChem HF/STO-3G, CP, 3-body) with --output and --timeline.
+
+    NWChem, not MOPAC: CP needs a program that places ghost atoms (MOPAC's harness cannot; refused)."""
+    require_program("nwchem")
     tmp = tmp_path_factory.mktemp("xyz")
     xyz = write_trimer_xyz(tmp / "trimer.xyz")
-    proc = cli("run", str(xyz), "--program", "mopac", "--method", "pm7", "--bsse", "cp", "--max-nbody", "3",
+    proc = cli("run", str(xyz), "--program", "nwchem", "--method", "hf", "--basis", "sto-3g", "--bsse", "cp",
+               "--max-nbody", "3",
                "--ncores", "2", "--no-store", "--output", "result.json", "--timeline", "timeline.png", cwd=tmp)
     return {"proc": proc, "dir": tmp}
 
@@ -60,7 +63,7 @@ def test_run_xyz_prints_the_direct_run_energies(xyz_run: dict[str, Any]) -> None
     proc = xyz_run["proc"]
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    direct = run(mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=3), ncores=2, store=None)
+    direct = run(mbe_input("nwchem", "hf", "sto-3g", bsse="cp", max_nbody=3), ncores=2, store=None)
     props = direct.properties
     for n in (2, 3):
         value = getattr(props, f"cp_corrected_interaction_energy_through_{n}_body")
@@ -142,9 +145,9 @@ def test_report_refuses_a_broken_result_json(xyz_run: dict[str, Any], tmp_path: 
     assert "nan" not in res.stdout.lower() and "inf" not in res.stdout.lower()
 
 def test_run_json_input_matches_direct_run(tmp_path: Path) -> None:
-    require_program("mopac")
+    require_program("nwchem")
     inp = tmp_path / "input.json"
-    inp.write_text(mbe_input("mopac", "pm7", None, bsse=["nocp", "cp"], max_nbody=2).model_dump_json())
+    inp.write_text(mbe_input("nwchem", "hf", "sto-3g", bsse=["nocp", "cp"], max_nbody=2).model_dump_json())
     proc = cli("run", str(inp), "--ncores", "2", "--fragment-ncores", "1", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # --quiet: no progress, no summary, no logs
@@ -163,14 +166,14 @@ def test_run_json_input_matches_direct_run(tmp_path: Path) -> None:
 def test_plan_counts_and_computes_nothing(tmp_path: Path) -> None:
     require_program("mopac")
     xyz = write_trimer_xyz(tmp_path / "trimer.xyz")
-    proc = cli("plan", str(xyz), "--program", "mopac", "--method", "pm7", "--bsse", "cp", "--max-nbody", "3",
+    proc = cli("plan", str(xyz), "--program", "mopac", "--method", "pm7", "--bsse", "nocp", "--max-nbody", "3",
                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()
             if line.strip()[:1].isdigit() or line.strip().startswith("total")}
     assert rows["1"][1:5] == ["(auto)", "mopac", "pm7", "3"]
     assert rows["2"][4] == "3" and rows["3"][4] == "1" and rows["total"][1] == "7"
-    assert "3 fragments, 9 atoms; driver energy; BSSE cp; max_nbody 3" in proc.stdout
+    assert "3 fragments, 9 atoms; driver energy; BSSE nocp; max_nbody 3" in proc.stdout
     assert "nothing was computed" in proc.stdout
     assert list(tmp_path.iterdir()) == [xyz]
 
@@ -182,14 +185,15 @@ def test_plan_in_process_never_calls_qcengine(tmp_path: Path, monkeypatch: pytes
 
     from qcmb_async.cli import app
 
-    require_program("mopac")
+    require_program("nwchem")
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("plan must not compute")
 
     monkeypatch.setattr(qcengine, "compute", boom)
     xyz = write_trimer_xyz(tmp_path / "trimer.xyz")
-    res = CliRunner().invoke(app, ["plan", str(xyz), "--program", "mopac", "--method", "pm7", "--bsse", "cp,nocp",
+    res = CliRunner().invoke(app, ["plan", str(xyz), "--program", "nwchem", "--method", "hf", "--basis", "sto-3g",
+                                   "--bsse", "cp,nocp",
                                    "--max-nbody", "2"])
     assert res.exit_code == 0, res.output
     assert "BSSE cp, nocp; max_nbody 2" in res.output
@@ -269,7 +273,7 @@ def _bad_files(tmp: Path) -> Path:
     (tmp / "link.xyz").symlink_to("trimer.xyz")
     os.link(tmp / "trimer.xyz", tmp / "hard.xyz")
     (tmp / "bad.json").write_text('{"molecule": ')
-    (tmp / "input.json").write_text(mbe_input("mopac", "pm7", None).model_dump_json())
+    (tmp / "input.json").write_text(mbe_input("mopac", "pm7", None, bsse="nocp").model_dump_json())
     (tmp / "junk.bin").write_bytes(bytes(range(128, 256)))
     (tmp / "molecule.json").write_text(Molecule.from_data(WATER_TRIMER).model_dump_json())
     con = sqlite3.connect(tmp / "foreign.sqlite")
@@ -324,7 +328,7 @@ def test_failed_computation_exits_1(tmp_path: Path) -> None:
     require_program("mopac")
     xyz = write_trimer_xyz(tmp_path / "trimer.xyz")
     # In QCEngine's list of MOPAC methods (so not refused up front), unknown to this MOPAC: fails at run time.
-    args = ["run", str(xyz), "--program", "mopac", "--method", "pm6-3dh4x", "--ncores", "2"]
+    args = ["run", str(xyz), "--program", "mopac", "--method", "pm6-3dh4x", "--bsse", "nocp", "--ncores", "2"]
     with ThreadPoolExecutor(max_workers=2) as pool:
         stop = pool.submit(cli, *args, cwd=tmp_path)
         cont = pool.submit(cli, *args, "--on-error", "continue", "--output", "partial.json", cwd=tmp_path)
@@ -350,12 +354,13 @@ def test_report_store(tmp_path: Path) -> None:
     from qcmb_async import plan_manybody
 
     xyz = write_trimer_xyz(tmp_path / "trimer.xyz")
-    proc = cli("run", str(xyz), "--program", "mopac", "--method", "pm7", "--max-nbody", "2", "--store", "s.sqlite",
+    proc = cli("run", str(xyz), "--program", "mopac", "--method", "pm7", "--bsse", "nocp", "--max-nbody", "2",
+               "--store", "s.sqlite",
                "--ncores", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     proc = cli("report", "s.sqlite", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    labels = [f.label for f in plan_manybody(mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=2)).fragments]
+    labels = [f.label for f in plan_manybody(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2)).fragments]
     n = len(labels)
     assert f"1 run(s); {n} fragment record(s), {n} ok" in proc.stdout
     rows = [line for line in proc.stdout.splitlines() if line.strip().startswith('["(auto)"')]

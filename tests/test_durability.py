@@ -67,7 +67,7 @@ def _wrappers() -> None:
 def test_sigkill_at_random_moments_loses_no_finished_fragment(tmp_path: Path) -> None:
     """Kill the runner with SIGKILL mid-run ten times; each rerun recomputes only what was not stored."""
     require_program("mopac")
-    nwat, bsse, maxnb = 7, "cp", 3
+    nwat, bsse, maxnb = 7, "nocp", 3  # NoCP: MOPAC cannot place ghost atoms
     reference = run(mbe_input("mopac", "pm7", None, bsse=bsse, max_nbody=maxnb, molecule=waters(nwat)),
                     ncores=2, memory=2, store=None)
     total = len(reference.cluster_properties)
@@ -141,11 +141,11 @@ def test_transient_failures_are_retried(tmp_path: Path) -> None:
     FlakyMopac._seen.clear()
     os.environ["QCMB_TEST_FAIL_RATE"] = "0.2"
     try:
-        inp = mbe_input("mopac-flaky", "pm7", None, bsse="cp", max_nbody=3, molecule=waters(5))
+        inp = mbe_input("mopac-flaky", "pm7", None, bsse="nocp", max_nbody=3, molecule=waters(5))
         flaky = run(inp, ncores=2, memory=2, retries=8, store=tmp_path / "flaky.sqlite")
     finally:
         os.environ.pop("QCMB_TEST_FAIL_RATE")
-    clean = run(mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=3, molecule=waters(5)), ncores=2, memory=2,
+    clean = run(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=3, molecule=waters(5)), ncores=2, memory=2,
                 store=None)
     assert flaky.return_result == pytest.approx(clean.return_result, abs=1e-9)
     failures = sum(FlakyMopac.attempts)
@@ -231,13 +231,13 @@ def test_two_runs_share_one_store(tmp_path: Path) -> None:
     require_program("mopac")
     store = tmp_path / "shared.sqlite"
     procs = [subprocess.Popen([sys.executable, str(ROOT / "tests/scripts/durable_run.py"), str(store), "mopac",
-                               str(n), "cp", "3", str(tmp_path / f"o{n}.json")], env=_env(), cwd=tmp_path,
+                               str(n), "nocp", "3", str(tmp_path / f"o{n}.json")], env=_env(), cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in (5, 6)]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
     for n in (5, 6):
-        ref = run(mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=3, molecule=waters(n)), ncores=2, memory=2,
+        ref = run(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=3, molecule=waters(n)), ncores=2, memory=2,
                   store=None)
         got = json.loads((tmp_path / f"o{n}.json").read_text())
         assert got["return_result"] == pytest.approx(ref.return_result, abs=1e-9)
@@ -249,7 +249,7 @@ def test_two_runs_share_one_store(tmp_path: Path) -> None:
 def test_rerun_reuses_everything(tmp_path: Path) -> None:
     require_program("mopac")
     store = tmp_path / "again.sqlite"
-    inp = mbe_input("mopac", "pm7", None, bsse="vmfc", max_nbody=3)
+    inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=3)
     first = run(inp, ncores=2, memory=2, store=store)
     second = run(inp, ncores=2, memory=2, store=store)
     assert {r["status"] for r in second.extras["qcmb_async"]["fragments"]} == {"cached"}

@@ -139,7 +139,7 @@ def test_mbe_on_a_slurm_cluster_passed_in_uses_both_jobs(slurm: str, tmp_path: P
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 
-    inp = mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=2, molecule=waters(4))
+    inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2, molecule=waters(4))
     reference = _reference(inp)
 
     async def main() -> tuple[Any, dict[str, str]]:
@@ -274,7 +274,7 @@ def test_scancel_of_one_job_mid_run_reruns_its_fragments_elsewhere(slurm: str) -
 
     from qcmb_async import events as ev
 
-    inp = mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=3, molecule=waters(5))
+    inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=3, molecule=waters(5))
     reference = _reference(inp)
     killed: dict[str, Any] = {}
 
@@ -311,7 +311,7 @@ def test_whole_allocation_killed_then_rerun_recomputes_nothing_stored(slurm: str
     """SIGKILL the runner and scancel its jobs mid-run; the rerun computes exactly what the store lacks."""
     from tests.test_durability import _store_rows
 
-    nwat, bsse, maxnb = 5, "cp", 3
+    nwat, bsse, maxnb = 5, "nocp", 3  # NoCP: MOPAC cannot place ghost atoms
     inp = mbe_input("mopac", "pm7", None, bsse=bsse, max_nbody=maxnb, molecule=waters(nwat))
     reference = _reference(inp)
     total = len(ManyBodyComputer.from_manybodyinput(inp).cluster_properties or {}) or None

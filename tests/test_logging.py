@@ -40,7 +40,8 @@ def test_worker_thread_lines_carry_the_fragment_fields(restore_logger: logging.L
     require_program("mopac")
     stream = StringIO()
     configure_logging("json", "DEBUG", stream=stream)
-    result = run(mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=3), ncores=2, fragment_memory=0.5, store=None)
+    result = run(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=3), ncores=2, fragment_memory=0.5,
+                 store=None)
     meta = result.extras["qcmb_async"]
     lines = _lines(stream)  # every line is JSON
     labels = {f["label"] for f in meta["fragments"]}
@@ -106,3 +107,72 @@ def test_cli_json_logs_are_json_only(tmp_path: Path) -> None:
     summary = lines[-1]
     assert summary["event"] == "run summary" and summary["computed"] == 3 and summary["failed"] == 0
     assert "uncorrected (nocp)" in proc.stdout
+
+
+@pytest.fixture
+def root_handler() -> Iterator[StringIO]:
+    """A root handler as ``logging.basicConfig()`` makes one (PySCF's geomeTRIC driver does), removed after."""
+    root = logging.getLogger()
+    stream = StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+    saved = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(saved)
+
+
+def test_records_read_as_lines_under_a_root_handler_someone_else_configured(
+        root_handler: StringIO, restore_logger: logging.Logger) -> None:
+    """Issue 20: under a plain root handler every qcmb_async event printed as a raw Python dict."""
+    from qcmb_async._logs import get_logger
+
+    restore_logger.handlers[:] = []
+    restore_logger.propagate = True
+    restore_logger.setLevel(logging.DEBUG)
+    log = get_logger()
+    log.info("fragment finished", label='["(auto)", [1], [1, 2]]', wall_time=0.25, share="50%")
+    try:
+        raise ZeroDivisionError("division by zero")
+    except ZeroDivisionError:
+        log.exception("event callback failed", event_type="LevelComplete")
+    text = root_handler.getvalue()
+    lines = text.splitlines()
+    assert lines[0] == """INFO:qcmb_async:fragment finished  label='["(auto)", [1], [1, 2]]' wall_time=0.25 share=50%"""
+    assert lines[1] == "ERROR:qcmb_async:event callback failed  event_type=LevelComplete"
+    assert "Traceback (most recent call last)" in text and "ZeroDivisionError: division by zero" in text
+    assert "{'" not in text and "'event':" not in text  # no dict repr anywhere
+
+
+def test_a_real_run_logs_lines_not_dicts_under_a_root_handler(root_handler: StringIO,
+                                                              restore_logger: logging.Logger) -> None:
+    require_program("mopac")
+    restore_logger.handlers[:] = []
+    restore_logger.propagate = True
+    restore_logger.setLevel(logging.DEBUG)
+    run(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2), ncores=2, executor="threads", store=None)
+    lines = [line for line in root_handler.getvalue().splitlines() if line.startswith(("DEBUG:qcmb_async:",
+                                                                                        "INFO:qcmb_async:"))]
+    finished = [line for line in lines if line.split(":", 2)[2].startswith("fragment finished  ")]
+    assert len(finished) == 6, lines  # NoCP MBE(2) of the trimer: 3 monomers, 3 dimers
+    assert all("label=" in line and "wall_time=" in line for line in finished)
+    assert not any("{'" in line for line in lines), [line for line in lines if "{'" in line][:3]
+
+
+def test_configured_json_and_console_lines_are_unchanged(restore_logger: logging.Logger) -> None:
+    """configure_logging renders the event dict itself (JSON fields intact), not the plain line."""
+    from qcmb_async._logs import get_logger
+
+    stream = StringIO()
+    configure_logging("json", "DEBUG", stream=stream)
+    get_logger().info("fragment finished", label="a b", wall_time=0.5)
+    (line,) = _lines(stream)
+    assert line["event"] == "fragment finished" and line["label"] == "a b" and line["wall_time"] == 0.5
+    assert line["level"] == "info" and "timestamp" in line
+    stream = StringIO()
+    configure_logging("console", "DEBUG", stream=stream)
+    get_logger().warning("fragment retried", attempt=2)
+    text = stream.getvalue()
+    assert "[warning  ] fragment retried" in text and "attempt=2" in text

@@ -49,7 +49,7 @@ def test_os_environ_unchanged_by_a_real_run() -> None:
     from tests.helpers import mbe_input
 
     before = dict(os.environ)
-    run(mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=3), ncores=2, memory=2)
+    run(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=3), ncores=2, memory=2)
     assert dict(os.environ) == before
 
 

@@ -22,7 +22,7 @@ def test_run_from_plain_script() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "plain_script.py")],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    ref = ManyBodyComputer.from_manybodyinput(mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=3))
+    ref = ManyBodyComputer.from_manybodyinput(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=3))
     assert float(proc.stdout.split()[-1]) == pytest.approx(ref.return_result, abs=1e-9)
 
 

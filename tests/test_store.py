@@ -169,8 +169,8 @@ def test_runs_and_fragment_reports(store: ResultStore) -> None:
     assert [f["key"] for f in store.fragments("r2")] == ["b", "c"]
     assert [f["key"] for f in store.fragments()] == ["a", "b", "c"]
     row = store.fragments("r1")[0]
-    assert set(row) == {"key", "label", "level", "program", "status", "attempts", "host", "worker", "wall_time",
-                        "run_id", "created_at", "error_type", "error_message"}
+    assert set(row) == {"key", "label", "level", "program", "program_version", "status", "attempts", "host", "worker",
+                        "wall_time", "run_id", "created_at", "error_type", "error_message"}
     assert (row["label"], row["level"], row["program"], row["host"], row["worker"], row["wall_time"]) == (
         "La", 1, "test", "h", "w", 1.0)
     assert row["attempts"] == [{"attempt": 1, "start": 1.0, "end": 2.0, "worker": "w", "host": "h",

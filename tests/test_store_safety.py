@@ -11,6 +11,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,7 +304,11 @@ def test_full_disk_is_logged_once_and_counted(tmp_path: Path) -> None:
 
 
 def test_sigterm_removes_process_worker_directories(tmp_path: Path) -> None:
-    """PySCF runs in worker processes with their own directory: SIGTERM removes both."""
+    """PySCF runs in worker processes with their own directory: SIGTERM removes both.
+
+    Waits for what it means: the runner's "fragment started" log line (a fragment handed to a running worker
+    process, so the workers and their directory exist), not for CPU use or a guessed time.
+    """
     require_program("pyscf")
     scratch, store = tmp_path / "scratch", tmp_path / "p.sqlite"
     scratch.mkdir()
@@ -311,27 +316,54 @@ def test_sigterm_removes_process_worker_directories(tmp_path: Path) -> None:
     inp.write_text(mbe_input("pyscf", "hf", "aug-cc-pvtz", bsse="cp", max_nbody=2,
                              molecule=waters(3, spacing=3.0)).model_dump_json())
     proc = subprocess.Popen([sys.executable, "-m", "qcmb_async", "run", str(inp), "--store", str(store), "--ncores",
-                             "2", "--executor", "processes", "-q"], cwd=tmp_path, env=_env(TMPDIR=str(scratch)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    workers: list[psutil.Process] = []
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(psutil.Error):
-            # Busy workers: children of the runner that have used a second of CPU (a fragment, not start-up).
-            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                       if "python" in c.name() and c.cpu_times().user > 1.0]
-        if workers and any(p.name.startswith("qcmb-async-workers-") for p in scratch.iterdir()):
-            break
-        time.sleep(0.1)
-    assert workers, f"no worker ever ran a fragment: {proc.communicate(timeout=30)}"
+                             "2", "--executor", "processes", "-vv", "--log-format", "json"], cwd=tmp_path,
+                            env=_env(TMPDIR=str(scratch)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started, lines = threading.Event(), []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            with contextlib.suppress(ValueError):
+                if json.loads(line).get("event") == "fragment started":
+                    started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert started.wait(timeout=300), f"no fragment ever started: {''.join(lines)[-3000:]}"
+    workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "python" in c.name()]
+    assert workers and any(p.name.startswith("qcmb-async-workers-") for p in scratch.iterdir())
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    time.sleep(0.2)
+    proc.wait(timeout=60)
+    reader.join(timeout=30)
+    assert proc.returncode == 143, "".join(lines)[-3000:]
+    psutil.wait_procs(workers, timeout=10)
     assert alive(workers) == []
     assert sorted(p.name for p in scratch.iterdir()) == []
     (row,) = _runs(store)
     assert row["status"] == "interrupted"
+
+
+def test_run_is_in_the_store_before_workers_start(tmp_path: Path) -> None:
+    """The run row is written before the executor starts: a run stopped while workers start is in `report`."""
+    require_program("mopac")
+    from qcmb_async.executors.threads import ThreadExecutor
+
+    store = tmp_path / "early.sqlite"
+    seen: list[list[dict[str, Any]]] = []
+
+    class WorkersCannotStart(ThreadExecutor):
+        async def _start(self) -> None:
+            seen.append(_runs(store))
+            raise RuntimeError("workers could not start")
+
+    with pytest.raises(RuntimeError, match="workers could not start"):
+        run(mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=2), executor=WorkersCannotStart(), store=store)
+    (before,) = seen
+    assert [r["status"] for r in before] == ["running"]
+    (row,) = _runs(store)
+    assert row["run_id"] == before[0]["run_id"] and row["status"] == "error"
+    assert "workers could not start" in row["summary"]["ended"]
 
 
 def test_sigterm_in_a_script_stops_run_cleanly(tmp_path: Path) -> None:

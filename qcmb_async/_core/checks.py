@@ -13,7 +13,7 @@ from typing import Any
 
 from qcmanybody.models.v2 import ManyBodyInput
 
-from ..errors import InputError, QCMBAsyncWarning
+from ..errors import InputError
 from ..programs import PROGRAMS, traits
 
 
@@ -340,17 +340,25 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
                              "method='finite-difference'), qcmb-async frequencies --hessian finite-difference)")
     check_embedding(inp)
     check_fragment_electrons(inp)
+    check_ghost_atoms(inp, specs)
+
+
+def check_ghost_atoms(inp: ManyBodyInput, specs: dict[str, Any]) -> None:
+    """Refuse cp/vmfc when a level runs a program whose harness cannot place ghost atoms.
+
+    Such a harness (``ProgramTraits.ghost_atoms`` False, decided from its code in :mod:`qcmb_async.programs`)
+    computes every ghost as a real atom: the "counterpoise" fragments would be other molecules and the
+    result meaningless (MOPAC water trimer "interaction energy" +534 kcal/mol, NoCP -4.9). Checked over the
+    specifications some level runs, so a multilevel input with one such level is refused too.
+    """
     bsse = {str(getattr(b, "value", b)) for b in (inp.specification.keywords.bsse_type or [])}
-    if bsse & {"cp", "vmfc"} and any(not traits(s.program).ghost_atoms for s in specs.values()):
-        import warnings
-
-        from .._logs import get_logger
-
-        # Same numbers as QCManyBody's own computer (so not refused), but physically meaningless: say so
-        # loudly, to API users too (a library's log lines go nowhere unless the application configures logging).
-        names = sorted(s.program for s in specs.values() if not traits(s.program).ghost_atoms)
-        message = (f"{', '.join(names)} cannot place ghost atoms (QCEngine's harness writes them as real atoms): "
-                   f"the {'/'.join(sorted(bsse & {'cp', 'vmfc'}))} fragments are computed with every ghost as a "
-                   "real atom, so those energies are not a BSSE correction. Use bsse_type nocp with this program")
-        get_logger().warning(message, bsse=sorted(bsse))
-        warnings.warn(message, QCMBAsyncWarning, stacklevel=2)
+    wanted = sorted(bsse & {"cp", "vmfc"})
+    names = sorted({s.program for s in specs.values() if not traits(s.program).ghost_atoms})
+    if wanted and names:
+        raise InputError(
+            f"bsse_type {'/'.join(wanted)} needs ghost atoms, and {', '.join(names)} cannot place them: "
+            f"{'its' if len(names) == 1 else 'their'} QCEngine harness does not honour ghost atoms (real=False): it "
+            "computes them as real atoms (or fails), so those fragments would not be a BSSE correction. "
+            "NoCP is what such a program can do: "
+            "use bsse_type ['nocp'] (CLI: --bsse nocp; the CLI's default is cp), or a program that places ghost "
+            "atoms (pyscf, psi4, nwchem) for cp/vmfc")

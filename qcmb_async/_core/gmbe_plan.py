@@ -45,6 +45,12 @@ class GMBEPlan:
     def driver(self) -> str:
         return self.input.driver
 
+    @property
+    def specs(self) -> dict[str, dict[str, Any]]:
+        """One model chemistry, as :attr:`Plan.specs` (the runner reads the programs from it)."""
+        return {MC: {"program": str(self.input.specification["program"]).lower(),
+                     "specification": self.input.specification}}
+
     @functools.cached_property
     def input_hash(self) -> str:
         return hashlib.sha256(self.input.model_dump_json().encode()).hexdigest()

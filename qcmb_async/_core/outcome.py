@@ -14,6 +14,7 @@ from .compact import CompactResult
 from .contract import is_transient
 from .plan import Fragment, Job, Plan
 from .resources import Usage
+from .versions import program_version
 
 log = get_logger()
 
@@ -140,7 +141,8 @@ def _store_put(store: FragmentStore, frag: Fragment, key: str, result: Any, rec:
     try:
         store.put(key, label=frag.label, level=frag.level, program=frag.program,
                   result_json=text, run_id=run_id, attempts=rec.history,
-                  host=last.get("host", ""), worker=last.get("worker", ""), wall_time=wall)
+                  host=last.get("host", ""), worker=last.get("worker", ""), wall_time=wall,
+                  program_version=program_version(frag.program))
     except StoreError as exc:
         # The result is still in memory and the run goes on; only resumability of this fragment is lost.
         return f"fragment {frag.label}: {exc}"
@@ -153,7 +155,7 @@ def _store_failure(store: FragmentStore, frag: Fragment, key: str, rec: Fragment
     try:
         store.record_failure(key, label=frag.label, level=frag.level, program=frag.program, run_id=run_id,
                              attempts=rec.history, error_type=rec.error_type or "",
-                             error_message=rec.error_message or "")
+                             error_message=rec.error_message or "", program_version=program_version(frag.program))
     except StoreError as exc:
         log.error("failure not recorded in the store", label=frag.label, reason=str(exc))
 

@@ -27,7 +27,7 @@ from .options import Screening
 from .screening import Expansion, LabelKey, plan_expansion
 
 #: Bumped when the way fragment keys are computed changes (keys index the result store).
-KEY_VERSION = 1
+KEY_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +66,10 @@ class Job:
 
     @property
     def key(self) -> str:
-        """Content hash of program + input: identical fragments share it across runs.
+        """Content hash of program, its version and the input: identical fragments share it across runs.
 
-        Computed on first use (about 0.05 ms): a run without a result store never needs it.
+        Computed on first use (about 0.05 ms; the program's version asked once per process): a run without
+        a result store never needs it.
         """
         if self._key is None:
             self._key = _key(self._program, self.atomic_input)
@@ -104,7 +105,7 @@ class Plan:
     @property
     def input_hash(self) -> str:
         """Content hash of the ManyBodyInput (identifies 'the same run' in the result store)."""
-        return hashlib.sha256(self.input.model_dump_json().encode()).hexdigest()
+        return input_hash(self.input)
 
     def molecule(self, frag: Fragment) -> Any:
         """The fragment's ``Molecule``, identical to what ``ManyBodyCore.iterate_molecules`` yields."""
@@ -271,18 +272,28 @@ def _fast_path_agrees(parent: Any, real: list[int], ghost: list[int], updates: d
         return False
 
 
-def _key(program: str, atomic: Any) -> str:
+def _key(program: str, atomic: Any, version: str | None = None) -> str:
+    from .versions import program_version
+
     canonical = atomic.model_dump_json(exclude={"id", "provenance"})
-    payload = json.dumps({"v": KEY_VERSION, "program": program.lower(), "input": json.loads(canonical)},
-                         sort_keys=True)
+    # The program's version is part of the key: a result of another version (an upgrade) is never reused.
+    payload = json.dumps({"v": KEY_VERSION, "program": program.lower(),
+                          "version": program_version(program) if version is None else version,
+                          "input": json.loads(canonical)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def fragment_key(program: str, atomic_input: dict[str, Any]) -> str:
-    """Canonical content hash of a fragment calculation (geometry, ghosts, charge, spec...)."""
+def input_hash(inp: ManyBodyInput) -> str:
+    """Content hash of a ManyBodyInput (the result store's ``runs.input_hash``), without planning it."""
+    return hashlib.sha256(inp.model_dump_json().encode()).hexdigest()
+
+
+def fragment_key(program: str, atomic_input: dict[str, Any], version: str | None = None) -> str:
+    """Canonical content hash of a fragment calculation (program and its version, geometry, ghosts, charge,
+    spec...). ``version``: default :func:`~qcmb_async._core.versions.program_version` (cached per process)."""
     from qcelemental.models.v2 import AtomicInput
 
-    return _key(program, AtomicInput(**copy.deepcopy(atomic_input)))
+    return _key(program, AtomicInput(**copy.deepcopy(atomic_input)), version)
 
 
 def _specifications(computer: Any) -> dict[str, dict[str, Any]]:

@@ -269,6 +269,7 @@ class Scheduler:
                 if on_event is not None:
                     await ev.emit(on_event, ev.FragmentStarted(self.run_id, frag.label, frag.level, frag.program,
                                                                cores, memory, attempt))
+                log.debug("fragment started", attempt=attempt)  # handed to the executor (tests wait for it)
                 outcome = await self.executor.run(fjob)
                 self._record_attempt(rec, attempt, outcome)
                 if outcome.success:

@@ -274,10 +274,12 @@ class ResultStore:
         return data
 
     def put(self, key: str, *, label: str, level: int, program: str, result_json: str, run_id: str,
-            attempts: list[dict[str, Any]], host: str = "", worker: str = "", wall_time: float | None = None) -> None:
+            attempts: list[dict[str, Any]], host: str = "", worker: str = "", wall_time: float | None = None,
+            program_version: str | None = None) -> None:
         """Store a successful result (``AtomicResult.model_dump_json()``); committed before returning.
 
-        Replaces whatever the key held (an earlier failure, or an earlier result).
+        Replaces whatever the key held (an earlier failure, or an earlier result). ``program_version``: the
+        version the key was made with (:func:`~qcmb_async._core.versions.program_version`), for reports.
         """
         try:
             data = json.loads(result_json)
@@ -286,16 +288,17 @@ class ResultStore:
         if not isinstance(data, dict) or data.get("success", True) is not True:
             raise ValueError(f"result_json of fragment {key!r} is not a successful AtomicResult: "
                              "use record_failure() for failures")
-        row = (key, label, int(level), program, result_json, _sha256(result_json), run_id, json.dumps(attempts),
-               host, worker, wall_time, time.time())
+        row = (key, label, int(level), program, program_version, result_json, _sha256(result_json), run_id,
+               json.dumps(attempts), host, worker, wall_time, time.time())
         with self._using(f"store the result of fragment {key!r}", write=True) as con, self._transaction():
             con.execute(
-                "INSERT OR REPLACE INTO fragments (key, label, level, program, status, result_json, result_sha256, "
-                "run_id, attempts, host, worker, wall_time, error_type, error_message, created_at) "
-                "VALUES (?, ?, ?, ?, 'ok', ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)", row)
+                "INSERT OR REPLACE INTO fragments (key, label, level, program, program_version, status, result_json, "
+                "result_sha256, run_id, attempts, host, worker, wall_time, error_type, error_message, created_at) "
+                "VALUES (?, ?, ?, ?, ?, 'ok', ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)", row)
 
     def record_failure(self, key: str, *, label: str, level: int, program: str, run_id: str,
-                       attempts: list[dict[str, Any]], error_type: str, error_message: str) -> None:
+                       attempts: list[dict[str, Any]], error_type: str, error_message: str,
+                       program_version: str | None = None) -> None:
         """Record a failed fragment; committed before returning.
 
         :meth:`get` never returns it, a later :meth:`put` replaces it, and it never replaces a
@@ -305,13 +308,13 @@ class ResultStore:
         host, worker = str(last.get("host") or ""), str(last.get("worker") or "")
         start, end = last.get("start"), last.get("end")
         wall = end - start if isinstance(start, int | float) and isinstance(end, int | float) else None
-        row = (key, label, int(level), program, run_id, json.dumps(attempts), host, worker, wall, error_type,
-               error_message, time.time())
+        row = (key, label, int(level), program, program_version, run_id, json.dumps(attempts), host, worker, wall,
+               error_type, error_message, time.time())
         with self._using(f"record the failure of fragment {key!r}", write=True) as con, self._transaction():
             con.execute(
-                "INSERT INTO fragments (key, label, level, program, status, result_json, result_sha256, run_id, "
-                "attempts, host, worker, wall_time, error_type, error_message, created_at) "
-                "VALUES (?, ?, ?, ?, 'failed', NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO fragments (key, label, level, program, program_version, status, result_json, "
+                "result_sha256, run_id, attempts, host, worker, wall_time, error_type, error_message, created_at) "
+                "VALUES (?, ?, ?, ?, ?, 'failed', NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET run_id = excluded.run_id, attempts = excluded.attempts, "
                 "host = excluded.host, worker = excluded.worker, wall_time = excluded.wall_time, "
                 "error_type = excluded.error_type, error_message = excluded.error_message, "
@@ -339,12 +342,14 @@ class ResultStore:
 
     def fragments(self, run_id: str | None = None) -> list[dict[str, Any]]:
         """Fragment rows for reports, oldest first, without the result JSON (``attempts`` parsed)."""
-        sql = f"SELECT {', '.join(_FRAGMENT_COLUMNS)} FROM fragments"
         args: tuple[Any, ...] = ()
-        if run_id is not None:
-            sql += " WHERE run_id = ?"
-            args = (run_id,)
         with self._using("list fragments") as con:
+            # A store read-only from before a column existed (program_version): NULL for it.
+            have = {r[1] for r in con.execute("PRAGMA table_info(fragments)")}
+            sql = f"SELECT {', '.join(c if c in have else f'NULL AS {c}' for c in _FRAGMENT_COLUMNS)} FROM fragments"
+            if run_id is not None:
+                sql += " WHERE run_id = ?"
+                args = (run_id,)
             rows = [dict(zip(_FRAGMENT_COLUMNS, r, strict=True))
                     for r in con.execute(sql + " ORDER BY created_at, key", args).fetchall()]
         for row in rows:

@@ -22,8 +22,8 @@ APPLICATION_ID: int = 0x51434D42
 DEFAULT_TIMEOUT: float = 30.0
 """Seconds an operation waits for another process's write lock before giving up (SQLite busy timeout)."""
 
-_FRAGMENT_COLUMNS = ("key", "label", "level", "program", "status", "attempts", "host", "worker", "wall_time",
-                     "run_id", "created_at", "error_type", "error_message")
+_FRAGMENT_COLUMNS = ("key", "label", "level", "program", "program_version", "status", "attempts", "host", "worker",
+                     "wall_time", "run_id", "created_at", "error_type", "error_message")
 _RUN_COLUMNS = ("run_id", "input_hash", "started", "finished", "status", "summary", "host", "pid", "pid_started")
 
 RUN_STATUSES = ("running", "ok", "failed", "error", "interrupted")
@@ -37,6 +37,7 @@ _SCHEMA = (
         label TEXT NOT NULL,
         level INTEGER NOT NULL,
         program TEXT NOT NULL,
+        program_version TEXT,
         status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
         result_json TEXT,
         result_sha256 TEXT,
@@ -107,6 +108,13 @@ def migrate(con: sqlite3.Connection, transaction: Callable[[], AbstractContextMa
             columns = {r[1] for r in con.execute("PRAGMA table_info(fragments)")}
             if "result_sha256" not in columns:
                 con.execute("ALTER TABLE fragments ADD COLUMN result_sha256 TEXT")
+    # Stores written before keys held the program's version: their rows keep a key of KEY_VERSION 1, which no
+    # run computes any more (never reused), and a NULL program_version (reports say "unknown").
+    if "program_version" not in columns:
+        with transaction():
+            columns = {r[1] for r in con.execute("PRAGMA table_info(fragments)")}
+            if "program_version" not in columns:
+                con.execute("ALTER TABLE fragments ADD COLUMN program_version TEXT")
     # Stores written before runs recorded their process (their 'running' rows cannot be judged).
     run_columns = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
     missing = [c for c in ("host", "pid", "pid_started") if c not in run_columns]

@@ -164,6 +164,14 @@ def _when(ts: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def _versions(summary: Any) -> str:
+    """``"nwchem 7.0.2-N-A, pyscf 2.15.0+harness.1"`` from a run's summary; ``-`` for runs before versions."""
+    versions = summary.get("program_versions") if isinstance(summary, dict) else None
+    if not isinstance(versions, dict) or not versions:
+        return "-"
+    return ", ".join(f"{name} {version}" for name, version in sorted(versions.items()))
+
+
 def _report_store(path: Path, run_id: str | None) -> None:
     from rich import box
     from rich.table import Table
@@ -182,13 +190,14 @@ def _report_store(path: Path, run_id: str | None) -> None:
             close()
     out = _stdout()
     table = Table(box=box.SIMPLE, title=f"runs in {path}", title_justify="left")
-    for name in ("run", "status", "started", "finished", "wall / s"):
+    for name in ("run", "status", "started", "finished", "wall / s", "program versions"):
         table.add_column(name)
     for r in runs:
         started, finished = r.get("started"), r.get("finished")
         wall = f"{finished - started:.2f}" if isinstance(started, int | float) and isinstance(
             finished, int | float) else "-"
-        table.add_row(str(r.get("run_id", "?")), str(r.get("status", "-")), _when(started), _when(finished), wall)
+        table.add_row(str(r.get("run_id", "?")), str(r.get("status", "-")), _when(started), _when(finished), wall,
+                      _versions(r.get("summary")))
     out.print(table)
     programs = sorted({str(f.get("program", "")) for f in frags})
     title = f"fragments of run {run_id}" if run_id else "fragments"
@@ -199,6 +208,7 @@ def _report_store(path: Path, run_id: str | None) -> None:
     ftable.add_column("n-body", justify="right")
     if len(programs) > 1:
         ftable.add_column("program")
+    ftable.add_column("version")  # the program version the result was computed (and keyed) with
     for name, justify in (("status", "left"), ("attempts", "right"), ("wall / s", "right"), ("worker", "left"),
                           ("run", "left")):
         ftable.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
@@ -213,6 +223,7 @@ def _report_store(path: Path, run_id: str | None) -> None:
         cells = [str(f.get("label", "?")), str(f.get("level", ""))]
         if len(programs) > 1:
             cells.append(str(f.get("program", "")))
+        cells.append(str(f.get("program_version") or "unknown"))
         cells += [status, str(attempts if attempts is not None else "-"),
                   f"{wall:.3f}" if isinstance(wall, int | float) else "-", str(f.get("worker") or "-"),
                   str(f.get("run_id") or "-")]

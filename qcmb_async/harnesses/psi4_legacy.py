@@ -217,6 +217,10 @@ def _original() -> ProgramHarness:
     return original
 
 
+#: Bump whenever a change here can change a result's numbers: the result store keys by harness version.
+HARNESS_VERSION = 1
+
+
 class Psi4LegacyHarness(ProgramHarness):
     """Psi4 < 1.4 through ``psi4 --json`` (QCSchema v1), one subprocess per calculation.
 
@@ -255,6 +259,11 @@ class Psi4LegacyHarness(ProgramHarness):
             return str(_original().get_version())
         assert probe.version is not None
         return probe.version
+
+    def qcmb_harness_version(self) -> str | None:
+        """This harness's version when it runs psi4 itself (``None`` when QCEngine's harness does), part of the
+        result store's keys (:data:`HARNESS_VERSION`)."""
+        return str(HARNESS_VERSION) if _choose() is not None else None
 
     def compute(self, input_data: AtomicInput, config: TaskConfig) -> AtomicResult:
         """Run one psi4 calculation (or hand it to QCEngine's harness for psi4 >= 1.4)."""

@@ -32,8 +32,8 @@ class RealWorkload:
 REAL_WORKLOADS = [
     RealWorkload("hexamer-nwchem", "water hexamer (ring), NoCP, 3-body, NWChem HF/6-31G", "nwchem", "hf", "6-31g",
                  lambda: mbe(hexamer(), "nwchem", "hf", "6-31g", bsse="nocp", max_nbody=3)),
-    RealWorkload("octamer-mopac", "water octamer (ring), CP, 3-body, MOPAC PM7", "mopac", "pm7", None,
-                 lambda: mbe(ring_octamer(), "mopac", "pm7", None, bsse="cp", max_nbody=3)),
+    RealWorkload("octamer-mopac", "water octamer (ring), NoCP, 3-body, MOPAC PM7", "mopac", "pm7", None,
+                 lambda: mbe(ring_octamer(), "mopac", "pm7", None, bsse="nocp", max_nbody=3)),
     RealWorkload("mixed-nwchem", "benzene + 4 waters (mixed sizes), NoCP, 4-body, NWChem HF/6-31G", "nwchem", "hf",
                  "6-31g", lambda: mbe(benzene_waters(4), "nwchem", "hf", "6-31g", bsse="nocp", max_nbody=4)),
 ]
