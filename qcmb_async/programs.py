@@ -75,6 +75,13 @@ PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
                                          "https://www.molpro.net"),
     ProgramTraits("turbomole", install_hint="TURBOMOLE is commercial software: obtain a licensed copy from its vendor"),
     ProgramTraits("terachem", install_hint="TeraChem is commercial software: obtain a licensed copy from its vendor"),
+    # Our harness (harnesses/tblite.py): GFN-xTB has no basis functions for ghosts, it refuses them; no Hessian driver.
+    ProgramTraits("tblite", in_process=True, parallel_fraction=0.0, semi_empirical=True,
+                  ghost_atoms=False, analytic_hessian=False,
+                  methods=frozenset({"gfn2-xtb", "gfn1-xtb", "ipea1-xtb"}),
+                  keywords=frozenset({"accuracy", "max_iterations", "electronic_temperature", "solvent",
+                                      "solvation_model"}),
+                  install_hint="pip install 'qcmb_async[xtb]' (tblite; its harness ships with qcmb_async)"),
     ProgramTraits("xtb", in_process=True, parallel_fraction=0.6, semi_empirical=True,
                   install_hint="conda install -c conda-forge xtb-python"),
     ProgramTraits("rdkit", in_process=True, force_field=True, install_hint="pip install rdkit"),

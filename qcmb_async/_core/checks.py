@@ -226,14 +226,17 @@ def _room(symbols: list[str], spec: Any, ecp_core: Callable[[str, str], int] | N
     basis = spec.model.basis
     method = str(spec.model.method).lower()
     semi = spec.program.lower() == "mopac" or (not basis and method.startswith(_SEMIEMPIRICAL_METHODS))
-    if semi:
+    tight_binding = not basis and spec.program.lower() == "tblite"
+    if semi or tight_binding:
         cap = count = 0
         for s in symbols:
-            val = _valence(int(periodictable.to_Z(s)))
+            z = int(periodictable.to_Z(s))
+            val = _valence(z)
             if val is None:
                 return None
             count += val[0]
-            cap += val[1]
+            # GFN-xTB (tblite 0.8) has up to 2 orbitals on H (4 on He) and 5 on C-F (IPEA1): count 4 and 9.
+            cap += (4 if z <= 2 else 9) if tight_binding else val[1]
         return cap, float(count), "valence"
     if not isinstance(basis, str) or not basis:
         return None
@@ -291,6 +294,10 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
 
             check_request(spec.driver, spec.model.method, spec.keywords)
             check_model(inp.molecule.symbols, spec.model)
+        elif spec.program == "tblite":  # method, basis, driver, keyword values, solvent names
+            from ..harnesses.tblite import check_request as check_tblite
+
+            check_tblite(spec.driver, spec.model, spec.keywords)
     for spec in specs.values():
         known = traits(spec.program)
         method = str(spec.model.method).lower()
@@ -310,6 +317,11 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
     check_embedding(inp)
     check_fragment_electrons(inp)
     bsse = {str(getattr(b, "value", b)) for b in (inp.specification.keywords.bsse_type or [])}
+    refused = sorted({s.program for s in specs.values() if s.program == "tblite"})
+    if bsse & {"cp", "vmfc"} and refused:  # our tblite harness refuses ghost atoms: every CP/VMFC job would fail
+        raise InputError(f"bsse_type {'/'.join(sorted(bsse & {'cp', 'vmfc'}))} needs ghost atoms, which "
+                         f"{', '.join(refused)} cannot place (tight binding has no basis functions without a "
+                         "nucleus): use bsse_type nocp, or a program with basis sets for the counterpoise correction")
     if bsse & {"cp", "vmfc"} and any(not traits(s.program).ghost_atoms for s in specs.values()):
         import warnings
 
