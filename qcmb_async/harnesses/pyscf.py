@@ -45,6 +45,7 @@ from qcelemental.util import safe_version, which_import
 from qcengine.exceptions import ConvergenceError, InputError, UnknownError
 from qcengine.programs.model import ProgramHarness
 
+from ._pyscf_disp import real_atoms_dispersion
 from ._pyscf_model import (
     SUPPORTED_KEYWORDS,
     _basis_name,
@@ -261,7 +262,7 @@ class PySCFHarness(ProgramHarness):
         """
         from pyscf import lib, mp
 
-        mf = self._build_scf(mol, kind, xc, kw)
+        mf = real_atoms_dispersion(self._build_scf(mol, kind, xc, kw))  # ghosts have no dispersion
         warm_key = _warm_key(mol, kind, xc, kw) if kw["warm_start"] else None
         dm0 = _WARM.guess(warm_key, mol) if warm_key is not None else None
         mf.kernel(dm0=dm0)  # PySCF errors propagate: QCEngine reports them as unknown_error with the traceback
