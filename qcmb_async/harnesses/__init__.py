@@ -22,6 +22,7 @@ __all__ = ["PSI4_HARNESS_ENV", "register_harnesses"]
 
 _lock = threading.Lock()
 _psi4_done = False
+_missing: set[str] = set()
 
 #: ``QCMB_ASYNC_PSI4_HARNESS=qcengine`` keeps QCEngine's own Psi4 harness whatever the version.
 PSI4_HARNESS_ENV = "QCMB_ASYNC_PSI4_HARNESS"
@@ -64,7 +65,8 @@ def _register(name: str, module: str, cls: str) -> bool:
 
     if name in programs:  # fast path: a dict lookup
         return True
-    if not _importable(name):
+    if name in _missing or not _importable(name):
+        _missing.add(name)  # looked up once per process: this runs before every fragment
         return False
     with _lock:  # two threads registering at once would make register_program raise
         if name not in programs:
