@@ -99,6 +99,15 @@ PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
                   install_hint="TeraChem is commercial software (a running TeraChem server) plus pip install tcpb"),
     ProgramTraits("terachem_fe", ghost_atoms=False,
                   install_hint="TeraChem is commercial software (a running TeraChem server) plus pip install tcpb"),
+    # Our harness (harnesses/tblite.py): GFN-xTB has no basis functions for ghosts, it refuses them; no Hessian driver.
+    # parallel_fraction 0: measured here (2 shared cores), 2 OpenMP threads were slower than 1 for a water trimer
+    # (1.2 vs 0.9 ms), hexamer (19 vs 7 ms) and (H2O)20 (236 vs 38 ms): MBE fragments get one core each.
+    ProgramTraits("tblite", in_process=True, parallel_fraction=0.0, semi_empirical=True,
+                  ghost_atoms=False, analytic_hessian=False,
+                  methods=frozenset({"gfn2-xtb", "gfn1-xtb", "ipea1-xtb"}),
+                  keywords=frozenset({"accuracy", "max_iterations", "electronic_temperature", "solvent",
+                                      "solvation_model"}),
+                  install_hint="pip install 'qcmb_async[xtb]' (tblite; its harness ships with qcmb_async)"),
     # ghosts: QCEngine calls xtb-python's xtb.qcschema.harness.run_qcschema, which builds its Calculator from
     # molecule.atomic_numbers with no real mask: a ghost is a real atom (measured: CP water dimer +10.15 Eh).
     ProgramTraits("xtb", in_process=True, parallel_fraction=0.6, semi_empirical=True, ghost_atoms=False,

@@ -256,14 +256,17 @@ def _room(symbols: list[str], spec: Any, ecp_core: Callable[[str, str], int] | N
     basis = spec.model.basis
     method = str(spec.model.method).lower()
     semi = spec.program.lower() == "mopac" or (not basis and method.startswith(_SEMIEMPIRICAL_METHODS))
-    if semi:
+    tight_binding = not basis and spec.program.lower() == "tblite"
+    if semi or tight_binding:
         cap = count = 0
         for s in symbols:
-            val = _valence(int(periodictable.to_Z(s)))
+            z = int(periodictable.to_Z(s))
+            val = _valence(z)
             if val is None:
                 return None
             count += val[0]
-            cap += val[1]
+            # GFN-xTB (tblite 0.8) has up to 2 orbitals on H (4 on He) and 5 on C-F (IPEA1): count 4 and 9.
+            cap += (4 if z <= 2 else 9) if tight_binding else val[1]
         return cap, float(count), "valence"
     if not isinstance(basis, str) or not basis:
         return None
@@ -322,6 +325,10 @@ def check_input(inp: ManyBodyInput, *, local: bool = True) -> None:
             check_request(spec.driver, spec.model.method, spec.keywords,
                           embedded=bool(inp.specification.keywords.embedding_charges))
             check_model(inp.molecule.symbols, spec.model)
+        elif spec.program == "tblite":  # method, basis, driver, keyword values, solvent names
+            from ..harnesses.tblite import check_request as check_tblite
+
+            check_tblite(spec.driver, spec.model, spec.keywords)
     for spec in specs.values():
         known = traits(spec.program)
         method = str(spec.model.method).lower()

@@ -1,11 +1,13 @@
 """QCEngine program harnesses that QCEngine itself does not ship or cannot run here.
 
 * ``pyscf``: QCEngine 0.52 has no PySCF harness (:mod:`.pyscf`).
+* ``tblite``: nor a tblite (GFN-xTB) one (:mod:`.tblite`).
 * ``psi4`` before 1.4 (Debian's 1.3.2): QCEngine's harness sends it QCSchema v2, which it
   cannot read (:mod:`.psi4_legacy`); newer psi4 keeps QCEngine's harness.
 
 Registration is per process: every process that runs fragments (including worker
-processes) must call :func:`register_harnesses` before ``qcengine.compute(..., "pyscf")``.
+processes) must call :func:`register_harnesses` before ``qcengine.compute(..., "pyscf")``
+(or ``"tblite"``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = ["PSI4_HARNESS_ENV", "register_harnesses"]
 
 _lock = threading.Lock()
 _psi4_done = False
+_missing: set[str] = set()
 
 #: ``QCMB_ASYNC_PSI4_HARNESS=qcengine`` keeps QCEngine's own Psi4 harness whatever the version.
 PSI4_HARNESS_ENV = "QCMB_ASYNC_PSI4_HARNESS"
@@ -44,34 +47,44 @@ def _register_psi4() -> None:
         _psi4_done = True
 
 
-def _pyscf_importable() -> bool:
-    """True if pyscf can be imported, without importing it (cheap)."""
+def _importable(module: str) -> bool:
+    """True if ``module`` can be imported, without importing it (cheap)."""
     try:
-        return importlib.util.find_spec("pyscf") is not None
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def _register(name: str, module: str, cls: str) -> bool:
+    """Register our harness ``cls`` of ``.module`` under ``name`` unless QCEngine already has that name.
+
+    A future QCEngine harness, or one registered by someone else, is never replaced; nothing happens
+    when the program's Python package (same name) is not importable. True if ``name`` is registered after.
+    """
+    from qcengine.programs.base import programs, register_program
+
+    if name in programs:  # fast path: a dict lookup
+        return True
+    if name in _missing or not _importable(name):
+        _missing.add(name)  # looked up once per process: this runs before every fragment
+        return False
+    with _lock:  # two threads registering at once would make register_program raise
+        if name not in programs:
+            harness = getattr(importlib.import_module(module, __name__), cls)
+            register_program(harness())
+    return True
 
 
 def register_harnesses() -> bool:
     """Register qcmb_async's harnesses with QCEngine, idempotently; cheap to call repeatedly.
 
-    PySCF: registered only if pyscf is importable and QCEngine has no program named
-    ``"pyscf"`` yet (a future QCEngine harness, or one registered by someone else, is never
-    replaced). Psi4: see :func:`_register_psi4` (opt out with ``QCMB_ASYNC_PSI4_HARNESS=qcengine``).
+    PySCF and tblite: each registered only if its package is importable and QCEngine has no program
+    of that name yet (see :func:`_register`). Psi4: see :func:`_register_psi4` (opt out with
+    ``QCMB_ASYNC_PSI4_HARNESS=qcengine``).
 
     Returns:
         True if a program named ``"pyscf"`` is registered with QCEngine after the call.
     """
-    from qcengine.programs.base import programs, register_program
-
     _register_psi4()
-    if "pyscf" in programs:  # fast path: a dict lookup
-        return True
-    if not _pyscf_importable():
-        return False
-    with _lock:  # two threads registering at once would make register_program raise
-        if "pyscf" not in programs:
-            from .pyscf import PySCFHarness
-
-            register_program(PySCFHarness())
-    return True
+    _register("tblite", ".tblite", "TBLiteHarness")
+    return _register("pyscf", ".pyscf", "PySCFHarness")

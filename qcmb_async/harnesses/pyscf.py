@@ -58,6 +58,7 @@ from qcengine.programs.model import ProgramHarness
 
 from .._logs import get_logger
 from . import _pyscf_warm
+from ._pyscf_disp import real_atoms_dispersion
 from ._pyscf_model import (
     SUPPORTED_KEYWORDS,
     _basis_name,
@@ -314,7 +315,7 @@ class PySCFHarness(ProgramHarness):
         """
         from pyscf import lib, mp
 
-        mf = self._build_scf(mol, kind, xc, kw, external)
+        mf = real_atoms_dispersion(self._build_scf(mol, kind, xc, kw, external))  # ghosts have no dispersion
         if driver == "hessian":
             _tighten_for_hessian(mf, kw)
         warm_key = _warm_key(mol, kind, xc, kw) if kw["warm_start"] else None
