@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Program -> does its QCEngine 0.52 harness honour ``real=False``? (what the code does with a ghost)
 HARNESS_CODE: dict[str, tuple[bool, str]] = {
     "pyscf": (True, "qcmb_async's harness: ghost-El atoms"),
+    "tblite": (False, "qcmb_async's harness: tight binding has no basis functions for ghosts; it refuses them"),
     "psi4": (True, "the QCSchema molecule keeps real; psi4 reads it"),
     "nwchem": (True, "to_string(dtype='nwchem'): bqEl centres"),
     "cfour": (True, "to_string(dtype='cfour'): GH atoms, SPECIAL basis"),
@@ -172,7 +173,7 @@ def test_computed_ghost_energy_matches_the_registry(name: str) -> None:
 
 
 def _spec_input(name: str, bsse: str) -> ManyBodyInput:
-    method = {"mopac": "pm7", "xtb": "gfn2-xtb"}.get(name, "hf")
+    method = {"mopac": "pm7", "xtb": "gfn2-xtb", "tblite": "gfn2-xtb"}.get(name, "hf")
     return mbe_input(name, method, None, bsse=bsse, max_nbody=2)
 
 
