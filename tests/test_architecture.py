@@ -19,7 +19,8 @@ LAYERS: list[set[str]] = [
     {"harnesses"},
     {"_core.cost", "_core.chgmult", "_core.xyz", "_core.inputs", "_core.options", "_core.checks"},  # input
     {"_core.screening", "_core.plan"},                                 # plan
-    {"_core.ready", "_core.store_layout", "_core.store", "_core.outcome", "_core.scheduler"},  # schedule
+    {"_core.ready", "_core.store_layout", "_core.store", "_core.outcome", "_core.invariance",
+     "_core.scheduler"},                                               # schedule
     {"_qcengine", "executors"},                                        # execute
     {"_core.fill", "_core.assemble"},                                  # assemble
     {"_runner", "simulate", "_synthetic"},                             # the pipeline put together
