@@ -167,7 +167,9 @@ def test_fragment_gradient_turns_with_the_fragment(program: str) -> None:
     turned = mol.model_copy(update={"geometry": np.asarray(mol.geometry) @ rot.T})
     g, g_turned = _gradient(program, mol), _gradient(program, turned)
     assert np.abs(g).max() > 1e-3
-    np.testing.assert_allclose(g_turned, g @ rot.T, rtol=0, atol=2e-6 if program == "mopac" else 1e-7)
+    # MOPAC's default SCF (its harness takes no convergence keyword) converges turned geometries to 7e-6 Eh/bohr
+    # apart; a gradient left in another frame is off by 1e-2 here.
+    np.testing.assert_allclose(g_turned, g @ rot.T, rtol=0, atol=2e-5 if program == "mopac" else 1e-7)
 
 
 # -- the invariance guard ----------------------------------------------------------------------------------------
