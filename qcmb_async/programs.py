@@ -16,8 +16,8 @@ __all__ = ["INVARIANCE_TOLERANCE", "PROGRAMS", "ProgramTraits", "register_traits
 
 #: Default invariance tolerance ``(gradient Eh/bohr, Hessian Eh/bohr²)``: about 10x the largest break measured
 #: with default settings (DFT quadrature grids: PySCF/Psi4 B3LYP gradients up to 1.7e-5, PySCF B3LYP Hessians
-#: 1.4e-4; HF/MP2 below 1e-6); a symmetry-reoriented NWChem result broke it by 0.1 (docs/troubleshooting.md).
-INVARIANCE_TOLERANCE: tuple[float, float] = (1e-4, 1e-3)
+#: 3.5e-4; HF/MP2 below 1e-6); a symmetry-reoriented NWChem result broke it by 0.02-0.1 (docs/troubleshooting.md).
+INVARIANCE_TOLERANCE: tuple[float, float] = (1e-4, 3e-3)
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,8 @@ def test_violations_of_textbook_derivatives() -> None:
 class FakeTurnedPySCF(PySCFHarness):
     """FAKE program: PySCF's result with the gradient (and Hessian) turned into another frame, as a harness
     that reoriented the molecule and did not turn back would return; ``keywords["fake_shift"]`` instead adds a
-    constant force to every atom; ``keywords["fake_hessian"]`` breaks one Hessian element."""
+    constant force to every atom; ``keywords["fake_hessian"]`` breaks one Hessian element (``"turn"``: turns
+    its 3x3 blocks and drops the gradient)."""
 
     _defaults: ClassVar[dict[str, Any]] = {**PySCFHarness._defaults, "name": "qcmb-fake-turned"}
 
@@ -239,8 +240,14 @@ class FakeTurnedPySCF(PySCFHarness):
                 return res.model_copy(update={"properties": AtomicProperties(**props), "return_result": g})
         if props.get("return_hessian") is not None:
             h = np.array(props["return_hessian"])
-            h[0, 4] += 0.05
-            h[4, 0] += 0.05
+            if hess_fault == "turn":  # blocks in another frame, and no gradient to compare with (as NWChem's)
+                big = np.kron(np.eye(len(h) // 3), rot)
+                h = big @ h @ big.T
+                props.pop("return_gradient", None)
+                props.pop("scf_total_gradient", None)
+            else:
+                h[0, 4] += 0.05
+                h[4, 0] += 0.05
             props["return_hessian"] = h
             return res.model_copy(update={"properties": AtomicProperties(**props), "return_result": h})
         return res
@@ -259,6 +266,7 @@ def fake_turned() -> Any:
     ("gradient", {}, "torque on the fragment"),
     ("gradient", {"fake_shift": [0.0, 2e-3, 0.0]}, "net force on the fragment 0.0"),
     ("hessian", {"fake_hessian": True}, "Hessian row-block sum"),
+    ("hessian", {"fake_hessian": "turn"}, "Hessian rotation condition"),
 ])
 def test_guard_fails_a_fragment_in_another_frame(fake_turned: str, driver: str, keywords: dict[str, Any],
                                                  expected: str) -> None:

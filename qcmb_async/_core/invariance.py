@@ -9,7 +9,8 @@ carry basis functions that move with it) is translated or rotated rigidly. So, a
 * its Hessian ``H`` (3N x 3N, Eh/bohr^2) has every 3x3 row block summing to zero over the atoms,
   ``sum_j H_ij = 0`` (the derivative of the translation condition), and, differentiating
   ``g(R r) = R g(r)`` for a rotation ``R = exp(theta [w]x)`` at ``theta = 0``,
-  ``sum_j H_ij (w x r_j) = w x g_i`` for each axis ``w`` (checked when the result carries the gradient).
+  ``sum_j H_ij (w x r_j) = w x g_i`` for each axis ``w``: the three axes give every component of ``g_i``
+  twice, so this is checked against the result's gradient, or for self-consistency when it has none.
 
 A derivative that breaks these by more than the program's tolerance
 (:attr:`~qcmb_async.programs.ProgramTraits.invariance_tolerance`, measured per program and method, see
@@ -59,7 +60,8 @@ def violations(geometry: Any, gradient: Any = None, hessian: Any = None) -> dict
     ``sum_i (r_i - c) x g_i`` divided by the largest distance from the centroid ``c``, at least 1 bohr:
     Eh/bohr), ``hessian_translation`` (largest element of ``sum_j H_ij``, Eh/bohr^2), ``hessian_rotation``
     (largest element of ``sum_j H_ij (w x r_j) - w x g_i`` over the three axes ``w``, divided like the
-    torque: Eh/bohr^2; needs the gradient). Arrays of the wrong shape are not judged (empty result).
+    torque: Eh/bohr^2; without a gradient, ``g`` is the one the Hessian implies, so only its self-consistency
+    is judged). Arrays of the wrong shape are not judged (empty result).
     """
     r = np.asarray(geometry, dtype=float).reshape(-1, 3)
     n = len(r)
@@ -80,12 +82,14 @@ def violations(geometry: Any, gradient: Any = None, hessian: Any = None) -> dict
             return out
         h = h.reshape(3 * n, 3 * n)
         out["hessian_translation"] = float(np.abs(h.reshape(n, 3, n, 3).sum(axis=2)).max())
-        if g is not None:
-            worst = 0.0
-            for axis in np.eye(3):
-                lhs = (h @ np.cross(axis, rel).reshape(-1)).reshape(n, 3) - np.cross(axis, g)
-                worst = max(worst, float(np.abs(lhs).max()))
-            out["hessian_rotation"] = worst / extent
+        # m[k, i] = sum_j H_ij (e_k x r_j) must be e_k x g_i = (0, -gz, gy), (gz, 0, -gx), (-gy, gx, 0) for
+        # k = x, y, z: each gradient component appears twice, so the Hessian alone implies a gradient and
+        # must agree with itself (and with the result's gradient when it has one).
+        m = np.stack([(h @ np.cross(axis, rel).reshape(-1)).reshape(n, 3) for axis in np.eye(3)])
+        implied = np.stack([m[2, :, 1] - m[1, :, 2], m[0, :, 2] - m[2, :, 0], m[1, :, 0] - m[0, :, 1]], axis=1) / 2
+        ref = implied if g is None else g
+        expected = np.stack([np.cross(axis, ref) for axis in np.eye(3)])
+        out["hessian_rotation"] = float(np.abs(m - expected).max()) / extent
     return out
 
 
@@ -126,7 +130,8 @@ def check(program: str, atomic_input: Any, result: Any) -> str | None:
     ghosts = natom - int(sum(bool(x) for x in atomic_input.molecule.real))
     return (f"{program}'s derivatives are not invariant under rigid translation/rotation of the fragment "
             f"({natom} atoms, {ghosts} ghost): " + "; ".join(bad) + ". An isolated fragment's gradient sums to "
-            "zero and exerts no torque, and its Hessian row blocks sum to zero, in the frame it was sent in. "
+            "zero and exerts no torque, and its Hessian row blocks sum to zero and turn with it, in the frame it was "
+            "sent in. "
             "Likely reasons: the program symmetrized or reoriented the geometry and returned derivatives in its "
             "own frame (NWChem without 'symmetry c1'), rows for other atoms, or a numerically loose calculation "
             "(a coarse DFT grid: use a finer grid; or, if that is intended, raise the program's "
