@@ -121,8 +121,10 @@ def harmonic_analysis(hessian: Any, geometry: Any, masses: Any) -> tuple[np.ndar
 class CompositePlan:
     """What the Scheduler reads of a :class:`Plan` for the distinct fragments of many plans.
 
-    Fragments are relabelled with their content key (labels must be unique in one scheduling run);
-    their jobs are already built, so the scheduler materialises them inline.
+    Each distinct fragment is labelled with its QCManyBody label (model chemistry, real and basis fragments)
+    and the first displacement that needs it, e.g. ``'["(auto)", [1], [1, 2]] at displacement 3 of 36 (atom
+    1 y +0.005 bohr)'`` (labels must be unique in one scheduling run, and a failure must say which fragment
+    of which geometry failed); their jobs are already built, so the scheduler materialises them inline.
     """
 
     fragments: list[Fragment]
@@ -140,29 +142,49 @@ class CompositePlan:
 class _Displaced:
     plan: Plan | GMBEPlan
     keys: dict[str, str]
-    """Label in ``plan`` -> content key in the composite plan."""
+    """Label in ``plan`` -> label of the same content in the composite plan."""
 
 
-def plan_displacements(inputs: list[Any]) -> tuple[list[_Displaced], CompositePlan, int]:
-    """Plan every input, build every fragment, keep the distinct ones; also the total planned (blocking)."""
+def plan_displacements(inputs: list[Any], names: list[str] | None = None,
+                       ) -> tuple[list[_Displaced], CompositePlan, int]:
+    """Plan every input, build every fragment, keep the distinct ones; also the total planned (blocking).
+
+    ``names``: what to call each input's geometry in fragment labels (default ``geometry <k>``).
+    """
     from ._runner import _plan
 
     displaced: list[_Displaced] = []
     jobs: dict[str, Job] = {}
+    by_content: dict[str, str] = {}  # content key -> composite label
     frags: list[Fragment] = []
     planned = 0
-    for inp in inputs:
+    for k, inp in enumerate(inputs):
+        where = names[k] if names is not None else f"geometry {k}"
         plan = plan_gmbe(inp) if isinstance(inp, GMBEInput) else _plan(inp)
         keys = {}
         for frag in plan.fragments:
             job = plan.materialise(frag)
-            keys[frag.label] = job.key
             planned += 1
-            if job.key not in jobs:
-                jobs[job.key] = job
-                frags.append(dataclasses.replace(frag, label=job.key))
+            label = by_content.get(job.key)
+            if label is None:
+                # One (label, geometry) has one content: the composite label is unique.
+                label = by_content[job.key] = f"{frag.label} at {where}"
+                jobs[label] = job
+                frags.append(dataclasses.replace(frag, label=label))
+            keys[frag.label] = label
         displaced.append(_Displaced(plan, keys))
     return displaced, CompositePlan(frags, jobs), planned
+
+
+def _displacement_names(natom: int, step: float) -> list[str]:
+    """Names of :func:`_displacements`' geometries, in its order (atoms 1-based)."""
+    count = 6 * natom
+    names = ["the reference geometry"]
+    for i in range(3 * natom):
+        for sign in (1.0, -1.0):
+            names.append(f"displacement {len(names)} of {count} (atom {i // 3 + 1} {'xyz'[i % 3]} "
+                         f"{sign * step:+g} bohr)")
+    return names
 
 
 #: Largest finite-difference step accepted, bohr: beyond it the central difference measures anharmonicity,
@@ -214,7 +236,8 @@ async def finite_difference_hessian(inp: Any, exe: Any, run_options: dict[str, A
     t0 = time.perf_counter()
     coords = geometry(inp)
     inputs = [at_geometry(inp, c) for c in _displacements(coords, step)]
-    displaced, composite, planned = await off_loop(plan_displacements, inputs)
+    displaced, composite, planned = await off_loop(plan_displacements, inputs,
+                                                   _displacement_names(len(coords), step))
     t_plan = time.perf_counter() - t0
     opts = dict(run_options)
     store = opts.pop("store", "default")
@@ -273,7 +296,8 @@ async def frequencies(mbe_input: Any, *, method: str = "analytic", step: float =
         **options: ``run_manybody`` options (``ncores``, ``memory``, ``executor``, ``store``, ``on_event``...);
             one executor is entered for the whole job. The job is one step: ``on_event`` receives
             :class:`~qcmb_async.events.StepStarted` (``kind="frequencies"``), the fragment events of the one
-            scheduling run (finite differences: fragments named by content key), then
+            scheduling run (finite differences: fragments named by QCManyBody label and the first displacement
+            that needs them), then
             :class:`~qcmb_async.events.StepFinished` (reference energy Eh, gradient rms/max Eh/bohr when
             known, fragments computed and cached, wall time s).
 

@@ -12,7 +12,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, replace
 
-__all__ = ["PROGRAMS", "ProgramTraits", "register_traits", "traits"]
+__all__ = ["INVARIANCE_TOLERANCE", "PROGRAMS", "ProgramTraits", "register_traits", "traits"]
+
+#: Default invariance tolerance ``(gradient Eh/bohr, Hessian Eh/bohr²)``: about 10x the largest break measured
+#: with default settings (DFT quadrature grids: PySCF/Psi4 B3LYP gradients up to 1.7e-5, PySCF B3LYP Hessians
+#: 3.5e-4; HF/MP2 below 1e-6); a symmetry-reoriented NWChem result broke it by 0.02-0.1 (docs/troubleshooting.md).
+INVARIANCE_TOLERANCE: tuple[float, float] = (1e-4, 3e-3)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,15 @@ class ProgramTraits:
     """Keywords its harness accepts (lower case); ``None``: not known here, the program judges at run time."""
     install_hint: str = ""
     """How to install it, shown when it is missing."""
+    fix_symmetry: str | None = None
+    """Set as every fragment molecule's ``fix_symmetry`` when the program would otherwise detect symmetry and
+    move (symmetrize, reorient) the geometry: ``"c1"`` makes it compute the fragment as given, in the input
+    frame (NWChem's autosym; QCElemental then writes ``symmetry c1``). ``None``: the molecule is sent as is."""
+    invariance_tolerance: tuple[float, float] | None = INVARIANCE_TOLERANCE
+    """``(gradient Eh/bohr, Hessian Eh/bohr²)``: the largest net force or torque per bohr of the fragment's
+    extent, and the largest Hessian row-block sum or rotation residual, its fragment derivatives may show
+    before they are failed as not invariant under rigid translation/rotation (``InvarianceError``; measured
+    values in docs/troubleshooting.md). ``None``: not checked."""
 
 
 #: The registry. Values measured or read from the harnesses shipped with QCEngine 0.52 and ours.
@@ -60,11 +74,14 @@ PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
     ProgramTraits("psi4", parallel_fraction=0.85, embedding_charges=True,
                   install_hint="apt-get install psi4 (Debian/Ubuntu, psi4 1.3.2) or conda install -c conda-forge psi4"),
     # ghosts: QCElemental's nwchem format writes them as ``bqEl`` centres with the element's basis.
-    ProgramTraits("nwchem", parallel_fraction=0.0,
+    # NWChem's autosym symmetrizes and reorients: ghost-atom (CP) derivatives came back in another frame.
+    ProgramTraits("nwchem", parallel_fraction=0.0, fix_symmetry="c1",
                   install_hint="apt-get install nwchem (Debian/Ubuntu) or conda install -c conda-forge nwchem"),
     # methods and keywords: what QCEngine 0.52's MOPAC harness (build_input) accepts; anything else fails there.
     # ghosts: build_input writes every atom's symbol and coordinates, ``real`` unread: a ghost is a real atom.
+    # invariance_tolerance: no quadrature grid; measured PM7 gradient breaks below 3e-7 Eh/bohr.
     ProgramTraits("mopac", parallel_fraction=0.6, semi_empirical=True, ghost_atoms=False, analytic_hessian=False,
+                  invariance_tolerance=(1e-5, 1e-4),
                   methods=frozenset({"mndo", "am1", "pm3", "rm1", "mndod", "pm6", "pm6-d3", "pm6-dh+", "pm6-dh2",
                                      "pm6-dh2x", "pm6-d3h4", "pm6-3dh4x", "pm7", "pm7-ts"}),
                   keywords=frozenset({"iter", "pulay"}),

@@ -21,7 +21,8 @@ LAYERS: list[set[str]] = [
     {"_core.cost", "_core.chgmult", "_core.xyz", "_core.fragment", "_core.pdb", "_core.inputs", "_core.options",
      "_core.checks", "_core.versions"},  # input
     {"_core.screening", "_core.plan", "_core.gmbe", "_core.gmbe_fragment", "_core.gmbe_plan"},  # plan
-    {"_core.ready", "_core.store_layout", "_core.store", "_core.outcome", "_core.scheduler"},  # schedule
+    {"_core.ready", "_core.store_layout", "_core.store", "_core.outcome", "_core.invariance",
+     "_core.scheduler"},                                               # schedule
     {"_qcengine", "executors"},                                        # execute
     {"_core.fill", "_core.assemble", "_core.gmbe_assemble"},          # assemble
     {"_runner", "simulate", "_synthetic"},                             # the pipeline put together

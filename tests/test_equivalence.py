@@ -47,6 +47,12 @@ def _with_program(inp: ManyBodyInput, program: str) -> ManyBodyInput:
 
 
 def sequential(inp: ManyBodyInput) -> Any:
+    if any(s.program == "nwchem" for s in inp.specification.specification.values()):
+        # qcmb_async sends NWChem fragments with fix_symmetry c1 (computed as given: tests/test_frames.py);
+        # QCManyBody's computer does the same when the parent molecule says c1.
+        data = inp.model_dump()
+        data["molecule"] = inp.molecule.model_copy(update={"fix_symmetry": "c1"})
+        inp = ManyBodyInput(**data)
     if any(s.program == "mopac" for s in inp.specification.specification.values()) and \
             inp.specification.driver == "gradient":
         _register_ref()

@@ -18,7 +18,10 @@ def test_lazy_fragments_match_iterate_molecules(bsse: str, rtd: bool) -> None:
     inp = mbe_input("nwchem", "hf", "sto-3g", bsse=bsse, max_nbody=3, molecule=waters(4),
                     mb_keywords={"return_total_data": rtd})
     plan = make_plan(inp)
-    reference = list(ManyBodyComputer.from_manybodyinput(inp, build_tasks=False).qcmb_core.iterate_molecules())
+    # NWChem fragments go out with fix_symmetry c1 (its registry entry): what QCManyBody builds from a c1 parent.
+    c1 = mbe_input("nwchem", "hf", "sto-3g", bsse=bsse, max_nbody=3,
+                   molecule=waters(4).model_copy(update={"fix_symmetry": "c1"}), mb_keywords={"return_total_data": rtd})
+    reference = list(ManyBodyComputer.from_manybodyinput(c1, build_tasks=False).qcmb_core.iterate_molecules())
     assert [f.label for f in plan.fragments] == [label for _, label, _ in reference]
     for frag, (mc, label, mol) in zip(plan.fragments, reference, strict=True):
         assert frag.mc == mc
@@ -102,15 +105,24 @@ def test_fast_fragments_equal_qcelemental_for_ions_and_open_shells(case: str) ->
         mol = Molecule.from_data(blocks.replace("\n--\nNa 0 3.2 0", "\n--\nO 0 3.2 0\nH 0 4.1 0.2"),
                                  fragment_charges=[0, 0, 0], fragment_multiplicities=[2, 1, 2],
                                  molecular_multiplicity=3)
-    for bsse in ("nocp", "cp", "vmfc"):
-        inp = mbe_input("nwchem", "hf", "sto-3g", bsse=bsse, max_nbody=3, molecule=mol)
-        plan = make_plan(inp)
-        reference = list(ManyBodyComputer.from_manybodyinput(inp, build_tasks=False).qcmb_core.iterate_molecules())
-        for frag, (_mc, label, ref) in zip(plan.fragments, reference, strict=True):
-            built = plan.molecule(frag)
-            assert built.model_dump_json() == ref.model_dump_json(), label
-            assert built.get_hash() == ref.get_hash()
-        assert plan._fast is True  # the fast path was checked and taken (open shells fall back inside it)
+    for program in ("nwchem", "mopac"):
+        for bsse in ("nocp", "cp", "vmfc"):
+            inp = mbe_input(program, "hf", "sto-3g", bsse=bsse, max_nbody=3, molecule=mol)
+            plan = make_plan(inp)
+            # NWChem's fragments are sent with fix_symmetry c1 (its registry entry), which is what QCManyBody
+            # builds from a c1 parent; MOPAC's are QCManyBody's own.
+            symmetry = "c1" if program == "nwchem" else None
+            ref_mol = mol.model_copy(update={"fix_symmetry": symmetry}) if symmetry else mol
+            ref_inp = mbe_input(program, "hf", "sto-3g", bsse=bsse, max_nbody=3, molecule=ref_mol)
+            reference = list(ManyBodyComputer.from_manybodyinput(ref_inp, build_tasks=False)
+                             .qcmb_core.iterate_molecules())
+            for frag, (_mc, label, ref) in zip(plan.fragments, reference, strict=True):
+                built = plan.molecule(frag)
+                assert built.model_dump_json() == ref.model_dump_json(), label
+                assert built.get_hash() == ref.get_hash()
+                assert built.fix_symmetry == symmetry
+            # the fast path was checked and taken (open shells fall back inside it)
+            assert plan._fast == {symmetry: True}
 
 
 def test_materialised_input_is_qcmanybodys_and_owns_its_keywords() -> None:

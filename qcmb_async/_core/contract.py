@@ -38,6 +38,9 @@ class ErrorType(StrEnum):
     RESOURCES_UNAVAILABLE = "ResourcesUnavailable"
     """No Dask worker declares the cores/memory the fragment needs."""
     """The worker has no such program (Dask workers check before running)."""
+    INVARIANCE = "InvarianceError"
+    """The fragment's gradient/Hessian is not invariant under rigid translation/rotation (another frame,
+    another atom order, numerically broken): checked by :mod:`qcmb_async._core.invariance`, never retried."""
     UNKNOWN = "UnknownError"
 
 

@@ -22,6 +22,7 @@ from qcmanybody.models.v2 import ManyBodyInput
 from qcmanybody.utils import labeler
 
 from ..errors import InputError
+from ..programs import traits
 from .cost import fragment_size, method_exponent
 from .options import Screening
 from .screening import Expansion, LabelKey, plan_expansion
@@ -96,8 +97,8 @@ class Plan:
     """A screened expansion: its kept family, and (energy screening) the fragments released as it decides."""
     make_fragment: Any = field(default=None, repr=False)
     """``(mc, real, basis) -> Fragment`` for fragments released during the run (screened plans)."""
-    _fast: bool | None = field(default=None, repr=False)
-    """Whether :func:`_fast_fragment` reproduces QCElemental here (checked on first use)."""
+    _fast: dict[str | None, bool] = field(default_factory=dict, repr=False)
+    """Per ``fix_symmetry`` sent: whether :func:`_fast_fragment` reproduces QCElemental here (checked on first use)."""
     _arrays: _ParentArrays | None = field(default=None, repr=False)
     _spec_models: dict[str, Any] = field(default_factory=dict, repr=False)
     """Per model chemistry: its validated ``AtomicSpecification`` (or ``None``: validate a copy per fragment)."""
@@ -108,7 +109,8 @@ class Plan:
         return input_hash(self.input)
 
     def molecule(self, frag: Fragment) -> Any:
-        """The fragment's ``Molecule``, identical to what ``ManyBodyCore.iterate_molecules`` yields."""
+        """The fragment's ``Molecule``: what ``ManyBodyCore.iterate_molecules`` yields, frame-fixed, and with the
+        ``fix_symmetry`` its program needs to compute it as given (``ProgramTraits.fix_symmetry``: NWChem's ``c1``)."""
         core = self.computer.qcmb_core
         real0 = [x - 1 for x in frag.real]
         # Same expression as QCManyBody's, so the set's iteration order (and the name) match.
@@ -116,11 +118,19 @@ class Plan:
         updates: dict[str, Any] = {"fix_com": True, "fix_orientation": True}
         if core.molecule.fix_symmetry == "c1":
             updates["fix_symmetry"] = "c1"
-        if self._fast is None:
+        symmetry = traits(frag.program).fix_symmetry
+        if symmetry is not None:
+            # The program would symmetrize/reorient the geometry: have it compute the fragment as given.
+            updates["fix_symmetry"] = symmetry
+        fast = self._fast.get(updates.get("fix_symmetry"))
+        if fast is None:
             with _fast_lock:
-                if self._fast is None:
-                    self._fast = _fast_path_agrees(core.molecule, real0, ghost0, updates)
-        if self._fast:
+                fast = self._fast.get(updates.get("fix_symmetry"))
+                if fast is None:
+                    # Once per set of updates (programs differ in fix_symmetry in a multilevel plan).
+                    fast = self._fast[updates.get("fix_symmetry")] = _fast_path_agrees(core.molecule, real0,
+                                                                                        ghost0, updates)
+        if fast:
             if self._arrays is None:
                 self._arrays = _ParentArrays.of(core.molecule)
             mol = _fast_fragment(core.molecule, real0, ghost0, self._arrays, updates)

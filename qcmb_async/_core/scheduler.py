@@ -23,6 +23,7 @@ import structlog
 from .._logs import get_logger
 from ..errors import FragmentError
 from . import events as ev
+from . import invariance
 from .compact import CompactResult
 from .contract import ErrorType, Executor, FragmentJob, JobOutcome
 from .cost import CostModel, allotment, parallel_fraction, speedup
@@ -234,6 +235,12 @@ class Scheduler:
                     return
                 cores, memory = self.needs(frag)
                 self.records[frag.label] = FragmentRecord(frag.label, frag.level, frag.program, cores, memory)
+                if cached is not None and (problem := invariance.check(frag.program, job.atomic_input,
+                                                                         cached)) is not None:
+                    # A stored result computed before the guard (or by a faulty harness) is not reused.
+                    log.warning("stored result not reused: it fails the invariance check", label=frag.label,
+                                reason=problem)
+                    cached = None
                 if cached is not None:
                     await self._reuse(frag, cached)
                     continue
@@ -270,7 +277,7 @@ class Scheduler:
                     await ev.emit(on_event, ev.FragmentStarted(self.run_id, frag.label, frag.level, frag.program,
                                                                cores, memory, attempt))
                 log.debug("fragment started", attempt=attempt)  # handed to the executor (tests wait for it)
-                outcome = await self.executor.run(fjob)
+                outcome = self._guard(frag, fjob, await self.executor.run(fjob))
                 self._record_attempt(rec, attempt, outcome)
                 if outcome.success:
                     await self._succeed(frag, job, cores, outcome)
@@ -289,6 +296,20 @@ class Scheduler:
             if self._count_done(frag):
                 with anyio.CancelScope(shield=True):
                     await self._announce_levels()
+
+    @staticmethod
+    def _guard(frag: Fragment, fjob: FragmentJob, outcome: JobOutcome) -> JobOutcome:
+        """A successful outcome whose derivatives break rigid-motion invariance becomes an ``InvarianceError``.
+
+        Whatever executor ran it: the result is judged here, before it is stored, kept or assembled.
+        """
+        if not outcome.success:
+            return outcome
+        problem = invariance.check(frag.program, fjob.atomic_input, outcome.result)
+        if problem is None:
+            return outcome
+        return JobOutcome.failure(fjob, ErrorType.INVARIANCE, problem, start=outcome.start, end=outcome.end,
+                                  host=outcome.host, worker=outcome.worker, pid=outcome.pid)
 
     @staticmethod
     def _record_attempt(rec: FragmentRecord, attempt: int, outcome: JobOutcome) -> None:
