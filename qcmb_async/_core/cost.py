@@ -97,6 +97,8 @@ class _Fit:
     sxy: float = 0.0
     a: float = 0.0
     p: float = 0.0
+    single: int = 0
+    """Observations made on one core (the fit of the parallel fraction needs some)."""
 
     def add(self, x: float, y: float, window: int) -> None:
         self.xs.append(x)
@@ -119,9 +121,15 @@ class CostModel:
     #: Observations kept per group (a sliding window keeps refits O(1) on huge runs).
     WINDOW = 256
 
+    #: Weight of the registry's parallel fraction, in observations, against measured ones.
+    PRIOR_WEIGHT = 2.0
+
     def __init__(self, exponents: dict[str, float] | None = None) -> None:
         self._exponents = dict(exponents or {})
         self._fits: dict[str, _Fit] = {}
+        self._fraction_prior: dict[str, float] = {}
+        self._fraction_obs: dict[str, tuple[float, int]] = {}
+        """group -> (sum of measured fractions, how many)."""
 
     def exponent(self, group: str) -> float:
         """``p`` of ``seconds = a * size ** p`` for ``group`` (fitted once sizes differ)."""
@@ -145,11 +153,40 @@ class CostModel:
         p = self.exponent(group)
         return self.seconds_per_unit(group) * max(size, 1e-9) ** p
 
-    def observe(self, group: str, size: float, seconds: float) -> None:
-        """Record one finished fragment and refit its group."""
+    def set_parallel_fraction(self, group: str, prior: float) -> None:
+        """The a-priori parallel fraction of ``group`` (its program's, from the registry; kept if set before)."""
+        self._fraction_prior.setdefault(group, prior)
+
+    def parallel_fraction(self, group: str, default: float | None = None) -> float:
+        """Amdahl's parallel fraction of ``group``: the prior, refitted from fragments run on several cores.
+
+        The mean of the measured fractions with the prior counted as :attr:`PRIOR_WEIGHT`
+        observations. ``default`` (else 0) when no prior was set for ``group``.
+        """
+        prior = self._fraction_prior.get(group, default if default is not None else 0.0)
+        total, n = self._fraction_obs.get(group, (0.0, 0))
+        return (prior * self.PRIOR_WEIGHT + total) / (self.PRIOR_WEIGHT + n)
+
+    def observe(self, group: str, size: float, seconds: float, cores: int = 1) -> None:
+        """Record one finished fragment (``seconds`` of wall on ``cores`` cores) and refit its group.
+
+        A fragment run on ``cores > 1`` cores once one-core fragments of its group calibrated the
+        fit measures the group's parallel fraction: with ``r = seconds / one-core estimate``,
+        Amdahl's ``r = (1 - f) + f / cores`` gives ``f = (1 - r) / (1 - 1 / cores)`` (clipped to
+        0..1). Its time then enters the fit in one-core seconds, ``seconds * speedup(cores, f)``.
+        """
         if seconds <= 0 or size <= 0:
             return
         fit = self._fits.setdefault(group, _Fit(p=self._exponents.get(group, 3.5)))
+        if cores > 1:
+            if fit.single:
+                ratio = seconds / self.estimate(group, size)
+                measured = min(1.0, max(0.0, (1.0 - ratio) / (1.0 - 1.0 / cores)))
+                total, n = self._fraction_obs.get(group, (0.0, 0))
+                self._fraction_obs[group] = (total + measured, n + 1)
+            seconds *= speedup(cores, self.parallel_fraction(group))
+        else:
+            fit.single += 1
         fit.add(math.log(size), math.log(seconds), self.WINDOW)
         n = len(fit.xs)
         mx, my = fit.sx / n, fit.sy / n
@@ -167,7 +204,7 @@ def speedup(cores: int, parallel_fraction: float) -> float:
 
 
 def parallel_fraction(program: str, overrides: Mapping[str, float] | None = None) -> float:
-    """Share of ``program``'s run time its own threads parallelise, 0..1.
+    """Share of ``program``'s run time its own threads (or MPI ranks) parallelise, 0..1.
 
     From :mod:`qcmb_async.programs`, or from ``overrides`` (program -> fraction, 0 if absent) when
     given (the simulator's what-if runs).
@@ -259,7 +296,8 @@ def allotment(fragments: Sequence[Any], model: CostModel, *, ncores: int, memory
     if ncores <= 1 or not fragments or len(fragments) > ALLOT_MAX_FRAGMENTS:
         return {}
     durations = [model.estimate(f.group, f.size) for f in fragments]
-    fractions = [parallel_fraction(f.program) for f in fragments]
+    # The group's fraction as the model knows it (refitted from measured runs), the registry's before.
+    fractions = [model.parallel_fraction(f.group, parallel_fraction(f.program)) for f in fragments]
     per_core = memory / ncores
     max_cores = ncores if auto_memory else max(1, int(memory // max(per_core, 1e-9)))
     cores = allot_cores(durations, ncores, fractions, max_cores=max_cores)

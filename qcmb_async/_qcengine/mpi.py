@@ -13,7 +13,9 @@ The launcher: QCEngine's own node description (``qcengine.yaml``'s ``mpiexec_com
 user set one; else ``mpiexec`` on ``PATH``, with OpenMPI's flags where it is OpenMPI:
 ``--bind-to none`` (OpenMPI binds rank i to core i by default, so two concurrent fragments would
 share cores 0..k-1 while others idle), ``--oversubscribe`` (OpenMPI refuses more ranks than the
-slots it counts), and ``--allow-run-as-root`` when running as root (OpenMPI refuses root
+slots it counts), ``--mca mpi_yield_when_idle 1`` (a rank waiting for a message yields its core
+instead of spinning: measured here on a loaded 2-core machine, 6.6 s instead of 11.4 s wall for
+the same 2-rank job), and ``--allow-run-as-root`` when running as root (OpenMPI refuses root
 otherwise). Everything goes on the command line: ``os.environ`` is never written.
 """
 
@@ -58,7 +60,7 @@ def default_mpiexec_command() -> str | None:
         if kind == "openmpi":
             root = " --allow-run-as-root" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
             command = (f"{mpiexec} -n {{total_ranks}} --npernode {{ranks_per_node}} --bind-to none "
-                       f"--oversubscribe{root}")
+                       f"--oversubscribe --mca mpi_yield_when_idle 1{root}")
         elif kind == "mpich":
             command = f"{mpiexec} -n {{total_ranks}} -ppn {{ranks_per_node}}"
         else:
