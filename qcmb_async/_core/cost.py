@@ -97,8 +97,6 @@ class _Fit:
     sxy: float = 0.0
     a: float = 0.0
     p: float = 0.0
-    single: int = 0
-    """Observations made on one core (the fit of the parallel fraction needs some)."""
 
     def add(self, x: float, y: float, window: int) -> None:
         self.xs.append(x)
@@ -114,6 +112,17 @@ class _Fit:
             self.sxx -= ox * ox
             self.sxy -= ox * oy
 
+    def refit(self) -> None:
+        """``p`` (once sizes differ enough) and ``a`` from the observations."""
+        n = len(self.xs)
+        mx, my = self.sx / n, self.sy / n
+        sxx = self.sxx - n * mx * mx
+        if sxx > 0.05 and n >= 3:
+            slope = (self.sxy - n * mx * my) / sxx
+            self.p = min(8.0, max(0.5, slope))  # keep a noisy fit physical
+        # Geometric mean of the ratios: robust to the odd slow fragment.
+        self.a = math.exp(my - self.p * mx)
+
 
 class CostModel:
     """Predicts fragment wall times in seconds; calibrates online per group."""
@@ -127,6 +136,8 @@ class CostModel:
     def __init__(self, exponents: dict[str, float] | None = None) -> None:
         self._exponents = dict(exponents or {})
         self._fits: dict[str, _Fit] = {}
+        self._single: dict[str, _Fit] = {}
+        """Per group, the fit of the fragments run on one core (the reference for parallel fractions)."""
         self._fraction_prior: dict[str, float] = {}
         self._fraction_obs: dict[str, tuple[float, int]] = {}
         """group -> (sum of measured fractions, how many)."""
@@ -170,8 +181,8 @@ class CostModel:
     def observe(self, group: str, size: float, seconds: float, cores: int = 1) -> None:
         """Record one finished fragment (``seconds`` of wall on ``cores`` cores) and refit its group.
 
-        A fragment run on ``cores > 1`` cores once one-core fragments of its group calibrated the
-        fit measures the group's parallel fraction: with ``r = seconds / one-core estimate``,
+        A fragment run on ``cores > 1`` cores, once one-core fragments of its group calibrated a
+        one-core fit, measures the group's parallel fraction: with ``r = seconds / one-core estimate``,
         Amdahl's ``r = (1 - f) + f / cores`` gives ``f = (1 - r) / (1 - 1 / cores)`` (clipped to
         0..1). Its time then enters the fit in one-core seconds, ``seconds * speedup(cores, f)``.
         """
@@ -179,23 +190,21 @@ class CostModel:
             return
         fit = self._fits.setdefault(group, _Fit(p=self._exponents.get(group, 3.5)))
         if cores > 1:
-            if fit.single:
-                ratio = seconds / self.estimate(group, size)
+            # Measured against the one-core fit only: the converted multi-core times in ``fit``
+            # depend on the fraction being measured.
+            single = self._single.get(group)
+            if single is not None:
+                ratio = seconds / (single.a * size ** single.p)
                 measured = min(1.0, max(0.0, (1.0 - ratio) / (1.0 - 1.0 / cores)))
                 total, n = self._fraction_obs.get(group, (0.0, 0))
                 self._fraction_obs[group] = (total + measured, n + 1)
             seconds *= speedup(cores, self.parallel_fraction(group))
         else:
-            fit.single += 1
+            single = self._single.setdefault(group, _Fit(p=self._exponents.get(group, 3.5)))
+            single.add(math.log(size), math.log(seconds), self.WINDOW)
+            single.refit()
         fit.add(math.log(size), math.log(seconds), self.WINDOW)
-        n = len(fit.xs)
-        mx, my = fit.sx / n, fit.sy / n
-        sxx = fit.sxx - n * mx * mx
-        if sxx > 0.05 and n >= 3:
-            slope = (fit.sxy - n * mx * my) / sxx
-            fit.p = min(8.0, max(0.5, slope))  # keep a noisy fit physical
-        # Geometric mean of the ratios: robust to the odd slow fragment.
-        fit.a = math.exp(my - fit.p * mx)
+        fit.refit()
 
 
 def speedup(cores: int, parallel_fraction: float) -> float:
