@@ -43,7 +43,7 @@ def record() -> None:
 
     inp = _hexamer_input()
     t0 = time.perf_counter()
-    result = run(inp, ncores=2, memory=2, fragment_ncores=1)
+    result = run(inp, ncores=2, memory=2, fragment_ncores=1, store=None)
     wall = time.perf_counter() - t0
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     work = Workload.from_run(result, inp, name="water hexamer, CP MBE(3), NWChem HF/6-31G")
@@ -99,7 +99,7 @@ def measure(repeat: int) -> None:
     for _ in range(repeat):
         for name, opts in modes:
             t0 = time.perf_counter()
-            res = run(inp, ncores=2, memory=2, **opts)
+            res = run(inp, ncores=2, memory=2, store=None, **opts)
             walls[name].append(time.perf_counter() - t0)
             energies[name] = float(res.properties.return_energy)
             ranks = sorted({r["cores"] for r in res.extras["qcmb_async"]["fragments"]})

@@ -101,9 +101,10 @@ def test_mbe_with_two_rank_fragments_equals_one_rank() -> None:
     dimer = Mol.from_data("\n--\n".join(WATER_TRIMER.strip().split("--")[:2]) + "\nsymmetry c1")
     inp = mbe_input("nwchem", "hf", "sto-3g", driver="gradient", bsse="nocp", max_nbody=2,
                     molecule=dimer, keywords=TIGHT)
-    one = run(inp, ncores=2, memory=2, fragment_ncores=1)
-    two = run(inp, ncores=2, memory=2, fragment_ncores=2)
+    # No result store: the second run must compute every fragment, not reuse the first run's.
+    one = run(inp, ncores=2, memory=2, fragment_ncores=1, store=None)
+    two = run(inp, ncores=2, memory=2, fragment_ncores=2, store=None)
     records = two.extras["qcmb_async"]["fragments"]
-    assert records and all(r["cores"] == 2 for r in records)
+    assert records and all(r["cores"] == 2 and r["status"] == "ok" for r in records)
     assert abs(one.properties.return_energy - two.properties.return_energy) < 1e-9
     assert np.abs(np.asarray(one.return_result) - np.asarray(two.return_result)).max() < 1e-9
