@@ -108,3 +108,23 @@ def test_mbe_with_two_rank_fragments_equals_one_rank() -> None:
     assert records and all(r["cores"] == 2 and r["status"] == "ok" for r in records)
     assert abs(one.properties.return_energy - two.properties.return_energy) < 1e-9
     assert np.abs(np.asarray(one.return_result) - np.asarray(two.return_result)).max() < 1e-9
+
+
+def test_mpi_ranks_start_with_one_thread_each_and_os_environ_untouched() -> None:
+    require_executable("mpiexec")
+    from qcengine.config import get_config
+
+    from qcmb_async._qcengine import seams
+
+    seams.install_seams()
+    config = get_config(task_config=mpi_task_config("nwchem", {"ncores": 2, "memory": 1.0}))
+    before = dict(os.environ)
+    ctx = seams.FragmentContext(label="omp", task_config={"ncores": 2, "memory": 1.0})
+    token = seams.FRAGMENT.set(ctx)
+    try:
+        with seams._fragment_environ_context(config=config):
+            env = seams._program_env(None)
+    finally:
+        seams.FRAGMENT.reset(token)
+    assert env["OMP_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "1"
+    assert dict(os.environ) == before
