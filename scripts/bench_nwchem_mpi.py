@@ -10,7 +10,8 @@ Three steps (``all`` runs them in turn):
   several true parallel fractions of NWChem (the scheduler itself assumes the registry's prior).
 * ``measure``: real wall time on this machine of a small NWChem MBE (three waters of the ring
   octamer, CP MBE(2), HF/6-31G): one rank per fragment, two ranks per fragment, and the
-  scheduler choosing; the energies must agree.
+  scheduler choosing; the energies must agree. Then one larger fragment (benzene + 2 waters,
+  HF/6-31G gradient) on 1 and 2 ranks.
 
     PYTHONPATH=$PWD python scripts/bench_nwchem_mpi.py [record|sim|measure|all] [--cores 64 16]
 """
@@ -108,6 +109,40 @@ def measure(repeat: int) -> None:
     for name, w in walls.items():
         print(f"{name}: median {statistics.median(w):.2f} s (min {min(w):.2f}, max {max(w):.2f}, n={len(w)})")
     print(f"energy difference {diff:.1e} Eh")
+    fragment(repeat)
+
+
+def fragment(repeat: int) -> None:
+    """One larger fragment (benzene + 2 waters, HF/6-31G gradient) on 1 and 2 ranks: wall and energy."""
+    from qcelemental.models.v2 import AtomicInput, Molecule
+
+    from qcmb_async._core.contract import FragmentJob
+    from qcmb_async._qcengine.worker import execute_job
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchlib.molecules import benzene_waters
+
+    bw = benzene_waters(2)
+    mol = Molecule(symbols=bw.symbols, geometry=bw.geometry, fix_symmetry="c1")
+    inp = AtomicInput(molecule=mol, specification={
+        "driver": "gradient", "model": {"method": "hf", "basis": "6-31g"},
+        "keywords": {"scf__thresh": 1e-10, "scf__tol2e": 1e-14}})
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    energy: dict[int, float] = {}
+    for _ in range(repeat):
+        for ranks in (1, 2):
+            job = FragmentJob(label=f"bench-{ranks}", nbody=1, program="nwchem", atomic_input=inp,
+                              task_config={"ncores": ranks, "memory": 1.0, "retries": 0})
+            out = execute_job(job)
+            assert out.success, out.error_message
+            walls[ranks].append(out.end - out.start)
+            energy[ranks] = float(out.result.properties.return_energy)
+            print(f"benzene + 2 waters ({len(mol.symbols)} atoms), {ranks} rank(s): {walls[ranks][-1]:.2f} s",
+                  flush=True)
+    for ranks, w in walls.items():
+        print(f"one fragment, {ranks} rank(s): median {statistics.median(w):.2f} s (min {min(w):.2f}, "
+              f"max {max(w):.2f}, n={len(w)})")
+    print(f"energy difference {abs(energy[1] - energy[2]):.1e} Eh")
 
 
 def main() -> int:
