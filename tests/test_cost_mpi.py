@@ -97,3 +97,20 @@ def test_learned_fraction_changes_the_allotment() -> None:
     after = allotment(frags, model, ncores=16, memory=32.0, auto_memory=True)
     # The one dominant fragment still gains a little from the remaining 3 %, far less than before.
     assert before["big"] == 16 and after.get("big", 1) < before["big"]
+
+
+def test_moldable_lower_bound_by_hand() -> None:
+    from qcmb_async.simulate import moldable_lower_bound
+
+    # f = 0: cores do not help: max(longest, total / cores).
+    assert abs(moldable_lower_bound([1.0] * 4, [0.0] * 4, 2) - 2.0) < 1e-9
+    # One perfectly parallel 10-s fragment on 4 cores: 2.5 s.
+    assert abs(moldable_lower_bound([10.0], [1.0], 4) - 2.5) < 1e-9
+    # f = 0.5 on 4 cores: 10 * (0.5 + 0.5 / 4) = 6.25 s.
+    assert abs(moldable_lower_bound([10.0], [0.5], 4) - 6.25) < 1e-9
+    # A 10-s fragment (f = 0.8) and twelve 1-s fragments on 4 cores. The old bound says
+    # max(10 * (0.2 + 0.8 / 4) = 4, 22 / 4 = 5.5) = 5.5. At T = 6 the big one needs 2 cores
+    # (10 * 0.6 = 6), i.e. 12 core-s, plus 12 -> 24 core-s = 4 * 6: T = 6 exactly fits; just
+    # below 6 it needs 3 cores (10 * (0.2 + 0.8 / 3) * 3 = 14 core-s) and 26 > 4 * 6.
+    got = moldable_lower_bound([10.0] + [1.0] * 12, [0.8] * 13, 4)
+    assert abs(got - 6.0) < 1e-6
