@@ -118,9 +118,9 @@ class RunOptions(BaseModel):
         "Total memory the run may use, GiB. Default: 80 % of the memory available now (Dask: the workers' declared "
         "memory)."))
     fragment_ncores: int = Field(1, description=(
-        "Cores per fragment (QCEngine `task_config.ncores`, `OMP_NUM_THREADS`); setting it fixes it for every "
-        "fragment. Unset: the scheduler chooses, 1, or more for a few large fragments of a threaded program "
-        "when that shortens the run."))
+        "Cores per fragment (QCEngine `task_config.ncores`, `OMP_NUM_THREADS`; MPI ranks for NWChem); setting it "
+        "fixes it for every fragment (1: NWChem on one rank). Unset: the scheduler chooses, 1, or more for a few "
+        "large fragments of a threaded or MPI program when that shortens the run."))
     fragment_memory: float = Field(description=(
         "Memory per fragment, GiB. Unset: an even share, `memory / (ncores // fragment_ncores)`, for each core "
         "the fragment gets."))
