@@ -36,6 +36,18 @@ def test_mpi_task_config_only_for_mpi_programs_on_several_cores() -> None:
     assert mpi_task_config("nwchem", given) == given  # the caller decided
 
 
+def test_ranks_never_get_less_than_the_least_memory_per_rank() -> None:
+    require_executable("mpiexec")
+    from qcmb_async._qcengine.mpi import MIN_RANK_MEMORY
+
+    # 4 cores, memory for only 2 ranks: 2 ranks of 2 cores each.
+    cfg = mpi_task_config("nwchem", {"ncores": 4, "memory": 2 * MIN_RANK_MEMORY})
+    assert cfg["ncores"] // cfg["cores_per_rank"] == 2
+    assert cfg["memory"] / (cfg["ncores"] // cfg["cores_per_rank"]) >= MIN_RANK_MEMORY
+    # Memory for one rank only: no mpiexec at all.
+    assert "use_mpiexec" not in mpi_task_config("nwchem", {"ncores": 4, "memory": MIN_RANK_MEMORY})
+
+
 def test_mpiexec_command_is_what_qcengine_accepts_and_runs_as_root() -> None:
     require_executable("mpiexec")
     from qcengine.config import get_config

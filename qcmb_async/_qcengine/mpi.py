@@ -29,6 +29,11 @@ from typing import Any
 
 from ..programs import traits
 
+#: Least memory (GiB) one rank is given. NWChem's ``memory`` directive is per process and QCEngine
+#: divides the fragment's memory by the ranks; below this, fewer ranks with more cores each
+#: (``cores_per_rank``) keep every rank workable. NWChem's own default is 400 MiB per process.
+MIN_RANK_MEMORY = 0.25
+
 _lock = threading.Lock()
 _launchers: dict[str, str | None] = {}
 
@@ -85,8 +90,10 @@ def mpi_task_config(program: str, task_config: dict[str, Any]) -> dict[str, Any]
 
     Unchanged for programs that are not MPI, for one core, when the caller already decided about
     MPI (``use_mpiexec`` given), or when no launcher is found (then the program runs on one core,
-    as before). One rank per core (``cores_per_rank=1``): QCEngine gives each rank
-    ``memory / ranks`` and our environment seam gives each rank ``OMP_NUM_THREADS=cores_per_rank``.
+    as before). One rank per core (``cores_per_rank=1``) while each rank keeps at least
+    :data:`MIN_RANK_MEMORY` GiB, else fewer ranks with more cores each: QCEngine starts
+    ``ncores // cores_per_rank`` ranks and gives each ``memory / ranks``, and our environment seam
+    gives each rank ``OMP_NUM_THREADS=cores_per_rank``.
     """
     ncores = int(task_config.get("ncores") or 1)
     if ncores <= 1 or "use_mpiexec" in task_config or not traits(program).mpi:
@@ -94,4 +101,11 @@ def mpi_task_config(program: str, task_config: dict[str, Any]) -> dict[str, Any]
     command = _node_command() or default_mpiexec_command()
     if command is None:
         return task_config
-    return {**task_config, "use_mpiexec": True, "mpiexec_command": command, "cores_per_rank": 1}
+    memory = task_config.get("memory")
+    ranks = ncores if memory is None else max(1, min(ncores, int(float(memory) / MIN_RANK_MEMORY + 1e-9)))
+    if ranks <= 1:
+        return task_config
+    per_rank = -(-ncores // ranks)  # ceil: never more ranks than the memory allows
+    if ncores // per_rank <= 1:
+        return task_config
+    return {**task_config, "use_mpiexec": True, "mpiexec_command": command, "cores_per_rank": per_rank}
