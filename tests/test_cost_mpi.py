@@ -71,8 +71,9 @@ def test_cost_model_learns_the_parallel_fraction_from_multi_core_runs() -> None:
     model = CostModel()
     model.set_exponent("nw", p)
     model.set_parallel_fraction("nw", 0.8)
-    for size in (10.0, 12.0, 14.0, 16.0, 18.0):
-        model.observe("nw", size, a * size**p)  # one core: calibrates a and p
+    for size in (10.0, 12.0, 14.0, 16.0, 18.0, 29.0, 31.0):
+        model.observe("nw", size, a * size**p)  # one core: calibrates a and p, two near size 30
+    model.observe("nw", 60.0, amdahl_time(a * 60.0**p, 2, 0.0), 2)  # no one-core run near 60: no measurement
     assert abs(model.parallel_fraction("nw") - 0.8) < 1e-12  # nothing measured on several cores yet
     for _ in range(20):
         for cores in (2, 4):
@@ -80,8 +81,9 @@ def test_cost_model_learns_the_parallel_fraction_from_multi_core_runs() -> None:
     learned = model.parallel_fraction("nw")
     # 40 measurements of 0.5 against the prior 0.8 counted twice: (2 * 0.8 + 40 * 0.5) / 42.
     assert abs(learned - (2 * 0.8 + 40 * 0.5) / 42) < 1e-3
-    # The multi-core times entered the fit in one-core seconds: the 30-unit fragment's estimate holds.
-    assert abs(model.estimate("nw", 30.0) / (a * 30.0**p) - 1) < 0.05
+    # The multi-core times entered the fit in one-core seconds: the 30-unit fragment's estimate holds
+    # (within 10 %: the first conversions, and the 60-unit one, used the fraction known at the time).
+    assert abs(model.estimate("nw", 30.0) / (a * 30.0**p) - 1) < 0.1
 
 
 def test_learned_fraction_changes_the_allotment() -> None:

@@ -178,11 +178,29 @@ class CostModel:
         total, n = self._fraction_obs.get(group, (0.0, 0))
         return (prior * self.PRIOR_WEIGHT + total) / (self.PRIOR_WEIGHT + n)
 
+    #: One-core observations within this log-size distance are the reference for a multi-core one.
+    NEAR = 0.1
+
+    def _one_core_near(self, group: str, size: float) -> float | None:
+        """One-core seconds of a fragment of ``size`` from one-core fragments of about its size, else None.
+
+        Not the size law's extrapolation: small fragments' times are mostly program start-up,
+        so the law fitted on them misjudges the large ones that get several cores.
+        """
+        single = self._single.get(group)
+        if single is None:
+            return None
+        x = math.log(size)
+        near = [y + single.p * (x - xo) for xo, y in zip(single.xs, single.ys, strict=True)
+                if abs(xo - x) <= self.NEAR]
+        return math.exp(sum(near) / len(near)) if near else None
+
     def observe(self, group: str, size: float, seconds: float, cores: int = 1) -> None:
         """Record one finished fragment (``seconds`` of wall on ``cores`` cores) and refit its group.
 
-        A fragment run on ``cores > 1`` cores, once one-core fragments of its group calibrated a
-        one-core fit, measures the group's parallel fraction: with ``r = seconds / one-core estimate``,
+        A fragment run on ``cores > 1`` cores, when one-core fragments of its group and about its
+        size (within :attr:`NEAR` in log size) have finished, measures the group's parallel
+        fraction: with ``r = seconds / their one-core time`` (scaled to its size by the fitted ``p``),
         Amdahl's ``r = (1 - f) + f / cores`` gives ``f = (1 - r) / (1 - 1 / cores)`` (clipped to
         0..1). Its time then enters the fit in one-core seconds, ``seconds * speedup(cores, f)``.
         """
@@ -190,11 +208,11 @@ class CostModel:
             return
         fit = self._fits.setdefault(group, _Fit(p=self._exponents.get(group, 3.5)))
         if cores > 1:
-            # Measured against the one-core fit only: the converted multi-core times in ``fit``
-            # depend on the fraction being measured.
-            single = self._single.get(group)
-            if single is not None:
-                ratio = seconds / (single.a * size ** single.p)
+            # Measured against one-core fragments only (the converted multi-core times in ``fit``
+            # depend on the fraction being measured), and of about the same size.
+            reference = self._one_core_near(group, size)
+            if reference is not None:
+                ratio = seconds / reference
                 measured = min(1.0, max(0.0, (1.0 - ratio) / (1.0 - 1.0 / cores)))
                 total, n = self._fraction_obs.get(group, (0.0, 0))
                 self._fraction_obs[group] = (total + measured, n + 1)
