@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,6 +35,12 @@ def test_mpi_task_config_only_for_mpi_programs_on_several_cores() -> None:
     assert mpi_task_config("pyscf", base) == base  # threads, not ranks
     given = {**base, "use_mpiexec": False}
     assert mpi_task_config("nwchem", given) == given  # the caller decided
+
+
+def test_without_mpiexec_nwchem_stays_on_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no mpiexec to find
+    given = {"ncores": 2, "memory": 1.0}
+    assert mpi_task_config("nwchem", given) == given
 
 
 def test_ranks_never_get_less_than_the_least_memory_per_rank() -> None:

@@ -27,7 +27,11 @@ import subprocess
 import threading
 from typing import Any
 
+from .._logs import get_logger
 from ..programs import traits
+
+log = get_logger()
+_warned: set[str] = set()
 
 #: Least memory (GiB) one rank is given. NWChem's ``memory`` directive is per process and QCEngine
 #: divides the fragment's memory by the ranks; below this, fewer ranks with more cores each
@@ -100,6 +104,11 @@ def mpi_task_config(program: str, task_config: dict[str, Any]) -> dict[str, Any]
         return task_config
     command = _node_command() or default_mpiexec_command()
     if command is None:
+        if program not in _warned:  # once per program and process, not once per fragment
+            _warned.add(program)
+            log.warning("no mpiexec on PATH: the program takes cores only as MPI ranks, so it runs on one "
+                        "core per fragment; install Open MPI or MPICH, or set mpiexec_command in qcengine.yaml",
+                        program=program, ncores=ncores)
         return task_config
     memory = task_config.get("memory")
     ranks = ncores if memory is None else max(1, min(ncores, int(float(memory) / MIN_RANK_MEMORY + 1e-9)))
