@@ -31,7 +31,11 @@ class ProgramTraits:
     worker processes for it, never threads."""
     parallel_fraction: float = 0.0
     """Share of its run time its own threads parallelise when given ``ncores`` in the task config
-    (Amdahl's law, 0..1); 0 = one core is all it uses (NWChem: cores only through MPI)."""
+    (Amdahl's law, 0..1); 0 = one core is all it uses. With ``mpi=True`` it is the share its MPI
+    ranks parallelise (a prior: the cost model refits it from fragments run on different core counts)."""
+    mpi: bool = False
+    """Takes cores only as MPI ranks (QCEngine's ``use_mpiexec``/``mpiexec_command``), never as threads:
+    a fragment given k cores is started under ``mpiexec`` with k ranks (``_qcengine/mpi.py``)."""
     semi_empirical: bool = False
     """Cost counts valence orbitals, not basis functions; cost exponent 2.5."""
     force_field: bool = False
@@ -75,7 +79,8 @@ PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
                   install_hint="apt-get install psi4 (Debian/Ubuntu, psi4 1.3.2) or conda install -c conda-forge psi4"),
     # ghosts: QCElemental's nwchem format writes them as ``bqEl`` centres with the element's basis.
     # NWChem's autosym symmetrizes and reorients: ghost-atom (CP) derivatives came back in another frame.
-    ProgramTraits("nwchem", parallel_fraction=0.0, fix_symmetry="c1",
+    # MPI ranks; 0.8: a prior for NWChem's SCF/gradients, refitted per group from measured runs.
+    ProgramTraits("nwchem", parallel_fraction=0.8, mpi=True, fix_symmetry="c1",
                   install_hint="apt-get install nwchem (Debian/Ubuntu) or conda install -c conda-forge nwchem"),
     # methods and keywords: what QCEngine 0.52's MOPAC harness (build_input) accepts; anything else fails there.
     # ghosts: build_input writes every atom's symbol and coordinates, ``real`` unread: a ghost is a real atom.

@@ -183,20 +183,61 @@ def makespan_lower_bound(walls: Sequence[float], ncores: int, cores: Sequence[in
     return max(max(walls), math.fsum(w * c for w, c in zip(walls, per_fragment, strict=True)) / ncores)
 
 
+def moldable_lower_bound(times: Sequence[float], fractions: Sequence[float], ncores: int) -> float:
+    """Least makespan of moldable fragments (one-core ``times`` s, Amdahl ``fractions``) any schedule allows.
+
+    Bisection on ``T`` (see :func:`lower_bound`); exact to 1e-9 relative.
+    """
+    pairs = [(float(t), min(1.0, max(0.0, float(f)))) for t, f in zip(times, fractions, strict=True)]
+
+    def fits(limit: float) -> bool:
+        work = 0.0
+        for t1, f in pairs:
+            if t1 <= limit:
+                work += t1
+                continue
+            room = limit / t1 - (1.0 - f)  # t1 * ((1 - f) + f / c) <= limit  <=>  f / c <= room
+            if room <= 0:
+                return False
+            c = max(1, math.ceil(f / room - 1e-12))
+            if c > ncores:
+                return False
+            work += t1 * ((1.0 - f) * c + f)
+        return work <= ncores * limit * (1 + 1e-12)
+
+    total = math.fsum(t for t, _ in pairs)
+    lo = max(max(t / speedup(ncores, f) for t, f in pairs), total / ncores)
+    hi = max(max(t for t, _ in pairs), total / ncores)
+    if fits(lo):
+        return lo
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo <= 1e-9 * hi:
+            break
+    return lo
+
+
 def lower_bound(workload: Workload, ncores: int, *, fragment_ncores: int | None = None,
                 parallel_fraction: Mapping[str, float] | None = None) -> float:
-    """No schedule on ``ncores`` cores can finish sooner: max(longest fragment, total work / ncores).
+    """No schedule on ``ncores`` cores can finish sooner (seconds).
 
-    With cores chosen by the scheduler (``fragment_ncores=None``) the longest fragment counts at
-    its best (all ``ncores`` cores, Amdahl); more cores never lower a fragment's core-seconds,
-    so the one-core total still bounds the work. With fixed ``fragment_ncores`` every fragment
+    With cores chosen by the scheduler (``fragment_ncores=None``, moldable fragments under
+    Amdahl's law): the smallest ``T`` at which every fragment can finish within ``T`` on some
+    number of cores and the least work that takes still fits, ``sum_j c_j(T) * t_j(c_j(T)) <=
+    ncores * T``, with ``c_j(T)`` the fewest cores that bring fragment ``j`` under ``T`` (a
+    fragment's core-seconds ``t1 * ((1 - f) * c + f)`` only grow with its cores). It is at least
+    ``max(longest fragment on all ncores, one-core total / ncores)``, and tighter when a few large
+    fragments need many cores to finish early. With fixed ``fragment_ncores`` every fragment
     runs on exactly that many cores and at most ``ncores // fragment_ncores`` run at once.
     """
     if fragment_ncores is None:
-        longest = max(workload.durations[f.label]
-                      / speedup(ncores, cost.parallel_fraction(f.program, parallel_fraction))
-                      for f in workload.fragments)
-        return max(longest, workload.total / ncores)
+        times = [workload.durations[f.label] for f in workload.fragments]
+        fractions = [cost.parallel_fraction(f.program, parallel_fraction) for f in workload.fragments]
+        return moldable_lower_bound(times, fractions, ncores)
     times = [workload.durations[f.label]
              / speedup(fragment_ncores, cost.parallel_fraction(f.program, parallel_fraction))
              for f in workload.fragments]

@@ -10,8 +10,8 @@ from qcmb_async.programs import PROGRAMS, ProgramTraits, register_traits, traits
 def test_known_programs_and_their_capabilities() -> None:
     # In-process harnesses must never share a process's threads (GIL, global state): PySCF is one.
     assert traits("pyscf").in_process and not traits("nwchem").in_process
-    # NWChem takes cores only through MPI, which QCEngine's task_config does not launch.
-    assert traits("nwchem").parallel_fraction == 0.0
+    # NWChem takes cores only through MPI: as ranks (QCEngine's use_mpiexec), never as threads.
+    assert traits("nwchem").mpi and not traits("pyscf").mpi and not traits("mopac").mpi
     # QCEngine's MOPAC harness writes ghost atoms as real atoms.
     assert not traits("mopac").ghost_atoms and traits("psi4").ghost_atoms
     assert traits("MOPAC") is traits("mopac")

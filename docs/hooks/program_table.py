@@ -38,7 +38,8 @@ def _yes(flag: bool) -> str:
 def _row(t: Any) -> str:
     """One table row of a :class:`qcmb_async.programs.ProgramTraits`."""
     runs = "in-process → worker processes" if t.in_process else "subprocess → threads"
-    cores = f"threads ({t.parallel_fraction:.2f} parallel)" if t.parallel_fraction > 0 else "one core"
+    kind = "MPI ranks" if getattr(t, "mpi", False) else "threads"
+    cores = f"{kind} ({t.parallel_fraction:.2f} parallel)" if t.parallel_fraction > 0 else "one core"
     cost = "semi-empirical" if t.semi_empirical else "force field" if t.force_field else "basis functions"
     if t.methods is not None:
         methods = ", ".join(f"`{m}`" for m in sorted(t.methods))

@@ -112,6 +112,17 @@ class _Fit:
             self.sxx -= ox * ox
             self.sxy -= ox * oy
 
+    def refit(self) -> None:
+        """``p`` (once sizes differ enough) and ``a`` from the observations."""
+        n = len(self.xs)
+        mx, my = self.sx / n, self.sy / n
+        sxx = self.sxx - n * mx * mx
+        if sxx > 0.05 and n >= 3:
+            slope = (self.sxy - n * mx * my) / sxx
+            self.p = min(8.0, max(0.5, slope))  # keep a noisy fit physical
+        # Geometric mean of the ratios: robust to the odd slow fragment.
+        self.a = math.exp(my - self.p * mx)
+
 
 class CostModel:
     """Predicts fragment wall times in seconds; calibrates online per group."""
@@ -119,9 +130,17 @@ class CostModel:
     #: Observations kept per group (a sliding window keeps refits O(1) on huge runs).
     WINDOW = 256
 
+    #: Weight of the registry's parallel fraction, in observations, against measured ones.
+    PRIOR_WEIGHT = 2.0
+
     def __init__(self, exponents: dict[str, float] | None = None) -> None:
         self._exponents = dict(exponents or {})
         self._fits: dict[str, _Fit] = {}
+        self._single: dict[str, _Fit] = {}
+        """Per group, the fit of the fragments run on one core (the reference for parallel fractions)."""
+        self._fraction_prior: dict[str, float] = {}
+        self._fraction_obs: dict[str, tuple[float, int]] = {}
+        """group -> (sum of measured fractions, how many)."""
 
     def exponent(self, group: str) -> float:
         """``p`` of ``seconds = a * size ** p`` for ``group`` (fitted once sizes differ)."""
@@ -145,20 +164,65 @@ class CostModel:
         p = self.exponent(group)
         return self.seconds_per_unit(group) * max(size, 1e-9) ** p
 
-    def observe(self, group: str, size: float, seconds: float) -> None:
-        """Record one finished fragment and refit its group."""
+    def set_parallel_fraction(self, group: str, prior: float) -> None:
+        """The a-priori parallel fraction of ``group`` (its program's, from the registry; kept if set before)."""
+        self._fraction_prior.setdefault(group, prior)
+
+    def parallel_fraction(self, group: str, default: float | None = None) -> float:
+        """Amdahl's parallel fraction of ``group``: the prior, refitted from fragments run on several cores.
+
+        The mean of the measured fractions with the prior counted as :attr:`PRIOR_WEIGHT`
+        observations. ``default`` (else 0) when no prior was set for ``group``.
+        """
+        prior = self._fraction_prior.get(group, default if default is not None else 0.0)
+        total, n = self._fraction_obs.get(group, (0.0, 0))
+        return (prior * self.PRIOR_WEIGHT + total) / (self.PRIOR_WEIGHT + n)
+
+    #: One-core observations within this log-size distance are the reference for a multi-core one.
+    NEAR = 0.1
+
+    def _one_core_near(self, group: str, size: float) -> float | None:
+        """One-core seconds of a fragment of ``size`` from one-core fragments of about its size, else None.
+
+        Not the size law's extrapolation: small fragments' times are mostly program start-up,
+        so the law fitted on them misjudges the large ones that get several cores.
+        """
+        single = self._single.get(group)
+        if single is None:
+            return None
+        x = math.log(size)
+        near = [y + single.p * (x - xo) for xo, y in zip(single.xs, single.ys, strict=True)
+                if abs(xo - x) <= self.NEAR]
+        return math.exp(sum(near) / len(near)) if near else None
+
+    def observe(self, group: str, size: float, seconds: float, cores: int = 1) -> None:
+        """Record one finished fragment (``seconds`` of wall on ``cores`` cores) and refit its group.
+
+        A fragment run on ``cores > 1`` cores, when one-core fragments of its group and about its
+        size (within :attr:`NEAR` in log size) have finished, measures the group's parallel
+        fraction: with ``r = seconds / their one-core time`` (scaled to its size by the fitted ``p``),
+        Amdahl's ``r = (1 - f) + f / cores`` gives ``f = (1 - r) / (1 - 1 / cores)`` (clipped to
+        0..1). Its time then enters the fit in one-core seconds, ``seconds * speedup(cores, f)``.
+        """
         if seconds <= 0 or size <= 0:
             return
         fit = self._fits.setdefault(group, _Fit(p=self._exponents.get(group, 3.5)))
+        if cores > 1:
+            # Measured against one-core fragments only (the converted multi-core times in ``fit``
+            # depend on the fraction being measured), and of about the same size.
+            reference = self._one_core_near(group, size)
+            if reference is not None:
+                ratio = seconds / reference
+                measured = min(1.0, max(0.0, (1.0 - ratio) / (1.0 - 1.0 / cores)))
+                total, n = self._fraction_obs.get(group, (0.0, 0))
+                self._fraction_obs[group] = (total + measured, n + 1)
+            seconds *= speedup(cores, self.parallel_fraction(group))
+        else:
+            single = self._single.setdefault(group, _Fit(p=self._exponents.get(group, 3.5)))
+            single.add(math.log(size), math.log(seconds), self.WINDOW)
+            single.refit()
         fit.add(math.log(size), math.log(seconds), self.WINDOW)
-        n = len(fit.xs)
-        mx, my = fit.sx / n, fit.sy / n
-        sxx = fit.sxx - n * mx * mx
-        if sxx > 0.05 and n >= 3:
-            slope = (fit.sxy - n * mx * my) / sxx
-            fit.p = min(8.0, max(0.5, slope))  # keep a noisy fit physical
-        # Geometric mean of the ratios: robust to the odd slow fragment.
-        fit.a = math.exp(my - fit.p * mx)
+        fit.refit()
 
 
 def speedup(cores: int, parallel_fraction: float) -> float:
@@ -167,7 +231,7 @@ def speedup(cores: int, parallel_fraction: float) -> float:
 
 
 def parallel_fraction(program: str, overrides: Mapping[str, float] | None = None) -> float:
-    """Share of ``program``'s run time its own threads parallelise, 0..1.
+    """Share of ``program``'s run time its own threads (or MPI ranks) parallelise, 0..1.
 
     From :mod:`qcmb_async.programs`, or from ``overrides`` (program -> fraction, 0 if absent) when
     given (the simulator's what-if runs).
@@ -260,7 +324,8 @@ def allotment(fragments: Sequence[Any], model: CostModel, *, ncores: int, memory
     if ncores <= 1 or not fragments or len(fragments) > ALLOT_MAX_FRAGMENTS:
         return {}
     durations = [model.estimate(f.group, f.size) for f in fragments]
-    fractions = [parallel_fraction(f.program) for f in fragments]
+    # The group's fraction as the model knows it (refitted from measured runs), the registry's before.
+    fractions = [model.parallel_fraction(f.group, parallel_fraction(f.program)) for f in fragments]
     per_core = memory / ncores
     cap = ncores if auto_memory else max(1, int(memory // max(per_core, 1e-9)))
     if max_cores is not None:

@@ -119,9 +119,10 @@ class RunOptions(BaseModel):
         "Total memory the run may use, GiB. Default: 80 % of the memory available now (Dask: the workers' declared "
         "memory, else their memory limits)."))
     fragment_ncores: int = Field(1, description=(
-        "Cores per fragment (QCEngine `task_config.ncores`, `OMP_NUM_THREADS`); setting it fixes it for every "
-        "fragment. Unset: the scheduler chooses, 1, or more for a few large fragments of a threaded program "
-        "when that shortens the run (Dask: never more than the largest worker or batch job has)."))
+        "Cores per fragment (QCEngine `task_config.ncores`, `OMP_NUM_THREADS`; MPI ranks for NWChem); setting it "
+        "fixes it for every fragment (1: NWChem on one rank). Unset: the scheduler chooses, 1, or more for a few "
+        "large fragments of a threaded or MPI program when that shortens the run (Dask: never more than the largest "
+        "worker or batch job has)."))
     max_fragment_ncores: int | None = Field(None, description=(
         "Most cores one fragment may have: the largest worker's or batch job's (set from the executor)."))
     auto_max_ncores: int | None = Field(None, description=(

@@ -26,7 +26,7 @@ from . import events as ev
 from . import invariance
 from .compact import CompactResult
 from .contract import ErrorType, Executor, FragmentJob, JobOutcome
-from .cost import CostModel, allotment, parallel_fraction, speedup
+from .cost import CostModel, allotment, parallel_fraction
 from .options import RunOptions
 from .outcome import (
     FragmentRecord,
@@ -96,6 +96,7 @@ class Scheduler:
         self.model = cost_model or CostModel()
         for frag in plan.fragments:
             self.model.set_exponent(frag.group, _exponent_of(frag))
+            self.model.set_parallel_fraction(frag.group, parallel_fraction(frag.program))
         self.retry = RetryPolicy(options.retries)
         self._task_config = _task_config(options)
         self.pool = ResourcePool(options.ncores, options.memory)
@@ -344,9 +345,9 @@ class Scheduler:
         self.results[frag.label] = self.keep(result) if kept is None else kept
         rec.status = "ok"
         await self._release(frag, result if kept is None else kept)
-        # Calibrate in one-core seconds, whatever this fragment was given.
-        self.model.observe(frag.group, frag.size,
-                           outcome.wall_time * speedup(cores, parallel_fraction(frag.program)))
+        # Calibrate in one-core seconds, whatever this fragment was given (the model converts, and
+        # learns the group's parallel fraction from fragments run on several cores).
+        self.model.observe(frag.group, frag.size, outcome.wall_time, cores)
         log.info("fragment finished", wall_time=round(outcome.wall_time, 4), worker=outcome.worker)
         if self.options.on_event is not None:
             await ev.emit(self.options.on_event, ev.FragmentFinished(
@@ -365,6 +366,7 @@ class Scheduler:
             self.remaining[new.level] += 1
             self.per_level[new.level] = self.per_level.get(new.level, 0) + 1
             self.model.set_exponent(new.group, _exponent_of(new))
+            self.model.set_parallel_fraction(new.group, parallel_fraction(new.program))
             added[new.level] += 1
         if added:
             await ev.emit(self.options.on_event, ev.FragmentsReleased(self.run_id, dict(sorted(added.items())),

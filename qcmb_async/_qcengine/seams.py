@@ -224,7 +224,7 @@ class FragmentContext:
 
     def thread_env(self) -> dict[str, str]:
         """The thread settings this fragment's programs must start with."""
-        ncores = str(self.task_config.get("ncores", 1))
+        ncores = str(_threads_per_process(self.task_config))
         return {"OMP_NUM_THREADS": ncores, "MKL_NUM_THREADS": ncores, **self.env}
 
     def kill_processes(self) -> int:
@@ -242,6 +242,18 @@ class FragmentContext:
                         proc.kill()
                     killed += 1
         return killed
+
+
+def _threads_per_process(config: Any) -> int:
+    """Threads each program process may use: ``ncores``, or ``cores_per_rank`` when it runs as MPI ranks.
+
+    QCEngine's own ``environ_context`` sets ``ncores`` threads; under ``mpiexec`` every one of the
+    ranks would then start that many BLAS/OpenMP threads (ranks x ncores threads on ncores cores).
+    """
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    if get("use_mpiexec", False):
+        return int(get("cores_per_rank", 1) or 1)
+    return int(get("ncores", 1) or 1)
 
 
 FRAGMENT: ContextVar[FragmentContext | None] = ContextVar("qcmb_async_fragment", default=None)
@@ -268,8 +280,9 @@ def _fragment_environ_context(config: Any = None, env: dict[str, str] | None = N
         return
     overlay = dict(_ENV_OVERLAY.get() or {})
     if config is not None:
-        overlay["OMP_NUM_THREADS"] = str(config.ncores)
-        overlay["MKL_NUM_THREADS"] = str(config.ncores)
+        threads = str(_threads_per_process(config))
+        overlay["OMP_NUM_THREADS"] = threads
+        overlay["MKL_NUM_THREADS"] = threads
     if env:
         overlay.update(env)
     token = _ENV_OVERLAY.set(overlay)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
 from .._logs import get_logger
+from .mpi import mpi_task_config
 from .seams import FRAGMENT, FragmentContext, install_seams, prime_qcengine
 
 
@@ -84,6 +85,8 @@ def execute_job(job: FragmentJob) -> JobOutcome:
         token = FRAGMENT.set(ctx)
     ctx.started.set()
     prepare_worker()
+    # Cores as MPI ranks for programs that take them no other way (NWChem), on this host's launcher.
+    ctx.task_config = mpi_task_config(job.program, ctx.task_config)
     warm_program(job.program)
     host = socket.gethostname()
     start = time.time()

@@ -1,0 +1,164 @@
+"""NWChem on many cores: MPI ranks per fragment (moldable allotment) against one rank per fragment.
+
+Three steps (``all`` runs them in turn):
+
+* ``record``: a real NWChem run here (water hexamer, CP MBE(3), HF/6-31G, one rank per fragment on
+  2 cores) whose per-fragment wall times become a workload, ``scripts/results/nwchem-hexamer-cp3.json``.
+* ``sim``: the recorded workloads (that one, and the NWChem mixed workload ``mixed-workload.json``)
+  replayed by the real scheduler on 64 virtual cores, one rank per fragment (``fragment_ncores=1``)
+  against the moldable allotment (cores chosen by the scheduler, NWChem fragments as MPI ranks), for
+  several true parallel fractions of NWChem (the scheduler itself assumes the registry's prior).
+* ``measure``: real wall time on this machine of a small NWChem MBE (three waters of the ring
+  octamer, CP MBE(2), HF/6-31G): one rank per fragment, two ranks per fragment, and the
+  scheduler choosing; the energies must agree. Then one larger fragment (benzene + 2 waters,
+  HF/6-31G gradient) on 1 and 2 ranks.
+
+    PYTHONPATH=$PWD python scripts/bench_nwchem_mpi.py [record|sim|measure|all] [--cores 64 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RECORDED = RESULTS / "nwchem-hexamer-cp3.json"
+MIXED = RESULTS / "mixed-workload.json"
+FRACTIONS = (0.6, 0.8, 0.9)  # true NWChem parallel fractions the simulated executor applies
+
+
+def _hexamer_input() -> object:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchlib.molecules import hexamer, mbe
+
+    return mbe(hexamer(), "nwchem", "hf", "6-31g", bsse="cp", max_nbody=3)
+
+
+def record() -> None:
+    """Run the hexamer once on 2 cores, one rank per fragment, and save its fragment times."""
+    from qcmb_async import run
+    from qcmb_async.simulate import Workload
+
+    inp = _hexamer_input()
+    t0 = time.perf_counter()
+    result = run(inp, ncores=2, memory=2, fragment_ncores=1, store=None)
+    wall = time.perf_counter() - t0
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    work = Workload.from_run(result, inp, name="water hexamer, CP MBE(3), NWChem HF/6-31G")
+    work.source = (f"qcmb_async run here, 2 cores shared with other jobs, one rank per fragment, per-fragment "
+                   f"end - start, {stamp}; run wall {wall:.1f} s")
+    work.save(RECORDED)
+    print(f"recorded {len(work)} fragments, {work.total:.1f} one-core s, longest {work.longest:.2f} s, "
+          f"run wall {wall:.1f} s -> {RECORDED}")
+
+
+def sim(cores: list[int]) -> None:
+    """Makespan on virtual cores: one rank per fragment against the moldable allotment."""
+    from qcmb_async.simulate import Workload, simulate
+
+    print("| workload | cores | fragments | one-core total s | longest s | true f | 1 rank: makespan s | "
+          "moldable: makespan s | fragments on >1 rank | shorter by |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for path in (RECORDED, MIXED):
+        if not path.exists():
+            print(f"| {path.name}: not recorded (run `record` first) |")
+            continue
+        work = Workload.load(path)
+        for ncores in cores:
+            one = simulate(work, ncores, fragment_ncores=1)
+            for f in FRACTIONS:
+                mold = simulate(work, ncores, parallel_fraction={"nwchem": f})
+                print(f"| {work.name} | {ncores} | {len(work)} | {work.total:.1f} | {work.longest:.2f} | {f} | "
+                      f"{one.makespan:.2f} | {mold.makespan:.2f} | {mold.multi_core_fragments} | "
+                      f"{1 - mold.makespan / one.makespan:.0%} |")
+
+
+def measure(repeat: int) -> None:
+    """Wall time here of a small NWChem MBE, one rank per fragment against the scheduler's choice."""
+    import numpy as np
+
+    from qcmb_async import run
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchlib.molecules import mbe, ring_octamer
+    from qcelemental.models.v2 import Molecule
+
+    octa = ring_octamer()
+    # Three waters of the octamer ring: a small CP MBE(2) (9 fragments) that runs in seconds.
+    geom = octa.geometry[:9]
+    tri = Molecule(symbols=octa.symbols[:9], geometry=geom, fragments=[[0, 1, 2], [3, 4, 5], [6, 7, 8]],
+                   fragment_charges=[0.0] * 3, fragment_multiplicities=[1] * 3, fix_symmetry="c1")
+    inp = mbe(tri, "nwchem", "hf", "6-31g", bsse="cp", max_nbody=2)
+    modes = (("fragment_ncores=1 (1 rank)", {"fragment_ncores": 1}),
+             ("fragment_ncores=2 (2 ranks each)", {"fragment_ncores": 2}),
+             ("scheduler chooses (moldable)", {}))
+    walls: dict[str, list[float]] = {name: [] for name, _ in modes}
+    energies: dict[str, float] = {}
+    for _ in range(repeat):
+        for name, opts in modes:
+            t0 = time.perf_counter()
+            res = run(inp, ncores=2, memory=2, store=None, **opts)
+            walls[name].append(time.perf_counter() - t0)
+            energies[name] = float(res.properties.return_energy)
+            ranks = sorted({r["cores"] for r in res.extras["qcmb_async"]["fragments"]})
+            print(f"{name}: {walls[name][-1]:.2f} s, cores per fragment {ranks}", flush=True)
+    diff = float(np.ptp(list(energies.values())))
+    for name, w in walls.items():
+        print(f"{name}: median {statistics.median(w):.2f} s (min {min(w):.2f}, max {max(w):.2f}, n={len(w)})")
+    print(f"energy difference {diff:.1e} Eh")
+    fragment(repeat)
+
+
+def fragment(repeat: int) -> None:
+    """One larger fragment (benzene + 2 waters, HF/6-31G gradient) on 1 and 2 ranks: wall and energy."""
+    from qcelemental.models.v2 import AtomicInput, Molecule
+
+    from qcmb_async._core.contract import FragmentJob
+    from qcmb_async._qcengine.worker import execute_job
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchlib.molecules import benzene_waters
+
+    bw = benzene_waters(2)
+    mol = Molecule(symbols=bw.symbols, geometry=bw.geometry, fix_symmetry="c1")
+    inp = AtomicInput(molecule=mol, specification={
+        "driver": "gradient", "model": {"method": "hf", "basis": "6-31g"},
+        "keywords": {"scf__thresh": 1e-10, "scf__tol2e": 1e-14}})
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    energy: dict[int, float] = {}
+    for _ in range(repeat):
+        for ranks in (1, 2):
+            job = FragmentJob(label=f"bench-{ranks}", nbody=1, program="nwchem", atomic_input=inp,
+                              task_config={"ncores": ranks, "memory": 1.0, "retries": 0})
+            out = execute_job(job)
+            assert out.success, out.error_message
+            walls[ranks].append(out.end - out.start)
+            energy[ranks] = float(out.result.properties.return_energy)
+            print(f"benzene + 2 waters ({len(mol.symbols)} atoms), {ranks} rank(s): {walls[ranks][-1]:.2f} s",
+                  flush=True)
+    for ranks, w in walls.items():
+        print(f"one fragment, {ranks} rank(s): median {statistics.median(w):.2f} s (min {min(w):.2f}, "
+              f"max {max(w):.2f}, n={len(w)})")
+    print(f"energy difference {abs(energy[1] - energy[2]):.1e} Eh")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", nargs="?", default="sim", choices=("record", "sim", "measure", "all"))
+    parser.add_argument("--cores", type=int, nargs="+", default=[64], help="virtual cores of the simulation")
+    parser.add_argument("--repeat", type=int, default=1, help="repetitions of the measurement here")
+    args = parser.parse_args()
+    if args.step in ("record", "all"):
+        record()
+    if args.step in ("sim", "all"):
+        sim(args.cores)
+    if args.step in ("measure", "all"):
+        measure(args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
