@@ -10,7 +10,7 @@ import typer
 
 from ._app import app
 from ._console import Usage, _errors, _setup_logging, _stdout
-from ._moving import start_job, step_progress, write_json, write_timeline
+from ._moving import ClusterArgs, start_job, step_progress, with_cluster_options, write_json, write_timeline
 from ._options import (
     DebugOpt,
     InputArg,
@@ -42,12 +42,14 @@ JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESU
 @app.command()
 @with_xyz_options
 @with_resource_options
+@with_cluster_options
 def frequencies(
     input: InputArg,
     xyz: XyzOptions,
     hessian: RouteOpt = Route.analytic,
     step: StepOpt = None,
     resources: ResourceOptions = ResourceOptions(),  # replaced by the option group (with_resource_options)
+    cluster_args: ClusterArgs = ClusterArgs(),  # replaced by the option group (with_cluster_options)
     output: JsonOutOpt = None,
     timeline: TimelineOpt = None,
     log_format: LogFormatOpt = LogFormat.console,
@@ -59,7 +61,7 @@ def frequencies(
         _setup_logging(log_format, verbose, debug)
         if step is not None and hessian is Route.analytic:
             raise Usage("--step applies to --hessian finite-difference only (the analytic Hessian takes no step)")
-        mbe, options = start_job("frequencies", input, xyz, output, resources, timeline)
+        mbe, options = start_job("frequencies", input, xyz, output, resources, timeline, cluster_args)
         json_logs = log_format is LogFormat.json
         result = _frequencies(mbe, options, route=hessian.value, step=step, json_logs=json_logs)
         write_timeline(result, timeline, json_logs)

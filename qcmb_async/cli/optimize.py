@@ -9,7 +9,7 @@ import typer
 
 from ._app import app
 from ._console import EXIT_FAILED, Usage, _errors, _setup_logging, _stderr, _stdout
-from ._moving import start_job, step_progress, write_json, write_timeline
+from ._moving import ClusterArgs, start_job, step_progress, with_cluster_options, write_json, write_timeline
 from ._options import (
     DebugOpt,
     InputArg,
@@ -40,6 +40,7 @@ JsonOutOpt = Annotated[Path | None, typer.Option("--output", "-o", metavar="RESU
 @app.command()
 @with_xyz_options
 @with_resource_options
+@with_cluster_options
 def optimize(
     input: InputArg,
     xyz: XyzOptions,
@@ -48,6 +49,7 @@ def optimize(
     maxiter: MaxiterOpt = 300,
     constraints: ConstraintsOpt = None,
     resources: ResourceOptions = ResourceOptions(),  # replaced by the option group (with_resource_options)
+    cluster_args: ClusterArgs = ClusterArgs(),  # replaced by the option group (with_cluster_options)
     output: JsonOutOpt = None,
     timeline: TimelineOpt = None,
     log_format: LogFormatOpt = LogFormat.console,
@@ -61,20 +63,18 @@ def optimize(
     """
     with _errors(debug):
         _setup_logging(log_format, verbose, debug)
-        mbe, options = start_job("optimize", input, xyz, output, resources, timeline)
+        mbe, options = start_job("optimize", input, xyz, output, resources, timeline, cluster_args)
         try:
             import geometric  # noqa: F401
         except ImportError:
             raise Usage("optimize needs geomeTRIC: pip install 'qcmb_async[opt]'") from None
         cons = None
         if constraints is not None:
-            try:
-                cons = constraints.read_text()
-            except OSError as exc:
-                raise Usage(f"--constraints {str(constraints)!r}: {exc.strerror}") from None
-            except UnicodeDecodeError:
-                raise Usage(f"--constraints {str(constraints)!r} is not UTF-8 text: give geomeTRIC's constraint "
-                            "file ($freeze, $set, ...)") from None
+            from .._core.inputs import read_text_file
+
+            # The input files' guards: /dev/zero, a FIFO or a huge file is refused, not read without end.
+            cons = read_text_file(constraints, "--constraints file",
+                                  expect="a geomeTRIC constraints file ($freeze, $set, ...)")
         json_logs = log_format is LogFormat.json
         result = _optimize(mbe, options, json_logs=json_logs, coordsys=coordsys, convergence=convergence,
                            maxiter=maxiter, constraints=cons)
