@@ -171,7 +171,7 @@ class ManyBodyCalculator(Calculator):
 
     def _input_for(self, atoms: Any) -> Any:
         """The ManyBodyInput at ``atoms``, through run()'s input checks (:class:`InputError` naming the problem)."""
-        from qcmb_async._core.inputs import load_input
+        from qcmb_async._core.inputs import _from_dict, check_finite, revalidate_molecule
 
         symbols = list(atoms.get_chemical_symbols())
         coords = np.asarray(atoms.get_positions(), dtype=float) / Bohr
@@ -201,11 +201,16 @@ class ManyBodyCalculator(Calculator):
         kw: dict[str, Any] = {"bsse_type": spec["bsse_type"]}
         if spec["max_nbody"] is not None:
             kw["max_nbody"] = spec["max_nbody"]
-        # A dict through load_input: the same checks (and messages naming the fragment) as run() gives.
-        return load_input({"molecule": molecule, "specification": {
+        data = {"molecule": molecule, "specification": {
             "driver": "gradient", "keywords": kw,
             "specification": {"(auto)": {"program": spec["program"], "model": spec["model"],
-                                         "driver": "gradient", "keywords": spec["keywords"]}}}})
+                                         "driver": "gradient", "keywords": spec["keywords"]}}}}
+        # The checks load_input gives a dict (and their messages naming the fragment), as run() does.
+        source = "the ManyBodyCalculator's Atoms and arguments"
+        inp = _from_dict(data, source)
+        check_finite(inp, source)
+        revalidate_molecule(inp.molecule, source)
+        return inp
 
     # -- ASE's entry point --------------------------------------------------------------
 

@@ -44,7 +44,8 @@ class ClusterOptions(BaseModel):
     queue: str | None = Field(None, description="Partition (SLURM) or queue (PBS); default: the system's.")
     account: str | None = Field(None, description="Account/project charged for the jobs.")
     job_cores: int = Field(1, ge=1, description="Cores per job (the worker's `cores` resource).")
-    job_memory: float = Field(4.0, gt=0, description="Memory per job, GiB (the worker's `memory` resource).")
+    job_memory: float = Field(4.0, description="Memory per job, GiB, at least 0.25 (the worker's `memory` "
+                                               "resource).")
     min_jobs: int = Field(0, ge=0, description="Jobs kept even when no fragment waits.")
     max_jobs: int = Field(1, ge=1, description="Most jobs at once.")
     walltime: str = Field("01:00:00", description="Job wall time, `HH:MM:SS` (or `D-HH:MM:SS`).")
