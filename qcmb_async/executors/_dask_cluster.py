@@ -117,6 +117,54 @@ class _ClusterChecks:
                          "s: start `dask scheduler --scheduler-file PATH` first (see docs/hpc.md)")
 
 
+    async def _unsatisfiable(self, resources: dict[str, float]) -> str | None:
+        """Why no current worker could ever run a task asking for ``resources`` (``None``: some can)."""
+
+        def fits(w: _WorkerInfo) -> bool:
+            return all(w.resources.get(r, 0.0) >= amount - 1e-9 for r, amount in resources.items())
+
+        if self._template is not None:
+            # Workers of batch jobs come and go: what matters is whether a job could run it.
+            if fits(_WorkerInfo("", "job", self._template)):
+                return None
+            return (f"no batch job of the cluster can run a fragment asking for {resources} (memory in GiB): each "
+                    f"job offers {self._template}. Raise --job-cores/--job-memory, or lower "
+                    "fragment_ncores/fragment_memory")
+
+        if any(fits(w) for w in self._workers.values()):
+            return None
+        workers = await self._refresh_workers()  # workers may have joined since
+        if any(fits(w) for w in workers.values()):
+            return None
+        declared = {w.name: w.resources for w in workers.values()}
+        return (
+            f"no worker of the Dask cluster can run a fragment asking for {resources} (memory in GiB); "
+            f"workers declare {declared}. Lower fragment_ncores/fragment_memory (or ncores/memory), or start "
+            f"workers with enough, e.g. `{_WORKER_SYNTAX}`"
+        )
+
+
+def _is_client(obj: object) -> bool:
+    try:
+        import distributed
+    except ImportError:
+        return False
+    return isinstance(obj, distributed.Client)
+
+
+def _client_loop(client: Any) -> Any:
+    loop = getattr(client, "loop", None)
+    return getattr(loop, "asyncio_loop", None)
+
+
+def _client_address(client: Any) -> str:
+    scheduler = getattr(client, "scheduler", None)
+    address = getattr(scheduler, "address", None)
+    if not address:
+        raise InputError(f"the given Dask Client {client!r} is not connected to a scheduler")
+    return str(address)
+
+
 #: Largest scheduler file read, bytes (Dask writes a few hundred).
 _SCHEDULER_FILE_LIMIT = 1024 * 1024
 
@@ -175,51 +223,3 @@ def tls_problem(address: str, security: Any) -> str | None:
                 "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY, or the same keys in a Dask YAML file), or from Python "
                 "pass scheduler=Client(address, security=Security(...)); see docs/executors.md")
     return None
-
-
-    async def _unsatisfiable(self, resources: dict[str, float]) -> str | None:
-        """Why no current worker could ever run a task asking for ``resources`` (``None``: some can)."""
-
-        def fits(w: _WorkerInfo) -> bool:
-            return all(w.resources.get(r, 0.0) >= amount - 1e-9 for r, amount in resources.items())
-
-        if self._template is not None:
-            # Workers of batch jobs come and go: what matters is whether a job could run it.
-            if fits(_WorkerInfo("", "job", self._template)):
-                return None
-            return (f"no batch job of the cluster can run a fragment asking for {resources} (memory in GiB): each "
-                    f"job offers {self._template}. Raise --job-cores/--job-memory, or lower "
-                    "fragment_ncores/fragment_memory")
-
-        if any(fits(w) for w in self._workers.values()):
-            return None
-        workers = await self._refresh_workers()  # workers may have joined since
-        if any(fits(w) for w in workers.values()):
-            return None
-        declared = {w.name: w.resources for w in workers.values()}
-        return (
-            f"no worker of the Dask cluster can run a fragment asking for {resources} (memory in GiB); "
-            f"workers declare {declared}. Lower fragment_ncores/fragment_memory (or ncores/memory), or start "
-            f"workers with enough, e.g. `{_WORKER_SYNTAX}`"
-        )
-
-
-def _is_client(obj: object) -> bool:
-    try:
-        import distributed
-    except ImportError:
-        return False
-    return isinstance(obj, distributed.Client)
-
-
-def _client_loop(client: Any) -> Any:
-    loop = getattr(client, "loop", None)
-    return getattr(loop, "asyncio_loop", None)
-
-
-def _client_address(client: Any) -> str:
-    scheduler = getattr(client, "scheduler", None)
-    address = getattr(scheduler, "address", None)
-    if not address:
-        raise InputError(f"the given Dask Client {client!r} is not connected to a scheduler")
-    return str(address)
