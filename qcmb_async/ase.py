@@ -100,9 +100,10 @@ class ManyBodyCalculator(Calculator):
         mbe_input: Instead of the arguments above, a ``ManyBodyInput`` (or dict/file) whose molecule
             has the atoms in the same order: its fragments, charges and specification are kept and
             its coordinates replaced by the atoms' at every step.
-        **options: Passed to every :func:`qcmb_async.run_manybody` call: ``ncores``, ``memory``,
-            ``fragment_ncores``, ``fragment_memory``, ``executor`` (name or an Executor instance),
-            ``scheduler``, ``scratch_directory``, ``retries``, ``timeout``, ``on_event``, ``store``.
+        **options: The drivers' options (``qcmb_async._dynamics.DRIVER_OPTIONS``): ``ncores``, ``memory``,
+            ``fragment_ncores``, ``fragment_memory``, ``level_barrier``, ``scratch_directory``, ``retries``,
+            ``timeout``, ``on_event``, ``store`` go to every MBE; ``executor`` (name or an Executor instance),
+            ``scheduler`` or ``cluster`` choose the one executor kept for all steps.
 
     After each calculation ``calc.results["manybody_result"]`` is the ``ManyBodyResult`` and
     ``calc.history`` has one record per MBE run (a step): ``step``, ``energy`` (Eh), ``gradient_rms`` and
@@ -112,8 +113,11 @@ class ManyBodyCalculator(Calculator):
     (``kind="ase"``) around each MBE's fragment events, on the calculator's event-loop thread.
 
     Raises:
-        InputError: bad fragments or input, when the calculator is made or at the first calculation; periodic
-        Atoms; Atoms whose elements differ from those of the first calculation.
+        InputError: bad arguments or options when the calculator is made (types, one charge/multiplicity per
+        fragment, bsse_type, max_nbody, an ``mbe_input`` run() would refuse); at the first calculation
+        whatever run()'s input checks refuse (multiplicities against electrons, naming the fragment; atoms on
+        top of each other; basis sets the program lacks); periodic Atoms; Atoms whose elements differ from
+        those of the first calculation.
     """
 
     implemented_properties = ("energy", "forces")
