@@ -84,7 +84,8 @@ ClusterOpt = Annotated[ClusterKind | None, _opt("--cluster", help="Start a batch
                                                                   "this run.")]
 QueueOpt = Annotated[str | None, _opt("--queue", metavar="QUEUE", help="--cluster: partition/queue of the jobs.")]
 JobCoresOpt = Annotated[int | None, _opt("--job-cores", metavar="N", help="--cluster: cores per job (default 1).")]
-JobMemoryOpt = Annotated[float | None, _opt("--job-memory", metavar="GIB", help="--cluster: GiB per job (default 4).")]
+JobMemoryOpt = Annotated[float | None, _opt("--job-memory", metavar="GIB",
+                                             help="--cluster: GiB per job (default 4, at least 0.25).")]
 MaxJobsOpt = Annotated[int | None, _opt("--max-jobs", metavar="N", help="--cluster: most jobs at once (default 1); "
                                                                         "jobs come and go with the waiting "
                                                                         "fragments.")]
