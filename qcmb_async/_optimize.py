@@ -258,7 +258,12 @@ def check_geometric(symbols: list[str], coords: np.ndarray, *, maxiter: Any, con
         try:
             geometric.optimize.parse_constraints(_geometric_molecule(symbols, coords), constraints)
         except (RuntimeError, ValueError, IndexError, KeyError) as exc:
-            raise InputError(f"the constraints are not valid for this {len(symbols)}-atom molecule: {exc}. "
+            import os
+
+            hint = ""
+            if "\n" not in constraints.strip() and os.path.isfile(constraints.strip()):
+                hint = f" (constraints is text; to read the file {constraints.strip()!r} pass pathlib.Path to it)"
+            raise InputError(f"the constraints are not valid for this {len(symbols)}-atom molecule: {exc}{hint}. "
                              "Use geomeTRIC's constraint format: a $freeze, $set or $scan line, then lines such "
                              "as 'distance 1 4' or 'xyz 1-3' (atoms numbered from 1)") from None
 

@@ -160,6 +160,10 @@ CASES = [
          api=_optimize(constraints=42)),
     Case("constraints bytes", r"constraints must be geomeTRIC constraint text .* got bytes",
          api=_optimize(constraints=b"$freeze\nxyz 1\n")),
+    Case("constraints a file name as text", r"constraints is text; to read the file .*cons\.txt.* pass "
+         r"pathlib\.Path to it", api=lambda tmp: qcmb_async.optimize_sync(dimer(), store=None,
+                                                                          constraints=str(tmp / "cons.txt")),
+         files={"cons.txt": "$freeze\nxyz 1\n"}),
     Case("coordsys None", r"coordsys must be one of .*got None", api=_optimize(coordsys=None)),
     Case("convergence set a number", r"convergence_set must be the name of a geomeTRIC convergence set.*got 5",
          api=_optimize(convergence_set=5)),
