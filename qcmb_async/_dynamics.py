@@ -27,8 +27,19 @@ from .errors import InputError
 from .executors import resolve_executor
 
 #: run_manybody options a driver passes through unchanged to every MBE it runs.
-RUN_OPTIONS = ("ncores", "memory", "fragment_ncores", "fragment_memory", "scratch_directory", "retries",
-               "timeout", "on_event", "store")
+RUN_OPTIONS = ("ncores", "memory", "fragment_ncores", "fragment_memory", "level_barrier", "scratch_directory",
+               "retries", "timeout", "on_event", "store")
+#: Options that choose the one executor a driver enters for all its MBEs.
+EXECUTOR_OPTIONS = ("executor", "scheduler", "cluster")
+#: Every keyword option the drivers (optimize, frequencies, the ASE calculator) take (docs/dynamics.md lists them).
+DRIVER_OPTIONS = (*RUN_OPTIONS, *EXECUTOR_OPTIONS)
+#: run_manybody options the drivers refuse, and why.
+REFUSED_OPTIONS = {
+    "screening": "the kept subsets would change as atoms move (a cutoff crossed between two geometries makes the "
+                 "energy jump, and finite differences across a jump are meaningless)",
+    "on_error": "a gradient or Hessian with a fragment missing is no gradient: a failed fragment always stops the "
+                "job (finished fragments stay in the result store)",
+}
 
 
 def prepare(mbe_input: Any, driver: str) -> Any:
@@ -85,14 +96,31 @@ def at_geometry(inp: Any, coords: Any) -> Any:
     return inp.model_copy(update={"molecule": mol})
 
 
+def check_options(options: dict[str, Any]) -> None:
+    """:class:`InputError` for an option the drivers do not take (before the input is even read)."""
+    split_options(options)
+
+
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], str | Executor, Any]:
-    """``(run_manybody keyword options, executor, scheduler)``; unknown names are an ``InputError``."""
+    """``(run_manybody keyword options, executor, scheduler)``; unknown names are an ``InputError``.
+
+    ``cluster=`` becomes the executor (a Dask executor starting that batch cluster once for the whole job).
+    """
     options = dict(options)
+    refused = sorted(set(options) & set(REFUSED_OPTIONS))
+    if refused:
+        raise InputError(f"{refused[0]}= does not apply to optimize, frequencies or the ASE calculator: "
+                         f"{REFUSED_OPTIONS[refused[0]]}. They take {', '.join(DRIVER_OPTIONS)}")
     executor = options.pop("executor", "auto")
     scheduler = options.pop("scheduler", None)
-    unknown = sorted(set(options) - set(RUN_OPTIONS))
+    cluster = options.pop("cluster", None)
+    unknown = sorted(map(str, set(options) - set(RUN_OPTIONS)))
     if unknown:
-        raise InputError(f"unknown option(s) {unknown}: use {', '.join((*RUN_OPTIONS, 'executor', 'scheduler'))}")
+        raise InputError(f"unknown option(s) {unknown}: use {', '.join(DRIVER_OPTIONS)}")
+    if cluster is not None:
+        from ._runner import _cluster_executor
+
+        executor, scheduler = _cluster_executor(cluster, executor, scheduler), None
     return options, executor, scheduler
 
 

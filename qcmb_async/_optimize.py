@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 import queue
 import tempfile
 import threading
@@ -27,7 +28,7 @@ import anyio.from_thread
 import numpy as np
 
 from ._core.outcome import unwrap_group
-from ._dynamics import geometry, gradient_step, kept_pool, prepare
+from ._dynamics import check_options, geometry, gradient_step, kept_pool, prepare
 from ._fronts import call_blocking
 from .errors import InputError
 
@@ -162,6 +163,73 @@ def _geometric_molecule(symbols: list[str], coords: np.ndarray) -> Any:
     return mol
 
 
+#: ``geometric_params`` keywords passed to geomeTRIC's ``OptParams`` (the rest of its keywords select other jobs --
+#: transition states, IRC, MECI, Hessians, frequencies -- this driver does not run, or write files): value kinds.
+GEOMETRIC_PARAMS: dict[str, str] = {
+    **{f"convergence_{k}": "positive" for k in ("energy", "grms", "gmax", "drms", "dmax", "cmax", "molpro_gmax",
+                                                 "molpro_dmax")},
+    "trust": "positive", "tmax": "positive", "tmin": "positive", "enforce": "nonnegative", "epsilon": "nonnegative",
+    "check": "count", "subfrctor": "count", "verbose": "count", "usedmax": "flag", "qccnv": "flag", "molcnv": "flag",
+    "reset": "flag", "convergence_set": "name", "maxiter": "count",
+}
+
+
+def check_arguments(*, coordsys: Any, constraints: Any, convergence_set: Any,
+                    geometric_params: Any) -> tuple[str | None, dict[str, Any]]:
+    """Type and range checks of :func:`optimize`'s own arguments; the constraint text and the extra OptParams.
+
+    geomeTRIC reads its keywords with ``kwargs.get``: an unknown name is silently ignored, and a NaN
+    criterion or a negative trust radius is taken as given (measured: NaN criteria never converge; trust -1
+    is clamped to tmin and crawls). So every keyword is named in :data:`GEOMETRIC_PARAMS` and its value
+    checked here, before any gradient. ``constraints`` is geomeTRIC constraint text, or a path
+    (``pathlib.Path``) to a constraint file, read with the input files' guards. Raises :class:`InputError`.
+    """
+    import os
+
+    if not isinstance(coordsys, str):
+        raise InputError(f"coordsys must be one of {COORDSYS} (a string), got {coordsys!r}")
+    if not isinstance(convergence_set, str):
+        raise InputError(f"convergence_set must be the name of a geomeTRIC convergence set "
+                         f"({', '.join(CONVERGENCE_SETS)}), got {convergence_set!r}")
+    if isinstance(constraints, os.PathLike):
+        from pathlib import Path
+
+        from ._core.inputs import read_text_file
+
+        constraints = read_text_file(Path(constraints), "constraints file",
+                                     expect="a geomeTRIC constraints file ($freeze, $set, ...)")
+    elif constraints is not None and not isinstance(constraints, str):
+        raise InputError(f"constraints must be geomeTRIC constraint text (a string with $freeze, $set... lines) or "
+                         f"a pathlib.Path to such a file, got {type(constraints).__name__} {constraints!r}")
+    if geometric_params is None:
+        return constraints, {}
+    if not isinstance(geometric_params, dict):
+        raise InputError(f"geometric_params must be a dict of geomeTRIC OptParams keywords, got "
+                         f"{type(geometric_params).__name__}")
+    unknown = sorted(str(k) for k in geometric_params if k not in GEOMETRIC_PARAMS)
+    if unknown:
+        raise InputError(f"geometric_params: unknown or unsupported keyword(s) {unknown}: geomeTRIC would ignore "
+                         f"them silently. Use {', '.join(sorted(GEOMETRIC_PARAMS))}")
+    for name, value in geometric_params.items():
+        kind = GEOMETRIC_PARAMS[name]
+        real = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+        if kind in ("positive", "nonnegative"):
+            if not (real and math.isfinite(value) and (value > 0 if kind == "positive" else value >= 0)):
+                bound = "> 0" if kind == "positive" else ">= 0"
+                raise InputError(f"geometric_params[{name!r}] must be a finite number {bound}, got {value!r}")
+        elif kind == "count":
+            if not (isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0):
+                raise InputError(f"geometric_params[{name!r}] must be a whole number >= 0, got {value!r}")
+        elif kind == "flag" and not isinstance(value, bool):
+            raise InputError(f"geometric_params[{name!r}] must be True or False, got {value!r}")
+        elif kind == "name" and not isinstance(value, str):
+            raise InputError(f"geometric_params[{name!r}] must be a string, got {value!r}")
+    trust = {k: geometric_params[k] for k in ("tmin", "trust", "tmax") if k in geometric_params}
+    if "tmin" in trust and "tmax" in trust and trust["tmin"] > trust["tmax"]:
+        raise InputError(f"geometric_params: tmin {trust['tmin']} is above tmax {trust['tmax']} (bohr)")
+    return constraints, dict(geometric_params)
+
+
 def check_geometric(symbols: list[str], coords: np.ndarray, *, maxiter: Any, constraints: str | None,
                     params: dict[str, Any]) -> None:
     """Refuse what geomeTRIC would refuse (or misread) only once the pool runs; ``InputError`` naming it. Blocking.
@@ -190,7 +258,12 @@ def check_geometric(symbols: list[str], coords: np.ndarray, *, maxiter: Any, con
         try:
             geometric.optimize.parse_constraints(_geometric_molecule(symbols, coords), constraints)
         except (RuntimeError, ValueError, IndexError, KeyError) as exc:
-            raise InputError(f"the constraints are not valid for this {len(symbols)}-atom molecule: {exc}. "
+            import os
+
+            hint = ""
+            if "\n" not in constraints.strip() and os.path.isfile(constraints.strip()):
+                hint = f" (constraints is text; to read the file {constraints.strip()!r} pass pathlib.Path to it)"
+            raise InputError(f"the constraints are not valid for this {len(symbols)}-atom molecule: {exc}{hint}. "
                              "Use geomeTRIC's constraint format: a $freeze, $set or $scan line, then lines such "
                              "as 'distance 1 4' or 'xyz 1-3' (atoms numbered from 1)") from None
 
@@ -231,7 +304,7 @@ def run_geometric(symbols: list[str], coords: np.ndarray, evaluate: Callable[[np
     return np.asarray(progress.xyzs[-1], dtype=float) * ang2bohr
 
 
-async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str | None = None,
+async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str | os.PathLike[str] | None = None,
                    convergence_set: str = "GAU", maxiter: int = 300, geometric_params: dict[str, Any] | None = None,
                    **options: Any) -> OptimizationResult:
     """Optimize the geometry of ``mbe_input``'s molecule with geomeTRIC; every gradient is one MBE.
@@ -240,13 +313,17 @@ async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str |
         mbe_input: ``ManyBodyInput`` (or dict/JSON/YAML path); its driver becomes ``gradient``. CP and
             VMFC optimize total energies (``return_total_data`` is set).
         coordsys: geomeTRIC coordinate system (:data:`COORDSYS`), TRIC by default.
-        constraints: geomeTRIC constraint-file text (``$freeze``, ``$set``...), optional.
+        constraints: geomeTRIC constraint-file text (``$freeze``, ``$set``...), or a ``pathlib.Path`` to such a
+            file (read as input files are: a regular UTF-8 file of bounded size); optional.
         convergence_set: geomeTRIC convergence set (``GAU``, ``GAU_TIGHT``, ``GAU_VERYTIGHT``, ...).
         maxiter: Most optimization cycles; geomeTRIC computes up to ``maxiter + 1`` gradients (the first at the
             input geometry).
-        geometric_params: More geomeTRIC ``OptParams`` keywords.
-        **options: ``run_manybody`` options (``ncores``, ``memory``, ``executor``, ``store``, ``on_event``...);
-            one executor is entered for the whole optimization. ``on_event`` receives, per gradient,
+        geometric_params: More geomeTRIC ``OptParams`` keywords, those named in :data:`GEOMETRIC_PARAMS`
+            (convergence criteria, trust radii...), each checked.
+        **options: the ``run_manybody`` options in ``qcmb_async._dynamics.DRIVER_OPTIONS`` (``ncores``, ``memory``,
+            ``executor``, ``scheduler``, ``cluster``, ``store``, ``on_event``...; not ``screening`` or
+            ``on_error``, see docs/dynamics.md); one executor (one batch cluster) is entered for the whole
+            optimization. ``on_event`` receives, per gradient,
             :class:`~qcmb_async.events.StepStarted` (``kind="optimize"``, the geometry in bohr), that MBE's
             fragment events, then :class:`~qcmb_async.events.StepFinished` (energy Eh, gradient rms/max
             Eh/bohr, fragments computed and cached, wall time s).
@@ -256,7 +333,8 @@ async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str |
 
     Raises:
         InputError: bad input or options, before anything runs (also ``maxiter`` < 1, a convergence set or
-        ``geometric_params`` geomeTRIC refuses, constraints that do not parse for this molecule);
+        ``geometric_params`` geomeTRIC refuses or would ignore, NaN or non-positive criteria and trust radii,
+        constraints of the wrong type or that do not parse for this molecule);
         ModuleNotFoundError: geomeTRIC is not installed (``pip install qcmb_async[opt]``);
         FragmentError / RunFailed: a fragment failed.
     """
@@ -264,11 +342,15 @@ async def optimize(mbe_input: Any, *, coordsys: str = "tric", constraints: str |
         import geometric  # noqa: F401
     except ImportError as exc:
         raise ModuleNotFoundError("optimize() needs geomeTRIC: pip install 'qcmb_async[opt]'") from exc
+    constraints, extra = await anyio.to_thread.run_sync(functools.partial(
+        check_arguments, coordsys=coordsys, constraints=constraints, convergence_set=convergence_set,
+        geometric_params=geometric_params))
     if coordsys.lower() not in COORDSYS:
         raise InputError(f"coordsys must be one of {COORDSYS}, got {coordsys!r}")
+    check_options(options)
     inp = await anyio.to_thread.run_sync(prepare, mbe_input, "gradient")
     symbols = [str(s) for s in inp.molecule.symbols]
-    params = {"convergence_set": convergence_set, "maxiter": maxiter, **(geometric_params or {})}
+    params = {"convergence_set": convergence_set, "maxiter": maxiter, **extra}
     await anyio.to_thread.run_sync(functools.partial(check_geometric, symbols, geometry(inp), maxiter=params["maxiter"],
                                                      constraints=constraints, params=params))
     steps: list[dict[str, Any]] = []

@@ -114,9 +114,10 @@ class ManyBodyCalculator(Calculator):
         mbe_input: Instead of the arguments above, a ``ManyBodyInput`` (or dict/file) whose molecule
             has the atoms in the same order: its fragments, charges and specification are kept and
             its coordinates replaced by the atoms' at every step.
-        **options: Passed to every :func:`qcmb_async.run_manybody` call: ``ncores``, ``memory``,
-            ``fragment_ncores``, ``fragment_memory``, ``executor`` (name or an Executor instance),
-            ``scheduler``, ``scratch_directory``, ``retries``, ``timeout``, ``on_event``, ``store``.
+        **options: The drivers' options (``qcmb_async._dynamics.DRIVER_OPTIONS``): ``ncores``, ``memory``,
+            ``fragment_ncores``, ``fragment_memory``, ``level_barrier``, ``scratch_directory``, ``retries``,
+            ``timeout``, ``on_event``, ``store`` go to every MBE; ``executor`` (name or an Executor instance),
+            ``scheduler`` or ``cluster`` choose the one executor kept for all steps.
 
     After each calculation ``calc.results["manybody_result"]`` is the ``ManyBodyResult`` and
     ``calc.history`` has one record per MBE run (a step): ``step``, ``energy`` (Eh), ``gradient_rms`` and
@@ -126,8 +127,11 @@ class ManyBodyCalculator(Calculator):
     (``kind="ase"``) around each MBE's fragment events, on the calculator's event-loop thread.
 
     Raises:
-        InputError: bad fragments or input, when the calculator is made or at the first calculation; periodic
-        Atoms; Atoms whose elements differ from those of the first calculation.
+        InputError: bad arguments or options when the calculator is made (types, one charge/multiplicity per
+        fragment, bsse_type, max_nbody, an ``mbe_input`` run() would refuse); at the first calculation
+        whatever run()'s input checks refuse (multiplicities against electrons, naming the fragment; atoms on
+        top of each other; basis sets the program lacks); periodic Atoms; Atoms whose elements differ from
+        those of the first calculation.
     """
 
     implemented_properties = ("energy", "forces")
@@ -140,12 +144,19 @@ class ManyBodyCalculator(Calculator):
                  fragment_multiplicities: Sequence[int] | None = None,
                  mbe_input: Any = None, **options: Any) -> None:
         super().__init__()
-        if mbe_input is None and (fragments is None or program is None or model is None):
+        from qcmb_async._dynamics import check_options
+
+        check_options(options)
+        if mbe_input is not None:
+            from qcmb_async._core.inputs import load_input
+
+            # Checked now, as run() checks it: the atoms only replace its coordinates later.
+            mbe_input = load_input(mbe_input)
+        elif fragments is None or program is None or model is None:
             raise InputError("ManyBodyCalculator needs fragments=, program= and model= (or mbe_input=)")
-        self._spec = {"fragments": [list(map(int, f)) for f in fragments] if fragments is not None else None,
-                      "program": program, "model": model, "bsse_type": bsse_type, "max_nbody": max_nbody,
-                      "keywords": keywords or {}, "fragment_charges": fragment_charges,
-                      "fragment_multiplicities": fragment_multiplicities}
+        self._spec = _check_spec(fragments, program=program, model=model, bsse_type=bsse_type,
+                                 max_nbody=max_nbody, keywords=keywords, fragment_charges=fragment_charges,
+                                 fragment_multiplicities=fragment_multiplicities) if mbe_input is None else {}
         self._given = mbe_input
         self._options = options
         self._inp: Any = None
@@ -177,15 +188,13 @@ class ManyBodyCalculator(Calculator):
     # -- input -----------------------------------------------------------------------------
 
     def _input_for(self, atoms: Any) -> Any:
-        from qcelemental.models.v2 import Molecule
-        from qcmanybody.models.v2 import ManyBodyInput
+        """The ManyBodyInput at ``atoms``, through run()'s input checks (:class:`InputError` naming the problem)."""
+        from qcmb_async._core.inputs import _from_dict, check_finite, revalidate_molecule
 
         symbols = list(atoms.get_chemical_symbols())
         coords = np.asarray(atoms.get_positions(), dtype=float) / Bohr
         if self._given is not None:
-            from qcmb_async._core.inputs import load_input
-
-            inp = load_input(self._given)
+            inp = self._given
             if list(inp.molecule.symbols) != symbols:
                 raise InputError(f"mbe_input's molecule has atoms {list(inp.molecule.symbols)}, the Atoms {symbols}: "
                                  "they must be the same atoms in the same order")
@@ -201,20 +210,25 @@ class ManyBodyCalculator(Calculator):
             raise InputError("fragments must list contiguous, increasing atom ranges (reorder the Atoms so each "
                              f"fragment's atoms are together), got {frags}")
         nfrag = len(frags)
-        mol = Molecule(
-            symbols=symbols, geometry=coords, fragments=frags,
-            fragment_charges=list(spec["fragment_charges"] or [0.0] * nfrag),
-            fragment_multiplicities=list(spec["fragment_multiplicities"] or [1] * nfrag),
-            fix_com=True, fix_orientation=True,
-            molecular_charge=float(sum(spec["fragment_charges"] or [0.0] * nfrag)))
-        bsse = [spec["bsse_type"]] if isinstance(spec["bsse_type"], str) else list(spec["bsse_type"])
-        kw: dict[str, Any] = {"bsse_type": bsse}
+        charges = list(spec["fragment_charges"] or [0.0] * nfrag)
+        molecule = {
+            "symbols": symbols, "geometry": coords.reshape(-1).tolist(), "fragments": frags,
+            "fragment_charges": charges,
+            "fragment_multiplicities": list(spec["fragment_multiplicities"] or [1] * nfrag),
+            "molecular_charge": float(sum(charges)), "fix_com": True, "fix_orientation": True}
+        kw: dict[str, Any] = {"bsse_type": spec["bsse_type"]}
         if spec["max_nbody"] is not None:
             kw["max_nbody"] = spec["max_nbody"]
-        return ManyBodyInput(molecule=mol, specification={
+        data = {"molecule": molecule, "specification": {
             "driver": "gradient", "keywords": kw,
             "specification": {"(auto)": {"program": spec["program"], "model": spec["model"],
-                                         "driver": "gradient", "keywords": spec["keywords"]}}})
+                                         "driver": "gradient", "keywords": spec["keywords"]}}}}
+        # The checks load_input gives a dict (and their messages naming the fragment), as run() does.
+        source = "the ManyBodyCalculator's Atoms and arguments"
+        inp = _from_dict(data, source)
+        check_finite(inp, source)
+        revalidate_molecule(inp.molecule, source)
+        return inp
 
     # -- ASE's entry point --------------------------------------------------------------
 
@@ -237,3 +251,60 @@ class ManyBodyCalculator(Calculator):
         self.results = {"energy": record["energy"] * Hartree, "forces": -grad * Hartree / Bohr,
                         "manybody_result": result}
         self.history.append(record)
+
+
+def _check_spec(fragments: Any, **given: Any) -> dict[str, Any]:
+    """The calculator's arguments checked before any atoms are seen; :class:`InputError` for the first bad one.
+
+    What needs the atoms (every atom in one fragment, electrons against multiplicities, atoms on top of each
+    other, the model against the program) is checked at the first calculation, by run()'s input checks.
+    """
+    import math
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+    def seq(value: Any) -> bool:
+        return isinstance(value, Sequence | np.ndarray) and not isinstance(value, str | bytes)
+
+    if not seq(fragments) or not len(fragments) or not all(
+            seq(f) and len(f) and all(whole(i) and i >= 0 for i in f) for f in fragments):
+        raise InputError(f"fragments must be a non-empty list of lists of atom indices (0-based whole numbers), e.g. "
+                         f"[[0, 1, 2], [3, 4, 5]]; got {fragments!r}")
+    frags = [[int(i) for i in f] for f in fragments]
+    nfrag = len(frags)
+    program, model = given["program"], given["model"]
+    if not isinstance(program, str) or not program.strip():
+        raise InputError(f"program must be a QCEngine program name such as 'pyscf', got {program!r}")
+    if not isinstance(model, dict) or not isinstance(model.get("method"), str):
+        raise InputError(f"model must be a dict with a 'method' (and usually a 'basis'), e.g. "
+                         f"{{'method': 'hf', 'basis': 'sto-3g'}}; got {model!r}")
+    bsse = given["bsse_type"]
+    bsse_list = [bsse] if isinstance(bsse, str) else list(bsse) if seq(bsse) else None
+    allowed = ("cp", "nocp", "vmfc")
+    if not bsse_list or not all(isinstance(b, str) and b.lower() in allowed for b in bsse_list):
+        raise InputError(f"bsse_type {bsse!r} is not valid: use one or a list of {', '.join(map(repr, allowed))}")
+    max_nbody = given["max_nbody"]
+    if max_nbody is not None and not (whole(max_nbody) and 1 <= max_nbody <= nfrag):
+        raise InputError(f"max_nbody={max_nbody!r}: give a whole number from 1 to the number of fragments ({nfrag})")
+    keywords = given["keywords"]
+    if keywords is not None and not isinstance(keywords, dict):
+        raise InputError(f"keywords must be a dict of program keywords, got {type(keywords).__name__}")
+    for name, kind in (("fragment_charges", "charge"), ("fragment_multiplicities", "multiplicity")):
+        values = given[name]
+        if values is None:
+            continue
+        if not seq(values) or len(values) != nfrag:
+            raise InputError(f"{name} must give one {kind} per fragment ({nfrag}), got {values!r}")
+        for i, v in enumerate(values):
+            ok = (isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+                  and math.isfinite(v) and (kind == "charge" or v >= 1))
+            if not ok:
+                raise InputError(f"{name}[{i}] (fragment {i + 1}) must be a finite number"
+                                 f"{'' if kind == 'charge' else ' >= 1'}, got {v!r}")
+    return {"fragments": frags, "program": program, "model": model, "bsse_type": [b.lower() for b in bsse_list],
+            "max_nbody": max_nbody, "keywords": keywords or {},
+            "fragment_charges": None if given["fragment_charges"] is None else [float(v) for v in
+                                                                                given["fragment_charges"]],
+            "fragment_multiplicities": None if given["fragment_multiplicities"] is None else [
+                int(v) if float(v).is_integer() else float(v) for v in given["fragment_multiplicities"]]}

@@ -157,7 +157,10 @@ class Workload:
 
     @classmethod
     def load(cls, path: str | Path) -> Workload:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        from ._core.inputs import read_text_file
+
+        return cls.from_dict(json.loads(read_text_file(Path(path), "workload file",
+                                                       expect="a workload JSON written by Workload.save")))
 
 
 def _plan_of(mbe_input: Any) -> Plan:

@@ -27,5 +27,7 @@ def test_run_on_a_tls_cluster_through_a_client_with_security() -> None:
         assert result.return_result == pytest.approx(reference.return_result, abs=1e-9)
         # Without the credentials the TLS scheduler is unreachable: nothing talks to it in the clear.
         plain = cluster.scheduler_address.replace("tls://", "tcp://")
-        with pytest.raises(InputError, match="could not connect"):
+        # ... and the error says so (issue 21: it used to say "start one with dask scheduler").
+        with pytest.raises(InputError, match="accepted the connection and then reset it: it is most likely a TLS "
+                                             "scheduler"):
             run(inp, store=None, scheduler=plain)

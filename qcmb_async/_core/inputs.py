@@ -94,35 +94,41 @@ def _from_dict(data: Mapping[str, Any], source: str) -> ManyBodyInput:
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 
 
-def read_text_file(path: Path, what: str = "input file") -> str:
-    """The UTF-8 text of a regular file of at most :data:`MAX_INPUT_BYTES`, else :class:`InputError`.
+def read_text_file(path: Path, what: str = "input file", *, expect: str = "a JSON, YAML or XYZ file",
+                   limit: int = MAX_INPUT_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes, else :class:`InputError`.
 
-    Directories, FIFOs and devices are refused before they are opened (reading a FIFO or
-    ``/dev/zero`` would block or never end).
+    Every file the program reads on a user's word goes through here (inputs, XYZ, constraint files,
+    scheduler files, saved results): directories, FIFOs and devices are refused before they are
+    opened (reading a FIFO or ``/dev/zero`` would block or never end), the read is bounded, and the
+    bytes must be UTF-8. ``what`` names the file in messages (``"--constraints file"``), ``expect``
+    says what should have been given.
     """
     name = str(path)
-    size = check_input_path(path, what)
+    size = check_input_path(path, what, expect=expect, limit=limit)
     try:
         with path.open("rb") as fh:
-            raw = fh.read(MAX_INPUT_BYTES + 1)
+            raw = fh.read(limit + 1)
     except OSError as exc:
         raise InputError(f"{what} {name!r} cannot be read: {exc.strerror or exc}. Check its permissions") from None
     if raw.startswith(b"SQLite format 3\x00"):
-        raise InputError(f"{what} {name!r} is an SQLite database (a qcmb_async result store?), not a JSON, YAML or "
-                         f"XYZ input: to see a result store's runs and fragments use 'qcmb-async report {name}'")
-    if len(raw) > MAX_INPUT_BYTES or len(raw) < size:
-        raise InputError(f"{what} {name!r} changed while it was read, or is larger than the {MAX_INPUT_BYTES} "
+        raise InputError(f"{what} {name!r} is an SQLite database (a qcmb_async result store?), not {expect}: "
+                         f"to see a result store's runs and fragments use 'qcmb-async report {name}'")
+    if len(raw) > limit or len(raw) < size:
+        raise InputError(f"{what} {name!r} changed while it was read, or is larger than the {limit} "
                          "bytes an input may have")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise InputError(f"{what} {name!r} is not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line} "
-                         "(a Latin-1 or Windows accented letter?). Save the file as UTF-8") from None
+                         f"(a Latin-1 or Windows accented letter, or a binary file?). Save the file as UTF-8 "
+                         f"({expect})") from None
 
 
-def check_input_path(path: Path, what: str = "input file") -> int:
-    """Size in bytes of ``path`` if it is a regular file no larger than :data:`MAX_INPUT_BYTES`, else InputError."""
+def check_input_path(path: Path, what: str = "input file", *, expect: str = "a JSON, YAML or XYZ file",
+                     limit: int = MAX_INPUT_BYTES) -> int:
+    """Size in bytes of ``path`` if it is a regular file no larger than ``limit``, else InputError."""
     name = str(path)
     try:
         info = path.stat()
@@ -130,14 +136,14 @@ def check_input_path(path: Path, what: str = "input file") -> int:
         raise InputError(f"{what} {name!r} does not exist: check the path") from None
     except OSError as exc:  # ENAMETOOLONG, ENOTDIR, EACCES on a parent, ELOOP...
         raise InputError(f"{what} {name[:200]!r} cannot be used: {exc.strerror or exc}. Give the path of a "
-                         "readable JSON, YAML or XYZ file") from None
+                         f"readable file ({expect})") from None
     if stat.S_ISDIR(info.st_mode):
-        raise InputError(f"{what} {name!r} is a directory: give a JSON, YAML or XYZ file")
+        raise InputError(f"{what} {name!r} is a directory: give {expect}")
     if not stat.S_ISREG(info.st_mode):
         raise InputError(f"{what} {name!r} is not a regular file (a FIFO, device or socket): save the input to a "
-                         "file and give its path")
-    if info.st_size > MAX_INPUT_BYTES:
-        raise InputError(f"{what} {name!r} has {info.st_size} bytes, more than the {MAX_INPUT_BYTES} an input may "
+                         f"file and give its path ({expect})")
+    if info.st_size > limit:
+        raise InputError(f"{what} {name!r} has {info.st_size} bytes, more than the {limit} an input may "
                          "have: check it is the right file")
     return int(info.st_size)
 

@@ -66,6 +66,10 @@ class Screening(BaseModel):
                        "order 2 would be decided from monomer total energies, not interactions: screen dimers "
                        "by distance")
                 raise ValueError(f"screening {name}: order {order} is below {lowest} ({why})")
+            if order in out:
+                # {2: 9.0, "2": 1.0} (a dict built from text and numbers) would keep whichever came last.
+                raise ValueError(f"screening {name}: order {order} is given twice ({out[order]:g} and {val!r}): "
+                                 "give each order once")
             if isinstance(val, bool) or not isinstance(val, numbers.Real) or not math.isfinite(float(val)) \
                     or val < 0:
                 raise ValueError(f"screening {name}: order {order} needs a finite number >= 0 ({unit}), "

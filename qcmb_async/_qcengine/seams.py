@@ -144,6 +144,9 @@ def _cached_globals() -> dict[str, Any] | None:
     if path is None:
         return None
     try:
+        # $QCMB_ASYNC_QCENGINE_CACHE names it: a cache is a small regular file (not /dev/zero, not a FIFO).
+        if not is_qcengine_cache(path):
+            return None
         data = json.loads(path.read_text())
         if data.get("machine") != _machine_key():
             return None

@@ -3,8 +3,10 @@ JSON output."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,54 @@ from ._app import app
 from ._console import Usage, _stderr, with_log_options
 from ._inputs import _check_not_store, _check_outputs, _load, _store_arg, write_output
 from ._options import (
+    ClusterKind,
+    ClusterOpt,
+    JobCoresOpt,
+    JobMemoryOpt,
+    MaxJobsOpt,
     OutputOptions,
+    QueueOpt,
     ResourceOptions,
+    SchedulerFileOpt,
+    WalltimeOpt,
     XyzOptions,
+    _with_group,
     with_output_options,
     with_resource_options,
     with_xyz_options,
 )
+
+
+@dataclass(frozen=True)
+class ClusterArgs:
+    """Where the Dask workers of a command come from besides --scheduler (``None``: not given)."""
+
+    scheduler_file: Path | None = None
+    cluster: ClusterKind | None = None
+    queue: str | None = None
+    job_cores: int | None = None
+    job_memory: float | None = None
+    max_jobs: int | None = None
+    walltime: str | None = None
+
+
+_CLUSTER_PARAMETERS = [
+    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=annotation)
+    for name, annotation in (("scheduler_file", SchedulerFileOpt), ("cluster", ClusterOpt), ("queue", QueueOpt),
+                             ("job_cores", JobCoresOpt), ("job_memory", JobMemoryOpt), ("max_jobs", MaxJobsOpt),
+                             ("walltime", WalltimeOpt))
+]
+
+#: Gives a command --scheduler-file, --cluster and the job options; it receives them as ``cluster_args: ClusterArgs``.
+with_cluster_options = _with_group("cluster_args", ClusterArgs, _CLUSTER_PARAMETERS)
+
+
+def dask_target(scheduler: str | None, args: ClusterArgs) -> dict[str, Any]:
+    """``scheduler=``/``cluster=`` run options from --scheduler and :class:`ClusterArgs` (Usage/InputError if bad)."""
+    from .run import _dask_target
+
+    given = asdict(args)
+    return _dask_target(scheduler, given.pop("scheduler_file"), given.pop("cluster"), **given)
 
 
 def expansion_command(output_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -68,7 +111,7 @@ def check_outputs(input: Path, outputs: OutputOptions, resources: ResourceOption
 
 
 def start_job(command: str, input: Path, xyz: XyzOptions, outputs: OutputOptions,
-              resources: ResourceOptions) -> tuple[Any, dict[str, Any]]:
+              resources: ResourceOptions, cluster_args: ClusterArgs | None = None) -> tuple[Any, dict[str, Any]]:
     """The input and run options of a command that runs many expansions (optimize, frequencies).
 
     Everything checked before anything runs: --driver refused (the command chooses), the input
@@ -78,7 +121,9 @@ def start_job(command: str, input: Path, xyz: XyzOptions, outputs: OutputOptions
         raise Usage(f"--driver does not apply to {command}: it chooses what each expansion computes")
     mbe = _load(input, xyz)
     check_outputs(input, outputs, resources)
-    return mbe, run_options(resources)
+    options = run_options(resources, with_scheduler=False)
+    options.update(dask_target(resources.scheduler, cluster_args or ClusterArgs()))
+    return mbe, options
 
 
 class _StepLog:

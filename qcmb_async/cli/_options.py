@@ -106,7 +106,8 @@ ClusterOpt = Annotated[ClusterKind | None, _opt("--cluster", help="Start a batch
                                                                   "this run.")]
 QueueOpt = Annotated[str | None, _opt("--queue", metavar="QUEUE", help="--cluster: partition/queue of the jobs.")]
 JobCoresOpt = Annotated[int | None, _opt("--job-cores", metavar="N", help="--cluster: cores per job (default 1).")]
-JobMemoryOpt = Annotated[float | None, _opt("--job-memory", metavar="GIB", help="--cluster: GiB per job (default 4).")]
+JobMemoryOpt = Annotated[float | None, _opt("--job-memory", metavar="GIB",
+                                             help="--cluster: GiB per job (default 4, at least 0.25).")]
 MaxJobsOpt = Annotated[int | None, _opt("--max-jobs", metavar="N", help="--cluster: most jobs at once (default 1); "
                                                                         "jobs come and go with the waiting "
                                                                         "fragments.")]
@@ -287,25 +288,33 @@ def screening_option(cutoff: str | None, energy: str | None, centroid: bool) -> 
     from ..errors import InputError
 
     def parse(flag: str, text: str) -> dict[int, float]:
+        example = "2:9,3:7" if flag == "--cutoff" else "3:1e-5"
+        if not text.strip():
+            # An empty value would otherwise mean "no screening" without a word.
+            raise InputError(f"{flag} is empty: give ORDER:VALUE pairs (e.g. {flag} {example}), or leave {flag} out "
+                             "for the full expansion")
         out: dict[int, float] = {}
         for item in text.split(","):
             order, sep, value = item.strip().partition(":")
             try:
                 if not sep:
                     raise ValueError
-                out[int(order)] = float(value)
+                key = int(order)
+                number = float(value)
             except ValueError:
-                raise InputError(f"{flag}: {item.strip()!r} is not ORDER:VALUE (e.g. {flag} "
-                                 f"{'2:9,3:7' if flag == '--cutoff' else '3:1e-5'})") from None
+                raise InputError(f"{flag}: {item.strip()!r} is not ORDER:VALUE (e.g. {flag} {example})") from None
+            if key in out:
+                raise InputError(f"{flag} gives order {key} twice ({out[key]:g} and {number:g}): give each order once")
+            out[key] = number
         return out
 
     spec: dict[str, Any] = {}
-    if cutoff:
+    if cutoff is not None:
         spec["distance"] = parse("--cutoff", cutoff)
-    if energy:
+    if energy is not None:
         spec["energy"] = parse("--energy-threshold", energy)
     if centroid:
-        if not cutoff:
+        if cutoff is None:
             raise InputError("--centroid changes how --cutoff measures distances: give --cutoff too")
         spec["metric"] = "centroid"
     return spec or None

@@ -8,7 +8,15 @@ from typing import Annotated, Any
 import typer
 
 from ._console import Usage, _stdout
-from ._moving import expansion_command, start_job, step_progress, write_json, write_timeline
+from ._moving import (
+    ClusterArgs,
+    expansion_command,
+    start_job,
+    step_progress,
+    with_cluster_options,
+    write_json,
+    write_timeline,
+)
 from ._options import (
     InputArg,
     LogOptions,
@@ -31,6 +39,7 @@ StepOpt = Annotated[float | None, typer.Option("--step", metavar="BOHR",
 
 
 @expansion_command("Write frequencies, normal modes and Hessian as JSON.")
+@with_cluster_options
 def frequencies(
     input: InputArg,
     *,
@@ -38,13 +47,14 @@ def frequencies(
     hessian: RouteOpt = Route.analytic,
     step: StepOpt = None,
     resources: ResourceOptions,
+    cluster_args: ClusterArgs,
     outputs: OutputOptions,
     logs: LogOptions,
 ) -> None:
     """Harmonic frequencies (cm⁻¹, translations and rotations projected out) of a many-body expansion."""
     if step is not None and hessian is Route.analytic:
         raise Usage("--step applies to --hessian finite-difference only (the analytic Hessian takes no step)")
-    mbe, options = start_job("frequencies", input, xyz, outputs, resources)
+    mbe, options = start_job("frequencies", input, xyz, outputs, resources, cluster_args)
     result = _frequencies(mbe, options, route=hessian.value, step=step, json_logs=logs.json)
     write_timeline(result, outputs.timeline, logs.json)
     if outputs.output is not None:

@@ -9,7 +9,15 @@ import typer
 
 from ._console import EXIT_FAILED, Usage, _stderr, _stdout
 from ._inputs import _check_writable, _same_file, write_output
-from ._moving import expansion_command, start_job, step_progress, write_json, write_timeline
+from ._moving import (
+    ClusterArgs,
+    expansion_command,
+    start_job,
+    step_progress,
+    with_cluster_options,
+    write_json,
+    write_timeline,
+)
 from ._options import (
     InputArg,
     LogOptions,
@@ -34,6 +42,7 @@ ConstraintsOpt = Annotated[Path | None, typer.Option("--constraints", metavar="F
 
 
 @expansion_command("Write the steps, energies and final geometry as JSON.")
+@with_cluster_options
 def optimize(
     input: InputArg,
     *,
@@ -44,6 +53,7 @@ def optimize(
     constraints: ConstraintsOpt = None,
     xyz_output: XyzOutOpt = None,
     resources: ResourceOptions,
+    cluster_args: ClusterArgs,
     outputs: OutputOptions,
     logs: LogOptions,
 ) -> None:
@@ -52,7 +62,7 @@ def optimize(
     One line per gradient as it finishes (energy, gradient rms/max, fragments computed and from the store,
     wall time). Ctrl-C stops it cleanly; rerun with the same --store to resume at the interrupted step.
     """
-    mbe, options = start_job("optimize", input, xyz, outputs, resources)
+    mbe, options = start_job("optimize", input, xyz, outputs, resources, cluster_args)
     if xyz_output is not None:
         _check_writable("--xyz-output", xyz_output)
         for option, other in (("the input", input), ("--output", outputs.output), ("--timeline", outputs.timeline)):
@@ -64,13 +74,11 @@ def optimize(
         raise Usage("optimize needs geomeTRIC: pip install 'qcmb_async[opt]'") from None
     cons = None
     if constraints is not None:
-        try:
-            cons = constraints.read_text()
-        except OSError as exc:
-            raise Usage(f"--constraints {str(constraints)!r}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise Usage(f"--constraints {str(constraints)!r} is not UTF-8 text: give geomeTRIC's constraint "
-                        "file ($freeze, $set, ...)") from None
+        from .._core.inputs import read_text_file
+
+        # The input files' guards: /dev/zero, a FIFO or a huge file is refused, not read without end.
+        cons = read_text_file(constraints, "--constraints file",
+                              expect="a geomeTRIC constraints file ($freeze, $set, ...)")
     result = _optimize(mbe, options, json_logs=logs.json, coordsys=coordsys, convergence=convergence,
                        maxiter=maxiter, constraints=cons)
     write_timeline(result, outputs.timeline, logs.json)

@@ -20,8 +20,9 @@ from ._render import _energy_tables
 @app.command()
 @with_log_options
 def report(
-    source: Annotated[Path, typer.Argument(help="A result JSON written by 'run --output', or a result store "
-                                                "(.sqlite).", show_default=False, metavar="RESULT")],
+    source: Annotated[Path, typer.Argument(help="A result JSON written by 'run', 'optimize' or 'frequencies "
+                                                "--output', or a result store (.sqlite).", show_default=False,
+                                           metavar="RESULT")],
     *,
     run_id: Annotated[str | None, _opt("--run", metavar="RUN_ID", help="Store: only this run's fragments.")] = None,
     logs: LogOptions,
@@ -31,6 +32,10 @@ def report(
         raise InputError(f"{str(source)!r} does not exist: give a result JSON (run --output) or a result store")
     if source.is_dir():
         raise InputError(f"{str(source)!r} is a directory: give a result JSON or a result store file")
+    from .._core.inputs import check_input_path
+
+    # A FIFO or device would block or never end: refused before it is opened.
+    check_input_path(source, "result file", expect=_EXPECT, limit=MAX_RESULT_BYTES)
     with source.open("rb") as fh:
         head = fh.read(16)
     if head.startswith(b"SQLite format 3"):
@@ -41,18 +46,30 @@ def report(
         _report_json(source)
 
 
-def _load_result(path: Path) -> Any:
+#: Largest result JSON read, bytes (a result with every fragment's result kept can be large).
+MAX_RESULT_BYTES = 1024**3
+_EXPECT = "a result JSON (run, optimize or frequencies --output) or a result store"
+
+
+def _read_json(path: Path) -> tuple[str, Any]:
+    from .._core.inputs import read_text_file
+
+    try:
+        text = read_text_file(path, "result file", expect=_EXPECT, limit=MAX_RESULT_BYTES)
+    except InputError as exc:
+        if "UTF-8" in str(exc):
+            raise InputError(f"{str(path)!r} is neither a result JSON (run --output) nor a result store") from None
+        raise
+    try:
+        return text, json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{str(path)!r} is not valid JSON ({exc}): give a file written by 'run --output'") from None
+
+
+def _load_result(path: Path, text: str, data: Any) -> Any:
     from pydantic import ValidationError
     from qcmanybody.models.v2 import ManyBodyResult
 
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise InputError(f"{str(path)!r} is neither a result JSON (run --output) nor a result store") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{str(path)!r} is not valid JSON ({exc}): give a file written by 'run --output'") from None
     if isinstance(data, dict) and "input_data" not in data and "specification" in data and "molecule" in data:
         raise InputError(f"{str(path)!r} is a ManyBodyInput, not a result: compute it with 'qcmb-async run "
                          f"{path}', or report the file written by its --output")
@@ -127,7 +144,14 @@ def _report_json(path: Path) -> None:
 
     from ..timeline import timeline_stats
 
-    result = _load_result(path)
+    text, data = _read_json(path)
+    if isinstance(data, dict) and "frequencies_cm-1" in data:
+        _report_frequencies(path, data)
+        return
+    if isinstance(data, dict) and "final_molecule" in data and "steps" in data:
+        _report_optimization(path, data)
+        return
+    result = _load_result(path, text, data)
     _check_energies(path, result)
     raw = (result.extras or {}).get("qcmb_async")
     meta = _records(path, raw) if raw is not None else None
@@ -224,6 +248,136 @@ def _report_store(path: Path, run_id: str | None) -> None:
         if len(programs) > 1:
             cells.append(str(f.get("program", "")))
         cells.append(str(f.get("program_version") or "unknown"))
+        cells += [status, str(attempts if attempts is not None else "-"),
+                  f"{wall:.3f}" if isinstance(wall, int | float) else "-", str(f.get("worker") or "-"),
+                  str(f.get("run_id") or "-")]
+        ftable.add_row(*cells)
+    out.print(ftable)
+    ok = sum(f.get("status") == "ok" for f in frags)
+    out.print(f"{len(runs)} run(s); {len(frags)} fragment record(s), {ok} ok", markup=False, soft_wrap=True)
+
+
+def _malformed(path: Path, kind: str, exc: Exception) -> InputError:
+    return InputError(f"{str(path)!r} looks like the output of 'qcmb-async {kind} --output' but is malformed "
+                      f"({_short(str(exc), False)}): the file was edited or cut short; run {kind} again (the result "
+                      "store keeps its fragments)")
+
+
+def _report_frequencies(path: Path, data: dict[str, Any]) -> None:
+    """``frequencies --output``: the harmonic frequencies, the route and the fragment counts."""
+    from .._core.inputs import _nonfinite
+
+    try:
+        freqs = [float(f) for f in data["frequencies_cm-1"]]
+        method = str(data.get("method", "?"))
+        energy = data.get("energy")
+        extras = data.get("extras") or {}
+        if not isinstance(extras, dict) or (energy is not None and not isinstance(energy, int | float)):
+            raise TypeError("extras must be an object and energy a number")
+    except (TypeError, ValueError, KeyError) as exc:
+        raise _malformed(path, "frequencies", exc) from None
+    if _nonfinite(freqs, "frequencies_cm-1") is not None:
+        raise _malformed(path, "frequencies", ValueError("a frequency is NaN or infinite"))
+    out = _stdout()
+    out.print(f"harmonic frequencies of {path} (cm⁻¹, {method} Hessian; imaginary ones negative):", markup=False,
+              soft_wrap=True)
+    cells = [f"{f:10.2f}" for f in freqs]
+    for i in range(0, len(cells), 6):
+        out.print("".join(cells[i:i + 6]), markup=False)
+    if energy is not None:
+        out.print(f"energy at the reference geometry {energy:.10f} Eh", markup=False)
+    counts = {k: extras.get(k) for k in ("fragments_computed", "fragments_cached", "wall_time")}
+    if all(isinstance(v, int | float) for v in counts.values()):
+        out.print(f"{counts['fragments_computed']} fragments computed, {counts['fragments_cached']} from the store; "
+                  f"{counts['wall_time']:.1f} s", markup=False, soft_wrap=True)
+
+
+def _report_optimization(path: Path, data: dict[str, Any]) -> None:
+    """``optimize --output``: one row per gradient, then whether it converged and the final energy."""
+    from rich import box
+    from rich.table import Table
+
+    def num(value: Any, fmt: str) -> str:
+        return format(value, fmt) if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+    try:
+        steps = list(data["steps"])
+        if not all(isinstance(s, dict) for s in steps):
+            raise TypeError("every step must be an object")
+        success = bool(data.get("success"))
+        final = data.get("final_energy")
+        symbols = list(data["final_molecule"]["symbols"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise _malformed(path, "optimize", exc) from None
+    out = _stdout()
+    table = Table(box=box.SIMPLE, title=f"optimization steps in {path}", title_justify="left")
+    for name in ("step", "energy / Eh", "grad rms", "grad max", "computed", "cached", "wall / s"):
+        table.add_column(name, justify="right")
+    for s in steps:
+        table.add_row(num(s.get("step"), "d"), num(s.get("energy"), ".10f"), num(s.get("gradient_rms"), ".2e"),
+                      num(s.get("gradient_max"), ".2e"), num(s.get("computed"), "d"), num(s.get("cached"), "d"),
+                      num(s.get("wall_time"), ".2f"))
+    out.print(table)
+    state = "converged" if success else f"not converged ({data.get('error') or 'no reason recorded'})"
+    out.print(f"{state} after {len(steps)} gradients; final energy {num(final, '.10f')} Eh, {len(symbols)} atoms",
+              markup=False, soft_wrap=True)
+
+
+def _when(ts: Any) -> str:
+    if not isinstance(ts, int | float):
+        return str(ts) if ts is not None else "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _report_store(path: Path, run_id: str | None) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from ..store import ResultStore, StoreError
+    try:
+        store = ResultStore(path, readonly=True)
+    except StoreError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        runs = list(store.runs())
+        frags = list(store.fragments(run_id=run_id))
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+    out = _stdout()
+    table = Table(box=box.SIMPLE, title=f"runs in {path}", title_justify="left")
+    for name in ("run", "status", "started", "finished", "wall / s"):
+        table.add_column(name)
+    for r in runs:
+        started, finished = r.get("started"), r.get("finished")
+        wall = f"{finished - started:.2f}" if isinstance(started, int | float) and isinstance(
+            finished, int | float) else "-"
+        table.add_row(str(r.get("run_id", "?")), str(r.get("status", "-")), _when(started), _when(finished), wall)
+    out.print(table)
+    programs = sorted({str(f.get("program", "")) for f in frags})
+    title = f"fragments of run {run_id}" if run_id else "fragments"
+    if len(programs) == 1:
+        title += f" ({programs[0]})"
+    ftable = Table(box=box.SIMPLE, title=title, title_justify="left")
+    ftable.add_column("fragment", no_wrap=True)
+    ftable.add_column("n-body", justify="right")
+    if len(programs) > 1:
+        ftable.add_column("program")
+    for name, justify in (("status", "left"), ("attempts", "right"), ("wall / s", "right"), ("worker", "left"),
+                          ("run", "left")):
+        ftable.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for f in sorted(frags, key=lambda f: (f.get("level") or 0, f.get("label", ""))):
+        attempts = f.get("attempts")
+        if isinstance(attempts, list):
+            attempts = len(attempts)
+        wall = f.get("wall_time")
+        status = str(f.get("status", "-"))
+        if f.get("error_type"):
+            status += f" ({f['error_type']})"
+        cells = [str(f.get("label", "?")), str(f.get("level", ""))]
+        if len(programs) > 1:
+            cells.append(str(f.get("program", "")))
         cells += [status, str(attempts if attempts is not None else "-"),
                   f"{wall:.3f}" if isinstance(wall, int | float) else "-", str(f.get("worker") or "-"),
                   str(f.get("run_id") or "-")]

@@ -173,17 +173,17 @@ class _ClusterChecks:
 
     async def _read_scheduler_file(self) -> str:
         """The address in the scheduler file, waiting up to ``connect_timeout`` for it to be written."""
-        import json
-
         path = self._scheduler_file
         assert path is not None
         with anyio.move_on_after(self.connect_timeout):
             while True:
-                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                    return str(json.loads(path.read_text())["address"])
+                address = scheduler_file_address(path)
+                if address is not None:
+                    return address
                 await anyio.sleep(0.2)
         raise InputError(f"no Dask scheduler address in the scheduler file {str(path)!r} after {self.connect_timeout} "
                          "s: start `dask scheduler --scheduler-file PATH` first (see docs/hpc.md)")
+
 
     async def _unsatisfiable(self, resources: dict[str, float]) -> str | None:
         """Why no current worker could ever run a task asking for ``resources`` (``None``: some can)."""
@@ -237,3 +237,63 @@ def _client_address(client: Any) -> str:
     if not address:
         raise InputError(f"the given Dask Client {client!r} is not connected to a scheduler")
     return str(address)
+
+
+#: Largest scheduler file read, bytes (Dask writes a few hundred).
+_SCHEDULER_FILE_LIMIT = 1024 * 1024
+
+
+def scheduler_file_address(path: Any) -> str | None:
+    """The address a Dask scheduler file holds; ``None`` while it does not exist or is not complete JSON yet.
+
+    Read with the input files' guards: a directory, FIFO, device, binary or oversized file can never become a
+    scheduler file, so it is an :class:`InputError` at once instead of a wait until the connect timeout; so is
+    complete JSON without an ``address``.
+    """
+    import json
+    from pathlib import Path
+
+    from .._core.inputs import read_text_file
+
+    path = Path(path)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return None  # not written yet: `dask scheduler --scheduler-file` may still be starting
+    except OSError:
+        pass  # read_text_file says what is wrong
+    expect = "the JSON file `dask scheduler --scheduler-file PATH` writes"
+    text = read_text_file(path, "Dask scheduler file", expect=expect, limit=_SCHEDULER_FILE_LIMIT)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None  # being written (Dask does not write it atomically)
+    address = data.get("address") if isinstance(data, dict) else None
+    if not isinstance(address, str) or not address.strip():
+        raise InputError(f"Dask scheduler file {str(path)!r} holds no scheduler 'address': give {expect}")
+    return address.strip()
+
+
+def tls_problem(address: str, security: Any) -> str | None:
+    """Why a Client could not speak TLS to ``address`` with ``security`` (``None``: it can, or no TLS needed).
+
+    Without credentials distributed fails deep inside its TLS connector with a ``TypeError`` about
+    ``ssl_context``; Dask's own configuration (``distributed.comm.tls.*``) is what a plain address uses.
+    """
+    if not address.lower().startswith("tls://"):
+        return None
+    try:
+        from distributed.security import Security
+    except ImportError:
+        return None  # the executor says to install the dask extra when it starts
+
+    try:
+        args = (security if security is not None else Security()).get_connection_args("client")
+    except Exception as exc:  # unreadable certificate files and the like
+        return f"its TLS credentials cannot be loaded: {type(exc).__name__}: {exc}"
+    if args.get("ssl_context") is None:
+        return ("no TLS credentials are configured: set Dask's TLS configuration (the environment variables "
+                "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
+                "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY, or the same keys in a Dask YAML file), or from Python "
+                "pass scheduler=Client(address, security=Security(...)); see docs/executors.md")
+    return None

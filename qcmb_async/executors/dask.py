@@ -39,7 +39,15 @@ from .._logs import end_quiet_teardown, get_logger, quiet_teardown
 from ..errors import InputError
 from ..settings import get_settings
 from ._dask_batch import _Batching, _Entry, _task_key
-from ._dask_cluster import _client_address, _client_loop, _ClusterChecks, _is_client, _WorkerInfo
+from ._dask_cluster import (
+    _client_address,
+    _client_loop,
+    _ClusterChecks,
+    _is_client,
+    _WorkerInfo,
+    scheduler_file_address,
+    tls_problem,
+)
 from ._dask_worker import _failed, _kill_on_worker, _run_on_worker
 from .base import ReusableExecutor
 
@@ -61,6 +69,18 @@ _REMOTE_CALL_TIMEOUT = 10.0
 
 #: Most fragments the run hands over for deep-queue tasks, across all cores.
 _DEEP_HOLD = 4096
+
+
+def _reset_by_peer(exc: BaseException) -> bool:
+    """Whether a failed connect was reset by the other side (a TLS server answering plain TCP does that)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionResetError) or "Connection reset by peer" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
@@ -145,8 +165,12 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             if not scheduler.strip():
                 raise InputError(f"empty Dask scheduler address: pass one of {_THREE_WAYS}")
             self._address = scheduler.strip()
+            problem = tls_problem(self._address, None)
+            if problem:
+                raise InputError(f"the Dask scheduler address {self._address!r} asks for TLS, but {problem}")
         elif isinstance(scheduler, os.PathLike):
             self._scheduler_file = Path(scheduler)
+            scheduler_file_address(self._scheduler_file)  # can it ever be one? (a directory, a binary file...)
         elif _is_client(scheduler):
             self._given_client = scheduler
         elif hasattr(scheduler, "scheduler_address"):
@@ -265,6 +289,10 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             cluster = self._cluster
         if self._scheduler_file is not None:
             self._address = await self._read_scheduler_file()
+            problem = tls_problem(self._address, None)
+            if problem:
+                raise InputError(f"the scheduler file {str(self._scheduler_file)!r} names {self._address!r}, a TLS "
+                                 f"address, but {problem}")
         if given is not None and given.asynchronous and _client_loop(given) is loop:
             self._client, self._owns_client = await given, False
         else:
@@ -289,6 +317,12 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
                 await self._close()
                 if not isinstance(exc, (OSError, TimeoutError, ValueError)):
                     raise
+                if _reset_by_peer(exc) and str(address).lower().startswith("tcp://"):
+                    raise InputError(
+                        f"the Dask scheduler at {address!r} accepted the connection and then reset it: it is most "
+                        f"likely a TLS scheduler (started with --protocol tls). Address it as "
+                        f"{'tls://' + str(address)[6:]!r} with TLS credentials (see docs/executors.md, "
+                        "'Several machines')") from exc
                 raise InputError(
                     f"could not connect to the Dask scheduler at {address!r} within {self.connect_timeout} s: {exc}. "
                     f"Start one with `dask scheduler` and pass its address ({_THREE_WAYS})"

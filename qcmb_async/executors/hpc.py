@@ -35,6 +35,9 @@ __all__ = ["CLUSTER_KINDS", "ClusterOptions", "JobWatch", "cluster_options", "jo
 #: Batch systems a cluster can be started on, and their dask-jobqueue classes.
 CLUSTER_KINDS: dict[str, str] = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 _IMPORT_LOCK = threading.Lock()
+
+#: Smallest memory per job, GiB: a Dask worker process alone takes about 150 MiB.
+MIN_JOB_MEMORY = 0.25
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:[0-5]\d:[0-5]\d$")
 
 
@@ -47,7 +50,8 @@ class ClusterOptions(BaseModel):
     queue: str | None = Field(None, description="Partition (SLURM) or queue (PBS); default: the system's.")
     account: str | None = Field(None, description="Account/project charged for the jobs.")
     job_cores: int = Field(1, ge=1, description="Cores per job (the worker's `cores` resource).")
-    job_memory: float = Field(4.0, gt=0, description="Memory per job, GiB (the worker's `memory` resource).")
+    job_memory: float = Field(4.0, description="Memory per job, GiB, at least 0.25 (the worker's `memory` "
+                                               "resource).")
     min_jobs: int = Field(0, ge=0, description="Jobs kept even when no fragment waits.")
     max_jobs: int = Field(1, ge=1, description="Most jobs at once.")
     walltime: str = Field("01:00:00", description="Job wall time, `HH:MM:SS` (or `D-HH:MM:SS`).")
@@ -66,6 +70,18 @@ class ClusterOptions(BaseModel):
     python: str | None = Field(None, description="Python on the compute nodes; default: this one.")
     worker_args: list[str] = Field(default_factory=list, description="Extra `dask worker` arguments, e.g. "
                                                                      "`['--preload', 'mymodule']`.")
+
+    @field_validator("job_memory")
+    @classmethod
+    def _job_memory(cls, value: float) -> float:
+        import math
+
+        # A Dask worker, its Python and one program need a few hundred MiB: a smaller job starts workers that
+        # die at once (measured: 0.001 GiB), infinity or NaN is no size at all.
+        if not math.isfinite(value) or value < MIN_JOB_MEMORY:
+            raise ValueError(f"job_memory must be a finite number of GiB >= {MIN_JOB_MEMORY} (a worker and one "
+                             f"program need that much), got {value!r}")
+        return value
 
     @field_validator("walltime")
     @classmethod
@@ -276,7 +292,8 @@ def _security(opts: ClusterOptions) -> Any:
         return Security.temporary()
     except ImportError as exc:
         raise InputError(f"TLS for the cluster needs the `cryptography` package: pip install 'qcmb_async[hpc]' "
-                         f"({exc}); or pass tls=False on a trusted network") from exc
+                         f"({exc}). (From Python only, on a trusted network: cluster={{'kind': {opts.kind!r}, "
+                         "'tls': False}; the command line always uses TLS)") from exc
 
 
 def job_script(opts: ClusterOptions) -> str:
