@@ -173,7 +173,7 @@ def _import_jobqueue() -> Any:
     """
     import signal
 
-    if "dask_jobqueue" in sys.modules:
+    if sys.modules.get("dask_jobqueue") is not None:
         return sys.modules["dask_jobqueue"]
     with _IMPORT_LOCK:
         original = signal.signal
