@@ -123,6 +123,18 @@ RUN: dict[tuple[str, str], Run] = {
     ("docs/quickstart.md", "from qcmb_async import open_run"): Run(),
     ("docs/screening.md", 'result = await run_manybody(inp, screening={"distance": {2: 9.0, 3: 7.0, 4: 5.5}})   # Å, '
                           "per order"): Run(needs=("mopac",)),
+    ("docs/snapshots.md", "qcmb-async plan snapshot.xyz --fragments molecules --program pyscf --method hf --basis "
+                          "sto-3g \\"): Run(needs=("pyscf",), slow=True),
+    ("docs/snapshots.md", "from qcmb_async import read_xyz, run"): Run(slow=True),
+    ("docs/snapshots.md", "from qcmb_async import read_pdb, run"): Run(needs=("pyscf", "gemmi")),
+    ("docs/snapshots.md", "qcmb-async run salt.pdb --charge Na=+1,Cl=-1 --program pyscf --method hf --basis sto-3g "
+                          "--bsse nocp"): Run(needs=("pyscf", "gemmi"), slow=True),
+    ("docs/gmbe.md", "from qcmb_async import GMBEInput, run"): Run(needs=("pyscf", "gemmi"), slow=True),
+    ("docs/gmbe.md", "qcmb-async plan peptide.pdb --gmbe 3 --program pyscf --method hf --basis sto-3g"):
+        Run(needs=("pyscf", "gemmi"), slow=True),
+    # A water hexamer at HF/STO-3G (the page's 6-31G: minutes here); water_hexamer is bound by _namespace.
+    ("docs/embedding.md", "from qcmanybody.models.v2 import ManyBodyInput"):
+        Run(subs={'"6-31g"': '"sto-3g"'}, slow=True),
     ("docs/screening.md", "$ qcmb-async plan cluster.xyz --program mopac --method pm7 --bsse nocp --max-nbody 4 "
                           "--cutoff 2:9,3:7,4:5.5 --ncores 8"):
         Run(subs={" ... ": f" {CLUSTER_OPTIONS} "}, needs=("mopac",)),
@@ -135,6 +147,15 @@ SKIP: dict[tuple[str, str], str] = {
     ("docs/quickstart.md", "pip install -e '.[pyscf]'        # qcmb_async + PySCF (pip-only QC program)"):
         "installs packages",
     ("docs/programs.md", "apt-get install -y --no-install-recommends nwchem mopac psi4"): "installs packages",
+    ("README.md", "pip install 'qcmb_async[pyscf]'    # the base install with PySCF (and pyscf-dispersion for "
+                  "DFT-D3/D4)"): "installs packages; scripts/check_wheel.sh installs the wheel in a fresh venv",
+    ("docs/upgrading.md", "pip install --upgrade 'qcmb_async[pyscf]'     # add the extras you use: xtb, dask, hpc, "
+                          "ase, opt, timeline"): "installs packages",
+    ("docs/troubleshooting.md", "import dataclasses"):
+        "changes the process-wide program registry (every later test would run with the loosened tolerance); "
+        "tests/test_frames.py registers and restores traits the same way",
+    ("docs/performance.md", "PYTHONPATH=$PWD python scripts/bench_nwchem_mpi.py sim --cores 64 16   # the simulator "
+                            "(seconds)"): "a benchmark (its measure step runs NWChem for minutes)",
     ("docs/programs.md", 'ProgramTraits("orca", parallel_fraction=0.8,'):
         "a fragment of the registry's dict in qcmb_async/programs.py (ORCA is not installed here)",
     ("docs/executors.md", "dask scheduler --host 127.0.0.1 --dashboard-address 127.0.0.1:8787"):
@@ -253,6 +274,10 @@ def _namespace(block: Block, workdir: Path) -> dict[str, Any]:
 
         trimer = ns["trimer"]
         ns["atoms"] = Atoms(list(trimer.symbols), positions=np.asarray(trimer.geometry) * 0.529177210903)
+    if block.page == "docs/embedding.md":
+        from tests.helpers import waters
+
+        ns["water_hexamer"] = waters(6)
     if block.page == "docs/screening.md":
         ns["inp"] = qcmb_async.read_xyz(workdir / "cluster.xyz", program="mopac", method="pm7", bsse=["nocp"],
                                         max_nbody=4)
