@@ -142,7 +142,10 @@ def _run_killing_nwchem(inp: Any, retries: int) -> tuple[Any, list[int]]:
 
 def _nwchem_dimer() -> Any:
     # HF/cc-pVDZ water dimer: ~1 s per fragment, time enough to kill one mid-run.
-    return mbe_input("nwchem", "hf", "cc-pvdz", bsse="nocp", max_nbody=2, molecule=waters(2, spacing=3.0))
+    # Marked c1 as qcmb_async sends every NWChem fragment (registry): QCManyBody's sequential reference then runs
+    # the same symmetry-free jobs (autosym converges symmetric fragments along another path, ~3e-9 Eh apart).
+    dimer = waters(2, spacing=3.0).model_copy(update={"fix_symmetry": "c1"})
+    return mbe_input("nwchem", "hf", "cc-pvdz", bsse="nocp", max_nbody=2, molecule=dimer)
 
 
 def test_program_killed_by_a_signal_is_named_and_not_retried_without_retries() -> None:

@@ -56,11 +56,14 @@ def test_ranks_that_do_not_pay_are_not_given() -> None:
 
 def test_allotment_gives_nwchem_ranks_and_a_program_without_parallelism_none() -> None:
     model = CostModel()
-    frags = [Frag("big", "nw", 40.0, "nwchem")] + [Frag(f"s{i}", "nw", 10.0, "nwchem") for i in range(15)]
+    frags = [Frag("big", "nw", 400.0, "nwchem")] + [Frag(f"s{i}", "nw", 100.0, "nwchem") for i in range(15)]
     model.set_parallel_fraction("nw", traits("nwchem").parallel_fraction)
     model.set_exponent("nw", 3.5)
     multi = allotment(frags, model, ncores=16, memory=32.0, auto_memory=True)
     assert multi.get("big", 1) > 1 and "s0" not in multi
+    # The same shape with fragments below the MPI floor (mpiexec's start costs more than they gain): one rank.
+    small = [Frag("big", "nw", 40.0, "nwchem")] + [Frag(f"s{i}", "nw", 10.0, "nwchem") for i in range(15)]
+    assert allotment(small, model, ncores=16, memory=32.0, auto_memory=True) == {}
     # Q-Chem has no parallel fraction in the registry: nothing to gain from more cores.
     qc = [Frag(f.label, "qc", f.size, "qchem") for f in frags]
     assert allotment(qc, CostModel(), ncores=16, memory=32.0, auto_memory=True) == {}
@@ -87,14 +90,14 @@ def test_cost_model_learns_the_parallel_fraction_from_multi_core_runs() -> None:
 
 
 def test_learned_fraction_changes_the_allotment() -> None:
-    frags = [Frag("big", "nw", 40.0, "nwchem")] + [Frag(f"s{i}", "nw", 10.0, "nwchem") for i in range(15)]
+    frags = [Frag("big", "nw", 400.0, "nwchem")] + [Frag(f"s{i}", "nw", 100.0, "nwchem") for i in range(15)]
     model = CostModel()
     model.set_exponent("nw", 3.5)
     model.set_parallel_fraction("nw", 0.8)
     before = allotment(frags, model, ncores=16, memory=32.0, auto_memory=True)
-    model.observe("nw", 10.0, 1.0)
+    model.observe("nw", 100.0, 1.0)
     for _ in range(50):  # measured: two ranks take as long as one (no parallelism at all)
-        model.observe("nw", 10.0, 1.0, 2)
+        model.observe("nw", 100.0, 1.0, 2)
     assert model.parallel_fraction("nw") < 0.05
     after = allotment(frags, model, ncores=16, memory=32.0, auto_memory=True)
     # The one dominant fragment still gains a little from the remaining 3 %, far less than before.

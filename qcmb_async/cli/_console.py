@@ -70,7 +70,9 @@ def _setup_logging(fmt: LogFormat, verbose: int, debug: bool) -> None:
 
 def _drop_reported_events(record: logging.LogRecord) -> bool:
     """Quiet console: failures and retries are shown by the progress display and the error paragraph."""
-    event = record.msg.get("event") if isinstance(record.msg, dict) else None
+    # The event dict rides on the record (qcmb_async._logs); older records carried it as the message.
+    data = getattr(record, "qcmb_event", None) or (record.msg if isinstance(record.msg, dict) else None)
+    event = data.get("event") if isinstance(data, dict) else None
     return event not in ("fragment failed", "fragment retried",
                          "results not in the store: a rerun would recompute them")  # the CLI says it itself
 

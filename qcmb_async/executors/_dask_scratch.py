@@ -86,7 +86,26 @@ def _point_pyscf(path: Path, program: str) -> None:
             from pyscf import lib
 
             if str(path) != lib.param.TMPDIR:
+                _pyscf_before.setdefault("TMPDIR", lib.param.TMPDIR)
                 lib.param.TMPDIR = str(path)
+
+
+#: PySCF's temporary directory before a worker pointed it at its scratch: put back when the scratch goes (a
+#: worker inside the client's own process, e.g. ``LocalCluster(processes=False)``, must not leave PySCF
+#: pointing at a removed directory for the rest of that process).
+_pyscf_before: dict[str, str] = {}
+
+
+def _restore_pyscf(path: Path) -> None:
+    import sys
+
+    if "pyscf" not in sys.modules or "TMPDIR" not in _pyscf_before:
+        return
+    with contextlib.suppress(ImportError):
+        from pyscf import lib
+
+        if lib.param.TMPDIR == str(path):
+            lib.param.TMPDIR = _pyscf_before.pop("TMPDIR")
 
 
 def remove_worker_scratch() -> None:
@@ -95,6 +114,7 @@ def remove_worker_scratch() -> None:
     with _lock:
         path, _dir = _dir, None
     if path is not None:
+        _restore_pyscf(path)
         shutil.rmtree(path, ignore_errors=True)
 
 
