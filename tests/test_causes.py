@@ -113,7 +113,8 @@ def _kill_first_nwchem(killed: list[int], stop: threading.Event, after: float = 
     while not stop.is_set():
         for child in me.children(recursive=True):
             try:
-                if child.name().startswith("nwchem"):
+                # QCEngine's version check runs `nwchem v.nw` first (cached afterwards): leave that one alone.
+                if child.name().startswith("nwchem") and "v.nw" not in child.cmdline():
                     time.sleep(after)
                     os.kill(child.pid, signal.SIGKILL)
                     killed.append(child.pid)
