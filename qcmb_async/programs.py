@@ -84,9 +84,10 @@ PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
                   install_hint="apt-get install nwchem (Debian/Ubuntu) or conda install -c conda-forge nwchem"),
     # methods and keywords: what QCEngine 0.52's MOPAC harness (build_input) accepts; anything else fails there.
     # ghosts: build_input writes every atom's symbol and coordinates, ``real`` unread: a ghost is a real atom.
-    # invariance_tolerance: no quadrature grid; measured PM7 gradient breaks below 3e-7 Eh/bohr.
+    # invariance_tolerance: no quadrature grid, but MOPAC prints gradients with few digits: breaks measured
+    # below 3e-7 Eh/bohr on water clusters, 1.04e-5 on a capped tetrapeptide (GMBE subsystem).
     ProgramTraits("mopac", parallel_fraction=0.6, semi_empirical=True, ghost_atoms=False, analytic_hessian=False,
-                  invariance_tolerance=(1e-5, 1e-4),
+                  invariance_tolerance=(1e-4, 1e-3),
                   methods=frozenset({"mndo", "am1", "pm3", "rm1", "mndod", "pm6", "pm6-d3", "pm6-dh+", "pm6-dh2",
                                      "pm6-dh2x", "pm6-d3h4", "pm6-3dh4x", "pm7", "pm7-ts"}),
                   keywords=frozenset({"iter", "pulay"}),

@@ -211,3 +211,33 @@ def test_cli_plan_shows_the_fragments_found(tmp_path):
     assert "nothing was computed" in shown.stdout
     bad = cli(*args, "--charge", "Na=one", cwd=tmp_path)
     assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr
+
+
+def test_interleaved_pdb_residues_keep_the_file_order(tmp_path):
+    # Three waters whose atoms alternate between residues in the file (gemmi groups them by residue).
+    order = [(1, 0), (2, 0), (1, 1), (2, 1), (1, 2), (3, 0), (2, 2), (3, 1), (3, 2)]  # (residue, atom of water)
+    rows = [("HETATM", ("O", "H1", "H2")[k], "HOH", res, "A", TRIMER[res - 1][k][1:], "") for res, k in order]
+    path = tmp_path / "interleaved.pdb"
+    path.write_text(_pdb(rows))
+    inp = read_pdb(path, method="hf", basis="sto-3g", program="pyscf", bsse=["nocp"])
+    from qcmb_async._core.fragment import ORDER_KEY
+
+    file_order = inp.molecule.extras[ORDER_KEY]  # file index of each molecule atom
+    assert [file_order[int(a)] for a in inp.molecule.fragments[0]] == [0, 2, 4]
+    assert [file_order[int(a)] for a in inp.molecule.fragments[2]] == [5, 7, 8]
+
+
+def test_lone_heavy_atoms_and_cations_next_to_water(tmp_path):
+    kw = {"method": "hf", "basis": "sto-3g", "program": "pyscf", "bsse": ["nocp"]}
+    bare_o = tmp_path / "bare_o.xyz"
+    bare_o.write_text(_xyz([*TRIMER[0], ("O", 5.0, 0.0, 0.0)]))
+    with pytest.raises(InputError, match=r"lone O atom \(its hydrogens missing\?\)"):
+        read_xyz(bare_o, fragments="molecules", **kw)
+    # Na+ 2.4 Å from a water oxygen (its first shell) is an ion of its own, not part of an "H2NaO" molecule.
+    close = tmp_path / "na_water.xyz"
+    close.write_text(_xyz([*TRIMER[0], ("Na", -2.4, 0.0, 0.0)]))
+    inp = read_xyz(close, fragments="molecules", charges={"Na": 1}, **kw)
+    assert [len(f) for f in inp.molecule.fragments] == [3, 1]
+    assert list(inp.molecule.fragment_charges) == [0, 1]
+    with pytest.raises(InputError, match="not a whole number"):
+        read_xyz(close, fragments="molecules", charges={"Na": "1"}, **kw)

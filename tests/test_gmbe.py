@@ -267,3 +267,30 @@ def test_cli_plan_run_and_report_a_peptide(tmp_path, pyscf):
     split = cli("plan", str(xyz), *common, "--max-fragment-atoms", "8", cwd=tmp_path)
     assert split.returncode == 0, split.stderr
     assert "primary fragments" in split.stdout
+
+
+def test_screened_orders_keep_every_atom_and_charges_must_be_placed():
+    mol = _molecule(HEXANE)
+    disjoint = [_carbons(0, 1), _carbons(2, 3), _carbons(4, 5)]
+    one = plan_manybody(GMBEInput(molecule=mol, fragments=disjoint, max_nbody=1, specification=SPEC))
+    # A cutoff no pair of fragments meets drops every dimer: GMBE(2) is then GMBE(1), never an empty sum.
+    cut = plan_manybody(GMBEInput(molecule=mol, fragments=disjoint, max_nbody=2, specification=SPEC,
+                                  distance_cutoffs={2: 1e-3}))
+    assert {s.atoms: s.coefficients[2] for s in cut.subsystems if 2 in s.coefficients} == {
+        s.atoms: s.coefficients[1] for s in one.subsystems}
+    # Overlapping fragments, screening that keeps only neighbours (they share atoms: distance 0): every atom is
+    # still counted once, the coefficients of the subsystems holding it add up to 1 (inclusion-exclusion).
+    frags = [_carbons(k, k + 1) for k in range(5)]
+    part = plan_manybody(GMBEInput(molecule=mol, fragments=frags, max_nbody=3, specification=SPEC,
+                                   distance_cutoffs={2: 1e-3, 3: 1e-3}))
+    for order in (1, 2, 3):
+        for atom in range(len(HEXANE)):
+            assert sum(s.coefficients[order] for s in part.subsystems
+                       if order in s.coefficients and atom in s.atoms) == 1, (order, atom)
+    charged = mol.model_copy(update={"molecular_charge": 1.0})
+    with pytest.raises(ValueError, match="atom_charges is not given"):
+        GMBEInput(molecule=charged, fragments=frags, max_nbody=1, specification=SPEC)
+    # Fragments that cut a C-H bond: a cap cannot stand for a hydrogen.
+    split_h = [[0, 1, 6, 7, 9, 10, 2, 11, 12, 3, 13, 14, 4, 15, 16, 5, 17, 18], [8, 19]]
+    with pytest.raises(InputError, match="bond\\(s\\) to hydrogen"):
+        plan_manybody(GMBEInput(molecule=mol, fragments=split_h, max_nbody=1, specification=SPEC))

@@ -41,6 +41,13 @@ _ION_ELEMENTS = frozenset((
     "La", "Ce", "Pr", "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "Lu",
 ))
 
+_NOBLE = frozenset({"He", "Ne", "Ar", "Kr", "Xe", "Rn"})
+
+#: Elements never bonded into a molecule when fragments are found: alkali and alkaline-earth cations sit
+#: 2.0-2.5 Å from the water oxygens of their first shell, inside the 1.2 x covalent-radii bond threshold
+#: (Na-O: 2.78 Å), yet are ions of their own in a cluster.
+_NEVER_BONDED = frozenset({"Li", "Na", "K", "Rb", "Cs", "Be", "Mg", "Ca", "Sr", "Ba"})
+
 #: PDB residue names of polyatomic ions common in crystal structures (the wwPDB Chemical Component
 #: Dictionary's names): they need a charge from the user even when their electron count is even.
 ION_RESIDUES = frozenset({"SO4", "PO4", "NO3", "NH4", "CO3", "ACT", "FMT", "PI", "2HP", "SCN", "AZI", "CYN",
@@ -71,6 +78,10 @@ class FoundFragment:
         if len(self.symbols) == 1:
             return self.symbols[0].capitalize() in _ION_ELEMENTS
         return any(r.upper() in ION_RESIDUES for r in self.residues)
+
+    def is_lone_atom(self) -> bool:
+        """A single atom that is neither an ion nor a noble gas (an O, C, N, S ... alone: hydrogens missing?)."""
+        return len(self.symbols) == 1 and self.symbols[0].capitalize() not in _ION_ELEMENTS | _NOBLE
 
     def describe(self, index: int) -> str:
         where = f"atoms {_ranges(self.atoms)}"
@@ -122,6 +133,8 @@ def find_molecules(symbols: Sequence[str], geometry_bohr: Any) -> list[list[int]
 
     if n > 1:
         for a, b in guess_connectivity(list(symbols), geom, threshold=1.2):
+            if {str(symbols[int(a)]).capitalize(), str(symbols[int(b)]).capitalize()} & _NEVER_BONDED:
+                continue
             ra, rb = root(int(a)), root(int(b))
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
@@ -184,6 +197,14 @@ def _rule_for(frag: FoundFragment, rules: Mapping[str, int]) -> tuple[str, int] 
     return None
 
 
+def _whole(value: Any, flag: str, name: str | None = None) -> int:
+    """``value`` as a whole number (charges, multiplicities), else :class:`InputError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+        where = f" for {name!r}" if name else ""
+        raise InputError(f"{flag}: {value!r}{where} is not a whole number (charges and multiplicities are integers)")
+    return int(value)
+
+
 def _resolve(frags: Sequence[FoundFragment], given: Sequence[int] | Mapping[str, int] | None,
              flag: str) -> tuple[list[int | None], set[str]]:
     """Per-fragment values from a list (one per fragment, or one for all) or rules; the rules used."""
@@ -191,6 +212,7 @@ def _resolve(frags: Sequence[FoundFragment], given: Sequence[int] | Mapping[str,
     if given is None:
         return [None] * n, set()
     if isinstance(given, Mapping):
+        given = {str(k): _whole(v, flag, str(k)) for k, v in given.items()}
         out: list[int | None] = []
         used: set[str] = set()
         for frag in frags:
@@ -203,7 +225,7 @@ def _resolve(frags: Sequence[FoundFragment], given: Sequence[int] | Mapping[str,
             raise InputError(f"{flag}: {', '.join(repr(u) for u in unused)} matches no fragment found (fragments: "
                              f"{', '.join(sorted({f.formula for f in frags}))}); check the name")
         return out, used
-    values = [int(v) for v in given]
+    values = [_whole(v, flag) for v in given]
     if len(values) == 1:
         return values * n, set()
     if len(values) != n:
@@ -233,6 +255,9 @@ def assign_charges(frags: Sequence[FoundFragment], charges: Sequence[int] | Mapp
         electrons = frag.electrons() - (c or 0)
         if c is None and frag.is_known_ion():
             need.append(f"{frag.describe(i)}: an ion? give its charge")
+        elif c is None and m is None and frag.is_lone_atom():
+            need.append(f"{frag.describe(i)}: a lone {frag.symbols[0]} atom (its hydrogens missing?) — add them, "
+                        "or give its charge and multiplicity")
         elif m is None and electrons % 2 == 1:
             need.append(f"{frag.describe(i)}: {electrons} electrons (odd) — give its charge or multiplicity")
         out_c.append(c or 0)

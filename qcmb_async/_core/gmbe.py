@@ -107,6 +107,10 @@ class GMBEInput(BaseModel):
             raise ValueError(f"max_nbody {self.max_nbody} exceeds the {len(self.fragments)} primary fragments")
         if self.atom_charges is not None and len(self.atom_charges) != natom:
             raise ValueError(f"atom_charges has {len(self.atom_charges)} values for {natom} atoms")
+        if self.atom_charges is None and float(self.molecule.molecular_charge or 0) != 0:
+            raise ValueError(f"the molecule has charge {self.molecule.molecular_charge:g} but atom_charges is not "
+                             "given: a subsystem's charge is the sum over its atoms, so say on which atoms the "
+                             "charge sits (atom_charges=[...], one whole number per atom)")
         spec = self.specification
         driver = str(spec.get("driver", "energy"))
         if driver not in ("energy", "gradient"):
@@ -248,6 +252,17 @@ def _close(inp: GMBEInput) -> np.ndarray:
     return out
 
 
+def generators(inp: GMBEInput, order: int) -> list[int]:
+    """The sets GMBE(``order``)'s inclusion-exclusion runs over: the kept n-mers, plus every generator of the
+    order below that no kept n-mer contains (so a screened order still covers every atom: an n-mer dropped by
+    ``distance_cutoffs`` leaves its (n-1)-mers in the sum, and with nothing dropped this is the n-mers alone)."""
+    kept = nmers(inp, order)
+    if order == 1 or not (inp.distance_cutoffs or {}).get(order):
+        return kept
+    extra = [g for g in generators(inp, order - 1) if not any(g & k == g for k in kept)]
+    return sorted(set(kept) | set(extra), key=lambda m: (-m.bit_count(), m))
+
+
 def nmers(inp: GMBEInput, order: int) -> list[int]:
     """Distinct unions of ``order`` primary fragments (bit masks), screened by ``distance_cutoffs``."""
     masks = [_mask(f) for f in inp.fragments]
@@ -324,10 +339,20 @@ def gmbe_subsystems(inp: GMBEInput, bonds: list[tuple[int, int]] | None = None,
     for a, b in bonds:
         neighbours.setdefault(a, []).append(b)
         neighbours.setdefault(b, []).append(a)
+    owner: dict[int, set[int]] = {}
+    for k, frag in enumerate(inp.fragments):
+        for a in frag:
+            owner.setdefault(a, set()).add(k)
+    hydrogen_cuts = [(a, b) for a, b in bonds if not owner[a] & owner[b] and "H" in (symbols[a], symbols[b])]
+    if hydrogen_cuts:
+        a, b = hydrogen_cuts[0]
+        raise InputError(f"the primary fragments cut {len(hydrogen_cuts)} bond(s) to hydrogen, e.g. atoms {a} "
+                         f"({symbols[a]}) and {b} ({symbols[b]}): a hydrogen cap cannot replace a bond to hydrogen; "
+                         "keep each hydrogen in the fragments of the atom it is bonded to")
     subsystems: dict[int, Subsystem] = {}
     for order in range(1, inp.max_nbody + 1):
         counts: dict[str, int] = {}
-        for mask, c in coefficients(nmers(inp, order), counts).items():
+        for mask, c in coefficients(generators(inp, order), counts).items():
             sub = subsystems.get(mask)
             if sub is None:
                 atoms = _atoms(mask)

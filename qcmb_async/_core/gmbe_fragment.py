@@ -190,7 +190,8 @@ def _atom_names(path: Path) -> list[str]:
     else:
         st = gemmi.read_pdb_string(text)
     st.remove_alternative_conformations()
-    return [atom.name for chain in st[0] for res in chain for atom in res]
+    atoms = sorted((atom.serial, atom.name) for chain in st[0] for res in chain for atom in res)
+    return [name for _, name in atoms]  # the file's order, as read_pdb_atoms lists them
 
 
 def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, int]], formal: list[int | None],
@@ -217,7 +218,10 @@ def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, 
                 atoms.get("O", atoms["OXT"])] == 0:
             suggestion = -1  # carboxylate C-terminus
         if rid in given:
-            charges[anchor] += int(given[rid])
+            value = given[rid]
+            if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+                raise InputError(f"{source}: residue_charges[{rid!r}] = {value!r} is not a whole number")
+            charges[anchor] += int(value)
         elif any(formal[i] is not None for i in atoms.values()):
             continue  # the file's charge column says it
         elif suggestion is not None and (resname in _IONISABLE or suggestion != 0):

@@ -183,6 +183,10 @@ def check_gmbe(inp: GMBEInput, *, local: bool = True) -> None:
 
         check_request(inp.driver, spec.model.method, spec.keywords)
         check_model([*list(inp.molecule.symbols), "H"], spec.model)  # caps are hydrogens
+    elif spec.program == "tblite":  # method, basis, driver, keyword values, solvent names
+        from ..harnesses.tblite import check_request as check_tblite
+
+        check_tblite(inp.driver, spec.model, spec.keywords)
     known = traits(spec.program)
     if known.methods is not None and str(spec.model.method).lower() not in known.methods:
         raise InputError(f"{spec.program} has no method {spec.model.method!r}: its QCEngine harness accepts "

@@ -57,20 +57,21 @@ def read_pdb_atoms(path: str | Path) -> tuple[list[tuple[str, float, float, floa
     charges: list[int | None] = []
     ids: list[str] = []
     has_charge = False
-    for chain in st[0]:
-        for res in chain:
-            for atom in res:
-                element = atom.element.name
-                if element in ("X", ""):
-                    raise InputError(f"{source}: atom {atom.name!r} of residue {res.name} {res.seqid} has no known "
-                                     "element (columns 77-78): give its element symbol")
-                if element == "D":
-                    element = "H"
-                atoms.append((element.capitalize(), atom.pos.x, atom.pos.y, atom.pos.z))
-                residues.append(res.name)
-                ids.append(f"{chain.name}/{res.name}{res.seqid}")
-                has_charge = has_charge or atom.charge != 0
-                charges.append(int(atom.charge))
+    # gemmi groups atoms by residue; a file may interleave residues: keep the file's order (serial numbers).
+    ordered = sorted(((atom.serial, chain, res, atom) for chain in st[0] for res in chain for atom in res),
+                     key=lambda item: item[0])
+    for _, chain, res, atom in ordered:
+        element = atom.element.name
+        if element in ("X", ""):
+            raise InputError(f"{source}: atom {atom.name!r} of residue {res.name} {res.seqid} has no known "
+                             "element (columns 77-78): give its element symbol")
+        if element == "D":
+            element = "H"
+        atoms.append((element.capitalize(), atom.pos.x, atom.pos.y, atom.pos.z))
+        residues.append(res.name)
+        ids.append(f"{chain.name}/{res.name}{res.seqid}")
+        has_charge = has_charge or atom.charge != 0
+        charges.append(int(atom.charge))
     if not atoms:
         raise InputError(f"{source} has no atoms")
     if not any(a[0] == "H" for a in atoms):

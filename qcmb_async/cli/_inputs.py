@@ -220,8 +220,9 @@ def _load_gmbe(path: Path, xyz: XyzOptions) -> Any:
             if xyz.max_fragment_atoms is not None:
                 raise Usage("--max-fragment-atoms applies to XYZ files; a PDB file is cut into residues "
                             "(--residues-per-fragment, --overlap)")
-            return GMBEInput.from_pdb(path, residues_per_fragment=xyz.residues_per_fragment or 1,
-                                      overlap=xyz.overlap or 0, max_nbody=xyz.gmbe, specification=spec)
+            return GMBEInput.from_pdb(
+                path, residues_per_fragment=1 if xyz.residues_per_fragment is None else xyz.residues_per_fragment,
+                overlap=0 if xyz.overlap is None else xyz.overlap, max_nbody=xyz.gmbe, specification=spec)
         if path.suffix.lower() != ".xyz":
             raise Usage(f"--gmbe reads PDB/mmCIF or XYZ files; {str(path)!r} is neither (a GMBEInput JSON file "
                         "carries its own order: leave --gmbe out)")

@@ -104,7 +104,7 @@ def _restore_pyscf(path: Path) -> None:
     with contextlib.suppress(ImportError):
         from pyscf import lib
 
-        if lib.param.TMPDIR == str(path):
+        if str(path) == lib.param.TMPDIR:
             lib.param.TMPDIR = _pyscf_before.pop("TMPDIR")
 
 
