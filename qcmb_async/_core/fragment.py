@@ -123,6 +123,14 @@ def find_molecules(symbols: Sequence[str], geometry_bohr: Any) -> list[list[int]
 
     n = len(symbols)
     geom = np.asarray(geometry_bohr, dtype=float).reshape(n, 3)
+    bonds = [] if n < 2 else [
+        (int(a), int(b)) for a, b in guess_connectivity(list(symbols), geom, threshold=1.2)
+        if not {str(symbols[int(a)]).capitalize(), str(symbols[int(b)]).capitalize()} & _NEVER_BONDED]
+    return components(n, bonds)
+
+
+def components(n: int, bonds: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Connected components of ``n`` atoms joined by ``bonds``, ordered by first atom (union-find)."""
     parent = list(range(n))
 
     def root(i: int) -> int:
@@ -131,13 +139,10 @@ def find_molecules(symbols: Sequence[str], geometry_bohr: Any) -> list[list[int]
             i = parent[i]
         return i
 
-    if n > 1:
-        for a, b in guess_connectivity(list(symbols), geom, threshold=1.2):
-            if {str(symbols[int(a)]).capitalize(), str(symbols[int(b)]).capitalize()} & _NEVER_BONDED:
-                continue
-            ra, rb = root(int(a)), root(int(b))
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+    for a, b in bonds:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
     groups: dict[int, list[int]] = {}
     for i in range(n):
         groups.setdefault(root(i), []).append(i)

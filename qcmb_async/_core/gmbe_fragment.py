@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .fragment import components as _components
 
 #: Residues whose charge depends on protonation, with the hydrogens that decide it (PDB names):
 #: charge when those hydrogens are all present / absent. Termini are handled separately.
@@ -23,25 +24,6 @@ _IONISABLE: dict[str, tuple[tuple[str, ...], int, int]] = {
     "ARG": (("HH11", "HH12", "HH21", "HH22"), 1, 0), "HIS": (("HD1", "HE2"), 1, 0), "CYS": (("HG",), 0, -1),
     "TYR": (("HH",), 0, -1),
 }
-
-
-def _components(n: int, bonds: Sequence[tuple[int, int]]) -> list[list[int]]:
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in bonds:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(root(i), []).append(i)
-    return sorted(groups.values(), key=lambda g: g[0])
 
 
 def _bonds(symbols: Sequence[str], geometry_bohr: Any) -> list[tuple[int, int]]:
