@@ -148,7 +148,10 @@ def _reference(name: str) -> Any:
 INPUTS = {
     "mopac-waters5": lambda: mbe_input("mopac", "pm7", None, molecule=waters(5), bsse="nocp", max_nbody=3),
     "mopac-waters4": lambda: mbe_input("mopac", "pm7", None, molecule=waters(4), bsse="nocp", max_nbody=3),
-    "nwchem-waters4": lambda: mbe_input("nwchem", "hf", "sto-3g", molecule=waters(4), bsse="cp", max_nbody=3),
+    # c1, as qcmb_async sends every NWChem fragment: the sequential reference then runs the same symmetry-free jobs
+    # (NWChem's autosym converges these symmetric fragments elsewhere within its default thresholds, ~2e-7 Eh).
+    "nwchem-waters4": lambda: mbe_input("nwchem", "hf", "sto-3g", molecule=waters(4).model_copy(
+        update={"fix_symmetry": "c1"}), bsse="cp", max_nbody=3),
 }
 
 
