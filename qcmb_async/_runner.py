@@ -172,7 +172,24 @@ def _checked_arguments(mbe_input: Any, store: Any, given: dict[str, Any], *, rem
     get_settings()  # a bad QCMB_ASYNC_* variable is an InputError now, not in a worker later
     _check_store_argument(store)
     inp = load_input(mbe_input)
-    return inp, make_options(**(_unsized(given) if remote else given))
+    options = make_options(**(_unsized(given) if remote else given))
+    _check_screening_orders(inp, options.screening)
+    return inp, options
+
+
+def _check_screening_orders(inp: Any, screening: Any) -> None:
+    """Screening orders above the expansion's highest order: an InputError before the store is even opened (the
+    plan stage checks the rest, with QCManyBody's computer)."""
+    if screening is None:
+        return
+    kw = inp.specification.keywords
+    if getattr(kw, "levels", None):
+        return  # the levels decide the highest order: the plan stage checks it
+    max_nbody = kw.max_nbody if kw.max_nbody is not None else len(inp.molecule.fragments or [])
+    bad = sorted(k for k in screening.orders if k > max_nbody)
+    if bad:
+        raise InputError(f"screening: order(s) {bad} above max_nbody={max_nbody}: nothing of that order is "
+                         f"computed; remove them or raise max_nbody")
 
 
 def _sized_to_executor(options: Any, exe: Executor, given: dict[str, Any]) -> Any:
