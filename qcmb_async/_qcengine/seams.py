@@ -228,7 +228,15 @@ class FragmentContext:
     def thread_env(self) -> dict[str, str]:
         """The thread settings this fragment's programs must start with."""
         ncores = str(_threads_per_process(self.task_config))
-        return {"OMP_NUM_THREADS": ncores, "MKL_NUM_THREADS": ncores, **self.env}
+        env = {"OMP_NUM_THREADS": ncores, "MKL_NUM_THREADS": ncores}
+        get = self.task_config.get if isinstance(self.task_config, dict) else lambda k, d=None: d
+        if not get("use_mpiexec", False):
+            # An Open MPI program started without mpiexec (Debian's NWChem) otherwise forks an `orted` daemon in a
+            # session of its own: killing the program's process group (timeout, Ctrl-C) leaves it running with
+            # the program's output pipes open, so QCEngine's read, its worker thread and the interpreter's exit
+            # wait for it (measured: an orphaned orted alive 15 minutes later). Isolated singletons start none.
+            env["OMPI_MCA_ess_singleton_isolated"] = "1"
+        return {**env, **self.env}
 
     def kill_processes(self) -> int:
         """SIGKILL every program process group this fragment started; returns how many."""
