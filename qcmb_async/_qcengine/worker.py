@@ -14,6 +14,7 @@ from typing import Any
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
 from .._logs import get_logger
+from ..harnesses import direct_runner
 from .mpi import mpi_task_config
 from .seams import FRAGMENT, FragmentContext, install_seams, prime_qcengine
 from .threadlimit import limit_threads
@@ -105,7 +106,9 @@ def execute_job(job: FragmentJob) -> JobOutcome:
             inp = src.model_copy(update={"specification": src.specification.model_copy(deep=True)})
         # In-process programs whose harness ignores ncores (xtb) must not start a thread per core each.
         with limit_threads(job.program, ctx.task_config.get("ncores")):
-            out: Any = qcengine.compute(
+            # Our tblite harness runs without qcengine.compute's per-call cost (same result).
+            direct = direct_runner(job.program)
+            out: Any = direct(inp, ctx.task_config) if direct is not None else qcengine.compute(
                 inp, job.program, raise_error=False, task_config=dict(ctx.task_config), return_version=2
             )
         end = time.time()
