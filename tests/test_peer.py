@@ -178,3 +178,22 @@ def test_default_executor_gives_the_sequential_answer(program: str, caplog: pyte
     reference = ManyBodyComputer.from_manybodyinput(inp)
     for key in ("nocp_corrected_total_energy", "nocp_corrected_interaction_energy"):
         assert abs(ours.properties.model_dump()[key] - reference.properties.model_dump()[key]) < 1e-9
+
+
+def test_molecules_found_without_pint_are_qcelementals() -> None:
+    """``find_molecules`` bonds atoms as QCElemental's ``guess_connectivity`` does (it no longer calls it:
+    pint's registry cost most of a small CLI run)."""
+    from qcelemental.molutil import guess_connectivity
+
+    from qcmb_async._core.fragment import _NEVER_BONDED, components, find_molecules
+
+    rng = np.random.default_rng(7)
+    bonds = 0
+    symbols = ["O", "H", "H", "C", "N", "Na", "Cl", "Fe", "Xe", "H", "S", "Br", "Li", "He", "B", "P"] * 3
+    for trial in range(20):
+        geom = rng.uniform(0.0, 9.0 + trial, size=(len(symbols), 3))  # bohr; dense enough for many bonds
+        reference = [(int(a), int(b)) for a, b in guess_connectivity(symbols, geom, threshold=1.2)
+                     if not {symbols[int(a)], symbols[int(b)]} & _NEVER_BONDED]
+        assert find_molecules(symbols, geom) == components(len(symbols), reference)
+        bonds += len(reference)
+    assert bonds > 50  # the comparison covered bonded atoms, not only isolated ones
