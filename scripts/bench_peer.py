@@ -23,7 +23,12 @@ Fragme∩t is installed into its own virtual environment under ``--cache`` (``py
 ``pip install fragment-qc==0.5.0 xtb``) the first time. Targets (reported, never asserted): our
 ``qcmb-async run`` median <= 0.5x Fragme∩t's serial ``calc run``; min and max within 20 % of the median.
 
-    python scripts/bench_peer.py [--repeats 3] [--cache ~/.cache/qcmb-async-bench] [--rows ...]
+With ``--why``, also one ``qcmb_async.run`` per (program, executor) in one process: import time, run
+time, makespan (first fragment start to last end), start-up and shutdown (run - makespan: worker
+processes starting), the chemistry (sum of fragment walls), the median gap between a worker's
+consecutive fragments (the hand-off), CPU seconds.
+
+    python scripts/bench_peer.py [--repeats 3] [--cache ~/.cache/qcmb-async-bench] [--rows ...] [--why]
 """
 
 from __future__ import annotations
@@ -97,6 +102,50 @@ inp = ManyBodyInput(molecule=mol, specification={"driver": "energy", "specificat
 res = ManyBodyComputer.from_manybodyinput(inp)
 print(repr(float(res.properties.nocp_corrected_total_energy)))
 """
+
+
+WHY = """\
+import json, sys, time
+t0 = time.perf_counter()
+import qcmb_async
+from qcmb_async._core.xyz import xyz_input
+program, executor, xyz, accuracy = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+inp = xyz_input(xyz, method="gfn2-xtb", program=program, bsse=["nocp"], max_nbody=3,
+                keywords={"accuracy": accuracy}, fragments="molecules")
+t1 = time.perf_counter()
+res = qcmb_async.run(inp, store=None, executor=executor, ncores=2)
+t2 = time.perf_counter()
+rec = res.extras["qcmb_async"]
+frags = [f for f in rec["fragments"] if f.get("start") and f.get("end")]
+by_worker = {}
+for f in sorted(frags, key=lambda f: f["start"]):
+    by_worker.setdefault(f.get("worker"), []).append(f)
+gaps = sorted(b["start"] - a["end"] for fs in by_worker.values() for a, b in zip(fs, fs[1:]))
+print(json.dumps({"import": t1 - t0, "run": t2 - t1, "makespan": rec["finished"] - rec["started"],
+                  "chemistry": sum(f["end"] - f["start"] for f in frags), "fragments": len(frags),
+                  "median_gap": gaps[len(gaps) // 2] if gaps else 0.0}))
+"""
+
+
+def why(work: Path) -> list[dict[str, float | str]]:
+    """One in-process run per (program, executor): where the time goes (import, run, makespan, chemistry)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    rows: list[dict[str, float | str]] = []
+    for program in ("tblite", "xtb"):
+        for executor in ("processes", "threads"):
+            with ChildCpu() as cpu:
+                _, out = run_timed([sys.executable, "-c", WHY, program, executor, str(XYZ), str(ACCURACY)],
+                                   cwd=work, env=env)
+            rows.append({"program": program, "executor": executor, "cpu": cpu.seconds,
+                         **json.loads(out.strip().splitlines()[-1])})
+    print(f"\nwhere the time goes (qcmb_async.run in one process, store off, 2 cores):\n"
+          f"{'program':7s} {'executor':9s} {'import s':>8s} {'run s':>6s} {'makespan s':>10s} {'start-up s':>10s} "
+          f"{'chemistry s':>11s} {'gap ms':>7s} {'CPU s':>6s}")
+    for r in rows:
+        startup = float(r["run"]) - float(r["makespan"])  # before the first and after the last fragment
+        print(f"{r['program']:7s} {r['executor']:9s} {r['import']:8.2f} {r['run']:6.2f} {r['makespan']:10.2f} "
+              f"{startup:10.2f} {r['chemistry']:11.2f} {1e3 * float(r['median_gap']):7.2f} {r['cpu']:6.2f}")
+    return rows
 
 
 def run_timed(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> tuple[float, str]:
@@ -217,6 +266,8 @@ def main() -> int:
                                           "qcmb-async --version",
                         help="comma-separated rows ('fragment' gives both Fragme∩t rows)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--why", action="store_true",
+                        help="also run qcmb_async.run in one process per (program, executor): where the time goes")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     bindir = fragment_venv(args.cache) if "fragment" in rows else None
@@ -261,10 +312,14 @@ def main() -> int:
                   f"median (<= {100 * TARGET_SPREAD:.0f}%: {'met' if w['spread'] <= TARGET_SPREAD else 'MISSED'})")
     if not ok:
         print(f"ENERGIES OF THE LIBXTB ROWS DISAGREE with Fragme∩t's by more than {ENERGY_LIMIT} Eh")
+    breakdown: list[dict[str, float | str]] = []
+    if args.why:
+        with tempfile.TemporaryDirectory(prefix="bench-peer-why-") as tmp:
+            breakdown = why(Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"workload": "cyclic water octamer GFN2-xTB NoCP MBE(3)", "accuracy": ACCURACY,
                                     "repeats": args.repeats, "load_start": load_start, "load_end": os.getloadavg(),
-                                    "rounds": rounds, "table": table, "targets": verdicts}, indent=1))
+                                    "rounds": rounds, "table": table, "targets": verdicts, "why": breakdown}, indent=1))
     print(f"figures: {args.out}")
     return 0 if ok else 1
 
