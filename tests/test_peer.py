@@ -9,7 +9,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,3 +201,28 @@ def test_molecules_found_without_pint_are_qcelementals() -> None:
         assert find_molecules(symbols, geom) == components(len(symbols), reference)
         bonds += len(reference)
     assert bonds > 50  # the comparison covered bonded atoms, not only isolated ones
+
+
+def test_libraries_a_program_loads_itself_are_limited_from_its_second_fragment() -> None:
+    """A program without ``ProgramTraits.library`` loads its OpenMP runtime during its first fragment; the
+    pools are rescanned after it, so the second fragment runs on the allotment (fresh interpreter: the
+    runtime must not be loaded before)."""
+    require_program("tblite")
+    code = """
+import threadpoolctl
+from qcmb_async.programs import ProgramTraits, register_traits
+from qcmb_async._qcengine.threadlimit import limit_threads
+register_traits(ProgramTraits("omp-late", in_process=True))
+assert not any(p["user_api"] == "openmp" for p in threadpoolctl.threadpool_info())
+with limit_threads("omp-late", 1):
+    import tblite.interface  # the 'program' loads libgomp during its first fragment
+with limit_threads("omp-late", 1):
+    pools = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "openmp"]
+print(sorted({p["num_threads"] for p in pools}))
+"""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": path}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[1]"

@@ -23,6 +23,8 @@ from ..programs import traits
 _lock = threading.Lock()
 _controller: Any = None
 _loaded: set[str] = set()
+#: Programs whose first fragment in this process has finished (after it, the pools are rescanned once).
+_ran: set[str] = set()
 
 
 def load_library(program: str) -> None:
@@ -68,4 +70,21 @@ def limit_threads(program: str, ncores: int | None) -> contextlib.AbstractContex
     controller = _get_controller()
     if controller is None:
         return contextlib.nullcontext()
-    return controller.limit(limits=int(ncores))
+    if program in _ran:
+        return controller.limit(limits=int(ncores))
+    return _first(program, controller.limit(limits=int(ncores)))
+
+
+@contextlib.contextmanager
+def _first(program: str, limit: Any) -> Any:
+    """The first fragment of ``program`` here: afterwards rescan, so libraries it loaded itself (a program
+    without ``ProgramTraits.library``) are limited from its second fragment on."""
+    global _controller
+    try:
+        with limit:
+            yield
+    finally:
+        with _lock:
+            if program not in _ran:
+                _ran.add(program)
+                _controller = None
