@@ -149,11 +149,11 @@ def as_gmbe_input(obj: Any) -> GMBEInput | None:
         except Exception as exc:
             raise InputError(f"input file {str(obj)!r} is not valid: {exc}") from None
         if isinstance(data, dict) and data.get("schema_name") == "qcmb_async_gmbe_input":
-            return _validated(data)
+            return _validated(data, f"GMBE input file {str(obj)!r}")
     return None
 
 
-def _validated(data: dict[str, Any]) -> GMBEInput:
+def _validated(data: dict[str, Any], source: str = "the GMBE input") -> GMBEInput:
     from pydantic import ValidationError
 
     from .inputs import _pydantic_message
@@ -161,7 +161,7 @@ def _validated(data: dict[str, Any]) -> GMBEInput:
     try:
         return GMBEInput(**data)
     except ValidationError as exc:
-        raise InputError(f"the GMBE input is not valid: {_pydantic_message(exc)}") from None
+        raise InputError(f"{source} is not valid: {_pydantic_message(exc)}") from None
 
 
 def check_gmbe(inp: GMBEInput, *, local: bool = True) -> None:
