@@ -272,3 +272,45 @@ def test_cli_gmbe_hessians_are_refused_with_the_finite_difference_route(tmp_path
     gmbe_json.write_text(GMBEInput(molecule=_molecule(HEXANE), fragments=OVERLAPPING, max_nbody=1,
                                    specification=SPEC).model_dump_json())
     _refused(_cli("frequencies", str(gmbe_json)), "no analytic Hessians", "--hessian finite-difference")
+
+
+def _textbook_counts(fragments: list[list[int]], order: int) -> tuple[int, int, int, dict[int, int]]:
+    """``(n-mers, distinct subsystems, cancelled, {coefficient: how many})`` of GMBE(order) by the textbook sum:
+    every non-empty subset J of the n-mers adds (-1)^(|J|+1) to the intersection of J (2^M subsets; small M)."""
+    import itertools
+    from collections import Counter
+
+    nmers = sorted({frozenset().union(*(fragments[k] for k in combo))
+                    for combo in itertools.combinations(range(len(fragments)), order)}, key=sorted)
+    net: dict[frozenset[int], int] = {}
+    for size in range(1, len(nmers) + 1):
+        for subset in itertools.combinations(nmers, size):
+            inter = frozenset.intersection(*subset)
+            if inter:
+                net[inter] = net.get(inter, 0) + (-1) ** (size + 1)
+    kept = Counter(c for c in net.values() if c)
+    return len(nmers), len(net), sum(1 for c in net.values() if c == 0), dict(kept)
+
+
+def test_cli_plan_prints_cancellations_and_coefficients_per_order(tmp_path: Path) -> None:
+    from tests.test_gmbe import _carbons
+
+    xyz = _hexane_xyz(tmp_path)
+    windows = [_carbons(k, k + 1) for k in range(5)]  # C0-C1, C1-C2, ... overlapping by one carbon
+    frags = tmp_path / "windows.json"
+    frags.write_text(json.dumps(windows))
+    res = _cli("plan", str(xyz), "--gmbe", "3", *PDB_ARGS, "--fragments", str(frags), "--ncores", "2")
+    assert res.exit_code == 0, res.stderr
+    rows = {int(m.group(1)): m.groups()[1:] for m in re.finditer(
+        r"^\s*(\d)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([-+0-9x, ]+?)\s*$", res.stdout, re.M)}
+    cancelled_somewhere = False
+    for order in (1, 2, 3):
+        nmers, family, cancelled, coefs = _textbook_counts(windows, order)
+        shown = rows[order]
+        assert (int(shown[0]), int(shown[1]), int(shown[2]), int(shown[3])) == (
+            nmers, family, cancelled, sum(coefs.values())), (order, res.stdout)
+        assert shown[4] == ", ".join(f"{c:+d}x{n}" for c, n in sorted(coefs.items())), (order, res.stdout)
+        cancelled_somewhere |= cancelled > 0
+    assert cancelled_somewhere  # the case shows cancellations, not only zeros
+    assert "subsystems computed (net coefficient in GMBE(n)" in res.stdout
+    assert re.search(r"predicted: .* wall time .* on 2 core\(s\)", " ".join(res.stdout.split()))
