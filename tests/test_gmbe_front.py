@@ -314,3 +314,17 @@ def test_cli_plan_prints_cancellations_and_coefficients_per_order(tmp_path: Path
     assert cancelled_somewhere  # the case shows cancellations, not only zeros
     assert "subsystems computed (net coefficient in GMBE(n)" in res.stdout
     assert re.search(r"predicted: .* wall time .* on 2 core\(s\)", " ".join(res.stdout.split()))
+
+
+def test_a_gmbe_input_file_named_by_a_string_is_a_gmbe(tmp_path: Path) -> None:
+    from qcmb_async import InputError, plan_manybody
+
+    path = tmp_path / "gmbe.json"
+    path.write_text(GMBEInput(molecule=_molecule(HEXANE), fragments=OVERLAPPING, max_nbody=2,
+                              specification=SPEC).model_dump_json())
+    plan = plan_manybody(str(path))  # as a Path, a dict or JSON text it was already one
+    assert len(plan.input.fragments) == 3 and plan.summary[2]["nmers"] == 3
+    with pytest.raises(InputError, match="no file of that name"):
+        plan_manybody(str(tmp_path / "missing.json"))
+    with pytest.raises(InputError):
+        plan_manybody("x" * 300 + ".json")  # a name the OS refuses: an InputError, not an OSError

@@ -134,7 +134,9 @@ def as_gmbe_input(obj: Any) -> GMBEInput | None:
         import json
 
         return _validated(json.loads(obj))
-    if isinstance(obj, Path) and obj.suffix.lower() in (".json", ".yaml", ".yml") and obj.is_file():
+    if isinstance(obj, str) and len(obj) < 4096 and "\n" not in obj and "\0" not in obj:
+        obj = Path(obj)  # a file name, as load_input takes one: a GMBEInput file is read below
+    if isinstance(obj, Path) and obj.suffix.lower() in (".json", ".yaml", ".yml") and _is_file(obj):
         from .inputs import read_text_file
 
         text = read_text_file(obj)
@@ -151,6 +153,14 @@ def as_gmbe_input(obj: Any) -> GMBEInput | None:
         if isinstance(data, dict) and data.get("schema_name") == "qcmb_async_gmbe_input":
             return _validated(data, f"GMBE input file {str(obj)!r}")
     return None
+
+
+def _is_file(path: Path) -> bool:
+    """``path`` names a regular file (a name the OS refuses, e.g. too long, is none: load_input then says why)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _validated(data: dict[str, Any], source: str = "the GMBE input") -> GMBEInput:
