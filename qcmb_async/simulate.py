@@ -286,6 +286,27 @@ class SimulationResult:
         """Sequential time / makespan."""
         return self.sequential / self.makespan if self.makespan > 0 else math.nan
 
+    def idle_tail(self, share: float = 0.5) -> float:
+        """Seconds at the end of the run with fewer than ``share * ncores`` cores busy (the tail).
+
+        From the last moment the busy cores fell below that share to the makespan's end; the whole
+        makespan when they never reached it. ``share=1`` measures from the last moment every core
+        was busy.
+        """
+        events = sorted([(r.start, r.cores) for r in self.records if r.start is not None]
+                        + [(r.end, -r.cores) for r in self.records if r.start is not None],
+                        key=lambda e: (e[0], e[1]))  # ends before starts at equal times
+        need = share * self.ncores
+        busy, since = 0, 0.0
+        for t, delta in events:
+            before = busy
+            busy += delta
+            if before >= need > busy:
+                since = t
+            elif busy >= need:
+                since = self.makespan
+        return max(0.0, self.makespan - since)
+
     def as_dict(self, *, records: bool = False) -> dict[str, Any]:
         out = {
             "ncores": self.ncores, "order": self.order, "level_barrier": self.level_barrier,
