@@ -236,10 +236,14 @@ def lower_bound(workload: Workload, ncores: int, *, fragment_ncores: int | None 
     ``max(longest fragment on all ncores, one-core total / ncores)``, and tighter when a few large
     fragments need many cores to finish early. With fixed ``fragment_ncores`` every fragment
     runs on exactly that many cores and at most ``ncores // fragment_ncores`` run at once.
+    Fragments of an MPI program below ``MPI_MIN_SIZE`` basis functions count as one-core only, as
+    the scheduler runs them.
     """
     if fragment_ncores is None:
         times = [workload.durations[f.label] for f in workload.fragments]
-        fractions = [cost.parallel_fraction(f.program, parallel_fraction) for f in workload.fragments]
+        # MPI programs' small fragments stay on one rank (cost.MPI_MIN_SIZE): the scheduler may not mould them.
+        fractions = [0.0 if cost._mpi_too_small(f) else cost.parallel_fraction(f.program, parallel_fraction)
+                     for f in workload.fragments]
         return moldable_lower_bound(times, fractions, ncores)
     times = [workload.durations[f.label]
              / speedup(fragment_ncores, cost.parallel_fraction(f.program, parallel_fraction))

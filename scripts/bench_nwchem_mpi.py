@@ -79,24 +79,31 @@ def record(which: str) -> None:
 
 
 def sim(cores: list[int]) -> None:
-    """Makespan on virtual cores: one rank per fragment against the moldable allotment."""
+    """Makespan, tail and lower bound on virtual cores: one rank per fragment against the moldable allotment.
+
+    ``tail`` is :meth:`~qcmb_async.simulate.SimulationResult.idle_tail`: the end of the run with fewer
+    than half the cores busy. Each lower bound is that of its own rules (one rank each: longest
+    fragment or work / cores; moldable: ``lower_bound`` with the true parallel fraction).
+    """
     from qcmb_async.simulate import Workload, simulate
 
-    print("| workload | cores | fragments | one-core total s | longest s | true f | 1 rank: makespan s | "
-          "moldable: makespan s | fragments on >1 rank | shorter by |")
+    print("| workload | cores | fragments | one-core total s | longest s | true f | 1 rank: makespan / tail / LB s | "
+          "moldable: makespan / tail / LB s | on >1 rank | makespan shorter by |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for path in (RECORDED, MIXED):
+    for path in (RECORDED_TZ, RECORDED, MIXED):
         if not path.exists():
             print(f"| {path.name}: not recorded (run `record` first) |")
             continue
         work = Workload.load(path)
         for ncores in cores:
-            one = simulate(work, ncores, fragment_ncores=1)
             for f in FRACTIONS:
-                mold = simulate(work, ncores, parallel_fraction={"nwchem": f})
+                fractions = {"nwchem": f}
+                one = simulate(work, ncores, fragment_ncores=1, parallel_fraction=fractions)
+                mold = simulate(work, ncores, parallel_fraction=fractions)
                 print(f"| {work.name} | {ncores} | {len(work)} | {work.total:.1f} | {work.longest:.2f} | {f} | "
-                      f"{one.makespan:.2f} | {mold.makespan:.2f} | {mold.multi_core_fragments} | "
-                      f"{1 - mold.makespan / one.makespan:.0%} |")
+                      f"{one.makespan:.2f} / {one.idle_tail():.2f} / {one.lower_bound:.2f} | "
+                      f"{mold.makespan:.2f} / {mold.idle_tail():.2f} / {mold.lower_bound:.2f} | "
+                      f"{mold.multi_core_fragments} | {1 - mold.makespan / one.makespan:.0%} |")
 
 
 def measure(repeat: int) -> None:
