@@ -1,9 +1,9 @@
 """Where the MOPAC octamer's time above the lower bound goes, from the run's own timeline.
 
 The workload of record for 30-ms fragments (``bench_real.py``'s ``octamer-mopac``: ring water
-octamer, NoCP, MBE(3), MOPAC PM7, 92 fragments, 2 cores, threads executor, no store). Each run is
-split, from its fragment records (``start``/``end`` around ``qcengine.compute`` in the worker) and
-the caller's clock, into:
+octamer, NoCP, MBE(3), MOPAC PM7, 92 fragments, 2 cores, threads executor; no store unless asked).
+Each run is split (after one untimed warm-up run in the same process), from its fragment records
+(``start``/``end`` around ``qcengine.compute`` in the worker) and the caller's clock, into:
 
 * ``before first``: from the call of ``qcmb_async.run`` to the first fragment's start (import-free:
   planning, executor start, first dispatch);
@@ -19,7 +19,7 @@ the caller's clock, into:
 ``--compare DIR`` alternates runs of another copy of the package (e.g. a ``git archive`` of the
 commit before a change) with this one, one process per run, so both see the same machine load::
 
-    PYTHONPATH=$PWD python scripts/bench_mopac_tail.py --repeats 7 [--compare /tmp/before] [--store]
+    PYTHONPATH=$PWD python scripts/bench_mopac_tail.py --repeats 7 [--compare /tmp/before] [--store existing]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def split(rec: dict[str, Any], t_call: float, t_return: float, ncores: int) -> d
     }
 
 
-def one_run(store: bool) -> dict[str, Any]:
+def one_run(store: str) -> dict[str, Any]:
     """One timed run of the octamer in this process; its split as a dict (printed as JSON by ``--child``)."""
     import tempfile
 
@@ -83,8 +83,15 @@ def one_run(store: bool) -> dict[str, Any]:
 
     work = next(w for w in REAL_WORKLOADS if w.key == "octamer-mopac")
     inp = work.build()
+    # One untimed run first, as bench_real's repeats run in a process that has run the workload before:
+    # imports and QCEngine's program look-ups are not what is measured.
+    run(inp, ncores=2, memory=2, executor="threads", store=None)
     with tempfile.TemporaryDirectory() as tmp:
-        where = Path(tmp) / "store.sqlite" if store else None
+        where = Path(tmp) / "store.sqlite" if store != "none" else None
+        if store == "existing":  # a store that exists already (a user's default store after its first run)
+            from qcmb_async._core.store import ResultStore
+
+            ResultStore(where).close()
         t_call = time.time()
         res = run(inp, ncores=2, memory=2, executor="threads", store=where)
         t_return = time.time()
@@ -94,10 +101,10 @@ def one_run(store: bool) -> dict[str, Any]:
     return out
 
 
-def child(package: Path, store: bool) -> dict[str, Any]:
+def child(package: Path, store: str) -> dict[str, Any]:
     """:func:`one_run` in a fresh interpreter importing qcmb_async from ``package``."""
     env = {**os.environ, "PYTHONPATH": str(package)}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child"] + (["--store"] if store else [])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--store", store]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=str(package))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -114,14 +121,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compare", type=Path, help="another copy of the package to alternate with (before)")
-    parser.add_argument("--store", action="store_true", help="with a fresh result store (default: none)")
+    parser.add_argument("--name", default="this", help="label of this copy's runs")
+    parser.add_argument("--compare-name", default="before", help="label of the other copy's runs")
+    parser.add_argument("--store", choices=("none", "fresh", "existing"), default="none",
+                        help="no result store, a new one, or one that exists (empty) before the run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(one_run(args.store)))
         return 0
     here = Path(__file__).resolve().parent.parent
-    variants = [("before", args.compare), ("after", here)] if args.compare else [("this", here)]
+    variants = [(args.compare_name, args.compare), (args.name, here)] if args.compare else [(args.name, here)]
     warm_mopac()
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
     load0 = os.getloadavg()
@@ -129,11 +139,11 @@ def main() -> int:
         for name, package in (variants if i % 2 == 0 else variants[::-1]):
             r = child(package, args.store)
             rows[name].append(r)
-            print(f"{name:6s} wall {r['wall']:.3f} s  LB {r['lb']:.3f}  wall/LB {r['ratio']:.3f}  "
+            print(f"{name:8s} wall {r['wall']:.3f} s  LB {r['lb']:.3f}  wall/LB {r['ratio']:.3f}  "
                   f"before first {1e3 * r['before_first']:.0f} ms  after last {1e3 * r['after_last']:.0f} ms  "
                   f"gaps {1e3 * r['gaps']:.0f} ms ({r['gap_per_fragment_ms']:.2f} ms/fragment)  "
                   f"imbalance {1e3 * r['imbalance']:.0f} ms  load {os.getloadavg()[0]:.1f}", flush=True)
-    print(f"\nload average {load0} -> {os.getloadavg()}; store {'on' if args.store else 'off'}; "
+    print(f"\nload average {load0} -> {os.getloadavg()}; store {args.store}; "
           f"{args.repeats} runs each, alternating")
     for name, rs in rows.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("ratio", "wall", "lb", "before_first",
@@ -143,7 +153,8 @@ def main() -> int:
         print(f"{name}: wall/LB median {med['ratio']:.3f} ({ratios}); wall {med['wall']:.3f} s, LB {med['lb']:.3f} s, "
               f"before first {1e3 * med['before_first']:.0f} ms, after last {1e3 * med['after_last']:.0f} ms, gaps "
               f"{1e3 * med['gaps']:.0f} ms ({med['gap_per_fragment_ms']:.2f} ms/fragment), imbalance "
-              f"{1e3 * med['imbalance']:.0f} ms, median fragment {med['median_fragment_ms']:.1f} ms")
+              f"{1e3 * med['imbalance']:.0f} ms, median fragment {med['median_fragment_ms']:.1f} ms; "
+              f"qcmb_async from {rs[0]['package']}")
     energies = {r["energy"] for rs in rows.values() for r in rs}
     print(f"energies: spread {max(energies) - min(energies):.1e} Eh")
     return 0
