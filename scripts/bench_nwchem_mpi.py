@@ -1,24 +1,29 @@
 """NWChem on many cores: MPI ranks per fragment (moldable allotment) against one rank per fragment.
 
-Three steps (``all`` runs them in turn):
+Steps (``all`` runs record, sim and measure in turn):
 
-* ``record``: a real NWChem run here (water hexamer, CP MBE(3), HF/6-31G, one rank per fragment on
-  2 cores) whose per-fragment wall times become a workload, ``scripts/results/nwchem-hexamer-cp3.json``.
-* ``sim``: the recorded workloads (that one, and the NWChem mixed workload ``mixed-workload.json``)
-  replayed by the real scheduler on 64 virtual cores, one rank per fragment (``fragment_ncores=1``)
-  against the moldable allotment (cores chosen by the scheduler, NWChem fragments as MPI ranks), for
-  several true parallel fractions of NWChem (the scheduler itself assumes the registry's prior).
+* ``record``: a real NWChem run here, one rank per fragment on 2 cores, whose per-fragment wall times
+  become a workload: ``--workload tz`` (default) the cyclic water pentamer, NoCP MBE(3), HF/cc-pVTZ
+  (fragments of 58, 116 and 174 basis functions) -> ``scripts/results/nwchem-pentamer-tz3.json``;
+  ``--workload hexamer`` the water hexamer, CP MBE(3), HF/6-31G -> ``nwchem-hexamer-cp3.json``.
+* ``sim``: the recorded workloads (those, and the NWChem mixed workload ``mixed-workload.json``)
+  replayed by the real scheduler on virtual cores, one rank per fragment (``fragment_ncores=1``)
+  against the moldable allotment (NWChem fragments as MPI ranks), for several true parallel fractions
+  of NWChem (the scheduler itself plans with the registry's prior): makespan, tail (the end of the
+  run with fewer than half the cores busy) and lower bound of each.
 * ``measure``: real wall time on this machine of a small NWChem MBE (three waters of the ring
   octamer, CP MBE(2), HF/6-31G): one rank per fragment, two ranks per fragment, and the
-  scheduler choosing; the energies must agree. Then one larger fragment (benzene + 2 waters,
-  HF/6-31G gradient) on 1 and 2 ranks.
+  scheduler choosing; the energies must agree. Then one larger fragment on 1 and 2 ranks.
+* ``fragment``: only that larger fragment (``--workload tz``: a cc-pVTZ water trimer), with NWChem's
+  own rank-0 CPU time and the parallel fraction it implies.
 
-    PYTHONPATH=$PWD python scripts/bench_nwchem_mpi.py [record|sim|measure|all] [--cores 64 16]
+    PYTHONPATH=$PWD python scripts/bench_nwchem_mpi.py [record|sim|measure|fragment|all] [--cores 64 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -142,22 +147,38 @@ def measure(repeat: int) -> None:
     fragment(repeat)
 
 
-def fragment(repeat: int) -> None:
-    """One larger fragment (benzene + 2 waters, HF/6-31G gradient) on 1 and 2 ranks: wall and energy."""
+def fragment(repeat: int, which: str = "benzene") -> None:
+    """One larger fragment on 1 and 2 ranks: wall, NWChem's own CPU time of rank 0, and energy.
+
+    ``which``: ``"benzene"`` (benzene + 2 waters, HF/6-31G gradient) or ``"tz"`` (a water trimer of the
+    recorded pentamer, HF/cc-pVTZ energy: 174 basis functions, the kind of fragment that gets ranks).
+    The measured parallel fraction is Amdahl's from rank 0's CPU seconds: ``f = (1 - t2 / t1) / (1 - 1 / 2)``.
+    """
+    import re
+
     from qcelemental.models.v2 import AtomicInput, Molecule
 
     from qcmb_async._core.contract import FragmentJob
     from qcmb_async._qcengine.worker import execute_job
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from benchlib.molecules import benzene_waters
+    from benchlib.molecules import benzene_waters, molecule, water_ring
 
-    bw = benzene_waters(2)
-    mol = Molecule(symbols=bw.symbols, geometry=bw.geometry, fix_symmetry="c1")
-    inp = AtomicInput(molecule=mol, specification={
-        "driver": "gradient", "model": {"method": "hf", "basis": "6-31g"},
-        "keywords": {"scf__thresh": 1e-10, "scf__tol2e": 1e-14}})
+    if which == "tz":
+        ring = molecule(water_ring(5)[:3])
+        mol = Molecule(symbols=ring.symbols, geometry=ring.geometry, fix_symmetry="c1")
+        spec = {"driver": "energy", "model": {"method": "hf", "basis": "cc-pvtz"},
+                "keywords": {"scf__thresh": 1e-10, "scf__tol2e": 1e-14}}
+        name = "water trimer HF/cc-pVTZ energy"
+    else:
+        bw = benzene_waters(2)
+        mol = Molecule(symbols=bw.symbols, geometry=bw.geometry, fix_symmetry="c1")
+        spec = {"driver": "gradient", "model": {"method": "hf", "basis": "6-31g"},
+                "keywords": {"scf__thresh": 1e-10, "scf__tol2e": 1e-14}}
+        name = "benzene + 2 waters HF/6-31G gradient"
+    inp = AtomicInput(molecule=mol, specification=spec)
     walls: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[float]] = {1: [], 2: []}
     energy: dict[int, float] = {}
     for _ in range(repeat):
         for ranks in (1, 2):
@@ -167,19 +188,28 @@ def fragment(repeat: int) -> None:
             assert out.success, out.error_message
             walls[ranks].append(out.end - out.start)
             energy[ranks] = float(out.result.properties.return_energy)
-            print(f"benzene + 2 waters ({len(mol.symbols)} atoms), {ranks} rank(s): {walls[ranks][-1]:.2f} s",
-                  flush=True)
+            # NWChem's closing line: " Total times  cpu:        6.6s     wall:        7.1s" (rank 0).
+            times = re.findall(r"Total times\s+cpu:\s+([\d.]+)s\s+wall:\s+([\d.]+)s", out.result.stdout or "")
+            if times:
+                cpu[ranks].append(float(times[-1][0]))
+            print(f"{name} ({len(mol.symbols)} atoms), {ranks} rank(s): wall {walls[ranks][-1]:.2f} s, rank-0 CPU "
+                  f"{cpu[ranks][-1] if cpu[ranks] else float('nan'):.1f} s, load {os.getloadavg()[0]:.1f}", flush=True)
     for ranks, w in walls.items():
-        print(f"one fragment, {ranks} rank(s): median {statistics.median(w):.2f} s (min {min(w):.2f}, "
-              f"max {max(w):.2f}, n={len(w)})")
+        print(f"one fragment, {ranks} rank(s): median wall {statistics.median(w):.2f} s (min {min(w):.2f}, "
+              f"max {max(w):.2f}, n={len(w)})" + (f"; median rank-0 CPU {statistics.median(cpu[ranks]):.1f} s"
+                                                 if cpu[ranks] else ""))
+    if cpu[1] and cpu[2]:
+        ratio = statistics.median(cpu[2]) / statistics.median(cpu[1])
+        print(f"parallel fraction from rank-0 CPU time: {(1 - ratio) / 0.5:.2f}")
     print(f"energy difference {abs(energy[1] - energy[2]):.1e} Eh")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", nargs="?", default="sim", choices=("record", "sim", "measure", "all"))
+    parser.add_argument("step", nargs="?", default="sim", choices=("record", "sim", "measure", "fragment", "all"))
     parser.add_argument("--cores", type=int, nargs="+", default=[64], help="virtual cores of the simulation")
-    parser.add_argument("--workload", default="tz", choices=("tz", "hexamer"), help="what `record` records")
+    parser.add_argument("--workload", default="tz", choices=("tz", "hexamer"),
+                        help="what `record` records (`fragment`: tz measures a cc-pVTZ trimer)")
     parser.add_argument("--repeat", type=int, default=1, help="repetitions of the measurement here")
     args = parser.parse_args()
     if args.step in ("record", "all"):
@@ -188,6 +218,8 @@ def main() -> int:
         sim(args.cores)
     if args.step in ("measure", "all"):
         measure(args.repeat)
+    if args.step == "fragment":
+        fragment(args.repeat, args.workload if args.workload == "tz" else "benzene")
     return 0
 
 
