@@ -181,6 +181,9 @@ SKIP: dict[tuple[str, str], str] = {
     ("docs/hpc.md", "sbatch --ntasks=8 --cpus-per-task=4 --mem-per-cpu=3G --time=04:00:00 \\"):
         _CLUSTER_JOBS + "allocation script against the local SLURM",
     ("docs/hpc.md", "from dask_jobqueue import SLURMCluster"): _CLUSTER_JOBS + "SLURMCluster against the local SLURM",
+    ("docs/performance.md", "PYTHONPATH=$PWD python scripts/bench_mopac_tail.py --repeats 5 --store existing "
+                            "--compare /tmp/before --name after"):
+        "a benchmark (a minute of MOPAC runs per store mode; needs a copy of the package to compare with)",
     ("docs/performance.md", "$ python scripts/bench.py            # about 11 minutes on 2 cores"):
         "the full benchmark, about 11 minutes",
     ("docs/screening.md", '{"distance": {"2": 9.0, "3": 7.0}, "energy": {}, "metric": "closest",'):
