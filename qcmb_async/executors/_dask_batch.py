@@ -15,9 +15,11 @@ callback on the event loop, run whenever something changes) turns the queues int
 * a task that would wait on its worker anyway is held for ``batch_window`` seconds to fill up.
 
 Jobs and outcomes cross as one pickled ``bytes`` per task (Dask then neither walks nor re-serialises
-them). Each fragment keeps its own key, timeout and :class:`~qcmb_async._core.contract.JobOutcome`,
-so records, events and the store stay per fragment; a fragment cancelled while waiting here never
-reaches the cluster.
+them), each job's ``AtomicInput`` as its JSON text (cheaper than pickling the model on both sides). A
+task predicted to run longer than ``stream_interval`` also sends finished outcomes back while it runs
+(see :func:`~qcmb_async.executors._dask_worker._run_batch_on_worker`). Each fragment keeps its own
+key, timeout and :class:`~qcmb_async._core.contract.JobOutcome`, so records, events and the store stay
+per fragment; a fragment cancelled while waiting here never reaches the cluster.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
-from ._dask_worker import _failed, _run_batch_on_worker
+from ._dask_worker import _as_sent, _failed, _run_batch_on_worker
 
 #: Per-task transport samples kept (their minimum is the estimate: larger ones include queueing).
 _SAMPLES = 32
@@ -322,7 +324,7 @@ class _Batching:
                 fail_all(ErrorType.RESOURCES_UNAVAILABLE, unmet)
                 return
             try:
-                payload = pickle.dumps([e.job for e in live], protocol=pickle.HIGHEST_PROTOCOL)
+                payload = pickle.dumps([_as_sent(e.job) for e in live], protocol=pickle.HIGHEST_PROTOCOL)
                 t0 = time.perf_counter()
                 stream: dict[str, Any] = {}
                 if self._streams(live):
