@@ -217,8 +217,8 @@ def throughput_input(sleep: float, n: int = 16, max_nbody: int = 4) -> ManyBodyI
     return ManyBodyInput(**data)
 
 
-async def store_run(inp: ManyBodyInput, executor: Any, store: Path) -> tuple[float, Any, float]:
-    """Like :func:`timed`, with the result store on (a fresh file)."""
+async def store_run(inp: ManyBodyInput, executor: Any, store: Path | None) -> tuple[float, Any, float]:
+    """Like :func:`timed`, with the result store on (a fresh file; ``None``: off)."""
     from qcmb_async import events as ev
 
     cpu: dict[str, float] = {}
@@ -230,7 +230,8 @@ async def store_run(inp: ManyBodyInput, executor: Any, store: Path) -> tuple[flo
             cpu["end"] = time.process_time()
 
     t0 = time.perf_counter()
-    result = await run_manybody(inp, ncores=2, memory=4, executor=executor, store=str(store), on_event=on_event)
+    result = await run_manybody(inp, ncores=2, memory=4, executor=executor, store=None if store is None else str(store),
+                                on_event=on_event)
     return time.perf_counter() - t0, result, cpu["end"] - cpu["start"]
 
 
@@ -246,7 +247,7 @@ async def throughput(repeats: int, sleep: float) -> None:
     register_fakes()
     inp = throughput_input(sleep)
     ref = float(ManyBodyComputer.from_manybodyinput(inp).return_result)
-    rows: dict[str, list[tuple[float, float, int]]] = {"threads": [], "dask": [], "instant": []}
+    rows: dict[str, list[tuple[float, float, int]]] = {"threads": [], "dask": [], "instant": [], "instant-nostore": []}
     with tempfile.TemporaryDirectory(prefix="qcmb-bench-dask-") as tmp, dask_cluster(Path(tmp)) as address:
         await wait_for_workers(address, 2)
         from distributed import Client
@@ -255,10 +256,11 @@ async def throughput(repeats: int, sleep: float) -> None:
             await client.run(register_fakes)
             for rep in range(repeats + 1):  # the first round warms up (imports, program checks, calibration)
                 for name in rows:
-                    exe = {"threads": "threads", "dask": DaskExecutor(client), "instant": InstantExecutor()}[name]
-                    wall, result, cpu = await store_run(inp, exe, Path(tmp) / f"{name}-{rep}.sqlite")
+                    exe = {"threads": "threads", "dask": DaskExecutor(client)}.get(name, InstantExecutor())
+                    store = None if name.endswith("nostore") else Path(tmp) / f"{name}-{rep}.sqlite"
+                    wall, result, cpu = await store_run(inp, exe, store)
                     n = len(result.extras["qcmb_async"]["fragments"])
-                    if name != "instant":
+                    if not name.startswith("instant"):
                         diff = abs(float(result.return_result) - ref)
                         assert diff < 1e-9, f"{name} differs from the sequential result by {diff}"
                     if rep:
@@ -270,7 +272,8 @@ async def throughput(repeats: int, sleep: float) -> None:
           f"Dask workers, ncores=2; medians of {repeats}; load average {os.getloadavg()[0]:.2f} on "
           f"{os.cpu_count()} CPUs")
     for name, label in (("threads", "threads"), ("dask", "dask (batched, streamed)"),
-                        ("instant", "scheduler path (FAKE instant executor)")):
+                        ("instant", "scheduler path (FAKE instant executor)"),
+                        ("instant-nostore", "scheduler path, no store")):
         walls = ", ".join(f"{w:.3f}" for w, _, _ in rows[name])
         print(f"  {label:<40} {med[name]:7.3f} s  {n / med[name]:8.0f} fragments/s  coordinator CPU "
               f"{1000 * cpu[name] / n:.3f} ms/fragment   [{walls}]")
