@@ -11,6 +11,7 @@ announces MBE(n) once level n is done. See docs/architecture.md.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 import anyio
 import structlog
 
-from .._logs import get_logger
+from .._logs import _STDLIB_NAME, get_logger
 from ..errors import FragmentError
 from . import events as ev
 from . import invariance
@@ -45,6 +46,8 @@ from .ready import ReadyQueue
 from .resources import ResourcePool
 
 log = get_logger()
+_STDLIB_LOG = logging.getLogger(_STDLIB_NAME)
+"""The stdlib logger ``log`` forwards to: per-fragment lines are skipped at its level check (a disabled level)."""
 
 class StoreFailures:
     """Store writes that failed in one run, or in one job of many runs (a driver: optimize, frequencies, ASE).
@@ -315,7 +318,8 @@ class Scheduler:
                 if on_event is not None:
                     await ev.emit(on_event, ev.FragmentStarted(self.run_id, frag.label, frag.level, frag.program,
                                                                cores, memory, attempt))
-                log.debug("fragment started", attempt=attempt)  # handed to the executor (tests wait for it)
+                if _STDLIB_LOG.isEnabledFor(logging.DEBUG):  # the check structlog makes first, without its call chain
+                    log.debug("fragment started", attempt=attempt)  # handed to the executor (tests wait for it)
                 outcome = self._guard(frag, fjob, await self.executor.run(fjob))
                 self._record_attempt(rec, attempt, outcome)
                 if outcome.success:
@@ -390,7 +394,8 @@ class Scheduler:
         # Calibrate in one-core seconds, whatever this fragment was given (the model converts, and
         # learns the group's parallel fraction from fragments run on several cores).
         self.model.observe(frag.group, frag.size, outcome.wall_time, cores)
-        log.info("fragment finished", wall_time=round(outcome.wall_time, 4), worker=outcome.worker)
+        if _STDLIB_LOG.isEnabledFor(logging.INFO):
+            log.info("fragment finished", wall_time=round(outcome.wall_time, 4), worker=outcome.worker)
         if self.options.on_event is not None:
             await ev.emit(self.options.on_event, ev.FragmentFinished(
                 self.run_id, frag.label, frag.level, frag.program, outcome.wall_time, outcome.worker))
