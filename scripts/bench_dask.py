@@ -281,10 +281,34 @@ async def throughput(repeats: int, sleep: float) -> None:
           "results equal QCManyBody's sequential result to 1e-9 Eh")
 
 
+async def floor(repeats: int) -> None:
+    """The scheduler's own path only (FAKE instant executor, no cluster), store on and off: quick A/B of commits."""
+    sys.path.insert(0, str(ROOT))
+    from tests.fakes import register_fakes
+
+    register_fakes()
+    inp = throughput_input(0.0)
+    rows: dict[str, list[tuple[float, float, int]]] = {"store": [], "no store": []}
+    with tempfile.TemporaryDirectory(prefix="qcmb-bench-floor-") as tmp:
+        for rep in range(repeats + 1):
+            for name in rows:
+                store = Path(tmp) / f"{rep}.sqlite" if name == "store" else None
+                wall, result, cpu = await store_run(inp, InstantExecutor(), store)
+                if rep:
+                    rows[name].append((wall, cpu, len(result.extras["qcmb_async"]["fragments"])))
+    for name, runs in rows.items():
+        n = runs[0][2]
+        wall = statistics.median(w for w, _, _ in runs)
+        cpu = statistics.median(c for _, c, _ in runs)
+        print(f"scheduler path (FAKE instant executor), {n} fragments, {name:<8}: {n / wall:7.0f} fragments/s, "
+              f"coordinator CPU {1000 * cpu / n:.3f} ms/fragment  (medians of {repeats}; load average "
+              f"{os.getloadavg()[0]:.2f})")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--section", choices=("all", "mopac", "throughput"), default="all")
+    parser.add_argument("--section", choices=("all", "mopac", "throughput", "floor"), default="all")
     parser.add_argument("--sleep", type=float, default=0.001, help="seconds per FAKE fragment (throughput section)")
     args = parser.parse_args()
     os.environ.setdefault("QCMB_ASYNC_STORE", "none")
@@ -292,3 +316,5 @@ if __name__ == "__main__":
         anyio.run(main, args.repeats)
     if args.section in ("all", "throughput"):
         anyio.run(throughput, args.repeats, args.sleep)
+    if args.section == "floor":
+        anyio.run(floor, args.repeats)
