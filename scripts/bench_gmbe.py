@@ -1,7 +1,7 @@
 """Generalized MBE of a peptide: subsystems, cancellations, wall/LB and the error against the supersystem.
 
 Usage: PYTHONPATH=. python scripts/bench_gmbe.py [--programs tblite pyscf] [--ncores 2]
-       [--fragmentations 1:0:3 2:1:3] [--pyscf-fragmentations 1:0:3 2:1:2] [--no-planning]
+       [--fragmentations 1:0:3 2:1:3] [--pyscf-fragmentations 1:0:3 2:1:2 2:0:3] [--no-planning]
 
 Peptide: poly-L-alanine, 12 residues (scripts/data/ala12.pdb, 123 atoms), cut at Ca-C. A fragmentation
 ``R:O:N`` is ``residues_per_fragment`` R, ``overlap`` O between consecutive windows, highest order N. Each
@@ -141,9 +141,9 @@ def main() -> None:
     parser.add_argument("--fragmentations", nargs="+", type=parse_fragmentation, default=[(1, 0, 3), (2, 1, 3)],
                         help="R:O:N per run for GFN2-xTB (default 1:0:3 2:1:3)")
     parser.add_argument("--pyscf-fragmentations", nargs="+", type=parse_fragmentation,
-                        default=[(1, 0, 3), (2, 1, 2)],
-                        help="R:O:N per run for HF/STO-3G (default 1:0:3 2:1:2: the 727 subsystems of up to 70 "
-                             "atoms of 2:1:3 take hours of PySCF on two busy cores)")
+                        default=[(1, 0, 3), (2, 1, 2), (2, 0, 3)],
+                        help="R:O:N per run for HF/STO-3G (default 1:0:3 2:1:2 2:0:3: the 727 subsystems of up to "
+                             "70 atoms of 2:1:3 take hours of PySCF on two busy cores)")
     parser.add_argument("--ncores", type=int, default=2)
     parser.add_argument("--no-planning", action="store_true", help="skip planning the 100-residue protein")
     parser.add_argument("--output", type=Path, default=RESULTS / "bench-gmbe.json")
@@ -166,6 +166,7 @@ def main() -> None:
         for frag in args.pyscf_fragmentations if program == "pyscf" else args.fragmentations:
             row = run_case(program, frag, energy, args.ncores)
             rows.append(row)
+            save(args.output, started, load_start, args.ncores, supers, rows, None)  # a partial run keeps its rows
             print(json.dumps({k: v for k, v in row.items() if k != "orders"}), flush=True)
             for o in row["orders"]:
                 print(f"  {frag[0]} res/fragment, overlap {frag[1]}, GMBE({o['order']}): {o['computed']} subsystems "
@@ -178,14 +179,20 @@ def main() -> None:
         for p in planning:
             print(f"planning a 100-residue protein ({p['atoms']} atoms), {p['options']}: {p['seconds']:.2f} s, "
                   f"{p['subsystems']} subsystems (target <= 5 s)", flush=True)
+    save(args.output, started, load_start, args.ncores, supers, rows, planning)
+    print(markdown(rows))
+
+
+def save(path: Path, started: str, load_start: tuple[float, ...], ncores: int, supers: dict[str, Any],
+         rows: list[dict[str, Any]], planning: list[dict[str, Any]] | None) -> None:
+    """Write the results JSON (after every run, so an interrupted benchmark keeps what it measured)."""
     git = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
     meta = {"started": started, "finished": datetime.now(UTC).isoformat(timespec="seconds"), "git": git,
-            "cpus": os.cpu_count(), "ncores": args.ncores, "load_start": load_start, "load_end": os.getloadavg()}
-    args.output.parent.mkdir(exist_ok=True)
-    args.output.write_text(json.dumps({"meta": meta, "supersystem": supers, "rows": rows, "planning_100": planning},
-                                      indent=1))
-    print(markdown(rows))
+            "cpus": os.cpu_count(), "ncores": ncores, "load_start": load_start, "load_end": os.getloadavg()}
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "supersystem": supers, "rows": rows, "planning_100": planning},
+                               indent=1))
 
 
 if __name__ == "__main__":
