@@ -83,7 +83,7 @@ def test_hf_sto3g_gmbe2_of_a_12_residue_peptide_against_the_supersystem():
     # A direct Fock build of the uncut peptide (367 AOs) costs ~80 CPU s: start from the density-fitted SCF's
     # density and converge with exact integrals to 1e-8 Eh (6e-6 kcal/mol, far below the bound).
     guess = scf.RHF(m).density_fit()
-    guess.conv_tol = 1e-8
+    guess.conv_tol = 1e-6  # a guess only: its density is off by the fitting error whatever the threshold
     guess.kernel()
     mf = scf.RHF(m)
     mf.conv_tol = 1e-8
