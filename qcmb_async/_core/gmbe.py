@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import InputError
 
@@ -37,6 +38,33 @@ __all__ = ["Cap", "GMBEInput", "Subsystem", "cap_scale", "gmbe_subsystems"]
 
 #: Subsystems per order above which planning refuses (memory and minutes of Python): use screening.
 MAX_SUBSYSTEMS = 2_000_000
+
+
+def _whole(value: Any) -> int:
+    """An atom index, charge or order: a whole number (Python or NumPy int), never a bool, float or string, which
+    pydantic's lax mode would turn into one silently (``True`` -> atom 1, ``"3"`` -> 3, ``2.0`` -> 2)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{value!r} ({type(value).__name__}) is not a whole number: give an int")
+    return int(value)
+
+
+def _order_key(value: Any) -> int:
+    """A ``distance_cutoffs`` key: a whole number, or its decimal text (JSON object keys are strings)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return _whole(value)
+
+
+def _length(value: Any) -> float:
+    """A cutoff in Å: a real number, never a bool or a string."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{value!r} ({type(value).__name__}) is not a length in Å: give a number")
+    return float(value)
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
+OrderKey = Annotated[int, BeforeValidator(_order_key)]
+Length = Annotated[float, BeforeValidator(_length)]
 
 
 class GMBEInput(BaseModel):
@@ -59,12 +87,12 @@ class GMBEInput(BaseModel):
 
     schema_name: Literal["qcmb_async_gmbe_input"] = "qcmb_async_gmbe_input"
     molecule: Any
-    fragments: list[list[int]]
-    max_nbody: int = Field(ge=1)
+    fragments: list[list[Whole]]
+    max_nbody: Annotated[int, Field(ge=1), BeforeValidator(_whole)]
     specification: dict[str, Any]
-    atom_charges: list[int] | None = None
-    bonds: list[tuple[int, int]] | None = None
-    distance_cutoffs: dict[int, float] | None = None
+    atom_charges: list[Whole] | None = None
+    bonds: list[tuple[Whole, Whole]] | None = None
+    distance_cutoffs: dict[OrderKey, Length] | None = None
 
     @field_validator("molecule", mode="before")
     @classmethod

@@ -1,0 +1,83 @@
+"""Bad input to the generalized MBE, found by attacking it as a newcomer: each is refused before anything runs,
+with what is wrong and what to do (CLI exit 2, never a traceback).
+
+The PDB files are tests/data/ala4.pdb edited line by line here (a water, an ion, a second chain, repeated serial
+numbers, a NaN coordinate, an atom given twice), so what each test expects follows from the edit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from qcelemental.models.v2 import Molecule
+
+from qcmb_async import GMBEInput, InputError, plan_manybody
+from tests.helpers import require_module
+from tests.test_gmbe import HEXANE, OVERLAPPING, SPEC, _molecule
+from tests.test_gmbe_front import _cli, _refused
+
+DATA = Path(__file__).parent / "data"
+PDB_ARGS = ("--program", "pyscf", "--method", "hf", "--basis", "sto-3g")
+
+
+def _gmbe(**changes: Any) -> GMBEInput:
+    args: dict[str, Any] = {"molecule": _molecule(HEXANE), "fragments": OVERLAPPING, "max_nbody": 2,
+                            "specification": SPEC}
+    args.update(changes)
+    return GMBEInput(**args)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("fragments", [[True, False, *OVERLAPPING[0][2:]], *OVERLAPPING[1:]]),  # True, False were atoms 1 and 0
+    ("fragments", [[str(i) for i in OVERLAPPING[0]], *OVERLAPPING[1:]]),
+    ("fragments", [[float(i) for i in OVERLAPPING[0]], *OVERLAPPING[1:]]),
+    ("max_nbody", True),
+    ("max_nbody", "2"),
+    ("atom_charges", [True] + [0] * 19),
+    ("bonds", [("0", 1)]),
+    ("distance_cutoffs", {2: True}),
+    ("distance_cutoffs", {2: "6.0"}),
+])
+def test_numbers_of_the_wrong_type_are_refused_not_converted(field: str, value: Any) -> None:
+    # pydantic's lax mode turned True into atom 1, "3" into 3 and 2.0 into 2 without a word.
+    with pytest.raises(ValidationError, match=r"is not a whole number|is not a length"):
+        _gmbe(**{field: value})
+
+
+def test_numpy_integers_and_json_round_trips_are_still_accepted() -> None:
+    inp = _gmbe(fragments=[list(np.asarray(f, dtype=np.int64)) for f in OVERLAPPING], max_nbody=np.int32(2),
+                distance_cutoffs={2: 6.0})
+    assert inp.fragments == OVERLAPPING and inp.max_nbody == 2
+    back = GMBEInput.model_validate_json(inp.model_dump_json())  # JSON object keys are strings: "2"
+    assert back.distance_cutoffs == {2: 6.0} and back.fragments == OVERLAPPING
+
+
+# --- PDB and XYZ files on the command line ---------------------------------------------------------------------
+
+def _ala4() -> list[str]:
+    return [ln for ln in (DATA / "ala4.pdb").read_text().splitlines() if ln.startswith(("ATOM", "HETATM"))]
+
+
+def _write(tmp_path: Path, name: str, lines: list[str]) -> str:
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _plan(path: str, *args: str) -> Any:
+    return _cli("plan", path, "--gmbe", "2", *PDB_ARGS, *args)
+
+
+def test_fragments_file_with_the_gmbe_json_round_trip(tmp_path: Path) -> None:
+    # A GMBEInput written by model_dump_json with distance_cutoffs runs as it is (string keys in JSON).
+    inp = _gmbe(distance_cutoffs={2: 6.0})
+    path = tmp_path / "gmbe.json"
+    path.write_text(inp.model_dump_json())
+    res = _cli("plan", str(path))
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(path.read_text())["distance_cutoffs"] == {"2": 6.0}
