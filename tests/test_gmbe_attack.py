@@ -57,6 +57,11 @@ def test_numpy_integers_and_json_round_trips_are_still_accepted() -> None:
     assert back.distance_cutoffs == {2: 6.0} and back.fragments == OVERLAPPING
 
 
+def test_a_fragment_given_twice_is_named_as_such() -> None:
+    with pytest.raises(ValidationError, match="fragments 0 and 1 hold the same atoms"):
+        _gmbe(fragments=[OVERLAPPING[0], *OVERLAPPING])
+
+
 # --- PDB and XYZ files on the command line ---------------------------------------------------------------------
 
 def _ala4() -> list[str]:

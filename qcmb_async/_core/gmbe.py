@@ -128,7 +128,10 @@ class GMBEInput(BaseModel):
         if missing:
             raise ValueError(f"atoms {missing[:10]} are in no fragment: every atom must be in at least one")
         for a, b in itertools.permutations(range(len(sets)), 2):
-            if sets[a] <= sets[b] and (sets[a] != sets[b] or a < b):
+            if sets[a] == sets[b] and a < b:
+                raise ValueError(f"fragments {a} and {b} hold the same atoms: a primary fragment given twice would be "
+                                 "counted twice; remove one")
+            if sets[a] < sets[b]:
                 raise ValueError(f"fragment {a} is contained in fragment {b}: a primary fragment inside another adds "
                                  "nothing; remove it")
         if self.max_nbody > len(self.fragments):
