@@ -62,6 +62,18 @@ def test_a_fragment_given_twice_is_named_as_such() -> None:
         _gmbe(fragments=[OVERLAPPING[0], *OVERLAPPING])
 
 
+def test_a_charge_or_spin_on_the_molecule_alone_is_not_dropped() -> None:
+    symbols, xyz = [a[0] for a in HEXANE], _molecule(HEXANE).geometry
+    triplet = Molecule(symbols=symbols, geometry=xyz, molecular_multiplicity=3)
+    with pytest.raises(ValidationError, match="multiplicity 3: the GMBE computes closed-shell"):
+        _gmbe(molecule=triplet)
+    cation = Molecule(symbols=symbols, geometry=xyz, molecular_charge=2)
+    with pytest.raises(ValidationError, match="charge 2 but atom_charges add up to 0"):
+        _gmbe(molecule=cation, atom_charges=[0] * 20)
+    # Agreeing charges are fine (the charge on C0 and C5, the molecule's +2).
+    assert sum(_gmbe(molecule=cation, atom_charges=[1, 0, 0, 0, 0, 1] + [0] * 14).atom_charges) == 2
+
+
 # --- PDB and XYZ files on the command line ---------------------------------------------------------------------
 
 def _ala4() -> list[str]:

@@ -142,6 +142,7 @@ class GMBEInput(BaseModel):
             raise ValueError(f"the molecule has charge {self.molecule.molecular_charge:g} but atom_charges is not "
                              "given: a subsystem's charge is the sum over its atoms, so say on which atoms the "
                              "charge sits (atom_charges=[...], one whole number per atom)")
+        self._check_charge_and_spin()
         spec = self.specification
         driver = str(spec.get("driver", "energy"))
         if driver not in ("energy", "gradient"):
@@ -159,6 +160,25 @@ class GMBEInput(BaseModel):
             if not (0 <= a < natom and 0 <= b < natom) or a == b:
                 raise ValueError(f"bond ({a}, {b}) does not join two atoms of the molecule")
         return self
+
+    def _check_charge_and_spin(self) -> None:
+        """The molecule's own charge and multiplicity must not contradict the expansion's: subsystems take their
+        charge from ``atom_charges`` and are closed-shell, so a charge or a high spin set on the molecule alone
+        would be dropped without a word."""
+        charge = float(self.molecule.molecular_charge or 0)
+        total = sum(self.atom_charges or ())
+        if self.atom_charges is not None and charge != 0 and charge != total:
+            raise ValueError(f"the molecule has charge {charge:g} but atom_charges add up to {total}: a subsystem's "
+                             "charge is the sum of atom_charges over its atoms; make them agree")
+        multiplicity = int(self.molecule.molecular_multiplicity or 1)
+        from qcelemental import periodictable
+
+        electrons = sum(periodictable.to_Z(str(s)) for s in self.molecule.symbols) - (
+            total if self.atom_charges is not None else int(charge))
+        if multiplicity != 1 and electrons % 2 == 0:
+            raise ValueError(f"the molecule has multiplicity {multiplicity}: the GMBE computes closed-shell "
+                             "subsystems only (caps are hydrogens, every subsystem a singlet); open-shell "
+                             "molecules are not offered")
 
     @property
     def driver(self) -> str:
