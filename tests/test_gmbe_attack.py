@@ -74,6 +74,15 @@ def test_a_charge_or_spin_on_the_molecule_alone_is_not_dropped() -> None:
     assert sum(_gmbe(molecule=cation, atom_charges=[1, 0, 0, 0, 0, 1] + [0] * 14).atom_charges) == 2
 
 
+def test_a_hydrogen_split_from_its_atom_by_overlapping_fragments_is_refused() -> None:
+    # Fragment 1 holds H6 without C0 (it is bonded to C0, which only fragment 0 holds); every pair of fragments
+    # shares H6 or C0, so the old check (bonds between fragments sharing nothing) let it through, and fragment 1
+    # was computed with a "cap" 0.6 A from H6 on the H6-C0 bond.
+    frags = [OVERLAPPING[0], [*OVERLAPPING[1], 6], OVERLAPPING[2]]
+    with pytest.raises(InputError, match="fragment 1 holds atom 6 \\(H\\) but not atom 0 \\(C\\)"):
+        plan_manybody(_gmbe(fragments=frags))
+
+
 # --- PDB and XYZ files on the command line ---------------------------------------------------------------------
 
 def _ala4() -> list[str]:

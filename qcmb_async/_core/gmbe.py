@@ -396,12 +396,18 @@ def gmbe_subsystems(inp: GMBEInput, bonds: list[tuple[int, int]] | None = None,
     for k, frag in enumerate(inp.fragments):
         for a in frag:
             owner.setdefault(a, set()).add(k)
-    hydrogen_cuts = [(a, b) for a, b in bonds if not owner[a] & owner[b] and "H" in (symbols[a], symbols[b])]
+    # A bond to hydrogen is cut in some subsystem exactly when a primary fragment holds one of its atoms and not
+    # the other (intersections and unions of fragments that keep every X-H bond whole keep it whole too): a cap
+    # on it would be a hydrogen on a hydrogen's bond (an H-H pair 0.6 A apart, or a cap where the H atom is).
+    hydrogen_cuts = [(k, a, b) for a, b in bonds if "H" in (symbols[a], symbols[b])
+                     for k in sorted(owner[a] ^ owner[b])]
     if hydrogen_cuts:
-        a, b = hydrogen_cuts[0]
-        raise InputError(f"the primary fragments cut {len(hydrogen_cuts)} bond(s) to hydrogen, e.g. atoms {a} "
-                         f"({symbols[a]}) and {b} ({symbols[b]}): a hydrogen cap cannot replace a bond to hydrogen; "
-                         "keep each hydrogen in the fragments of the atom it is bonded to")
+        k, a, b = hydrogen_cuts[0]
+        inside, outside = (a, b) if k in owner[a] else (b, a)
+        raise InputError(f"the primary fragments cut {len({(a, b) for _, a, b in hydrogen_cuts})} bond(s) to "
+                         f"hydrogen, e.g. fragment {k} holds atom {inside} ({symbols[inside]}) but not atom {outside} "
+                         f"({symbols[outside]}) bonded to it: a hydrogen cap cannot replace a bond to hydrogen; put "
+                         "each hydrogen in exactly the fragments that hold the atom it is bonded to")
     subsystems: dict[int, Subsystem] = {}
     for order in range(1, inp.max_nbody + 1):
         counts: dict[str, int] = {}
