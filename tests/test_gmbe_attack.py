@@ -74,6 +74,13 @@ def test_a_charge_or_spin_on_the_molecule_alone_is_not_dropped() -> None:
     assert sum(_gmbe(molecule=cation, atom_charges=[1, 0, 0, 0, 0, 1] + [0] * 14).atom_charges) == 2
 
 
+def test_a_molecule_qcelemental_refuses_is_a_validation_error_not_its_raw_exception() -> None:
+    xyz = np.asarray(_molecule(HEXANE).geometry).reshape(-1, 3)
+    data = {"symbols": [a[0] for a in HEXANE], "geometry": np.vstack([xyz[:19], xyz[:1]])}  # atom 19 on atom 0
+    with pytest.raises(ValidationError, match=r"the molecule is not valid: .*too close"):
+        _gmbe(molecule=data)
+
+
 def test_a_hydrogen_split_from_its_atom_by_overlapping_fragments_is_refused() -> None:
     # Fragment 1 holds H6 without C0 (it is bonded to C0, which only fragment 0 holds); every pair of fragments
     # shares H6 or C0, so the old check (bonds between fragments sharing nothing) let it through, and fragment 1
@@ -97,6 +104,16 @@ def _write(tmp_path: Path, name: str, lines: list[str]) -> str:
 
 def _plan(path: str, *args: str) -> Any:
     return _cli("plan", path, "--gmbe", "2", *PDB_ARGS, *args)
+
+
+def test_atoms_on_top_of_each_other_exit_2_naming_the_file(tmp_path: Path) -> None:
+    require_module("gemmi")
+    lines = _ala4()
+    lines.append(lines[0][:6] + "   99" + lines[0][11:12] + " N2 " + lines[0][16:])  # N of ALA1 once more
+    _refused(_plan(_write(tmp_path, "twice.pdb", lines)), "twice.pdb", "too close")
+    xyz = ["21", "hexane and its C0 again", *(f"{s} {x} {y} {z}" for s, x, y, z in HEXANE),
+           "C {} {} {}".format(*HEXANE[0][1:])]
+    _refused(_plan(_write(tmp_path, "twice.xyz", xyz), "--max-fragment-atoms", "10"), "twice.xyz", "too close")
 
 
 def test_fragments_file_with_the_gmbe_json_round_trip(tmp_path: Path) -> None:

@@ -104,7 +104,15 @@ class GMBEInput(BaseModel):
         if hasattr(value, "convert_v"):
             return value.convert_v(2)
         if isinstance(value, dict):
-            return Molecule(**value)
+            from qcelemental import exceptions
+
+            try:
+                return Molecule(**value)
+            except (exceptions.ValidationError, exceptions.NotAnElementError, exceptions.MoleculeFormatError,
+                    exceptions.DataUnavailableError, exceptions.ChoicesError) as exc:
+                # QCElemental's own errors are not ValueErrors: pydantic would let them out raw.
+                raise ValueError(f"the molecule is not valid: {exc}; correct it (atoms closer than 0.1 bohr, unknown "
+                                 "elements, charges and multiplicities that do not add up, ...)") from None
         raise ValueError(f"molecule must be a QCElemental Molecule or its dict, not {type(value).__name__}")
 
     @model_validator(mode="after")

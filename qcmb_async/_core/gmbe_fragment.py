@@ -93,7 +93,6 @@ def pdb_fragments(path: Any, residues_per_fragment: int, overlap: int,
                   residue_charges: dict[str, int] | None) -> tuple[Any, list[list[int]], list[int]]:
     """``(molecule, primary fragments, atom charges)`` of a peptide in a PDB/mmCIF file."""
     from qcelemental import constants
-    from qcelemental.models.v2 import Molecule
 
     from .pdb import read_pdb_atoms
 
@@ -155,9 +154,21 @@ def pdb_fragments(path: Any, residues_per_fragment: int, overlap: int,
         if symbols[a] == "H":
             hydrogens[b] += 1
     charges = _residue_charges(source, order, by_res, formal, residue_charges or {}, hydrogens)
-    molecule = Molecule(symbols=symbols, geometry=geometry, molecular_charge=float(sum(charges)),
-                        fix_com=True, fix_orientation=True)
+    molecule = gmbe_molecule(source, symbols, geometry, molecular_charge=float(sum(charges)))
     return molecule, fragments, charges
+
+
+def gmbe_molecule(source: str, symbols: Sequence[str], geometry_bohr: Any, **fields: Any) -> Any:
+    """QCElemental's v2 ``Molecule`` of a GMBE front end (input frame kept); its validation errors (atoms on top of
+    each other, ...) are InputErrors naming ``source``, not raw QCElemental exceptions."""
+    from qcelemental import exceptions
+    from qcelemental.models.v2 import Molecule
+
+    try:
+        return Molecule(symbols=list(symbols), geometry=geometry_bohr, fix_com=True, fix_orientation=True, **fields)
+    except (exceptions.ValidationError, exceptions.NotAnElementError, exceptions.MoleculeFormatError) as exc:
+        raise InputError(f"{source}: the molecule is not valid: {exc}; correct the structure (two atoms at the "
+                         "same place are often a duplicated record or a second conformer)") from None
 
 
 def _atom_names(path: Path) -> list[str]:

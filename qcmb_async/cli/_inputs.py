@@ -236,14 +236,14 @@ def _load_gmbe(path: Path, xyz: XyzOptions) -> Any:
             raise Usage("--gmbe with an XYZ file needs one of --max-fragment-atoms N (fragments cut at sp3 C-C bonds, "
                         "at most N atoms each) or --fragments FRAGS.json (your primary fragments)")
         from qcelemental import constants
-        from qcelemental.models.v2 import Molecule
 
+        from .._core.gmbe_fragment import gmbe_molecule
         from .._core.inputs import read_text_file
 
         atoms = parse_xyz(read_text_file(path, "XYZ file"), f"XYZ file {str(path)!r}", single=True)[0].atoms
         to_bohr = 1.0 / constants.bohr2angstroms
-        molecule = Molecule(symbols=[a[0] for a in atoms], geometry=[[v * to_bohr for v in a[1:]] for a in atoms],
-                            fix_com=True, fix_orientation=True)
+        molecule = gmbe_molecule(f"XYZ file {str(path)!r}", [a[0] for a in atoms],
+                                 [[v * to_bohr for v in a[1:]] for a in atoms])
         if xyz.fragments is not None:
             fragments, charges = _fragments_file(Path(xyz.fragments))
             return GMBEInput(molecule=molecule, fragments=fragments, atom_charges=charges, max_nbody=xyz.gmbe,
