@@ -106,6 +106,15 @@ def _plan(path: str, *args: str) -> Any:
     return _cli("plan", path, "--gmbe", "2", *PDB_ARGS, *args)
 
 
+def test_pdb_coordinates_must_be_finite(tmp_path: Path) -> None:
+    require_module("gemmi")
+    lines = _ala4()
+    lines[3] = lines[3][:30] + "     nan" + lines[3][38:]
+    path = _write(tmp_path, "nan.pdb", lines)
+    _refused(_plan(path), "atom 'O' of residue ALA 1", "must be finite")
+    _refused(_cli("plan", path, "--fragments", "molecules", *PDB_ARGS), "must be finite")
+
+
 def test_atoms_on_top_of_each_other_exit_2_naming_the_file(tmp_path: Path) -> None:
     require_module("gemmi")
     lines = _ala4()

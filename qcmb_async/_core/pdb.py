@@ -13,6 +13,7 @@ counts as given.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,9 @@ def read_pdb_atoms(path: str | Path) -> tuple[list[tuple[str, float, float, floa
                              "element (columns 77-78): give its element symbol")
         if element == "D":
             element = "H"
+        if not all(math.isfinite(v) for v in (atom.pos.x, atom.pos.y, atom.pos.z)):
+            raise InputError(f"{source}: atom {atom.name!r} of residue {res.name} {res.seqid} has coordinates "
+                             f"({atom.pos.x}, {atom.pos.y}, {atom.pos.z}): they must be finite numbers; correct it")
         atoms.append((element.capitalize(), atom.pos.x, atom.pos.y, atom.pos.z))
         residues.append(res.name)
         ids.append(f"{chain.name}/{res.name}{res.seqid}")
