@@ -125,6 +125,33 @@ def test_atoms_on_top_of_each_other_exit_2_naming_the_file(tmp_path: Path) -> No
     _refused(_plan(_write(tmp_path, "twice.xyz", xyz), "--max-fragment-atoms", "10"), "twice.xyz", "too close")
 
 
+def test_a_molecule_beside_the_peptide_is_named_and_the_chain_keeps_its_c_terminus(tmp_path: Path) -> None:
+    require_module("gemmi")
+    water = ["HETATM   99  O   HOH W   1      20.000  20.000  20.000  1.00  0.00           O  ",
+             "HETATM  100  H1  HOH W   1      20.957  20.000  20.000  1.00  0.00           H  ",
+             "HETATM  101  H2  HOH W   1      19.760  20.927  20.000  1.00  0.00           H  "]
+    # Before: the C-terminus of A/ALA4 was cut off (the water was "the last residue") and the error named it.
+    _refused(_plan(_write(tmp_path, "water.pdb", _ala4() + water)), "3 atoms of residue(s) W/HOH1", "no CA atom")
+    ion = ["HETATM   99 NA    NA B   1      15.000  15.000  15.000  1.00  0.00          NA  "]
+    _refused(_plan(_write(tmp_path, "ion.pdb", _ala4() + ion)), "1 atoms of residue(s) B/NA1", "no CA atom")
+
+
+def test_two_separate_chains_are_cut_within_each_chain(tmp_path: Path) -> None:
+    require_module("gemmi")
+    chain_b = [ln[:6] + f"{int(ln[6:11]) + 100:5d}" + ln[11:21] + "B" + ln[22:30] + f"{float(ln[30:38]) + 12:8.3f}"
+               + ln[38:] for ln in _ala4()]
+    path = _write(tmp_path, "dimer.pdb", [*_ala4(), "TER", *chain_b])
+    inp = GMBEInput.from_pdb(path, max_nbody=1, specification=SPEC)
+    names = [ln[12:16].strip() for ln in _ala4() + chain_b]
+    # One residue unit per fragment, one CA each; 3 CA-C bonds cut per chain (none at either chain's end).
+    assert len(inp.fragments) == 8
+    assert all(sum(names[a] == "CA" for a in frag) == 1 for frag in inp.fragments)
+    from qcmb_async._core.gmbe_assemble import cut_bonds
+
+    cuts = cut_bonds(plan_manybody(inp))
+    assert len(cuts) == 6 and all({names[a], names[b]} == {"CA", "C"} for a, b in cuts)
+
+
 def test_fragments_file_with_the_gmbe_json_round_trip(tmp_path: Path) -> None:
     # A GMBEInput written by model_dump_json with distance_cutoffs runs as it is (string keys in JSON).
     inp = _gmbe(distance_cutoffs={2: 6.0})

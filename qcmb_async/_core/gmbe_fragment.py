@@ -117,8 +117,12 @@ def pdb_fragments(path: Any, residues_per_fragment: int, overlap: int,
     by_res: dict[str, dict[str, int]] = {}
     for i, rid in enumerate(ids):
         by_res.setdefault(rid, {})[names[i]] = i
+    # The residues whose carbonyl C makes a peptide bond to the next residue's N: the end of every chain, waters,
+    # ions and ligands have none, so a chain's last residue keeps its C-terminus and other molecules stay whole.
+    linked = {ids[x] for a, b in bonds for x, y in ((a, b), (b, a))
+              if names[x] == "C" and names[y] == "N" and ids[x] != ids[y]}
     cut: list[tuple[int, int]] = []
-    for rid in order[:-1]:
+    for rid in (r for r in order if r in linked):
         ca, c = by_res[rid].get("CA"), by_res[rid].get("C")
         if ca is None or c is None:
             raise InputError(f"{source}: residue {rid} has no CA or C atom: not a peptide residue; give the "
@@ -134,8 +138,13 @@ def pdb_fragments(path: Any, residues_per_fragment: int, overlap: int,
     for unit in units:
         cas = [ids[i] for i in unit if names[i] == "CA"]
         if len(cas) != 1:
-            raise InputError(f"{source}: a piece of {len(unit)} atoms around {ids[unit[0]]} holds {len(cas)} CA "
-                             "atoms: two chains joined, or a ligand bonded to the chain; give the fragments yourself")
+            held = ", ".join(dict.fromkeys(ids[i] for i in unit))
+            why = ("no CA atom: a molecule that is not part of the peptide chain (water, an ion, a ligand) or the "
+                   "end of a chain without its residue; remove it from the file" if not cas else
+                   f"{len(cas)} CA atoms: two chains joined, or a ligand bonded to the chain")
+            raise InputError(f"{source}: a piece of {len(unit)} atoms of residue(s) {held} holds {why}; or give "
+                             "the fragments yourself (an XYZ file with --fragments FRAGS.json, or "
+                             "GMBEInput(fragments=...))")
         unit_res.append(order.index(cas[0]))
     units = [u for _, u in sorted(zip(unit_res, units, strict=True))]
     step = residues_per_fragment - overlap
