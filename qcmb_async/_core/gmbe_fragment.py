@@ -185,14 +185,18 @@ def _atom_names(path: Path) -> list[str]:
     import gemmi
 
     from .inputs import read_text_file
+    from .pdb import _keep_first_altloc
 
     text = read_text_file(path, "PDB file")
     if path.suffix.lower() in (".cif", ".mmcif"):
         st = gemmi.make_structure_from_block(gemmi.cif.read_string(text).sole_block())
     else:
         st = gemmi.read_pdb_string(text)
-    st.remove_alternative_conformations()
-    atoms = sorted((atom.serial, atom.name) for chain in st[0] for res in chain for atom in res)
+    _keep_first_altloc(st)  # as read_pdb_atoms does: the same atoms, so names and atoms stay aligned
+    # The key read_pdb_atoms sorts by: serial number, then gemmi's order (never the name, which would misalign
+    # atoms and names when a file repeats serial numbers).
+    atoms = sorted(((atom.serial, k), atom.name) for k, atom in enumerate(
+        atom for chain in st[0] for res in chain for atom in res))
     return [name for _, name in atoms]  # the file's order, as read_pdb_atoms lists them
 
 
