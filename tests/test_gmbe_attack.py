@@ -22,6 +22,7 @@ from tests.test_gmbe import HEXANE, OVERLAPPING, SPEC, _molecule
 from tests.test_gmbe_front import _cli, _refused
 
 DATA = Path(__file__).parent / "data"
+XTB = {"program": "tblite", "method": "gfn2-xtb", "bsse": ["nocp"]}
 PDB_ARGS = ("--program", "pyscf", "--method", "hf", "--basis", "sto-3g")
 
 
@@ -173,3 +174,21 @@ def test_fragments_file_with_the_gmbe_json_round_trip(tmp_path: Path) -> None:
     res = _cli("plan", str(path))
     assert res.exit_code == 0, res.stderr
     assert json.loads(path.read_text())["distance_cutoffs"] == {"2": 6.0}
+
+
+def test_an_xyz_file_in_bohr_is_suspected_when_no_atoms_are_bonded(tmp_path: Path) -> None:
+    from qcmb_async import read_xyz
+
+    bohr = 1 / 0.52917721
+    lines = ["6", "two waters, coordinates in bohr by mistake",
+             *(f"{s} {x * bohr:.5f} {y * bohr:.5f} {z * bohr:.5f}" for s, x, y, z in (
+                 ("O", 0.0, 0.0, 0.0), ("H", 0.96, 0.0, 0.0), ("H", -0.24, 0.93, 0.0),
+                 ("O", 3.0, 0.0, 0.0), ("H", 3.96, 0.0, 0.0), ("H", 2.76, 0.93, 0.0)))]
+    path = _write(tmp_path, "bohr.xyz", lines)
+    with pytest.raises(InputError, match=r"no two atoms are bonded .* if the file is in bohr"):
+        read_xyz(path, fragments="molecules", **XTB)
+    # In Å the same file is two waters, no question asked.
+    angstrom = ["6", "two waters", *(f"{s} {float(x) / bohr:.5f} {float(y) / bohr:.5f} {float(z) / bohr:.5f}"
+                                      for s, x, y, z in (ln.split() for ln in lines[2:]))]
+    inp = read_xyz(_write(tmp_path, "ang.xyz", angstrom), fragments="molecules", **XTB)
+    assert len(inp.molecule.fragments) == 2
