@@ -192,3 +192,25 @@ def test_an_xyz_file_in_bohr_is_suspected_when_no_atoms_are_bonded(tmp_path: Pat
                                       for s, x, y, z in (ln.split() for ln in lines[2:]))]
     inp = read_xyz(_write(tmp_path, "ang.xyz", angstrom), fragments="molecules", **XTB)
     assert len(inp.molecule.fragments) == 2
+
+
+def test_coordinates_in_the_wrong_unit_are_suspected_when_subsystems_go_odd() -> None:
+    # Å values converted to bohr twice: nothing is bonded, so no bond is cut, no cap placed, and the fragments
+    # that split hexane's C-C bonds have odd electron counts; the error says why that probably happened.
+    xyz = np.asarray(_molecule(HEXANE).geometry).reshape(-1, 3) / 0.52917721
+    far = Molecule(symbols=[a[0] for a in HEXANE], geometry=xyz, fix_com=True, fix_orientation=True)
+    with pytest.raises(InputError, match=r"odd electron count.*bonded to nothing at this geometry.*right unit"):
+        plan_manybody(_gmbe(molecule=far))
+
+
+def test_the_ase_calculator_names_mismatched_atoms_readably() -> None:
+    require_module("ase")
+    from ase import Atoms
+
+    from qcmb_async.ase import ManyBodyCalculator
+
+    atoms = Atoms("Si" + "".join(a[0] for a in HEXANE[1:]), positions=[a[1:] for a in HEXANE])
+    with ManyBodyCalculator(mbe_input=_gmbe(max_nbody=1)) as calc:
+        atoms.calc = calc
+        with pytest.raises(InputError, match=r"has atoms \['C', 'C',.*the Atoms \['Si', 'C'"):
+            atoms.get_potential_energy()
