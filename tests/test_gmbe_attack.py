@@ -214,3 +214,9 @@ def test_the_ase_calculator_names_mismatched_atoms_readably() -> None:
         atoms.calc = calc
         with pytest.raises(InputError, match=r"has atoms \['C', 'C',.*the Atoms \['Si', 'C'"):
             atoms.get_potential_energy()
+
+
+def test_a_gmbe_input_file_with_gmbe_is_told_to_leave_the_option_out(tmp_path: Path) -> None:
+    path = tmp_path / "gmbe.json"
+    path.write_text(_gmbe().model_dump_json())
+    _refused(_cli("plan", str(path), "--gmbe", "2"), "carries its own order: leave --gmbe out")

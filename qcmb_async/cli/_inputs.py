@@ -201,6 +201,10 @@ def _load_gmbe(path: Path, xyz: XyzOptions) -> Any:
     from .._core.pdb import PDB_SUFFIXES
     from .._core.xyz import parse_keywords, parse_xyz
 
+    if path.suffix.lower() not in (*PDB_SUFFIXES, ".xyz"):
+        # First: a GMBEInput JSON file with --gmbe was told it needs --method and --program, which it refuses.
+        raise Usage(f"--gmbe reads PDB/mmCIF or XYZ files; {str(path)!r} is neither (a GMBEInput JSON file "
+                    "carries its own order: leave --gmbe out)")
     missing = [opt for opt, val in (("--method", xyz.method), ("--program", xyz.program)) if not val]
     if missing:
         raise Usage(f"--gmbe needs {' and '.join(missing)} (and --basis) to say what to compute")
@@ -223,9 +227,6 @@ def _load_gmbe(path: Path, xyz: XyzOptions) -> Any:
                 path, residues_per_fragment=1 if xyz.residues_per_fragment is None else xyz.residues_per_fragment,
                 overlap=0 if xyz.overlap is None else xyz.overlap, max_nbody=xyz.gmbe, specification=spec,
                 residue_charges=_residue_rules(xyz.charge))
-        if path.suffix.lower() != ".xyz":
-            raise Usage(f"--gmbe reads PDB/mmCIF or XYZ files; {str(path)!r} is neither (a GMBEInput JSON file "
-                        "carries its own order: leave --gmbe out)")
         pdb_only = [f"--{k.replace('_', '-')}" for k in ("residues_per_fragment", "overlap", "charge")
                     if getattr(xyz, k) is not None]
         if pdb_only:
