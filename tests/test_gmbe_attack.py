@@ -220,3 +220,24 @@ def test_a_gmbe_input_file_with_gmbe_is_told_to_leave_the_option_out(tmp_path: P
     path = tmp_path / "gmbe.json"
     path.write_text(_gmbe().model_dump_json())
     _refused(_cli("plan", str(path), "--gmbe", "2"), "carries its own order: leave --gmbe out")
+
+
+def test_capped_peptides_keep_their_ace_and_nme_caps_with_the_neighbouring_residue(tmp_path: Path) -> None:
+    require_module("gemmi")
+    # ala4.pdb with its first residue renamed ACE and its last NME, their CA atoms renamed CH3: no CA in either,
+    # as in ACE-(ALA)n-NME peptides. Each cap has to travel with its neighbour (ALA2, ALA3), never be cut off.
+    lines = []
+    for ln in _ala4():
+        res = ln[22:26].strip()
+        if res in ("1", "4"):
+            ln = ln[:17] + ("ACE" if res == "1" else "NME") + ln[20:]
+            if ln[12:16].strip() == "CA":
+                ln = ln[:12] + " CH3" + ln[16:]
+        lines.append(ln)
+    inp = GMBEInput.from_pdb(_write(tmp_path, "capped.pdb", lines), max_nbody=1, specification=SPEC)
+    residue = [ln[17:20] + ln[22:26].strip() for ln in lines]
+    # (ALA2's carbonyl travels with ALA3, as every residue unit's carbonyl is the residue before's.)
+    assert [sorted({residue[a] for a in f}) for f in inp.fragments] == [["ACE1", "ALA2"], ["ALA2", "ALA3", "NME4"]]
+    from qcmb_async._core.gmbe_assemble import cut_bonds
+
+    assert len(cut_bonds(plan_manybody(inp))) == 1  # the CA-C bond of ALA2 only

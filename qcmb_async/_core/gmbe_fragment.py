@@ -117,16 +117,24 @@ def pdb_fragments(path: Any, residues_per_fragment: int, overlap: int,
     by_res: dict[str, dict[str, int]] = {}
     for i, rid in enumerate(ids):
         by_res.setdefault(rid, {})[names[i]] = i
-    # The residues whose carbonyl C makes a peptide bond to the next residue's N: the end of every chain, waters,
-    # ions and ligands have none, so a chain's last residue keeps its C-terminus and other molecules stay whole.
-    linked = {ids[x] for a, b in bonds for x, y in ((a, b), (b, a))
-              if names[x] == "C" and names[y] == "N" and ids[x] != ids[y]}
+    # Peptide bonds between residues: C of one to N of the next. The end of every chain, waters, ions and ligands
+    # have none, so a chain's last residue keeps its C-terminus and other molecules stay whole.
+    forward: dict[str, set[str]] = {}  # residue -> the residues its C bonds to by their N
+    for a, b in bonds:
+        for x, y in ((a, b), (b, a)):
+            if names[x] == "C" and names[y] == "N" and ids[x] != ids[y]:
+                forward.setdefault(ids[x], set()).add(ids[y])
+    backward = {r for nxt in forward.values() for r in nxt}
     cut: list[tuple[int, int]] = []
-    for rid in (r for r in order if r in linked):
+    for rid in (r for r in order if r in forward):
         ca, c = by_res[rid].get("CA"), by_res[rid].get("C")
+        if ca is None and rid not in backward:
+            continue  # an N-terminal cap without a CA (ACE, FOR): its carbonyl travels with the next residue
         if ca is None or c is None:
             raise InputError(f"{source}: residue {rid} has no CA or C atom: not a peptide residue; give the "
                              "fragments yourself")
+        if not any("CA" in by_res[nxt] for nxt in forward[rid]):
+            continue  # the next residue is a C-terminal cap without a CA (NME, NH2): it stays with this one
         cut.append((min(ca, c), max(ca, c)))
     missing = [b for b in cut if b not in set(bonds)]
     if missing:
