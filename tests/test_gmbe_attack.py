@@ -241,3 +241,15 @@ def test_capped_peptides_keep_their_ace_and_nme_caps_with_the_neighbouring_resid
     from qcmb_async._core.gmbe_assemble import cut_bonds
 
     assert len(cut_bonds(plan_manybody(inp))) == 1  # the CA-C bond of ALA2 only
+
+
+def test_a_metal_bonded_to_the_chain_needs_its_charge(tmp_path: Path) -> None:
+    require_module("gemmi")
+    # A Zn 2.0 Å from ALA2's carbonyl O (bonded to it alone, so it joins ALA3's unit): it was computed as Zn(0).
+    zinc = "HETATM   44 ZN    ZN A   5       0.189   1.925   1.896  1.00  0.00          ZN  "
+    path = _write(tmp_path, "zn.pdb", [*_ala4(), zinc])
+    with pytest.raises(InputError, match=r"A/ZN5 \(not an amino acid: .* yours to give\)"):
+        GMBEInput.from_pdb(path, max_nbody=1, specification=SPEC)
+    inp = GMBEInput.from_pdb(path, max_nbody=1, specification=SPEC, residue_charges={"A/ZN5": 2})
+    assert sum(inp.atom_charges) == 2 and inp.atom_charges[-1] == 2  # on the Zn, the residue's one atom
+    _refused(_plan(path), "A/ZN5", "yours to give", "--charge RESIDUE=Q")

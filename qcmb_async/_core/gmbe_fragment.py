@@ -26,6 +26,15 @@ _IONISABLE: dict[str, tuple[tuple[str, ...], int, int]] = {
 }
 
 
+#: Residues whose charge follows from _IONISABLE, the termini or is zero: the amino acids (with the protonation
+#: variants force fields name) and the peptide caps. Any other residue (a ligand, an ion, a metal, a cofactor)
+#: has a charge only its user knows.
+_KNOWN_RESIDUES = frozenset({
+    "ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE", "LEU", "LYS", "MET", "PHE", "PRO", "SER",
+    "THR", "TRP", "TYR", "VAL", "HID", "HIE", "HIP", "HSD", "HSE", "HSP", "ASH", "GLH", "LYN", "CYX", "CYM", "ACE",
+    "NME", "NMA", "NH2", "FOR"})
+
+
 def _bonds(symbols: Sequence[str], geometry_bohr: Any) -> list[tuple[int, int]]:
     from qcelemental.molutil import guess_connectivity
 
@@ -233,6 +242,11 @@ def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, 
         elif k == len(order) - 1 and "OXT" in atoms and hydrogens[atoms["OXT"]] == 0 and hydrogens[
                 atoms.get("O", atoms["OXT"])] == 0:
             suggestion = -1  # carboxylate C-terminus
+        if resname not in _KNOWN_RESIDUES and rid not in given and all(formal[i] is None for i in atoms.values()):
+            # A ligand or metal bonded to the chain (others are refused as pieces without a CA): never neutral
+            # by default (a Zn bound to a carbonyl was computed as Zn(0)).
+            need.append(f"{rid} (not an amino acid: a ligand, ion or cofactor; its charge is yours to give)")
+            continue
         if rid in given:
             value = given[rid]
             if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
@@ -244,12 +258,13 @@ def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, 
             need.append(f"{rid} (its hydrogens suggest {suggestion:+d})")
             suggested.append(suggestion)
     if need:
-        ids = [item.split(" ")[0] for item in need]
+        ids = [item.split(" ")[0] for item in need if "yours to give" not in item]
         said = ",".join(f"{rid}={value:+d}" for rid, value in zip(ids, suggested, strict=True))
+        ready = f" (what the hydrogens suggest, if that is what you mean: --charge {said})" if said else ""
         raise InputError(f"{source}: charges are never guessed; confirm the charge of every residue that can carry "
                          f"one ({len(need)} unconfirmed):\n  " + "\n  ".join(need)
-                         + f"\nPython: residue_charges={{{ids[0]!r}: ..., ...}}; command line: --charge RESIDUE=Q,... "
-                         f"(what the hydrogens suggest, if that is what you mean: --charge {said})")
+                         + f"\nPython: residue_charges={{{need[0].split(' ')[0]!r}: ..., ...}}; command line: "
+                         f"--charge RESIDUE=Q,...{ready}")
     assert len(charges) == natom
     return charges
 
