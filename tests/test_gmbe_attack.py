@@ -253,3 +253,19 @@ def test_a_metal_bonded_to_the_chain_needs_its_charge(tmp_path: Path) -> None:
     inp = GMBEInput.from_pdb(path, max_nbody=1, specification=SPEC, residue_charges={"A/ZN5": 2})
     assert sum(inp.atom_charges) == 2 and inp.atom_charges[-1] == 2  # on the Zn, the residue's one atom
     _refused(_plan(path), "A/ZN5", "yours to give", "--charge RESIDUE=Q")
+
+
+def test_a_bond_to_a_metal_is_never_capped(tmp_path: Path) -> None:
+    require_module("gemmi")
+    # The Zn of the test above, bonded to ALA2's carbonyl O (which travels with ALA3's unit): fragments that put
+    # the Zn alone with ALA4's unit cut the Zn-O bond.
+    zinc = "HETATM   44 ZN    ZN A   5       0.189   1.925   1.896  1.00  0.00          ZN  "
+    from_pdb = GMBEInput.from_pdb(_write(tmp_path, "zn.pdb", [*_ala4(), zinc]), max_nbody=1, specification=SPEC,
+                                  residue_charges={"A/ZN5": 2})
+    zn = len(from_pdb.molecule.symbols) - 1
+    frags = [[a for a in f if a != zn] for f in from_pdb.fragments]
+    frags[-1].append(zn)
+    inp = from_pdb.model_copy(update={"fragments": frags})
+    assert zn not in GMBEInput.model_validate(inp.model_dump()).fragments[2]
+    with pytest.raises(InputError, match=r"cut 1 bond\(s\) to a metal, e\.g\. fragment 2 holds atom \d+ \(O\)"):
+        plan_manybody(inp)

@@ -250,6 +250,11 @@ class Subsystem:
         return "gmbe:" + _ranges(self.atoms)
 
 
+#: Elements that are not metals (or metalloids bonded like metals): bonds between two of them may be capped.
+_NONMETALS = frozenset({"H", "He", "B", "C", "N", "O", "F", "Ne", "Si", "P", "S", "Cl", "Ar", "As", "Se", "Br", "Kr",
+                        "Te", "I", "Xe", "At", "Rn"})
+
+
 def _ranges(atoms: Sequence[int]) -> str:
     out: list[str] = []
     for _, run in itertools.groupby(enumerate(atoms), key=lambda p: p[1] - p[0]):
@@ -416,6 +421,17 @@ def gmbe_subsystems(inp: GMBEInput, bonds: list[tuple[int, int]] | None = None,
                          f"hydrogen, e.g. fragment {k} holds atom {inside} ({symbols[inside]}) but not atom {outside} "
                          f"({symbols[outside]}) bonded to it: a hydrogen cap cannot replace a bond to hydrogen; put "
                          "each hydrogen in exactly the fragments that hold the atom it is bonded to")
+    # The same for bonds to metals: a hydrogen cap stands in for a covalent single bond, not a coordination bond
+    # (a Zn-O or Fe-N "capped" by a hydrogen is neither the complex nor the free ligand).
+    metal_cuts = [(k, a, b) for a, b in bonds if not (symbols[a] in _NONMETALS and symbols[b] in _NONMETALS)
+                  for k in sorted(owner[a] ^ owner[b])]
+    if metal_cuts:
+        k, a, b = metal_cuts[0]
+        inside, outside = (a, b) if k in owner[a] else (b, a)
+        raise InputError(f"the primary fragments cut {len({(a, b) for _, a, b in metal_cuts})} bond(s) to a metal, "
+                         f"e.g. fragment {k} holds atom {inside} ({symbols[inside]}) but not atom {outside} "
+                         f"({symbols[outside]}) bonded to it: a hydrogen cap cannot replace a bond to a metal; keep "
+                         "each metal in exactly the fragments that hold the atoms it is bonded to")
     subsystems: dict[int, Subsystem] = {}
     for order in range(1, inp.max_nbody + 1):
         counts: dict[str, int] = {}
