@@ -204,7 +204,8 @@ class ManyBodyCalculator(Calculator):
         if self._given is not None:
             inp = self._given
             if list(inp.molecule.symbols) != symbols:
-                raise InputError(f"mbe_input's molecule has atoms {list(inp.molecule.symbols)}, the Atoms {symbols}: "
+                raise InputError(f"mbe_input's molecule has atoms {[str(s) for s in inp.molecule.symbols]}, the "
+                                 f"Atoms {symbols}: "
                                  "they must be the same atoms in the same order")
             if isinstance(inp, GMBEInput):
                 # The calculation starts at the Atoms' positions (not the input's): its bonds, and so which

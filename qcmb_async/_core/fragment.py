@@ -286,6 +286,11 @@ def assign_charges(frags: Sequence[FoundFragment], charges: Sequence[int] | Mapp
         out_m.append(m if m is not None else (2 if electrons % 2 else 1))
     if need:
         shown = need[:20] + ([f"... and {len(need) - 20} more"] if len(need) > 20 else [])
+        if len(frags) > 1 and all(len(frag.symbols) == 1 for frag in frags) and any(
+                frag.symbols[0] == "H" for frag in frags):
+            # Not even an X-H bond: the coordinates are too far apart for their bonds, as bohr read as Å are.
+            shown.insert(0, "no two atoms are bonded (every fragment is one atom): XYZ coordinates are read in "
+                            "Å; if the file is in bohr, convert it (x 0.529177)")
         raise InputError(f"{source}: charges are never guessed; {len(need)} fragment(s) found need a charge or "
                          "multiplicity from you:\n  " + "\n  ".join(shown) +
                          "\nGive rules (CLI --charge Na=+1,Cl=-1 --multiplicity OH=2; API charges={'Na': 1, 'Cl': -1}) "

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import InputError
 
@@ -37,6 +38,33 @@ __all__ = ["Cap", "GMBEInput", "Subsystem", "cap_scale", "gmbe_subsystems"]
 
 #: Subsystems per order above which planning refuses (memory and minutes of Python): use screening.
 MAX_SUBSYSTEMS = 2_000_000
+
+
+def _whole(value: Any) -> int:
+    """An atom index, charge or order: a whole number (Python or NumPy int), never a bool, float or string, which
+    pydantic's lax mode would turn into one silently (``True`` -> atom 1, ``"3"`` -> 3, ``2.0`` -> 2)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{value!r} ({type(value).__name__}) is not a whole number: give an int")
+    return int(value)
+
+
+def _order_key(value: Any) -> int:
+    """A ``distance_cutoffs`` key: a whole number, or its decimal text (JSON object keys are strings)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return _whole(value)
+
+
+def _length(value: Any) -> float:
+    """A cutoff in Å: a real number, never a bool or a string."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{value!r} ({type(value).__name__}) is not a length in Å: give a number")
+    return float(value)
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
+OrderKey = Annotated[int, BeforeValidator(_order_key)]
+Length = Annotated[float, BeforeValidator(_length)]
 
 
 class GMBEInput(BaseModel):
@@ -59,12 +87,12 @@ class GMBEInput(BaseModel):
 
     schema_name: Literal["qcmb_async_gmbe_input"] = "qcmb_async_gmbe_input"
     molecule: Any
-    fragments: list[list[int]]
-    max_nbody: int = Field(ge=1)
+    fragments: list[list[Whole]]
+    max_nbody: Annotated[int, Field(ge=1), BeforeValidator(_whole)]
     specification: dict[str, Any]
-    atom_charges: list[int] | None = None
-    bonds: list[tuple[int, int]] | None = None
-    distance_cutoffs: dict[int, float] | None = None
+    atom_charges: list[Whole] | None = None
+    bonds: list[tuple[Whole, Whole]] | None = None
+    distance_cutoffs: dict[OrderKey, Length] | None = None
 
     @field_validator("molecule", mode="before")
     @classmethod
@@ -76,7 +104,15 @@ class GMBEInput(BaseModel):
         if hasattr(value, "convert_v"):
             return value.convert_v(2)
         if isinstance(value, dict):
-            return Molecule(**value)
+            from qcelemental import exceptions
+
+            try:
+                return Molecule(**value)
+            except (exceptions.ValidationError, exceptions.NotAnElementError, exceptions.MoleculeFormatError,
+                    exceptions.DataUnavailableError, exceptions.ChoicesError) as exc:
+                # QCElemental's own errors are not ValueErrors: pydantic would let them out raw.
+                raise ValueError(f"the molecule is not valid: {exc}; correct it (atoms closer than 0.1 bohr, unknown "
+                                 "elements, charges and multiplicities that do not add up, ...)") from None
         raise ValueError(f"molecule must be a QCElemental Molecule or its dict, not {type(value).__name__}")
 
     @model_validator(mode="after")
@@ -100,7 +136,10 @@ class GMBEInput(BaseModel):
         if missing:
             raise ValueError(f"atoms {missing[:10]} are in no fragment: every atom must be in at least one")
         for a, b in itertools.permutations(range(len(sets)), 2):
-            if sets[a] <= sets[b] and (sets[a] != sets[b] or a < b):
+            if sets[a] == sets[b] and a < b:
+                raise ValueError(f"fragments {a} and {b} hold the same atoms: a primary fragment given twice would be "
+                                 "counted twice; remove one")
+            if sets[a] < sets[b]:
                 raise ValueError(f"fragment {a} is contained in fragment {b}: a primary fragment inside another adds "
                                  "nothing; remove it")
         if self.max_nbody > len(self.fragments):
@@ -111,6 +150,7 @@ class GMBEInput(BaseModel):
             raise ValueError(f"the molecule has charge {self.molecule.molecular_charge:g} but atom_charges is not "
                              "given: a subsystem's charge is the sum over its atoms, so say on which atoms the "
                              "charge sits (atom_charges=[...], one whole number per atom)")
+        self._check_charge_and_spin()
         spec = self.specification
         driver = str(spec.get("driver", "energy"))
         if driver not in ("energy", "gradient"):
@@ -128,6 +168,25 @@ class GMBEInput(BaseModel):
             if not (0 <= a < natom and 0 <= b < natom) or a == b:
                 raise ValueError(f"bond ({a}, {b}) does not join two atoms of the molecule")
         return self
+
+    def _check_charge_and_spin(self) -> None:
+        """The molecule's own charge and multiplicity must not contradict the expansion's: subsystems take their
+        charge from ``atom_charges`` and are closed-shell, so a charge or a high spin set on the molecule alone
+        would be dropped without a word."""
+        charge = float(self.molecule.molecular_charge or 0)
+        total = sum(self.atom_charges or ())
+        if self.atom_charges is not None and charge != 0 and charge != total:
+            raise ValueError(f"the molecule has charge {charge:g} but atom_charges add up to {total}: a subsystem's "
+                             "charge is the sum of atom_charges over its atoms; make them agree")
+        multiplicity = int(self.molecule.molecular_multiplicity or 1)
+        from qcelemental import periodictable
+
+        electrons = sum(periodictable.to_Z(str(s)) for s in self.molecule.symbols) - (
+            total if self.atom_charges is not None else int(charge))
+        if multiplicity != 1 and electrons % 2 == 0:
+            raise ValueError(f"the molecule has multiplicity {multiplicity}: the GMBE computes closed-shell "
+                             "subsystems only (caps are hydrogens, every subsystem a singlet); open-shell "
+                             "molecules are not offered")
 
     @property
     def driver(self) -> str:
@@ -189,6 +248,11 @@ class Subsystem:
     @property
     def label(self) -> str:
         return "gmbe:" + _ranges(self.atoms)
+
+
+#: Elements that are not metals (or metalloids bonded like metals): bonds between two of them may be capped.
+_NONMETALS = frozenset({"H", "He", "B", "C", "N", "O", "F", "Ne", "Si", "P", "S", "Cl", "Ar", "As", "Se", "Br", "Kr",
+                        "Te", "I", "Xe", "At", "Rn"})
 
 
 def _ranges(atoms: Sequence[int]) -> str:
@@ -345,12 +409,29 @@ def gmbe_subsystems(inp: GMBEInput, bonds: list[tuple[int, int]] | None = None,
     for k, frag in enumerate(inp.fragments):
         for a in frag:
             owner.setdefault(a, set()).add(k)
-    hydrogen_cuts = [(a, b) for a, b in bonds if not owner[a] & owner[b] and "H" in (symbols[a], symbols[b])]
+    # A bond to hydrogen is cut in some subsystem exactly when a primary fragment holds one of its atoms and not
+    # the other (intersections and unions of fragments that keep every X-H bond whole keep it whole too): a cap
+    # on it would be a hydrogen on a hydrogen's bond (an H-H pair 0.6 A apart, or a cap where the H atom is).
+    hydrogen_cuts = [(k, a, b) for a, b in bonds if "H" in (symbols[a], symbols[b])
+                     for k in sorted(owner[a] ^ owner[b])]
     if hydrogen_cuts:
-        a, b = hydrogen_cuts[0]
-        raise InputError(f"the primary fragments cut {len(hydrogen_cuts)} bond(s) to hydrogen, e.g. atoms {a} "
-                         f"({symbols[a]}) and {b} ({symbols[b]}): a hydrogen cap cannot replace a bond to hydrogen; "
-                         "keep each hydrogen in the fragments of the atom it is bonded to")
+        k, a, b = hydrogen_cuts[0]
+        inside, outside = (a, b) if k in owner[a] else (b, a)
+        raise InputError(f"the primary fragments cut {len({(a, b) for _, a, b in hydrogen_cuts})} bond(s) to "
+                         f"hydrogen, e.g. fragment {k} holds atom {inside} ({symbols[inside]}) but not atom {outside} "
+                         f"({symbols[outside]}) bonded to it: a hydrogen cap cannot replace a bond to hydrogen; put "
+                         "each hydrogen in exactly the fragments that hold the atom it is bonded to")
+    # The same for bonds to metals: a hydrogen cap stands in for a covalent single bond, not a coordination bond
+    # (a Zn-O or Fe-N "capped" by a hydrogen is neither the complex nor the free ligand).
+    metal_cuts = [(k, a, b) for a, b in bonds if not (symbols[a] in _NONMETALS and symbols[b] in _NONMETALS)
+                  for k in sorted(owner[a] ^ owner[b])]
+    if metal_cuts:
+        k, a, b = metal_cuts[0]
+        inside, outside = (a, b) if k in owner[a] else (b, a)
+        raise InputError(f"the primary fragments cut {len({(a, b) for _, a, b in metal_cuts})} bond(s) to a metal, "
+                         f"e.g. fragment {k} holds atom {inside} ({symbols[inside]}) but not atom {outside} "
+                         f"({symbols[outside]}) bonded to it: a hydrogen cap cannot replace a bond to a metal; keep "
+                         "each metal in exactly the fragments that hold the atoms it is bonded to")
     subsystems: dict[int, Subsystem] = {}
     for order in range(1, inp.max_nbody + 1):
         counts: dict[str, int] = {}

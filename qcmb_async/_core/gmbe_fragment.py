@@ -26,6 +26,15 @@ _IONISABLE: dict[str, tuple[tuple[str, ...], int, int]] = {
 }
 
 
+#: Residues whose charge follows from _IONISABLE, the termini or is zero: the amino acids (with the protonation
+#: variants force fields name) and the peptide caps. Any other residue (a ligand, an ion, a metal, a cofactor)
+#: has a charge only its user knows.
+_KNOWN_RESIDUES = frozenset({
+    "ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE", "LEU", "LYS", "MET", "PHE", "PRO", "SER",
+    "THR", "TRP", "TYR", "VAL", "HID", "HIE", "HIP", "HSD", "HSE", "HSP", "ASH", "GLH", "LYN", "CYX", "CYM", "ACE",
+    "NME", "NMA", "NH2", "FOR"})
+
+
 def _bonds(symbols: Sequence[str], geometry_bohr: Any) -> list[tuple[int, int]]:
     from qcelemental.molutil import guess_connectivity
 
@@ -93,7 +102,6 @@ def pdb_fragments(path: Any, residues_per_fragment: int, overlap: int,
                   residue_charges: dict[str, int] | None) -> tuple[Any, list[list[int]], list[int]]:
     """``(molecule, primary fragments, atom charges)`` of a peptide in a PDB/mmCIF file."""
     from qcelemental import constants
-    from qcelemental.models.v2 import Molecule
 
     from .pdb import read_pdb_atoms
 
@@ -118,12 +126,24 @@ def pdb_fragments(path: Any, residues_per_fragment: int, overlap: int,
     by_res: dict[str, dict[str, int]] = {}
     for i, rid in enumerate(ids):
         by_res.setdefault(rid, {})[names[i]] = i
+    # Peptide bonds between residues: C of one to N of the next. The end of every chain, waters, ions and ligands
+    # have none, so a chain's last residue keeps its C-terminus and other molecules stay whole.
+    forward: dict[str, set[str]] = {}  # residue -> the residues its C bonds to by their N
+    for a, b in bonds:
+        for x, y in ((a, b), (b, a)):
+            if names[x] == "C" and names[y] == "N" and ids[x] != ids[y]:
+                forward.setdefault(ids[x], set()).add(ids[y])
+    backward = {r for nxt in forward.values() for r in nxt}
     cut: list[tuple[int, int]] = []
-    for rid in order[:-1]:
+    for rid in (r for r in order if r in forward):
         ca, c = by_res[rid].get("CA"), by_res[rid].get("C")
+        if ca is None and rid not in backward:
+            continue  # an N-terminal cap without a CA (ACE, FOR): its carbonyl travels with the next residue
         if ca is None or c is None:
             raise InputError(f"{source}: residue {rid} has no CA or C atom: not a peptide residue; give the "
                              "fragments yourself")
+        if not any("CA" in by_res[nxt] for nxt in forward[rid]):
+            continue  # the next residue is a C-terminal cap without a CA (NME, NH2): it stays with this one
         cut.append((min(ca, c), max(ca, c)))
     missing = [b for b in cut if b not in set(bonds)]
     if missing:
@@ -135,8 +155,13 @@ def pdb_fragments(path: Any, residues_per_fragment: int, overlap: int,
     for unit in units:
         cas = [ids[i] for i in unit if names[i] == "CA"]
         if len(cas) != 1:
-            raise InputError(f"{source}: a piece of {len(unit)} atoms around {ids[unit[0]]} holds {len(cas)} CA "
-                             "atoms: two chains joined, or a ligand bonded to the chain; give the fragments yourself")
+            held = ", ".join(dict.fromkeys(ids[i] for i in unit))
+            why = ("no CA atom: a molecule that is not part of the peptide chain (water, an ion, a ligand) or the "
+                   "end of a chain without its residue; remove it from the file" if not cas else
+                   f"{len(cas)} CA atoms: two chains joined, or a ligand bonded to the chain")
+            raise InputError(f"{source}: a piece of {len(unit)} atoms of residue(s) {held} holds {why}; or give "
+                             "the fragments yourself (an XYZ file with --fragments FRAGS.json, or "
+                             "GMBEInput(fragments=...))")
         unit_res.append(order.index(cas[0]))
     units = [u for _, u in sorted(zip(unit_res, units, strict=True))]
     step = residues_per_fragment - overlap
@@ -155,9 +180,21 @@ def pdb_fragments(path: Any, residues_per_fragment: int, overlap: int,
         if symbols[a] == "H":
             hydrogens[b] += 1
     charges = _residue_charges(source, order, by_res, formal, residue_charges or {}, hydrogens)
-    molecule = Molecule(symbols=symbols, geometry=geometry, molecular_charge=float(sum(charges)),
-                        fix_com=True, fix_orientation=True)
+    molecule = gmbe_molecule(source, symbols, geometry, molecular_charge=float(sum(charges)))
     return molecule, fragments, charges
+
+
+def gmbe_molecule(source: str, symbols: Sequence[str], geometry_bohr: Any, **fields: Any) -> Any:
+    """QCElemental's v2 ``Molecule`` of a GMBE front end (input frame kept); its validation errors (atoms on top of
+    each other, ...) are InputErrors naming ``source``, not raw QCElemental exceptions."""
+    from qcelemental import exceptions
+    from qcelemental.models.v2 import Molecule
+
+    try:
+        return Molecule(symbols=list(symbols), geometry=geometry_bohr, fix_com=True, fix_orientation=True, **fields)
+    except (exceptions.ValidationError, exceptions.NotAnElementError, exceptions.MoleculeFormatError) as exc:
+        raise InputError(f"{source}: the molecule is not valid: {exc}; correct the structure (two atoms at the "
+                         "same place are often a duplicated record or a second conformer)") from None
 
 
 def _atom_names(path: Path) -> list[str]:
@@ -165,14 +202,18 @@ def _atom_names(path: Path) -> list[str]:
     import gemmi
 
     from .inputs import read_text_file
+    from .pdb import _keep_first_altloc
 
     text = read_text_file(path, "PDB file")
     if path.suffix.lower() in (".cif", ".mmcif"):
         st = gemmi.make_structure_from_block(gemmi.cif.read_string(text).sole_block())
     else:
         st = gemmi.read_pdb_string(text)
-    st.remove_alternative_conformations()
-    atoms = sorted((atom.serial, atom.name) for chain in st[0] for res in chain for atom in res)
+    _keep_first_altloc(st)  # as read_pdb_atoms does: the same atoms, so names and atoms stay aligned
+    # The key read_pdb_atoms sorts by: serial number, then gemmi's order (never the name, which would misalign
+    # atoms and names when a file repeats serial numbers).
+    atoms = sorted(((atom.serial, k), atom.name) for k, atom in enumerate(
+        atom for chain in st[0] for res in chain for atom in res))
     return [name for _, name in atoms]  # the file's order, as read_pdb_atoms lists them
 
 
@@ -201,6 +242,11 @@ def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, 
         elif k == len(order) - 1 and "OXT" in atoms and hydrogens[atoms["OXT"]] == 0 and hydrogens[
                 atoms.get("O", atoms["OXT"])] == 0:
             suggestion = -1  # carboxylate C-terminus
+        if resname not in _KNOWN_RESIDUES and rid not in given and all(formal[i] is None for i in atoms.values()):
+            # A ligand or metal bonded to the chain (others are refused as pieces without a CA): never neutral
+            # by default (a Zn bound to a carbonyl was computed as Zn(0)).
+            need.append(f"{rid} (not an amino acid: a ligand, ion or cofactor; its charge is yours to give)")
+            continue
         if rid in given:
             value = given[rid]
             if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
@@ -212,12 +258,13 @@ def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, 
             need.append(f"{rid} (its hydrogens suggest {suggestion:+d})")
             suggested.append(suggestion)
     if need:
-        ids = [item.split(" ")[0] for item in need]
+        ids = [item.split(" ")[0] for item in need if "yours to give" not in item]
         said = ",".join(f"{rid}={value:+d}" for rid, value in zip(ids, suggested, strict=True))
+        ready = f" (what the hydrogens suggest, if that is what you mean: --charge {said})" if said else ""
         raise InputError(f"{source}: charges are never guessed; confirm the charge of every residue that can carry "
                          f"one ({len(need)} unconfirmed):\n  " + "\n  ".join(need)
-                         + f"\nPython: residue_charges={{{ids[0]!r}: ..., ...}}; command line: --charge RESIDUE=Q,... "
-                         f"(what the hydrogens suggest, if that is what you mean: --charge {said})")
+                         + f"\nPython: residue_charges={{{need[0].split(' ')[0]!r}: ..., ...}}; command line: "
+                         f"--charge RESIDUE=Q,...{ready}")
     assert len(charges) == natom
     return charges
 

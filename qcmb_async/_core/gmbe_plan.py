@@ -102,9 +102,16 @@ def plan_gmbe(inp: GMBEInput) -> GMBEPlan:
     odd = [s for s in subs if _electrons(inp, s) % 2]
     if odd:
         first = odd[0]
+        bonded = {a for bond in bonds for a in bond}
+        lone = [i for i in range(len(inp.molecule.symbols)) if i not in bonded]
+        # An atom bonded to nothing in a covalent molecule: its bonds were not found at this geometry, most often
+        # because the coordinates are in the wrong unit (then every cap and electron count is wrong too).
+        hint = (f"; atoms {lone[:10]} are bonded to nothing at this geometry: are the coordinates in the right unit "
+                "(Å in XYZ files and ASE, bohr in a QCElemental Molecule's geometry)?" if lone else "")
         raise InputError(f"{len(odd)} GMBE subsystem(s) have an odd electron count, e.g. atoms {first.label[5:]} "
                          f"({_electrons(inp, first)} electrons with {len(first.caps)} hydrogen cap(s)): open-shell "
-                         "subsystems are not offered; check atom_charges and that fragments cut single bonds only")
+                         "subsystems are not offered; check atom_charges and that fragments cut single bonds only"
+                         + hint)
     spec = inp.specification
     program = str(spec["program"]).lower()
     model = spec.get("model") or {}

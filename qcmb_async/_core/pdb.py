@@ -13,6 +13,7 @@ counts as given.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -71,15 +72,19 @@ def read_pdb_atoms(path: str | Path) -> tuple[list[tuple[str, float, float, floa
     ids: list[str] = []
     has_charge = False
     # gemmi groups atoms by residue; a file may interleave residues: keep the file's order (serial numbers).
-    ordered = sorted(((atom.serial, chain, res, atom) for chain in st[0] for res in chain for atom in res),
-                     key=lambda item: item[0])
-    for _, chain, res, atom in ordered:
+    # Ties (repeated serial numbers) keep gemmi's order, as _atom_names does: the two lists must stay aligned.
+    ordered = sorted(((atom.serial, k, chain, res, atom) for k, (chain, res, atom) in enumerate(
+        (chain, res, atom) for chain in st[0] for res in chain for atom in res)), key=lambda item: item[:2])
+    for _, _, chain, res, atom in ordered:
         element = atom.element.name
         if element in ("X", ""):
             raise InputError(f"{source}: atom {atom.name!r} of residue {res.name} {res.seqid} has no known "
                              "element (columns 77-78): give its element symbol")
         if element == "D":
             element = "H"
+        if not all(math.isfinite(v) for v in (atom.pos.x, atom.pos.y, atom.pos.z)):
+            raise InputError(f"{source}: atom {atom.name!r} of residue {res.name} {res.seqid} has coordinates "
+                             f"({atom.pos.x}, {atom.pos.y}, {atom.pos.z}): they must be finite numbers; correct it")
         atoms.append((element.capitalize(), atom.pos.x, atom.pos.y, atom.pos.z))
         residues.append(res.name)
         ids.append(f"{chain.name}/{res.name}{res.seqid}")

@@ -201,6 +201,10 @@ def _load_gmbe(path: Path, xyz: XyzOptions) -> Any:
     from .._core.pdb import PDB_SUFFIXES
     from .._core.xyz import parse_keywords, parse_xyz
 
+    if path.suffix.lower() not in (*PDB_SUFFIXES, ".xyz"):
+        # First: a GMBEInput JSON file with --gmbe was told it needs --method and --program, which it refuses.
+        raise Usage(f"--gmbe reads PDB/mmCIF or XYZ files; {str(path)!r} is neither (a GMBEInput JSON file "
+                    "carries its own order: leave --gmbe out)")
     missing = [opt for opt, val in (("--method", xyz.method), ("--program", xyz.program)) if not val]
     if missing:
         raise Usage(f"--gmbe needs {' and '.join(missing)} (and --basis) to say what to compute")
@@ -223,9 +227,6 @@ def _load_gmbe(path: Path, xyz: XyzOptions) -> Any:
                 path, residues_per_fragment=1 if xyz.residues_per_fragment is None else xyz.residues_per_fragment,
                 overlap=0 if xyz.overlap is None else xyz.overlap, max_nbody=xyz.gmbe, specification=spec,
                 residue_charges=_residue_rules(xyz.charge))
-        if path.suffix.lower() != ".xyz":
-            raise Usage(f"--gmbe reads PDB/mmCIF or XYZ files; {str(path)!r} is neither (a GMBEInput JSON file "
-                        "carries its own order: leave --gmbe out)")
         pdb_only = [f"--{k.replace('_', '-')}" for k in ("residues_per_fragment", "overlap", "charge")
                     if getattr(xyz, k) is not None]
         if pdb_only:
@@ -236,14 +237,14 @@ def _load_gmbe(path: Path, xyz: XyzOptions) -> Any:
             raise Usage("--gmbe with an XYZ file needs one of --max-fragment-atoms N (fragments cut at sp3 C-C bonds, "
                         "at most N atoms each) or --fragments FRAGS.json (your primary fragments)")
         from qcelemental import constants
-        from qcelemental.models.v2 import Molecule
 
+        from .._core.gmbe_fragment import gmbe_molecule
         from .._core.inputs import read_text_file
 
         atoms = parse_xyz(read_text_file(path, "XYZ file"), f"XYZ file {str(path)!r}", single=True)[0].atoms
         to_bohr = 1.0 / constants.bohr2angstroms
-        molecule = Molecule(symbols=[a[0] for a in atoms], geometry=[[v * to_bohr for v in a[1:]] for a in atoms],
-                            fix_com=True, fix_orientation=True)
+        molecule = gmbe_molecule(f"XYZ file {str(path)!r}", [a[0] for a in atoms],
+                                 [[v * to_bohr for v in a[1:]] for a in atoms])
         if xyz.fragments is not None:
             fragments, charges = _fragments_file(Path(xyz.fragments))
             return GMBEInput(molecule=molecule, fragments=fragments, atom_charges=charges, max_nbody=xyz.gmbe,
