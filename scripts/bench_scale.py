@@ -1,6 +1,7 @@
 """(H2O)64 GFN2-xTB NoCP MBE(2), MBE(3), screened MBE(4) and the unscreened MBE(4), against the supersystem.
 
 The cluster is ``scripts/data/water64.xyz`` (a GFN2-xTB local minimum, made by ``scripts/make_water64.py``);
+(``$BENCH_SCALE_XYZ`` names another file of waters, O H H each);
 ``--waters N`` takes its N waters nearest the cluster's centre (oxygen positions), a compact sub-cluster.
 Every row is a fresh process (``ru_maxrss`` is that row's own peak) running ``qcmb_async.run`` with the
 result store on (a new store file per row, so every kept fragment is really computed and written), on
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-XYZ = HERE / "data" / "water64.xyz"
+XYZ = Path(os.environ.get("BENCH_SCALE_XYZ", HERE / "data" / "water64.xyz"))
 KCAL = 627.5094740631  # kcal/mol per Eh (CODATA 2018, as QCElemental)
 SCREENED = ("d:-/5.0/4.0", "d:-/4.5/3.6", "d:-/4.0/3.2", "d:-/4.5/-+e:-/1e-4", "e:2e-4/2e-4")
 DEFAULT_ROWS = ("mbe2", "mbe3", *SCREENED)
@@ -129,6 +130,52 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan_child(n: int) -> int:
+    """Plan the unscreened MBE(4) of ``n`` waters and assemble it from synthetic energies (no chemistry):
+    the coordinator's own cost of a plan this size. Prints one JSON line."""
+    from qcmb_async._core.assemble import assemble
+    from qcmb_async._core.plan import make_plan
+
+    sys.path.insert(0, str(HERE))
+    from benchlib.molecules import mbe
+
+    def rss() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    inp = mbe(waters(n), "tblite", "gfn2-xtb", None, bsse="nocp", max_nbody=4, keep_all=False)
+    r0, t0 = rss(), time.perf_counter()
+    plan = make_plan(inp)
+    r1, t1 = rss(), time.perf_counter()
+    # Synthetic fragment energies (Eh): distinct per subset, the shape of real ones (about -5 Eh per water).
+    results = {f.label: {"energy": -5.07 * f.level - 1e-3 * math.sin(sum(f.real))} for f in plan.fragments}
+    r2, t2 = rss(), time.perf_counter()
+    result = assemble(plan, results)
+    r3, t3 = rss(), time.perf_counter()
+    out = {"waters": n, "fragments": len(plan.fragments), "plan_s": t1 - t0, "plan_mib": r1 - r0,
+           "results_mib": r2 - r1, "assemble_s": t3 - t2, "assemble_mib": r3 - r2, "energy": result.return_result,
+           "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "start_mib": r0}
+    print("ROW " + json.dumps(out), flush=True)
+    return 0
+
+
+def plan_scaling(sizes: list[int]) -> list[dict[str, Any]]:
+    """:func:`plan_child` for each size, each in a fresh process; prints a table."""
+    rows = []
+    print("\nPlan + assembly of the unscreened MBE(4), synthetic energies (no chemistry), fresh process each\n")
+    print("| waters | fragments | plan / s | plan MiB | results MiB | assemble / s | assemble MiB | peak RSS MiB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n in sizes:
+        proc = subprocess.run([sys.executable, __file__, "--plan-child", str(n)], capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"plan of {n} waters failed:\n{proc.stderr[-3000:]}")
+        r = json.loads(lines[-1][4:])
+        rows.append(r)
+        print(f"| {n} | {r['fragments']:,} | {r['plan_s']:.2f} | {r['plan_mib']:.0f} | {r['results_mib']:.0f} | "
+              f"{r['assemble_s']:.2f} | {r['assemble_mib']:.0f} | {r['maxrss_mib']:.0f} |", flush=True)
+    return rows
+
+
 def run_row(args: argparse.Namespace, row: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", row, "--waters", str(args.waters), "--ncores", str(args.ncores),
            "--executor", args.executor]
@@ -169,10 +216,22 @@ def main() -> int:
     ap.add_argument("--reference", type=float, default=None,
                     help="unscreened MBE(4) energy (Eh) when its row is not run (e.g. scripts/mbe_reference.py)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--plan-sizes", default=None,
+                    help="comma separated water counts: plan + assemble the unscreened MBE(4) of each with synthetic "
+                         "energies (no chemistry) and exit, e.g. 16,24,32,64")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--plan-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.plan_child:
+        return plan_child(args.plan_child)
+    if args.plan_sizes:
+        rows = plan_scaling([int(x) for x in args.plan_sizes.split(",")])
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"plan_scaling": rows}, indent=1))
+        return 0
     rows = args.rows.split(",") if args.rows else list(DEFAULT_ROWS)
     if args.with_unscreened and "mbe4" not in rows:
         rows.append("mbe4")

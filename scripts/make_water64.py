@@ -5,13 +5,13 @@ Recipe (no internet, only installed packages):
 1. 64 waters on a 4 x 4 x 4 simple cubic lattice, O-O 2.9 Å (``benchlib.molecules.water_lattice``,
    seed 0: random orientations, no two atoms of different waters closer than 1.75 Å);
 2. relaxed with GFN2-xTB (tblite's ASE calculator, one OpenMP thread, ``accuracy=1``) by ASE's
-   ``LBFGS`` until the largest force is below ``--fmax`` eV/Å (default 0.02) or ``--steps`` steps;
+   ``LBFGS`` until the largest force is below ``--fmax`` eV/Å (default 0.05) or ``--steps`` steps;
 3. checked: every water intact (O-H 0.9-1.1 Å, no intermolecular contact below 1.4 Å), the binding
    energy per water against 64 isolated GFN2-xTB waters printed (liquid-like clusters of this size
    sit near -10 to -12 kcal/mol per water with GFN2-xTB);
 4. written as XYZ (Å), waters in order, the comment line carrying the GFN2-xTB energy (Eh).
 
-    OMP_NUM_THREADS=1 python scripts/make_water64.py [--out scripts/data/water64.xyz] [--fmax 0.02]
+    OMP_NUM_THREADS=1 python scripts/make_water64.py [--out scripts/data/water64.xyz] [--fmax 0.05]
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def check(atoms) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data" / "water64.xyz")
-    parser.add_argument("--fmax", type=float, default=0.02, help="force convergence, eV/Å")
+    parser.add_argument("--fmax", type=float, default=0.05, help="force convergence, eV/Å")
     parser.add_argument("--steps", type=int, default=3000)
     args = parser.parse_args()
     from ase.optimize import LBFGS
