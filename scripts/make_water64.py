@@ -74,20 +74,27 @@ def main() -> int:
     atoms.calc = TBLite(method="GFN2-xTB", accuracy=1.0, verbosity=0)
     start = time.perf_counter()
     opt = LBFGS(atoms, logfile="-")
+    nw = len(atoms) // 3
+
+    def write(note: str) -> None:
+        lines = [str(len(atoms)), f"(H2O){nw} GFN2-xTB LBFGS (scripts/make_water64.py) {note}"]
+        lines += [f"{s:2s} {x:15.8f} {y:15.8f} {z:15.8f}" for s, (x, y, z) in zip(atoms.get_chemical_symbols(),
+                                                                                   atoms.positions, strict=True)]
+        args.out.write_text("\n".join(lines) + "\n")
+
+    # A checkpoint every 10 steps: stopped early, the file is the geometry after that many steps (``--steps``).
+    opt.attach(lambda: write(f"after {opt.nsteps} steps, not final"), interval=10)
     converged = opt.run(fmax=args.fmax, steps=args.steps)
     wall = time.perf_counter() - start
     report = check(atoms)
     energy = gfn2(atoms)
-    mono = sum(gfn2(atoms[3 * i:3 * i + 3]) for i in range(len(atoms) // 3))
-    nw = len(atoms) // 3
+    mono = sum(gfn2(atoms[3 * i:3 * i + 3]) for i in range(nw))
     binding = (energy - mono) / nw * KCAL_PER_EH
-    print(f"converged={converged} steps={opt.nsteps} wall={wall:.0f} s E={energy:.10f} Eh "
+    fmax = float(np.linalg.norm(atoms.get_forces(), axis=1).max())
+    print(f"converged={converged} steps={opt.nsteps} fmax={fmax:.4f} eV/A wall={wall:.0f} s E={energy:.10f} Eh "
           f"binding={binding:.2f} kcal/mol per water (unrelaxed monomers) {report}")
-    lines = [str(len(atoms)), f"(H2O){nw} GFN2-xTB local minimum (scripts/make_water64.py, fmax {args.fmax} eV/A, "
-             f"converged={converged}) E(GFN2-xTB)={energy:.10f} Eh"]
-    lines += [f"{s:2s} {x:15.8f} {y:15.8f} {z:15.8f}" for s, (x, y, z) in zip(atoms.get_chemical_symbols(),
-                                                                               atoms.positions, strict=True)]
-    args.out.write_text("\n".join(lines) + "\n")
+    write(f"--fmax {args.fmax} --steps {args.steps}: {opt.nsteps} steps, largest force {fmax:.4f} eV/A, "
+          f"E(GFN2-xTB)={energy:.10f} Eh, binding {binding:.2f} kcal/mol per water")
     return 0 if converged else 1
 
 
