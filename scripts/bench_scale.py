@@ -106,6 +106,10 @@ def child(args: argparse.Namespace) -> int:
     from benchlib.molecules import mbe
 
     max_nbody, screening = parse_row(args.child)
+    if args.omit_cluster_properties:
+        from qcmb_async._core import assemble
+
+        assemble.CLUSTER_PROPERTIES_LIMIT = 0  # as in a run above the limit (679,120 labels)
     mol = waters(args.waters)
     inp = mbe(mol, "tblite", "gfn2-xtb", None, bsse="nocp", max_nbody=max_nbody, keep_all=False)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
@@ -179,7 +183,7 @@ def plan_scaling(sizes: list[int]) -> list[dict[str, Any]]:
 
 def run_row(args: argparse.Namespace, row: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", row, "--waters", str(args.waters), "--ncores", str(args.ncores),
-           "--executor", args.executor]
+           "--executor", args.executor] + (["--omit-cluster-properties"] if args.omit_cluster_properties else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
     if proc.returncode != 0 or not lines:
@@ -217,6 +221,9 @@ def main() -> int:
     ap.add_argument("--reference", type=float, default=None,
                     help="unscreened MBE(4) energy (Eh) when its row is not run (e.g. scripts/mbe_reference.py)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--omit-cluster-properties", action="store_true",
+                    help="assemble every row as a run above CLUSTER_PROPERTIES_LIMIT labels is (no per-label "
+                         "cluster_properties), so the memory extrapolated to the unscreened (H2O)64 MBE(4) is its own")
     ap.add_argument("--plan-sizes", default=None,
                     help="comma separated water counts: plan + assemble the unscreened MBE(4) of each with synthetic "
                          "energies (no chemistry) and exit, e.g. 16,24,32,64")
