@@ -74,8 +74,13 @@ def _prepare_gmbe(inp: GMBEInput, driver: str) -> GMBEInput:
     if driver == "hessian":
         raise InputError("a generalized MBE has no analytic Hessians (caps): use method='finite-difference' "
                          "(qcmb-async frequencies --hessian finite-difference)")
+    from ._core.gmbe import bonds_of
+
     mol = inp.molecule.model_copy(update={"fix_com": True, "fix_orientation": True})
-    out = inp.model_copy(update={"molecule": mol, "specification": {**inp.specification, "driver": driver}})
+    # The bonds (which are cut and capped) are those of the first geometry for every step: guessed again at
+    # each step, a bond stretched past 1.2 x covalent radii would drop its cap and the surface would jump.
+    out = inp.model_copy(update={"molecule": mol, "specification": {**inp.specification, "driver": driver},
+                                 "bonds": bonds_of(inp)})
     check_gmbe(out)
     return out
 

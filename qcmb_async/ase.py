@@ -32,6 +32,7 @@ except ImportError as _exc:  # the extra's pip line, not a bare "No module named
     raise ModuleNotFoundError(f"qcmb_async.ase needs ASE: pip install 'qcmb_async[ase]' ({_exc})",
                               name="ase") from _exc
 
+from qcmb_async._core.gmbe import GMBEInput
 from qcmb_async._dynamics import gradient_step, kept_pool, prepare
 from qcmb_async.errors import InputError
 
@@ -113,13 +114,17 @@ class ManyBodyCalculator(Calculator):
         fragment_charges, fragment_multiplicities: Per fragment (default neutral singlets).
         mbe_input: Instead of the arguments above, a ``ManyBodyInput`` (or dict/file) whose molecule
             has the atoms in the same order: its fragments, charges and specification are kept and
-            its coordinates replaced by the atoms' at every step.
+            its coordinates replaced by the atoms' at every step. A :class:`~qcmb_async.GMBEInput`
+            (generalized MBE with hydrogen caps) is taken too: its primary fragments, atom charges and
+            bonds (those of the first geometry unless it names them) are kept; the caps are placed again
+            from the new positions at every step, and their forces go to the two atoms of each cut bond.
         **options: The drivers' options (``qcmb_async._dynamics.DRIVER_OPTIONS``): ``ncores``, ``memory``,
             ``fragment_ncores``, ``fragment_memory``, ``level_barrier``, ``scratch_directory``, ``retries``,
             ``timeout``, ``on_event``, ``store`` go to every MBE; ``executor`` (name or an Executor instance),
             ``scheduler`` or ``cluster`` choose the one executor kept for all steps.
 
-    After each calculation ``calc.results["manybody_result"]`` is the ``ManyBodyResult`` and
+    After each calculation ``calc.results["manybody_result"]`` is the ``ManyBodyResult`` (a ``GMBEResult`` for a
+    GMBEInput) and
     ``calc.history`` has one record per MBE run (a step): ``step``, ``energy`` (Eh), ``gradient_rms`` and
     ``gradient_max`` (Eh/bohr), ``wall_time`` (s), fragments ``computed`` and ``cached`` (taken from the
     store), ``scf_iterations`` per fragment when the results carry them, ``geometry`` (bohr), ``run_id``.
@@ -148,10 +153,13 @@ class ManyBodyCalculator(Calculator):
 
         check_options(options)
         if mbe_input is not None:
+            from qcmb_async._core.gmbe_plan import as_gmbe_input
             from qcmb_async._core.inputs import load_input
 
-            # Checked now, as run() checks it: the atoms only replace its coordinates later.
-            mbe_input = load_input(mbe_input)
+            # Checked now, as run() checks it: the atoms only replace its coordinates later. A GMBEInput (or its
+            # dict/JSON/file) stays a generalized MBE: its fragments, bonds and charges are kept, caps recomputed.
+            gmbe = as_gmbe_input(mbe_input)
+            mbe_input = gmbe if gmbe is not None else load_input(mbe_input)
         elif fragments is None or program is None or model is None:
             raise InputError("ManyBodyCalculator needs fragments=, program= and model= (or mbe_input=)")
         self._spec = _check_spec(fragments, program=program, model=model, bsse_type=bsse_type,
@@ -198,6 +206,12 @@ class ManyBodyCalculator(Calculator):
             if list(inp.molecule.symbols) != symbols:
                 raise InputError(f"mbe_input's molecule has atoms {list(inp.molecule.symbols)}, the Atoms {symbols}: "
                                  "they must be the same atoms in the same order")
+            if isinstance(inp, GMBEInput):
+                # The calculation starts at the Atoms' positions (not the input's): its bonds, and so which
+                # bonds are cut and capped, are those of the Atoms.
+                from qcmb_async._dynamics import at_geometry
+
+                return at_geometry(inp, coords)
             return inp
         spec = self._spec
         frags = spec["fragments"]

@@ -28,7 +28,18 @@ class ProgramTraits:
     """QCEngine's program name (``qcengine.compute(..., program=name)``)."""
     in_process: bool = False
     """Runs inside the Python process (GIL-bound, process-global state): ``executor="auto"`` uses
-    worker processes for it, never threads."""
+    worker processes for it, unless it is also ``releases_gil`` and ``thread_safe``."""
+    releases_gil: bool = False
+    """In-process program whose computation runs in native code with the GIL released (e.g. a cffi
+    binding), so fragments on threads compute in parallel."""
+    thread_safe: bool = False
+    """In-process program whose concurrent calculations in one process give the same results as one
+    at a time (no shared mutable state). With ``releases_gil``: ``executor="auto"`` runs it on threads,
+    which for millisecond fragments beats worker processes (no start-up, no hand-off per fragment)."""
+    library: str | None = None
+    """Module whose import loads an in-process program's native libraries (its OpenMP/BLAS pools):
+    a worker imports it while warming up, so those pools are limited to each fragment's cores from
+    the first fragment on (``_qcengine/threadlimit.py``)."""
     parallel_fraction: float = 0.0
     """Share of its run time its own threads parallelise when given ``ncores`` in the task config
     (Amdahl's law, 0..1); 0 = one core is all it uses. With ``mpi=True`` it is the share its MPI
@@ -125,7 +136,10 @@ PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
     # Our harness (harnesses/tblite.py): GFN-xTB has no basis functions for ghosts, it refuses them; no Hessian driver.
     # parallel_fraction 0: measured here (2 shared cores), 2 OpenMP threads were slower than 1 for a water trimer
     # (1.2 vs 0.9 ms), hexamer (19 vs 7 ms) and (H2O)20 (236 vs 38 ms): MBE fragments get one core each.
+    # releases_gil/thread_safe: a cffi binding (GIL released around every C call); concurrent Calculators on 4
+    # threads gave bit-identical energies and gradients for all 92 octamer MBE(3) fragments (tests/test_peer.py).
     ProgramTraits("tblite", in_process=True, parallel_fraction=0.0, semi_empirical=True,
+                  releases_gil=True, thread_safe=True, library="tblite.interface",
                   ghost_atoms=False, analytic_hessian=False,
                   methods=frozenset({"gfn2-xtb", "gfn1-xtb", "ipea1-xtb"}),
                   keywords=frozenset({"accuracy", "max_iterations", "electronic_temperature", "solvent",
@@ -133,7 +147,12 @@ PROGRAMS: dict[str, ProgramTraits] = {t.name: t for t in (
                   install_hint="pip install 'qcmb_async[xtb]' (tblite; its harness ships with qcmb_async)"),
     # ghosts: QCEngine calls xtb-python's xtb.qcschema.harness.run_qcschema, which builds its Calculator from
     # molecule.atomic_numbers with no real mask: a ghost is a real atom (measured: CP water dimer +10.15 Eh).
+    # releases_gil/thread_safe: cffi, like tblite; QCEngine's harness says thread_safe; concurrent fragments
+    # measured bit-identical to serial ones. Its harness ignores ncores: the worker limits its bundled OpenMP
+    # and OpenBLAS pools (library=) -- unlimited, 2 spinning OpenMP threads per process made a 1-ms fragment
+    # take up to ~200 ms on this 2-core machine under load.
     ProgramTraits("xtb", in_process=True, parallel_fraction=0.6, semi_empirical=True, ghost_atoms=False,
+                  releases_gil=True, thread_safe=True, library="xtb.interface",
                   install_hint="conda install -c conda-forge xtb-python"),
     # ghosts (rdkit, openmm): the molecule is built from molecule.symbols (openmm: via RDKit or a CMILES string).
     ProgramTraits("rdkit", in_process=True, force_field=True, ghost_atoms=False, install_hint="pip install rdkit"),

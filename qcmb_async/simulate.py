@@ -236,10 +236,14 @@ def lower_bound(workload: Workload, ncores: int, *, fragment_ncores: int | None 
     ``max(longest fragment on all ncores, one-core total / ncores)``, and tighter when a few large
     fragments need many cores to finish early. With fixed ``fragment_ncores`` every fragment
     runs on exactly that many cores and at most ``ncores // fragment_ncores`` run at once.
+    Fragments of an MPI program below ``MPI_MIN_SIZE`` basis functions count as one-core only, as
+    the scheduler runs them.
     """
     if fragment_ncores is None:
         times = [workload.durations[f.label] for f in workload.fragments]
-        fractions = [cost.parallel_fraction(f.program, parallel_fraction) for f in workload.fragments]
+        # MPI programs' small fragments stay on one rank (cost.MPI_MIN_SIZE): the scheduler may not mould them.
+        fractions = [0.0 if cost._mpi_too_small(f) else cost.parallel_fraction(f.program, parallel_fraction)
+                     for f in workload.fragments]
         return moldable_lower_bound(times, fractions, ncores)
     times = [workload.durations[f.label]
              / speedup(fragment_ncores, cost.parallel_fraction(f.program, parallel_fraction))
@@ -285,6 +289,27 @@ class SimulationResult:
     def speedup(self) -> float:
         """Sequential time / makespan."""
         return self.sequential / self.makespan if self.makespan > 0 else math.nan
+
+    def idle_tail(self, share: float = 0.5) -> float:
+        """Seconds at the end of the run with fewer than ``share * ncores`` cores busy (the tail).
+
+        From the last moment the busy cores fell below that share to the makespan's end; the whole
+        makespan when they never reached it. ``share=1`` measures from the last moment every core
+        was busy.
+        """
+        events = sorted([(r.start, r.cores) for r in self.records if r.start is not None]
+                        + [(r.end, -r.cores) for r in self.records if r.start is not None],
+                        key=lambda e: (e[0], e[1]))  # ends before starts at equal times
+        need = share * self.ncores
+        busy, since = 0, 0.0
+        for t, delta in events:
+            before = busy
+            busy += delta
+            if before >= need > busy:
+                since = t
+            elif busy >= need:
+                since = self.makespan
+        return max(0.0, self.makespan - since)
 
     def as_dict(self, *, records: bool = False) -> dict[str, Any]:
         out = {

@@ -209,9 +209,112 @@ async def main(repeats: int) -> None:
     print("  results equal QCManyBody's sequential result to 1e-9 Eh")
 
 
+def throughput_input(sleep: float, n: int = 16, max_nbody: int = 4) -> ManyBodyInput:
+    """``n`` waters, NoCP MBE(``max_nbody``) with the FAKE sleep harness: fragments of ``sleep`` seconds each."""
+    spec = mbe(water_lattice(n), "qcmb-fake-sleep", "fake", None, bsse="nocp", max_nbody=max_nbody, keep_all=False)
+    data = spec.model_dump()
+    data["specification"]["specification"]["(auto)"]["keywords"] = {"sleep": sleep}
+    return ManyBodyInput(**data)
+
+
+async def store_run(inp: ManyBodyInput, executor: Any, store: Path | None) -> tuple[float, Any, float]:
+    """Like :func:`timed`, with the result store on (a fresh file; ``None``: off)."""
+    from qcmb_async import events as ev
+
+    cpu: dict[str, float] = {}
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, ev.RunStarted):
+            cpu["start"] = time.process_time()
+        elif isinstance(event, ev.RunFinished):
+            cpu["end"] = time.process_time()
+
+    t0 = time.perf_counter()
+    result = await run_manybody(inp, ncores=2, memory=4, executor=executor, store=None if store is None else str(store),
+                                on_event=on_event)
+    return time.perf_counter() - t0, result, cpu["end"] - cpu["start"]
+
+
+async def throughput(repeats: int, sleep: float) -> None:
+    """Millisecond fragments through the batched Dask executor, store on: fragments/s, CPU and wall added per fragment.
+
+    The same plan runs with the thread executor (the reference wall), the batched Dask executor, and a FAKE instant
+    executor (the scheduler's own path: no program, no transport); each against QCManyBody's sequential result.
+    """
+    sys.path.insert(0, str(ROOT))
+    from tests.fakes import register_fakes
+
+    register_fakes()
+    inp = throughput_input(sleep)
+    ref = float(ManyBodyComputer.from_manybodyinput(inp).return_result)
+    rows: dict[str, list[tuple[float, float, int]]] = {"threads": [], "dask": [], "instant": [], "instant-nostore": []}
+    with tempfile.TemporaryDirectory(prefix="qcmb-bench-dask-") as tmp, dask_cluster(Path(tmp)) as address:
+        await wait_for_workers(address, 2)
+        from distributed import Client
+
+        async with Client(address, asynchronous=True, set_as_default=False) as client:
+            await client.run(register_fakes)
+            for rep in range(repeats + 1):  # the first round warms up (imports, program checks, calibration)
+                for name in rows:
+                    exe = {"threads": "threads", "dask": DaskExecutor(client)}.get(name, InstantExecutor())
+                    store = None if name.endswith("nostore") else Path(tmp) / f"{name}-{rep}.sqlite"
+                    wall, result, cpu = await store_run(inp, exe, store)
+                    n = len(result.extras["qcmb_async"]["fragments"])
+                    if not name.startswith("instant"):
+                        diff = abs(float(result.return_result) - ref)
+                        assert diff < 1e-9, f"{name} differs from the sequential result by {diff}"
+                    if rep:
+                        rows[name].append((wall, cpu, n))
+    n = rows["dask"][0][2]
+    med = {k: statistics.median(w for w, _, _ in v) for k, v in rows.items()}
+    cpu = {k: statistics.median(c for _, c, _ in v) for k, v in rows.items()}
+    print(f"\nthroughput: 16 waters NoCP MBE(4), {n} FAKE fragments of {1000 * sleep:g} ms, store on, 2 single-thread "
+          f"Dask workers, ncores=2; medians of {repeats}; load average {os.getloadavg()[0]:.2f} on "
+          f"{os.cpu_count()} CPUs")
+    for name, label in (("threads", "threads"), ("dask", "dask (batched, streamed)"),
+                        ("instant", "scheduler path (FAKE instant executor)"),
+                        ("instant-nostore", "scheduler path, no store")):
+        walls = ", ".join(f"{w:.3f}" for w, _, _ in rows[name])
+        print(f"  {label:<40} {med[name]:7.3f} s  {n / med[name]:8.0f} fragments/s  coordinator CPU "
+              f"{1000 * cpu[name] / n:.3f} ms/fragment   [{walls}]")
+    print(f"  dask: added wall per fragment over threads {1000 * (med['dask'] - med['threads']) / n:.3f} ms; "
+          "results equal QCManyBody's sequential result to 1e-9 Eh")
+
+
+async def floor(repeats: int) -> None:
+    """The scheduler's own path only (FAKE instant executor, no cluster), store on and off: quick A/B of commits."""
+    sys.path.insert(0, str(ROOT))
+    from tests.fakes import register_fakes
+
+    register_fakes()
+    inp = throughput_input(0.0)
+    rows: dict[str, list[tuple[float, float, int]]] = {"store": [], "no store": []}
+    with tempfile.TemporaryDirectory(prefix="qcmb-bench-floor-") as tmp:
+        for rep in range(repeats + 1):
+            for name in rows:
+                store = Path(tmp) / f"{rep}.sqlite" if name == "store" else None
+                wall, result, cpu = await store_run(inp, InstantExecutor(), store)
+                if rep:
+                    rows[name].append((wall, cpu, len(result.extras["qcmb_async"]["fragments"])))
+    for name, runs in rows.items():
+        n = runs[0][2]
+        wall = statistics.median(w for w, _, _ in runs)
+        cpu = statistics.median(c for _, c, _ in runs)
+        print(f"scheduler path (FAKE instant executor), {n} fragments, {name:<8}: {n / wall:7.0f} fragments/s, "
+              f"coordinator CPU {1000 * cpu / n:.3f} ms/fragment  (medians of {repeats}; load average "
+              f"{os.getloadavg()[0]:.2f})")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--section", choices=("all", "mopac", "throughput", "floor"), default="all")
+    parser.add_argument("--sleep", type=float, default=0.001, help="seconds per FAKE fragment (throughput section)")
     args = parser.parse_args()
     os.environ.setdefault("QCMB_ASYNC_STORE", "none")
-    anyio.run(main, args.repeats)
+    if args.section in ("all", "mopac"):
+        anyio.run(main, args.repeats)
+    if args.section in ("all", "throughput"):
+        anyio.run(throughput, args.repeats, args.sleep)
+    if args.section == "floor":
+        anyio.run(floor, args.repeats)

@@ -8,8 +8,9 @@ with the sequential computer to 1e-9 Eh (exit 1 otherwise).
 Rows, in the order each round runs them:
   sequential         QCManyBody's own computer (no task config: each fragment gets every core,
                      i.e. tblite's OpenMP threads on all of them)
-  processes (cold)   executor="processes" (what "auto" picks for tblite): the run starts its worker
-                     pool (fresh interpreters importing QCEngine and tblite) and stops it at the end
+  processes (cold)   executor="processes" (what "auto" picked for tblite until it ran on threads): the
+                     run starts its worker pool (fresh interpreters importing QCEngine and tblite) and
+                     stops it at the end
   processes (pool)   a ProcessExecutor entered before the timed run, as a session, notebook or scan
                      keeps it for run after run; its start-up is printed apart
   threads            executor="threads", for comparison (tblite releases the GIL)

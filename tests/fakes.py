@@ -1,7 +1,8 @@
 """FAKE QCEngine harnesses for scheduler unit tests (never a stand-in for real-program tests).
 
 ``qcmb-fake-sleep`` sleeps for ``keywords["sleep"]`` seconds (releasing the GIL like a
-subprocess program would) and returns a deterministic made-up energy.
+subprocess program would) and returns a deterministic made-up energy; with ``keywords["calls_file"]``
+it appends one line per call to that file (calls counted across worker processes).
 ``qcmb-fake-probe`` starts a real child process through ``qcengine.util.execute`` that
 records the environment it was started with.
 ``qcmb-fake-noop`` returns a fixed energy at once (scheduler overhead benchmarks).
@@ -71,6 +72,12 @@ class FakeSleepHarness(_FakeHarness):
         fail = kw.get("fail_real_atoms")
         if fail is not None and sum(mol.real) in fail:
             raise UnknownError(f"fake failure for a fragment with {sum(mol.real)} real atoms")
+        calls = kw.get("calls_file")
+        if calls:
+            # One line per call, written when it starts (another process may append too): which fragment,
+            # by the sum of its absolute coordinates (the geometry term of the energy below).
+            with open(calls, "a") as fh:
+                fh.write(f"{float(sum(abs(mol.geometry).ravel())):.8f}\n")
         time.sleep(float(kw.get("sleep", 0.05)))
         end = time.time()
         with _calls_lock:

@@ -107,15 +107,14 @@ def test_mopac_cause_from_its_real_output(tmp_path: Path, deck: str, wanted: str
         assert "JOB ENDED NORMALLY" not in cause and "MOPAC v" not in cause and "Digital Object" not in cause
 
 # -- a program process killed by a signal ------------------------------------------------------
-def _kill_first_nwchem(killed: list[int], stop: threading.Event, after: float = 0.3) -> None:
-    """SIGKILL the first NWChem process this test process starts, ``after`` s into its run."""
+def _kill_first_nwchem(killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first NWChem process this test process starts, as soon as it is seen (no guess of its run time)."""
     me = psutil.Process()
     while not stop.is_set():
         for child in me.children(recursive=True):
             try:
                 # QCEngine's version check runs `nwchem v.nw` first (cached afterwards): leave that one alone.
                 if child.name().startswith("nwchem") and "v.nw" not in child.cmdline():
-                    time.sleep(after)
                     os.kill(child.pid, signal.SIGKILL)
                     killed.append(child.pid)
                     return

@@ -73,7 +73,14 @@ def test_dask_store_holds_what_the_threads_path_stores(tmp_path: Path, monkeypat
         kinds.append(type(result).__name__)
         return original(store, frag, key, result, *args)
 
+    batch_original = scheduler._store_put_batch
+
+    def batch_spy(store: Any, items: list[Any], *args: Any) -> Any:  # results committed together (group commit)
+        kinds.extend(type(result).__name__ for _, _, result, _ in items)
+        return batch_original(store, items, *args)
+
     monkeypatch.setattr(scheduler, "_store_put", spy)
+    monkeypatch.setattr(scheduler, "_store_put_batch", batch_spy)
     inp = mbe_input("mopac", "pm7", None, bsse="nocp", max_nbody=3, molecule=waters(4))
     reference = run(inp, executor="threads", ncores=2, store=str(tmp_path / "threads.sqlite"))
     ours = tmp_path / "dask.sqlite"

@@ -132,6 +132,10 @@ RUN: dict[tuple[str, str], Run] = {
     ("docs/gmbe.md", "from qcmb_async import GMBEInput, run"): Run(needs=("pyscf", "gemmi"), slow=True),
     ("docs/gmbe.md", "qcmb-async plan peptide.pdb --gmbe 3 --program pyscf --method hf --basis sto-3g"):
         Run(needs=("pyscf", "gemmi"), slow=True),
+    ("docs/gmbe.md", "qcmb-async plan hexane.xyz --gmbe 2 --fragments hexane-fragments.json --program pyscf "
+                     "--method hf --basis sto-3g"): Run(needs=("pyscf",), slow=True),
+    ("docs/gmbe.md", "import json"):
+        Run(subs={"fmax=0.01)": "fmax=0.01, steps=2)"}, needs=("pyscf", "ase"), slow=True),
     # A water hexamer at HF/STO-3G (the page's 6-31G: minutes here); water_hexamer is bound by _namespace.
     ("docs/embedding.md", "from qcmanybody.models.v2 import ManyBodyInput"):
         Run(subs={'"6-31g"': '"sto-3g"'}, slow=True),
@@ -142,6 +146,9 @@ RUN: dict[tuple[str, str], Run] = {
 
 _CLUSTER_JOBS = "sized for a real batch cluster (partition 'normal', 32-core jobs); tests/test_hpc.py runs the same "
 SKIP: dict[tuple[str, str], str] = {
+    ("docs/gmbe.md", "qcmb-async plan protein.pdb --gmbe 2 --charge A/LYS5=+1,A/ASP12=-1,A/GLU20=-1 --program pyscf "
+                     "--method hf --basis sto-3g"):
+        "names a protein not shipped here; tests/test_gmbe_front.py runs --charge on a protonated tetrapeptide",
     ("README.md", "make example   # pip-installs qcmb_async with PySCF, runs a water-trimer CP MBE (HF/STO-3G, up to "
                   "3-body)"): "installs packages; `make test` runs this suite itself",
     ("docs/quickstart.md", "pip install -e '.[pyscf]'        # qcmb_async + PySCF (pip-only QC program)"):
@@ -174,6 +181,9 @@ SKIP: dict[tuple[str, str], str] = {
     ("docs/hpc.md", "sbatch --ntasks=8 --cpus-per-task=4 --mem-per-cpu=3G --time=04:00:00 \\"):
         _CLUSTER_JOBS + "allocation script against the local SLURM",
     ("docs/hpc.md", "from dask_jobqueue import SLURMCluster"): _CLUSTER_JOBS + "SLURMCluster against the local SLURM",
+    ("docs/performance.md", "PYTHONPATH=$PWD python scripts/bench_mopac_tail.py --repeats 5 --store existing "
+                            "--compare /tmp/before --name after"):
+        "a benchmark (a minute of MOPAC runs per store mode; needs a copy of the package to compare with)",
     ("docs/performance.md", "$ python scripts/bench.py            # about 11 minutes on 2 cores"):
         "the full benchmark, about 11 minutes",
     ("docs/screening.md", '{"distance": {"2": 9.0, "3": 7.0}, "energy": {}, "metric": "closest",'):

@@ -32,9 +32,10 @@ def test_every_registry_entry_has_a_row_saying_what_it_can_do() -> None:
     assert set(by_name) == set(PROGRAMS)
     # columns: program, runs as, CP/VMFC, analytic Hessian, embedding charges, cores, cost model, methods, install
     tblite = [cell.strip() for cell in by_name["tblite"]]
-    assert tblite[3].startswith("**no**") and tblite[4] == "**no**" and "worker processes" in tblite[2]
+    assert tblite[3].startswith("**no**") and tblite[4] == "**no**" and "GIL-free → threads" in tblite[2]
     assert "`gfn2-xtb`" in tblite[8] and "qcmb_async[xtb]" in tblite[9]
     pyscf = [cell.strip() for cell in by_name["pyscf"]]
+    assert "worker processes" in pyscf[2]
     assert pyscf[3] == "yes" and pyscf[4] == "yes" and "b3lyp-d3bj" in pyscf[8] and "r2scan-d4" in pyscf[8]
     assert [cell.strip() for cell in by_name["psi4"]][5] == "yes"  # embedding charges
 

@@ -241,3 +241,22 @@ def test_lone_heavy_atoms_and_cations_next_to_water(tmp_path):
     assert list(inp.molecule.fragment_charges) == [0, 1]
     with pytest.raises(InputError, match="not a whole number"):
         read_xyz(close, fragments="molecules", charges={"Na": "1"}, **kw)
+
+
+def test_alternative_conformations_keep_conformer_a_in_every_residue(tmp_path):
+    # Residue 1 lists altloc B before A, residue 2 A before B: keeping the first-listed would mix conformers.
+    from qcmb_async._core.pdb import read_pdb_atoms
+
+    rows = [
+        "ATOM      1  N   ALA A   1       0.000   0.000   0.000  1.00  0.00           N",
+        "ATOM      2  CA BALA A   1       1.458   0.000   0.000  0.40  0.00           C",
+        "ATOM      3  CA AALA A   1       1.500   0.100   0.000  0.60  0.00           C",
+        "ATOM      4  H   ALA A   1       2.000   1.400   0.000  1.00  0.00           H",
+        "ATOM      5  N   GLY A   2       4.000   0.000   0.000  1.00  0.00           N",
+        "ATOM      6  CA AGLY A   2       5.000   0.000   0.000  0.50  0.00           C",
+        "ATOM      7  CA BGLY A   2       5.200   0.000   0.000  0.50  0.00           C",
+    ]
+    path = tmp_path / "altloc.pdb"
+    path.write_text("\n".join(rows) + "\nEND\n")
+    atoms, _residues, _charges, _ids = read_pdb_atoms(path)
+    assert [a[1] for a in atoms] == [0.0, 1.5, 2.0, 4.0, 5.0]  # the A positions of both residues

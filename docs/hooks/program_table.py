@@ -37,7 +37,8 @@ def _yes(flag: bool) -> str:
 
 def _row(t: Any) -> str:
     """One table row of a :class:`qcmb_async.programs.ProgramTraits`."""
-    runs = "in-process → worker processes" if t.in_process else "subprocess → threads"
+    runs = ("subprocess → threads" if not t.in_process else
+            "in-process, GIL-free → threads" if t.releases_gil and t.thread_safe else "in-process → worker processes")
     kind = "MPI ranks" if getattr(t, "mpi", False) else "threads"
     cores = f"{kind} ({t.parallel_fraction:.2f} parallel)" if t.parallel_fraction > 0 else "one core"
     cost = "semi-empirical" if t.semi_empirical else "force field" if t.force_field else "basis functions"

@@ -115,18 +115,35 @@ def _ranges(indices: Sequence[int]) -> str:
 def find_molecules(symbols: Sequence[str], geometry_bohr: Any) -> list[list[int]]:
     """Atom indices of each covalently bonded molecule, ordered by first atom; atoms within in file order.
 
-    Bonds are QCElemental's ``guess_connectivity`` (distance < 1.2 x sum of covalent radii); the molecules
-    are the connected components of that graph.
+    Bonds as QCElemental's ``guess_connectivity`` finds them (distance < 1.2 x sum of its covalent radii,
+    1.8 bohr for an element it has none for); the molecules are the connected components of that graph.
+    The radii are converted with ``constants.bohr2angstroms``: ``guess_connectivity`` converts through
+    pint, whose unit registry takes ~0.6-1 s to build -- most of a small ``qcmb-async run``.
     """
     import numpy as np
-    from qcelemental.molutil import guess_connectivity
 
     n = len(symbols)
     geom = np.asarray(geometry_bohr, dtype=float).reshape(n, 3)
-    bonds = [] if n < 2 else [
-        (int(a), int(b)) for a, b in guess_connectivity(list(symbols), geom, threshold=1.2)
-        if not {str(symbols[int(a)]).capitalize(), str(symbols[int(b)]).capitalize()} & _NEVER_BONDED]
+    radii = np.array([_radius_bohr(str(s)) for s in symbols])
+    bonds: list[tuple[int, int]] = []
+    for a in range(n - 1):
+        dist = np.sqrt(((geom[a + 1:] - geom[a]) ** 2).sum(axis=1))
+        for b in np.nonzero(dist < (radii[a] + radii[a + 1:]) * 1.2)[0] + a + 1:
+            if not {str(symbols[a]).capitalize(), str(symbols[int(b)]).capitalize()} & _NEVER_BONDED:
+                bonds.append((a, int(b)))
     return components(n, bonds)
+
+
+def _radius_bohr(symbol: str) -> float:
+    """QCElemental's covalent radius of ``symbol`` (Alvarez 2008, the largest when several) in bohr; 1.8 if none."""
+    from qcelemental import constants, covalentradii
+    from qcelemental.exceptions import DataUnavailableError, NotAnElementError
+
+    try:
+        datum = covalentradii.get(symbol, return_tuple=True)
+    except (NotAnElementError, DataUnavailableError):
+        return 1.8
+    return float(datum.data) / float(constants.bohr2angstroms)
 
 
 def components(n: int, bonds: Sequence[tuple[int, int]]) -> list[list[int]]:

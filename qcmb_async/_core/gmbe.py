@@ -115,7 +115,9 @@ class GMBEInput(BaseModel):
         driver = str(spec.get("driver", "energy"))
         if driver not in ("energy", "gradient"):
             raise ValueError(f"driver {driver!r}: the GMBE assembles energies and gradients; Hessians with caps are "
-                             "not offered yet (use frequencies(..., method='finite-difference'))")
+                             "not offered yet. For frequencies, use finite differences of GMBE gradients: "
+                             "frequencies(inp, method='finite-difference'), or on the command line qcmb-async "
+                             "frequencies INPUT --hessian finite-difference")
         if not spec.get("program"):
             raise ValueError("specification needs a program, e.g. {'program': 'pyscf', 'driver': 'energy', "
                              "'model': {'method': 'hf', 'basis': 'sto-3g'}, 'keywords': {}}")

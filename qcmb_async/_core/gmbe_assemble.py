@@ -80,9 +80,11 @@ def assemble_gmbe(plan: GMBEPlan, results: dict[str, dict[str, Any]], extras: di
 
 
 def cut_bonds(plan: GMBEPlan) -> list[list[int]]:
-    """Bonds (0-based atom pairs) that join atoms of different primary fragments only: the bonds fragmentation cut."""
+    """Bonds (0-based atom pairs) the fragmentation cut: those from an atom of a primary fragment to an atom outside
+    it, each capped in that fragment (disjoint fragments: the bonds between fragments; overlapping ones: the bonds
+    at each fragment's edge, though another fragment may hold both atoms)."""
     owner: dict[int, set[int]] = {}
     for k, frag in enumerate(plan.input.fragments):
         for a in frag:
             owner.setdefault(a, set()).add(k)
-    return [[a, b] for a, b in plan.bonds if not owner[a] & owner[b]]
+    return [[a, b] for a, b in plan.bonds if owner[a] != owner[b]]

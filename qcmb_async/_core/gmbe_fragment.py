@@ -181,11 +181,13 @@ def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, 
     """Charge per atom: on one atom of each charged residue (the total is what matters for a subsystem)."""
     natom = len(formal)
     charges = [int(c or 0) for c in formal]
+    given = _resolve_residues(source, order, given)
     unknown = sorted(set(given) - set(order))
     if unknown:
         raise InputError(f"{source}: residue_charges names {unknown[:5]}, which are not residues of the file "
                          f"(names look like {order[0]!r})")
     need: list[str] = []
+    suggested: list[int] = []
     for k, rid in enumerate(order):
         atoms = by_res[rid]
         resname = rid.split("/")[-1].rstrip("0123456789-")
@@ -208,8 +210,35 @@ def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, 
             continue  # the file's charge column says it
         elif suggestion is not None and (resname in _IONISABLE or suggestion != 0):
             need.append(f"{rid} (its hydrogens suggest {suggestion:+d})")
+            suggested.append(suggestion)
     if need:
+        ids = [item.split(" ")[0] for item in need]
+        said = ",".join(f"{rid}={value:+d}" for rid, value in zip(ids, suggested, strict=True))
         raise InputError(f"{source}: charges are never guessed; confirm the charge of every residue that can carry "
-                         f"one, e.g. residue_charges={{{need[0].split(' ')[0]!r}: ...}}:\n  " + "\n  ".join(need))
+                         f"one ({len(need)} unconfirmed):\n  " + "\n  ".join(need)
+                         + f"\nPython: residue_charges={{{ids[0]!r}: ..., ...}}; command line: --charge RESIDUE=Q,... "
+                         f"(what the hydrogens suggest, if that is what you mean: --charge {said})")
     assert len(charges) == natom
     return charges
+
+
+def _resolve_residues(source: str, order: list[str], given: dict[str, int]) -> dict[str, int]:
+    """``given`` keyed by the file's residue ids (``"A/LYS5"``): ``"LYS5"`` (no chain) names the one residue of
+    that name and number in any chain, and case does not matter; InputError when it names several or is given
+    twice."""
+    exact = {rid.upper(): rid for rid in order}
+    out: dict[str, int] = {}
+    for key, value in given.items():
+        text = str(key).strip()
+        rid = exact.get(text.upper())
+        if rid is None and "/" not in text:
+            hits = [r for r in order if r.split("/", 1)[-1].upper() == text.upper()]
+            if len(hits) > 1:
+                raise InputError(f"{source}: residue {text!r} is in several chains ({', '.join(hits[:5])}): name "
+                                 f"the chain too, e.g. {hits[0]!r}")
+            rid = hits[0] if hits else None
+        rid = rid or text  # not a residue of the file: the caller names it
+        if rid in out:
+            raise InputError(f"{source}: the charge of residue {rid!r} is given twice")
+        out[rid] = value
+    return out

@@ -134,7 +134,9 @@ def as_gmbe_input(obj: Any) -> GMBEInput | None:
         import json
 
         return _validated(json.loads(obj))
-    if isinstance(obj, Path) and obj.suffix.lower() in (".json", ".yaml", ".yml") and obj.is_file():
+    if isinstance(obj, str) and len(obj) < 4096 and "\n" not in obj and "\0" not in obj:
+        obj = Path(obj)  # a file name, as load_input takes one: a GMBEInput file is read below
+    if isinstance(obj, Path) and obj.suffix.lower() in (".json", ".yaml", ".yml") and _is_file(obj):
         from .inputs import read_text_file
 
         text = read_text_file(obj)
@@ -149,11 +151,19 @@ def as_gmbe_input(obj: Any) -> GMBEInput | None:
         except Exception as exc:
             raise InputError(f"input file {str(obj)!r} is not valid: {exc}") from None
         if isinstance(data, dict) and data.get("schema_name") == "qcmb_async_gmbe_input":
-            return _validated(data)
+            return _validated(data, f"GMBE input file {str(obj)!r}")
     return None
 
 
-def _validated(data: dict[str, Any]) -> GMBEInput:
+def _is_file(path: Path) -> bool:
+    """``path`` names a regular file (a name the OS refuses, e.g. too long, is none: load_input then says why)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _validated(data: dict[str, Any], source: str = "the GMBE input") -> GMBEInput:
     from pydantic import ValidationError
 
     from .inputs import _pydantic_message
@@ -161,7 +171,7 @@ def _validated(data: dict[str, Any]) -> GMBEInput:
     try:
         return GMBEInput(**data)
     except ValidationError as exc:
-        raise InputError(f"the GMBE input is not valid: {_pydantic_message(exc)}") from None
+        raise InputError(f"{source} is not valid: {_pydantic_message(exc)}") from None
 
 
 def check_gmbe(inp: GMBEInput, *, local: bool = True) -> None:

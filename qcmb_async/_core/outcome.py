@@ -149,6 +149,39 @@ def _store_put(store: FragmentStore, frag: Fragment, key: str, result: Any, rec:
     return None
 
 
+def _store_put_batch(store: Any, items: list[tuple[Fragment, str, Any, FragmentRecord]],
+                     run_id: str) -> list[str | None]:
+    """Commit several results in one transaction (``store.put_many``); per item ``None`` or why it was not stored.
+
+    The rows are exactly those :func:`_store_put` writes one by one. A failed transaction (full disk, locked
+    store) leaves all of them unstored, as it would have left each of them.
+    """
+    from ..errors import StoreError
+
+    problems: list[str | None] = [None] * len(items)
+    rows: list[dict[str, Any]] = []
+    where: list[int] = []
+    for i, (frag, key, result, rec) in enumerate(items):
+        last = rec.history[-1] if rec.history else {}
+        wall = (last["end"] - last["start"]) if last.get("end") and last.get("start") else None
+        text = result.json if isinstance(result, CompactResult) else result.model_dump_json()
+        if text is None:
+            problems[i] = f"fragment {frag.label}: its result came back without the JSON the store keeps"
+            continue
+        rows.append({"key": key, "label": frag.label, "level": frag.level, "program": frag.program,
+                     "result_json": text, "run_id": run_id, "attempts": rec.history, "host": last.get("host", ""),
+                     "worker": last.get("worker", ""), "wall_time": wall,
+                     "program_version": program_version(frag.program)})
+        where.append(i)
+    if rows:
+        try:
+            store.put_many(rows)
+        except StoreError as exc:
+            for i in where:
+                problems[i] = f"fragment {items[i][0].label}: {exc}"
+    return problems
+
+
 def _store_failure(store: FragmentStore, frag: Fragment, key: str, rec: FragmentRecord, run_id: str) -> None:
     from ..errors import StoreError
 

@@ -1,12 +1,14 @@
 """PDB and mmCIF files read with gemmi, their molecules found from bonds (waters, ions, ligands, small chains).
 
 gemmi (extra ``qcmb_async[pdb]``) reads the file: the first model only, alternative conformations
-reduced to the first, every atom kept (HETATM waters, ions and ligands, and ATOM records). Fragments
-are the covalently bonded molecules (:func:`qcmb_async._core.fragment.find_molecules`), so a chain of
-small molecules gives one fragment per molecule. A molecule that is a covalent polymer (two or more
-standard residues bonded together: a peptide, a nucleic acid) is refused: splitting it needs bonds cut
-and capped (the generalized MBE), not this reader. Charges follow the fragment module's rule; the PDB
-charge column (columns 79-80) counts as given.
+reduced to the alphabetically first one of each residue (A, whatever order the file lists them in:
+the first-listed would mix conformers across residues), every atom kept (HETATM waters, ions and
+ligands, and ATOM records). Fragments are the covalently bonded molecules
+(:func:`qcmb_async._core.fragment.find_molecules`), so a chain of small molecules gives one fragment
+per molecule. A molecule that is a covalent polymer (two or more standard residues bonded together: a
+peptide, a nucleic acid) is refused: splitting it needs bonds cut and capped (the generalized MBE),
+not this reader. Charges follow the fragment module's rule; the PDB charge column (columns 79-80)
+counts as given.
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ def _gemmi() -> Any:
         raise InputError("reading PDB/mmCIF files needs gemmi: pip install 'qcmb_async[pdb]' (or pip install "
                          "gemmi)") from None
     return gemmi
+
+
+def _keep_first_altloc(st: Any) -> None:
+    """Keep, in every residue, the atoms without an altloc and those of its alphabetically first altloc."""
+    for chain in st[0]:
+        for res in chain:
+            alts = sorted({atom.altloc for atom in res if atom.altloc not in ("\0", " ")})
+            for i in reversed(range(len(res))):
+                if alts and res[i].altloc not in ("\0", " ", alts[0]):
+                    del res[i]
+    st.remove_alternative_conformations()  # duplicates left within one altloc letter, if any
 
 
 def read_pdb_atoms(path: str | Path) -> tuple[list[tuple[str, float, float, float]], list[str], list[int | None],
@@ -51,7 +64,7 @@ def read_pdb_atoms(path: str | Path) -> tuple[list[tuple[str, float, float, floa
         raise InputError(f"{source} cannot be read: {exc}") from None
     if len(st) == 0:
         raise InputError(f"{source} has no model (no ATOM/HETATM records)")
-    st.remove_alternative_conformations()
+    _keep_first_altloc(st)
     atoms: list[tuple[str, float, float, float]] = []
     residues: list[str] = []
     charges: list[int | None] = []

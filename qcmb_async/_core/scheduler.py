@@ -11,6 +11,7 @@ announces MBE(n) once level n is done. See docs/architecture.md.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 import anyio
 import structlog
 
-from .._logs import get_logger
+from .._logs import _STDLIB_NAME, get_logger
 from ..errors import FragmentError
 from . import events as ev
 from . import invariance
@@ -37,6 +38,7 @@ from .outcome import (
     _build,
     _store_failure,
     _store_put,
+    _store_put_batch,
     unwrap_group,
 )
 from .plan import Fragment, Job, Plan
@@ -44,6 +46,8 @@ from .ready import ReadyQueue
 from .resources import ResourcePool
 
 log = get_logger()
+_STDLIB_LOG = logging.getLogger(_STDLIB_NAME)
+"""The stdlib logger ``log`` forwards to: per-fragment lines are skipped at its level check (a disabled level)."""
 
 class StoreFailures:
     """Store writes that failed in one run, or in one job of many runs (a driver: optimize, frequencies, ASE).
@@ -131,6 +135,12 @@ class Scheduler:
         """Results computed but not committed to the store (a rerun would compute them again)."""
         self._announced: list[int] = []
         self._announce_lock = anyio.Lock()
+        self._work_send, self._work_receive = anyio.create_memory_object_stream[tuple[Fragment, Job, int, float]](
+            max_buffer_size=math.inf)
+        """Fragments handed to runners (:meth:`_hand_over`); never more waiting than runners idle."""
+        self._idle = 0
+        """Runners waiting for a fragment and not yet reserved by the dispatcher."""
+        self._store_writes = _StoreBatch(store, run_id) if store is not None else None
         self._changed = anyio.Event()
         """Set whenever a fragment finishes (or new fragments are released); the feeder makes a fresh one
         right before it waits (no checkpoint in between), so a finishing fragment creates no event."""
@@ -220,9 +230,39 @@ class Scheduler:
         self._changed = anyio.Event()
         await self._changed.wait()
 
+    def _hand_over(self, frag: Fragment, job: Job, cores: int, memory: float, tg: Any) -> None:
+        """Give a fragment whose cores and memory are taken to an idle runner, or start a new runner.
+
+        Runners are long-lived tasks, one per fragment running at once: starting a task per fragment cost
+        more than the rest of the scheduler's path (anyio's spawn, ~0.07 ms). A runner is reserved here,
+        before the send, so every fragment sent has a runner that will take it at once.
+        """
+        if self._idle:
+            self._idle -= 1
+        else:
+            # Cloned here: the dispatcher may have closed its own end before the new task starts.
+            tg.start_soon(self._runner, self._work_receive.clone(), name="qcmb_async fragment runner")
+        self._work_send.send_nowait((frag, job, cores, memory))
+
+    async def _runner(self, receive: Any) -> None:
+        """Run fragments handed over by the dispatcher, one after the other, until it has no more."""
+        async with receive:
+            while True:
+                try:
+                    frag, job, cores, memory = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        frag, job, cores, memory = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
+                await self._run_fragment(frag, job, cores, memory)
+                self._idle += 1
+
     async def _dispatch(self, receive: Any, tg: Any) -> None:
         """Start each built fragment as soon as its cores and memory are free."""
-        async with receive:
+        async with receive, self._work_send, self._work_receive:
             while True:
                 try:
                     # No checkpoint per fragment when one is ready: starting it (or waiting for cores) yields.
@@ -247,7 +287,7 @@ class Scheduler:
                     continue
                 while not self.pool.take(cores, memory):
                     await self.pool.wait_release()
-                tg.start_soon(self._run_fragment, frag, job, cores, memory, name=f"fragment {frag.label}")
+                self._hand_over(frag, job, cores, memory, tg)
 
     async def _reuse(self, frag: Fragment, cached: Any) -> None:
         """Take a fragment's result from the store instead of computing it."""
@@ -267,6 +307,7 @@ class Scheduler:
         # these fields reach every log line of this fragment, worker threads included.
         structlog.contextvars.bind_contextvars(run_id=self.run_id, label=frag.label, nbody=frag.level,
                                                program=frag.program, cores=cores, memory=memory)
+        held = True
         try:
             for attempt in range(1, options.retries + 2):
                 fjob = FragmentJob(label=frag.label, nbody=frag.level, program=frag.program,
@@ -277,10 +318,15 @@ class Scheduler:
                 if on_event is not None:
                     await ev.emit(on_event, ev.FragmentStarted(self.run_id, frag.label, frag.level, frag.program,
                                                                cores, memory, attempt))
-                log.debug("fragment started", attempt=attempt)  # handed to the executor (tests wait for it)
+                if _STDLIB_LOG.isEnabledFor(logging.DEBUG):  # the check structlog makes first, without its call chain
+                    log.debug("fragment started", attempt=attempt)  # handed to the executor (tests wait for it)
                 outcome = self._guard(frag, fjob, await self.executor.run(fjob))
                 self._record_attempt(rec, attempt, outcome)
                 if outcome.success:
+                    # Its cores are free once the program is done: the next fragment starts while this one's
+                    # result is committed (with those of others finishing meanwhile, see _StoreBatch).
+                    held = False
+                    self.pool.give(cores, memory)
                     await self._succeed(frag, job, cores, outcome)
                     return
                 etype, emsg = outcome.error_type or ErrorType.UNKNOWN, outcome.error_message or ""
@@ -293,7 +339,8 @@ class Scheduler:
                                                            attempt, etype, emsg, delay))
                 await anyio.sleep(delay)
         finally:
-            self.pool.give(cores, memory)
+            if held:
+                self.pool.give(cores, memory)
             if self._count_done(frag):
                 with anyio.CancelScope(shield=True):
                     await self._announce_levels()
@@ -330,11 +377,10 @@ class Scheduler:
         else:
             result = _atomic_result(result)
             kept = None
-        if self.store is not None:
+        if self._store_writes is not None:
             # Shielded: a finished fragment is committed even if the run is being cancelled.
             with anyio.CancelScope(shield=True):
-                problem = await anyio.to_thread.run_sync(_store_put, self.store, frag, job.key, result, rec,
-                                                         self.run_id)
+                problem = await self._store_writes.put(frag, job.key, result, rec)
             if problem is not None:
                 self.unstored += 1
                 # Once per run (or per job of many runs): a full disk would otherwise log the same line for
@@ -348,7 +394,8 @@ class Scheduler:
         # Calibrate in one-core seconds, whatever this fragment was given (the model converts, and
         # learns the group's parallel fraction from fragments run on several cores).
         self.model.observe(frag.group, frag.size, outcome.wall_time, cores)
-        log.info("fragment finished", wall_time=round(outcome.wall_time, 4), worker=outcome.worker)
+        if _STDLIB_LOG.isEnabledFor(logging.INFO):
+            log.info("fragment finished", wall_time=round(outcome.wall_time, 4), worker=outcome.worker)
         if self.options.on_event is not None:
             await ev.emit(self.options.on_event, ev.FragmentFinished(
                 self.run_id, frag.label, frag.level, frag.program, outcome.wall_time, outcome.worker))
@@ -422,6 +469,65 @@ class Scheduler:
                         and not any(f <= lv for f in self.failed_levels)):
                     partial = await anyio.to_thread.run_sync(self.partial_result, lv, dict(self.results))
                 await ev.emit(on_event, ev.LevelComplete(self.run_id, lv, count, count, partial))
+
+
+class _StoreBatch:
+    """Group commit: results that finish while a commit is under way go to the store together, in one transaction.
+
+    Each :meth:`put` returns once its own row is committed (or could not be), as a put of its own would: the
+    scheduler announces a fragment finished only after that. The first caller with nothing being written becomes
+    the writer and commits rounds on a worker thread until nothing waits; the others wait for their round. One
+    commit (one fsync with ``synchronous=FULL``) and one thread hop then serve every fragment of a round.
+    """
+
+    def __init__(self, store: FragmentStore, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+        self._waiting: list[_Put] = []
+        self._writing = False
+
+    async def put(self, frag: Fragment, key: str, result: Any, rec: FragmentRecord) -> str | None:
+        """Commit one result (with those that come meanwhile); ``None``, or why it could not be stored."""
+        item = _Put(frag, key, result, rec)
+        self._waiting.append(item)
+        if self._writing:
+            await item.done.wait()
+            return item.problem
+        self._writing = True
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    problems = await anyio.to_thread.run_sync(_store_put_many, self.store, batch, self.run_id)
+                except BaseException as exc:  # not a StoreError (those are per row): nobody may wait forever
+                    for p in [*batch, *self._waiting]:
+                        p.problem = f"fragment {p.frag.label}: {type(exc).__name__}: {exc}"
+                        p.done.set()
+                    self._waiting = []
+                    raise
+                for p, problem in zip(batch, problems, strict=True):
+                    p.problem = problem
+                    p.done.set()
+        finally:
+            self._writing = False
+        return item.problem
+
+
+class _Put:
+    """One result waiting for its round of :class:`_StoreBatch`."""
+
+    __slots__ = ("done", "frag", "key", "problem", "rec", "result")
+
+    def __init__(self, frag: Fragment, key: str, result: Any, rec: FragmentRecord) -> None:
+        self.frag, self.key, self.result, self.rec = frag, key, result, rec
+        self.problem: str | None = None
+        self.done = anyio.Event()
+
+
+def _store_put_many(store: FragmentStore, batch: list[_Put], run_id: str) -> list[str | None]:
+    """Commit a round of results in one transaction where the store can (``put_many``), else one by one."""
+    if len(batch) == 1 or getattr(store, "put_many", None) is None:
+        return [_store_put(store, p.frag, p.key, p.result, p.rec, run_id) for p in batch]
+    return _store_put_batch(store, [(p.frag, p.key, p.result, p.rec) for p in batch], run_id)
 
 
 def _task_config(options: RunOptions) -> dict[str, Any]:

@@ -281,20 +281,30 @@ class ResultStore:
         Replaces whatever the key held (an earlier failure, or an earlier result). ``program_version``: the
         version the key was made with (:func:`~qcmb_async._core.versions.program_version`), for reports.
         """
-        try:
-            data = json.loads(result_json)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"result_json of fragment {key!r} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict) or data.get("success", True) is not True:
-            raise ValueError(f"result_json of fragment {key!r} is not a successful AtomicResult: "
-                             "use record_failure() for failures")
-        row = (key, label, int(level), program, program_version, result_json, _sha256(result_json), run_id,
-               json.dumps(attempts), host, worker, wall_time, time.time())
+        _check_result_json(key, result_json)
+        row = _ok_row(key, label, level, program, result_json, run_id, attempts, host, worker, wall_time,
+                      program_version)
         with self._using(f"store the result of fragment {key!r}", write=True) as con, self._transaction():
-            con.execute(
-                "INSERT OR REPLACE INTO fragments (key, label, level, program, program_version, status, result_json, "
-                "result_sha256, run_id, attempts, host, worker, wall_time, error_type, error_message, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'ok', ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)", row)
+            con.execute(_PUT_SQL, row)
+
+    def put_many(self, rows: list[dict[str, Any]]) -> None:
+        """Store several successful results in one transaction (one commit, one fsync); committed before returning.
+
+        Each item of ``rows`` holds :meth:`put`'s arguments by name (``key``, ``label``, ``level``, ``program``,
+        ``result_json``, ``run_id``, ``attempts``, optionally ``host``, ``worker``, ``wall_time``,
+        ``program_version``); the rows are those :meth:`put` writes. All or none are committed. Raises
+        ``ValueError`` (nothing written) when a ``result_json`` is not a successful ``AtomicResult``.
+        """
+        values = []
+        for r in rows:
+            _check_result_json(r["key"], r["result_json"])
+            values.append(_ok_row(r["key"], r["label"], r["level"], r["program"], r["result_json"], r["run_id"],
+                                  r["attempts"], r.get("host", ""), r.get("worker", ""), r.get("wall_time"),
+                                  r.get("program_version")))
+        if not values:
+            return
+        with self._using(f"store the results of {len(values)} fragments", write=True) as con, self._transaction():
+            con.executemany(_PUT_SQL, values)
 
     def record_failure(self, key: str, *, label: str, level: int, program: str, run_id: str,
                        attempts: list[dict[str, Any]], error_type: str, error_message: str,
@@ -397,6 +407,30 @@ class ResultStore:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("read-only" if self.readonly else "open")
         return f"ResultStore({str(self.path)!r}, {state})"
+
+
+_PUT_SQL = ("INSERT OR REPLACE INTO fragments (key, label, level, program, program_version, status, result_json, "
+            "result_sha256, run_id, attempts, host, worker, wall_time, error_type, error_message, created_at) "
+            "VALUES (?, ?, ?, ?, ?, 'ok', ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)")
+
+
+def _check_result_json(key: str, result_json: str) -> None:
+    """Raise ``ValueError`` unless ``result_json`` is the JSON of a successful ``AtomicResult``."""
+    try:
+        data = json.loads(result_json)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"result_json of fragment {key!r} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("success", True) is not True:
+        raise ValueError(f"result_json of fragment {key!r} is not a successful AtomicResult: "
+                         "use record_failure() for failures")
+
+
+def _ok_row(key: str, label: str, level: int, program: str, result_json: str, run_id: str,
+            attempts: list[dict[str, Any]], host: str, worker: str, wall_time: float | None,
+            program_version: str | None) -> tuple[Any, ...]:
+    """The ``fragments`` row of a successful result, in :data:`_PUT_SQL`'s order."""
+    return (key, label, int(level), program, program_version, result_json, _sha256(result_json), run_id,
+            json.dumps(attempts), host, worker, wall_time, time.time())
 
 
 def _cannot_open(exc: sqlite3.Error) -> bool:

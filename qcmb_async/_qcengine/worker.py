@@ -14,8 +14,10 @@ from typing import Any
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
 from .._logs import get_logger
+from ..harnesses import direct_runner
 from .mpi import mpi_task_config
 from .seams import FRAGMENT, FragmentContext, install_seams, prime_qcengine
+from .threadlimit import limit_threads
 
 
 def prepare_worker() -> None:
@@ -102,9 +104,13 @@ def execute_job(job: FragmentJob) -> JobOutcome:
             # molecule, by far the largest part, is only read, so it is shared, not deep-copied.
             src = job.atomic_input
             inp = src.model_copy(update={"specification": src.specification.model_copy(deep=True)})
-        out: Any = qcengine.compute(
-            inp, job.program, raise_error=False, task_config=dict(ctx.task_config), return_version=2
-        )
+        # In-process programs whose harness ignores ncores (xtb) must not start a thread per core each.
+        with limit_threads(job.program, ctx.task_config.get("ncores")):
+            # Our tblite harness runs without qcengine.compute's per-call cost (same result).
+            direct = direct_runner(job.program)
+            out: Any = direct(inp, ctx.task_config) if direct is not None else qcengine.compute(
+                inp, job.program, raise_error=False, task_config=dict(ctx.task_config), return_version=2
+            )
         end = time.time()
         success = bool(getattr(out, "success", False))
         # A success travels as the AtomicResult itself (threads share it; processes pickle

@@ -75,8 +75,8 @@ def _load(path: Path, xyz: XyzOptions) -> Any:
     extra = [f"--{k.replace('_', '-')}" for k, v in vars(xyz).items() if v]
     if extra:
         verb = "applies" if len(extra) == 1 else "apply"
-        raise Usage(f"{', '.join(extra)} {verb} to .xyz inputs only: {str(path)!r} is a ManyBodyInput (JSON/YAML) "
-                    "that carries its own specification; edit it instead")
+        raise Usage(f"{', '.join(extra)} {verb} to .xyz inputs only: {str(path)!r} is a ManyBodyInput or GMBEInput "
+                    "(JSON/YAML) that carries its own specification; edit it instead")
     return path
 
 
@@ -204,11 +204,10 @@ def _load_gmbe(path: Path, xyz: XyzOptions) -> Any:
     missing = [opt for opt, val in (("--method", xyz.method), ("--program", xyz.program)) if not val]
     if missing:
         raise Usage(f"--gmbe needs {' and '.join(missing)} (and --basis) to say what to compute")
-    refused = [f"--{k.replace('_', '-')}" for k in ("bsse", "charge", "multiplicity", "fragments")
-               if getattr(xyz, k) is not None]
+    refused = [f"--{k.replace('_', '-')}" for k in ("bsse", "multiplicity", "max_nbody") if getattr(xyz, k) is not None]
     if refused:
-        raise Usage(f"{', '.join(refused)} do(es) not apply to --gmbe (no ghost atoms: the GMBE is a NoCP expansion; "
-                    "charges come from the PDB file's residues)")
+        raise Usage(f"{', '.join(refused)} do(es) not apply to --gmbe (the GMBE is a NoCP expansion of closed-shell "
+                    "subsystems, of order --gmbe N)")
     spec = {"program": str(xyz.program), "driver": (xyz.driver or Driver.energy).value,
             "model": {"method": str(xyz.method), "basis": xyz.basis}, "keywords": parse_keywords(xyz.keywords)}
     from pydantic import ValidationError
@@ -217,17 +216,25 @@ def _load_gmbe(path: Path, xyz: XyzOptions) -> Any:
 
     try:
         if path.suffix.lower() in PDB_SUFFIXES:
-            if xyz.max_fragment_atoms is not None:
-                raise Usage("--max-fragment-atoms applies to XYZ files; a PDB file is cut into residues "
-                            "(--residues-per-fragment, --overlap)")
+            if xyz.max_fragment_atoms is not None or xyz.fragments is not None:
+                raise Usage("--max-fragment-atoms and --fragments FILE apply to XYZ files; a PDB file is cut into "
+                            "residues (--residues-per-fragment, --overlap)")
             return GMBEInput.from_pdb(
                 path, residues_per_fragment=1 if xyz.residues_per_fragment is None else xyz.residues_per_fragment,
-                overlap=0 if xyz.overlap is None else xyz.overlap, max_nbody=xyz.gmbe, specification=spec)
+                overlap=0 if xyz.overlap is None else xyz.overlap, max_nbody=xyz.gmbe, specification=spec,
+                residue_charges=_residue_rules(xyz.charge))
         if path.suffix.lower() != ".xyz":
             raise Usage(f"--gmbe reads PDB/mmCIF or XYZ files; {str(path)!r} is neither (a GMBEInput JSON file "
                         "carries its own order: leave --gmbe out)")
-        if xyz.max_fragment_atoms is None:
-            raise Usage("--gmbe with an XYZ file needs --max-fragment-atoms N (the largest primary fragment)")
+        pdb_only = [f"--{k.replace('_', '-')}" for k in ("residues_per_fragment", "overlap", "charge")
+                    if getattr(xyz, k) is not None]
+        if pdb_only:
+            raise Usage(f"{', '.join(pdb_only)} with --gmbe name(s) the residues of a PDB file; an XYZ file has none: "
+                        "give the primary fragments (and atom charges, if any) in a file, --fragments FRAGS.json "
+                        "(see docs/gmbe.md)")
+        if (xyz.max_fragment_atoms is None) == (xyz.fragments is None):
+            raise Usage("--gmbe with an XYZ file needs one of --max-fragment-atoms N (fragments cut at sp3 C-C bonds, "
+                        "at most N atoms each) or --fragments FRAGS.json (your primary fragments)")
         from qcelemental import constants
         from qcelemental.models.v2 import Molecule
 
@@ -237,7 +244,83 @@ def _load_gmbe(path: Path, xyz: XyzOptions) -> Any:
         to_bohr = 1.0 / constants.bohr2angstroms
         molecule = Molecule(symbols=[a[0] for a in atoms], geometry=[[v * to_bohr for v in a[1:]] for a in atoms],
                             fix_com=True, fix_orientation=True)
+        if xyz.fragments is not None:
+            fragments, charges = _fragments_file(Path(xyz.fragments))
+            return GMBEInput(molecule=molecule, fragments=fragments, atom_charges=charges, max_nbody=xyz.gmbe,
+                             specification=spec)
+        assert xyz.max_fragment_atoms is not None
         return GMBEInput.from_molecule(molecule, max_fragment_atoms=xyz.max_fragment_atoms, max_nbody=xyz.gmbe,
                                        specification=spec)
     except ValidationError as exc:
         raise InputError(f"the generalized MBE of {str(path)!r} is not valid: {_pydantic_message(exc)}") from None
+
+
+def _residue_rules(text: str | None) -> dict[str, int] | None:
+    """``--charge A/LYS5=+1,ASP12=-1`` with ``--gmbe``: ``{residue id: charge}`` (the chain may be left out)."""
+    if text is None:
+        return None
+    rules: dict[str, int] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        try:
+            charge = int(value.strip()) if sep and key.strip() else None
+        except ValueError:
+            charge = None
+        if charge is None:
+            raise Usage(f"--charge {item.strip()!r}: with --gmbe, --charge takes RESIDUE=CHARGE items naming the PDB "
+                        "file's residues, e.g. --charge A/LYS5=+1,A/ASP12=-1 (chain/name+number; the chain may be "
+                        "left out when one chain has that residue)")
+        if key.strip() in rules:
+            raise Usage(f"--charge: residue {key.strip()!r} is given twice")
+        rules[key.strip()] = charge
+    if not rules:
+        raise Usage("--charge is empty: give RESIDUE=CHARGE items, e.g. --charge A/LYS5=+1")
+    return rules
+
+
+def _fragments_file(path: Path) -> tuple[list[list[int]], list[int] | None]:
+    """``--fragments FRAGS.json`` with ``--gmbe``: primary fragments (0-based atom indices into the XYZ file) as
+    ``[[0, 1, 2], [2, 3, 4]]`` or ``{"fragments": [...], "atom_charges": [...]}``; InputError for anything else.
+
+    The indices themselves (in range, every atom covered, no fragment inside another) are GMBEInput's checks.
+    """
+    import json
+
+    from .._core.inputs import check_input_path, read_text_file
+
+    source = f"--fragments {str(path)!r}"
+    if str(path) in ("file", "molecules"):
+        raise Usage(f"--fragments {path} picks the fragments of an ordinary MBE; with --gmbe give a file of primary "
+                    "fragments, --fragments FRAGS.json, or --max-fragment-atoms N")
+    if not path.exists():
+        raise Usage(f"{source}: no such file (with --gmbe, --fragments names a JSON file of primary fragments)")
+    check_input_path(path)
+    try:
+        data = json.loads(read_text_file(path, "fragments file"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{source} is not valid JSON: {exc}") from None
+    charges = None
+    if isinstance(data, dict):
+        extra = sorted(set(data) - {"fragments", "atom_charges"})
+        if extra or "fragments" not in data:
+            raise InputError(f"{source}: an object needs 'fragments' and may have 'atom_charges' (one whole number "
+                             f"per atom), nothing else; got keys {sorted(data)}")
+        charges = data.get("atom_charges")
+        if charges is not None and not (isinstance(charges, list) and all(
+                isinstance(q, int) and not isinstance(q, bool) for q in charges)):
+            raise InputError(f"{source}: atom_charges must be a list of whole numbers, one per atom")
+        data = data["fragments"]
+
+    def index(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not (isinstance(data, list) and data and all(isinstance(f, list) for f in data)):
+        raise InputError(f"{source}: give the primary fragments as a JSON list of lists of 0-based atom indices, "
+                         "e.g. [[0, 1, 2, 3], [2, 3, 4, 5]] (or {\"fragments\": [...], \"atom_charges\": [...]})")
+    for k, frag in enumerate(data):
+        bad = [v for v in frag if not index(v)]
+        if bad:
+            raise InputError(f"{source}: fragment {k} holds {bad[0]!r}, not a 0-based atom index (a whole number)")
+    return data, charges

@@ -54,7 +54,9 @@ ChargeOpt = Annotated[str | None, _opt("--charge", metavar="Q[,Q...]", help="XYZ
                                                                              "fragment or one for all. Default 0. "
                                                                              "Fragments found from bonds: also rules "
                                                                              "by element, formula or PDB residue, "
-                                                                             "e.g. Na=+1,Cl=-1,SO4=-2.")]
+                                                                             "e.g. Na=+1,Cl=-1,SO4=-2. "
+                                                                             "--gmbe with a PDB file: residue "
+                                                                             "charges, e.g. A/LYS5=+1,ASP12=-1.")]
 GmbeOpt = Annotated[int | None, _opt("--gmbe", metavar="N", help="PDB/XYZ input: a generalized MBE of order N with "
                                                                  "hydrogen caps (covalent molecules: peptides from "
                                                                  "PDB files, others cut at sp3 C-C bonds).")]
@@ -64,13 +66,18 @@ ResiduesOpt = Annotated[int | None, _opt("--residues-per-fragment", metavar="K",
 OverlapOpt = Annotated[int | None, _opt("--overlap", metavar="K", help="--gmbe with a PDB file: residues shared by "
                                                                        "consecutive fragments (default 0).")]
 MaxAtomsOpt = Annotated[int | None, _opt("--max-fragment-atoms", metavar="N", help="--gmbe with an XYZ file: "
-                                                                                   "largest primary fragment.")]
+                                                                                   "cut it at sp3 C-C bonds into "
+                                                                                   "primary fragments of at most N "
+                                                                                   "atoms.")]
 FragmentsOpt = Annotated[str | None, _opt("--fragments", metavar="file|molecules", help="XYZ input: 'file' (the "
                                                                                         "'--' lines; default) or "
                                                                                         "'molecules' (covalently "
                                                                                         "bonded molecules found "
                                                                                         "from the geometry; "
-                                                                                        "always for PDB/mmCIF).")]
+                                                                                        "always for PDB/mmCIF). "
+                                                                                        "--gmbe with an XYZ "
+                                                                                        "file: a JSON file of "
+                                                                                        "primary fragments.")]
 MultOpt = Annotated[str | None, _opt("--multiplicity", metavar="M[,M...]", help="XYZ input: fragment "
                                                                                  "multiplicities, one per fragment "
                                                                                  "or one for all. Default: a "

@@ -132,8 +132,9 @@ def screening_table(console: Any, summary: dict[str, Any], *, cost: dict[int, fl
                       markup=False, soft_wrap=True)
 
 
-def gmbe_plan_tables(console: Any, plan: Any) -> None:
-    """A GMBE plan: primary fragments, cut bonds, subsystems per order (coefficients, cancellations)."""
+def gmbe_plan_tables(console: Any, plan: Any, listed: int = 40) -> None:
+    """A GMBE plan: primary fragments, cut bonds, subsystems per order (coefficients, cancellations) and the first
+    ``listed`` subsystems with their coefficients."""
     from collections import Counter
 
     from rich import box
@@ -148,14 +149,17 @@ def gmbe_plan_tables(console: Any, plan: Any) -> None:
                   f"{len(symbols)} atoms, {len(cuts)} bond(s) cut and capped with hydrogen; driver {inp.driver}",
                   markup=False, soft_wrap=True)
     frags = Table(box=box.SIMPLE, title="primary fragments", title_justify="left")
-    for name, justify in (("#", "right"), ("atoms", "right"), ("formula", "left"), ("shared with", "left")):
+    for name, justify in (("#", "right"), ("atoms", "right"), ("formula", "left"), ("charge", "right"),
+                          ("shared with", "left")):
         frags.add_column(name, justify=justify)  # type: ignore[arg-type]
     sets = [set(f) for f in inp.fragments]
+    charges = inp.atom_charges or [0] * len(symbols)
     for k, frag in enumerate(inp.fragments):
         counts = Counter(symbols[a] for a in frag)
         formula = "".join(f"{el}{counts[el] if counts[el] > 1 else ''}" for el in sorted(counts))
         shared = [str(j) for j in range(len(sets)) if j != k and sets[j] & sets[k]]
-        frags.add_row(str(k), str(len(frag)), formula, ", ".join(shared) or "-")
+        charge = sum(charges[a] for a in frag)
+        frags.add_row(str(k), str(len(frag)), formula, f"{charge:+d}" if charge else "0", ", ".join(shared) or "-")
     console.print(frags)
     if cuts:
         shown = ", ".join(f"{symbols[a]}{a}-{symbols[b]}{b}" for a, b in cuts[:12])
@@ -171,7 +175,30 @@ def gmbe_plan_tables(console: Any, plan: Any) -> None:
     table.add_section()
     table.add_row("all", "", "", "", str(len(plan.subsystems)), "")
     console.print(table)
+    _subsystem_table(console, plan, symbols, listed)
     console.print("nothing was computed (plan only)", markup=False, soft_wrap=True)
+
+
+def _subsystem_table(console: Any, plan: Any, symbols: list[str], listed: int) -> None:
+    """Each subsystem computed (the first ``listed``, largest first): atoms, caps, coefficient per order."""
+    from rich import box
+    from rich.table import Table
+
+    orders = sorted(plan.summary)
+    subs = plan.subsystems
+    title = "subsystems computed (net coefficient in GMBE(n); blank: not in that order)"
+    if len(subs) > listed:
+        title += f"; the first {listed} of {len(subs)}"
+    table = Table(box=box.SIMPLE, title=title, title_justify="left")
+    table.add_column("label (0-based atoms)")
+    table.add_column("atoms", justify="right")
+    table.add_column("caps", justify="right")
+    for order in orders:
+        table.add_column(f"GMBE({order})", justify="right")
+    for sub in subs[:listed]:
+        table.add_row(sub.label, str(len(sub.atoms)), str(len(sub.caps)),
+                      *(f"{sub.coefficients[o]:+d}" if o in sub.coefficients else "" for o in orders))
+    console.print(table)
 
 
 def gmbe_result_tables(console: Any, result: Any, heading: str | None = None) -> None:

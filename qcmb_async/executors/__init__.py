@@ -57,6 +57,26 @@ EXECUTORS: dict[str, Callable[[Any, list[str], Any], Executor]] = {
 }
 
 
+def _auto(in_process: list[str], scheduler: Any) -> tuple[str, str]:
+    """``executor="auto"``: the executor's name and the reason, from the programs' traits.
+
+    Threads unless some in-process program holds the GIL or keeps process-global state: worker
+    processes cost a fresh interpreter each (~1 s of imports) and a pickled hand-off per fragment,
+    which for millisecond fragments (tblite, xtb) outweighs the chemistry (docs/performance.md,
+    "Small fragments vs a serial peer").
+    """
+    if scheduler is not None:
+        return "dask", "a Dask scheduler was given"
+    # psi4 with psiapi is in ``in_process`` though its traits say subprocess; neither flag is set for it.
+    unsafe = [p for p in in_process if not (traits(p).releases_gil and traits(p).thread_safe)]
+    if unsafe:
+        return "processes", f"in-process program(s) {unsafe}: GIL and process-global state"
+    if in_process:
+        return "threads", (f"in-process program(s) {in_process} release the GIL and are thread-safe: threads "
+                           "start at once and hand fragments over without pickling")
+    return "threads", "programs run as subprocesses: threads are enough"
+
+
 def resolve_executor(choice: str | Executor, programs: set[str], options: Any, scheduler: Any = None, *,
                      psiapi: bool = False) -> Executor:
     """Turn ``executor=`` into an :class:`Executor`, refusing unsafe explicit choices.
@@ -76,11 +96,8 @@ def resolve_executor(choice: str | Executor, programs: set[str], options: Any, s
     if scheduler is not None and name not in ("dask", "auto"):
         raise InputError(f"scheduler= is only used by executor='dask', not {choice!r}")
     if name == "auto":
-        name = "dask" if scheduler is not None else "processes" if in_process else "threads"
-        log.info("executor chosen", executor=name, programs=sorted(programs),
-                 reason=("a Dask scheduler was given" if scheduler is not None else
-                         f"in-process program(s) {in_process}: GIL and process-global state" if in_process else
-                         "programs run as subprocesses: threads are enough"))
+        name, reason = _auto(in_process, scheduler)
+        log.info("executor chosen", executor=name, programs=sorted(programs), reason=reason)
     factory = EXECUTORS.get(name)
     if factory is None:
         raise InputError(f"unknown executor {choice!r}: use one of {', '.join(names)}")

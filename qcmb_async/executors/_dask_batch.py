@@ -15,9 +15,11 @@ callback on the event loop, run whenever something changes) turns the queues int
 * a task that would wait on its worker anyway is held for ``batch_window`` seconds to fill up.
 
 Jobs and outcomes cross as one pickled ``bytes`` per task (Dask then neither walks nor re-serialises
-them). Each fragment keeps its own key, timeout and :class:`~qcmb_async._core.contract.JobOutcome`,
-so records, events and the store stay per fragment; a fragment cancelled while waiting here never
-reaches the cluster.
+them), each job's ``AtomicInput`` as its JSON text (cheaper than pickling the model on both sides). A
+task predicted to run longer than ``stream_interval`` also sends finished outcomes back while it runs
+(see :func:`~qcmb_async.executors._dask_worker._run_batch_on_worker`). Each fragment keeps its own
+key, timeout and :class:`~qcmb_async._core.contract.JobOutcome`, so records, events and the store stay
+per fragment; a fragment cancelled while waiting here never reaches the cluster.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._core.contract import ErrorType, FragmentJob, JobOutcome
-from ._dask_worker import _failed, _run_batch_on_worker
+from ._dask_worker import _as_sent, _failed, _run_batch_on_worker
 
 #: Per-task transport samples kept (their minimum is the estimate: larger ones include queueing).
 _SAMPLES = 32
@@ -70,6 +72,8 @@ class _Task:
     key: str
     entries: list[_Entry]
     handler: asyncio.Future[None] | None = None
+    live: list[_Entry] = field(default_factory=list)
+    """The entries submitted (not cancelled before): the index of an outcome sent back is into this list."""
 
 
 def _task_key(job: FragmentJob) -> str:
@@ -124,6 +128,9 @@ class _Batching:
     _batches: set[asyncio.Future[None]]
     program_resources: bool
     _declared: bool
+    stream_interval: float | None
+    _topic: str | None
+    _streaming: dict[str, _Task]
 
     if TYPE_CHECKING:  # the executor's other halves (only declared here: the MRO must reach them)
         def _resources(self, job: FragmentJob) -> dict[str, float] | None: ...
@@ -250,6 +257,36 @@ class _Batching:
         self._batches.add(handler)
         handler.add_done_callback(self._batches.discard)
 
+    def _streams(self, live: list[_Entry]) -> bool:
+        """Whether a task of ``live`` sends outcomes back while it runs: predicted longer than ``stream_interval``.
+
+        Shorter tasks would send nothing before they end, and skip the scheduler round trip a streaming task
+        makes when it starts (to learn what an earlier run of it, on a worker that died, already sent).
+        """
+        if self._topic is None or self.stream_interval is None or len(live) < 2:
+            return False
+        total = 0.0
+        for e in live:
+            if e.group not in self._calibrated:
+                return True  # unknown: it may be long
+            total += self._model.estimate(e.group, e.size)
+            if total >= self.stream_interval:
+                return True
+        return False
+
+    def _on_stream(self, event: tuple[float, Any]) -> None:
+        """Client event handler: outcomes a running task sent back; each fragment gets its own at once."""
+        msg = event[1]
+        task = self._streaming.get(msg.get("batch", "")) if isinstance(msg, dict) else None
+        if task is None:
+            return  # a task that ended (or of another executor on the same topic)
+        for i, outcome in pickle.loads(msg["outcomes"]):
+            if 0 <= i < len(task.live):
+                e = task.live[i]
+                if e.outcome is None:
+                    e.outcome = outcome
+                    e.done.set()
+
     def _learn(self, entries: list[_Entry], outcomes: list[JobOutcome], elapsed: float) -> None:
         """Calibrate the cost model (one-core seconds per group) and the per-task transport from one task."""
         busy = 0.0
@@ -267,7 +304,7 @@ class _Batching:
         """Submit one task, await it, and hand each fragment its outcome (failures per fragment)."""
         from distributed.scheduler import KilledWorker
 
-        live = [e for e in task.entries if not e.cancelled]
+        live = task.live = [e for e in task.entries if not e.cancelled]
         key = task.key
         submitted = time.time()
 
@@ -287,14 +324,18 @@ class _Batching:
                 fail_all(ErrorType.RESOURCES_UNAVAILABLE, unmet)
                 return
             try:
-                payload = pickle.dumps([e.job for e in live], protocol=pickle.HIGHEST_PROTOCOL)
+                payload = pickle.dumps([_as_sent(e.job) for e in live], protocol=pickle.HIGHEST_PROTOCOL)
                 t0 = time.perf_counter()
+                stream: dict[str, Any] = {}
+                if self._streams(live):
+                    stream = {"stream": self._topic, "interval": self.stream_interval}
+                    self._streaming[key] = task
                 # Without declared resources (a plain Dask cluster) the worker's gate keeps its fragments within
                 # its threads and memory limit, and only workers that can hold the fragment may take it.
                 future = self.client.submit(_run_batch_on_worker, payload, [e.key for e in live], key,
                                             gated=not self._declared, resources=resources,
                                             workers=self._fitting(first), allow_other_workers=False, pure=False,
-                                            key=key)
+                                            key=key, **stream)
             except Exception as exc:
                 fail_all(type(exc).__name__, f"Dask task {key} (with fragment {{label}}) was not submitted: {exc}")
                 return
@@ -320,11 +361,15 @@ class _Batching:
                          f"(its task of {len(live)}: +{self.timeout_grace} s grace); Dask task cancelled, programs "
                          "killed")
                 return
-            self._learn(live, outcomes, time.perf_counter() - t0)
             for e, outcome in zip(live, outcomes, strict=True):
-                e.outcome = outcome
-                e.done.set()
+                if outcome is not None:  # None: sent back while the task ran (see _on_stream)
+                    e.outcome = outcome
+                    e.done.set()
+            fail_all(ErrorType.UNKNOWN, f"fragment {{label}}: its outcome, sent back while task {key} ran, never "
+                     "arrived")
+            self._learn(live, [e.outcome for e in live], time.perf_counter() - t0)  # type: ignore[misc]
         finally:
+            self._streaming.pop(key, None)
             fail_all(ErrorType.CANCELLED, "fragment {label}: its task was stopped with the executor")
             self._outstanding[bucket] = self._outstanding.get(bucket, 1) - 1
             with contextlib.suppress(RuntimeError):  # no running loop: the executor is gone

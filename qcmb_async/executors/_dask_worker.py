@@ -8,10 +8,12 @@ client cancels.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import socket
 import threading
+import time
 from typing import Any
 
 from .._core.compact import CompactResult
@@ -116,20 +118,92 @@ def _program_found(program: str) -> bool:
     return found
 
 
-def _run_batch_on_worker(payload: bytes, keys: list[str], batch: str, gated: bool = False) -> bytes:
+class _InputJson(str):
+    """A QCSchema v2 ``AtomicInput`` crossing to the worker as its JSON text.
+
+    Pickling the model walks its fields and arrays on both sides (about 0.12 ms to pickle, 0.24 ms to unpickle a
+    water tetramer's); its JSON costs 0.06 ms to make here and 0.09 ms to validate there, and validates back to an
+    equal model (JSON keeps every float exactly).
+    """
+
+    __slots__ = ()
+
+
+def _as_sent(job: FragmentJob) -> FragmentJob:
+    """``job`` with its ``AtomicInput`` model as :class:`_InputJson` (other inputs as they are)."""
+    dump = getattr(job.atomic_input, "model_dump_json", None)
+    if dump is None or type(job.atomic_input).__name__ != "AtomicInput":
+        return job
+    return dataclasses.replace(job, atomic_input=_InputJson(dump()))
+
+
+def _as_received(job: FragmentJob) -> FragmentJob:
+    """The job as :func:`_as_sent` had it: the ``AtomicInput`` model again."""
+    if not isinstance(job.atomic_input, _InputJson):
+        return job
+    from qcelemental.models.v2 import AtomicInput
+
+    return dataclasses.replace(job, atomic_input=AtomicInput.model_validate_json(str(job.atomic_input)))
+
+
+def _run_batch_on_worker(payload: bytes, keys: list[str], batch: str, gated: bool = False,
+                         stream: str | None = None, interval: float = 0.25) -> bytes:
     """The Dask task of a batch: its fragments one after the other, each with its own key and timeout.
 
     ``payload`` is the pickled list of :class:`FragmentJob`; the outcomes come back pickled too, so Dask
     ships two byte strings instead of walking and serialising the QCSchema models itself. ``gated``: the worker
     declares no resources, so each fragment takes its cores and memory from the worker's :class:`_Gate`.
+
+    ``stream`` (a Dask event topic the client subscribes to): outcomes are also sent back while the batch runs,
+    whenever ``interval`` seconds passed since the last send (so a fragment that takes that long is sent as soon
+    as it is done), as one event ``{"batch": batch, "outcomes": pickled [(index, JobOutcome), ...]}`` on the
+    topics ``stream`` and ``batch``. The scheduler keeps the latter: when this worker dies and Dask runs the task
+    again elsewhere, the new run reads which fragments were already sent and skips them. The returned list holds
+    ``None`` at the index of every fragment sent (or skipped) that way.
     """
     jobs: list[FragmentJob] = pickle.loads(payload)
-    outcomes = []
+    outcomes: list[JobOutcome | None] = [None] * len(jobs)
+    sent = _sent_before(batch) if stream is not None else set()
+    unsent: list[tuple[int, JobOutcome]] = []
+    last = time.monotonic()
     for i, (job, key) in enumerate(zip(jobs, keys, strict=True)):
-        outcome = _run_on_worker(job, key, gated)
+        if i in sent:
+            continue
+        outcome = _run_on_worker(_as_received(job), key, gated)
         outcome.extras = {**outcome.extras, "dask_batch": batch, "batch_index": i, "batch_size": len(jobs)}
-        outcomes.append(outcome)
+        outcomes[i] = outcome
+        if stream is None or i == len(jobs) - 1:
+            continue  # the last one goes back with the task's result anyway
+        unsent.append((i, outcome))
+        now = time.monotonic()
+        if now - last >= interval:
+            _send(stream, batch, unsent)
+            for j, _ in unsent:
+                outcomes[j] = None
+            unsent, last = [], now
     return pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _send(stream: str, batch: str, outcomes: list[tuple[int, JobOutcome]]) -> None:
+    """Publish finished outcomes of ``batch`` (see :func:`_run_batch_on_worker`); never waits for the network."""
+    from distributed import get_worker
+
+    msg = {"batch": batch, "outcomes": pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)}
+    get_worker().log_event([stream, batch], msg)
+
+
+def _sent_before(batch: str) -> set[int]:
+    """Indices of the fragments an earlier run of task ``batch`` already sent back (asked of the scheduler)."""
+    from distributed import get_worker
+    from distributed.utils import sync
+
+    worker = get_worker()
+    events = sync(worker.loop, worker.scheduler.events, topic=batch)
+    sent: set[int] = set()
+    for _, msg in events:
+        if isinstance(msg, dict) and msg.get("batch") == batch:
+            sent.update(i for i, _ in pickle.loads(msg["outcomes"]))
+    return sent
 
 
 def _run_on_worker(job: FragmentJob, key: str, gated: bool = False) -> JobOutcome:

@@ -114,6 +114,10 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             drains, the last ones are single fragments); ``max_batch`` or less turns this off.
         deep_share: Target share of a deep-queue task's time spent in transport (the executor then asks the
             run for enough fragments to form them: four such tasks per core in hand).
+        stream_interval: A batch task predicted to run longer sends finished outcomes back while it runs, at most
+            every this many seconds (a fragment that takes longer: as soon as it is done), so each fragment's result
+            is stored and announced when it exists, and a worker lost mid-task loses none that were sent: Dask's
+            rerun of the task skips them. ``None``: outcomes come back when the whole task ends.
         direct_to_workers: Fetch results from the workers directly instead of through the scheduler (less
             work for the scheduler; needs this process to reach the workers). ``None``: Dask's default.
         cluster: Start a batch cluster for the run instead (``"slurm"``, ``"pbs"``, a dict or
@@ -143,6 +147,7 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         deep_batch: int = 64,
         deep_share: float = 0.0025,
         direct_to_workers: bool | None = None,
+        stream_interval: float | None = 0.25,
     ) -> None:
         self._given_client: Any = None
         self._given_cluster: Any = None
@@ -229,6 +234,11 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
         self._pump_handle: asyncio.Handle | None = None
         self._pump_at = 0.0
         self._batches: set[asyncio.Future[None]] = set()
+        self.stream_interval = stream_interval
+        self._topic: str | None = None
+        """The Dask event topic batch tasks send outcomes on (subscribed while entered)."""
+        self._streaming: dict[str, Any] = {}
+        """Task key -> its ``_Task``, for tasks that send outcomes back while they run."""
 
     @property
     def client(self) -> distributed.Client:
@@ -344,6 +354,11 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
             else:
                 await self._check_workers()
             await self._prepare_workers()
+            if self.max_batch > 1 and self.stream_interval is not None:
+                from ._dask_batch import _nonce
+
+                self._topic = f"qcmb-async-outcomes-{_nonce}-{id(self):x}"
+                self._client.subscribe_topic(self._topic, self._on_stream)
             if cluster is not None and self._template is not None:
                 from .hpc import JobWatch
 
@@ -536,6 +551,10 @@ class DaskExecutor(_Batching, _ClusterChecks, ReusableExecutor):
 
     async def _close_all(self) -> None:
         client, self._client = self._client, None
+        topic, self._topic = self._topic, None
+        if client is not None and topic is not None:
+            with contextlib.suppress(Exception):  # a client already closed has no subscription left
+                client.unsubscribe_topic(topic)
         if client is not None and self._owns_client:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception), \
                     anyio.move_on_after(_REMOTE_CALL_TIMEOUT):

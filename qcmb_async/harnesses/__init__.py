@@ -15,10 +15,12 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from ..settings import get_settings
 
-__all__ = ["PSI4_HARNESS_ENV", "register_harnesses"]
+__all__ = ["PSI4_HARNESS_ENV", "direct_runner", "register_harnesses"]
 
 _lock = threading.Lock()
 _psi4_done = False
@@ -88,3 +90,22 @@ def register_harnesses() -> bool:
     _register_psi4()
     _register("tblite", ".tblite", "TBLiteHarness")
     return _register("pyscf", ".pyscf", "PySCFHarness")
+
+
+def direct_runner(program: str) -> Callable[[Any, Any], Any] | None:
+    """``run(atomic_input, task_config)`` returning what ``qcengine.compute(..., program, raise_error=False,
+    return_version=2)`` would, without its per-call cost; ``None`` when ``program`` has none.
+
+    Only for our own harness registered under that name (tblite: :func:`.tblite.run_direct`), never for
+    one QCEngine or someone else registered.
+    """
+    if program != "tblite" or "tblite" in _missing:
+        return None
+    from qcengine.programs.base import programs
+
+    harness = programs.get("tblite")
+    if harness is None or type(harness).__module__ != f"{__name__}.tblite":
+        return None
+    from .tblite import run_direct
+
+    return run_direct
