@@ -16,6 +16,12 @@ from .screening import subset_of
 if TYPE_CHECKING:
     from qcmanybody.models.v2 import ManyBodyResult
 
+#: Above this many labels the result's ``cluster_properties`` (one validated ``AtomicProperties`` per
+#: label, about 1.9 KB each: 1.3 GB for the 679,120 labels of an unscreened (H2O)64 MBE(4)) is left
+#: empty; every number of the expansion is computed as before, and each fragment's result stays in the
+#: result store. ``result.extras["qcmb_async"]["cluster_properties_omitted"]`` says how many were left out.
+CLUSTER_PROPERTIES_LIMIT = 100_000
+
 def keeps_results(plan: Plan) -> bool:
     """Whether the ``ManyBodyResult`` carries every fragment's ``AtomicResult`` (protocol ``all``)."""
     return plan.keep_results
@@ -70,10 +76,16 @@ def _assemble(computer: Any, ordered: dict[str, Any], kept: set[tuple[int, ...]]
             props = complete_properties(core, kept, props)
         analyzed = core.analyze(props)
     analyzed["nbody_number"] = computed
+    omitted = 0
+    if len(analyzed["component_properties"]) > CLUSTER_PROPERTIES_LIMIT:
+        omitted = len(analyzed["component_properties"])
+        analyzed["component_properties"] = {}
     full = {label: res for label, res in ordered.items() if not isinstance(res, dict)}
     if keep_all and len(full) != len(ordered):
         raise ValueError("cannot assemble: cluster_results='all' needs every fragment's AtomicResult")
     mbres = computer.get_results(external_results=analyzed, component_results=full if keep_all else {})
+    if omitted:
+        extras = {**(extras or {}), "cluster_properties_omitted": omitted}
     if extras is not None:
         mbres = mbres.model_copy(update={"extras": {**mbres.extras, "qcmb_async": extras}})
     return mbres
