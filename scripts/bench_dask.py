@@ -97,19 +97,7 @@ async def wait_for_workers(address: str, n: int) -> None:
 
 async def timed(inp: ManyBodyInput, executor: Any) -> tuple[float, Any, float]:
     """Wall time of the whole run, the result, and this process's CPU seconds during the schedule stage."""
-    from qcmb_async import events as ev
-
-    cpu: dict[str, float] = {}
-
-    def on_event(event: Any) -> None:
-        if isinstance(event, ev.RunStarted):
-            cpu["start"] = time.process_time()
-        elif isinstance(event, ev.RunFinished):
-            cpu["end"] = time.process_time()
-
-    t0 = time.perf_counter()
-    result = await run_manybody(inp, ncores=2, memory=4, executor=executor, store=None, on_event=on_event)
-    return time.perf_counter() - t0, result, cpu["end"] - cpu["start"]
+    return await store_run(inp, executor, None)
 
 
 class InstantExecutor:

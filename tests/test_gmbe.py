@@ -184,15 +184,9 @@ def test_from_pdb_cuts_only_ca_c_bonds(tmp_path):
 
 def test_pdb_charged_residues_must_be_confirmed(tmp_path):
     require_module("gemmi")
-    text = (DATA / "ala4.pdb").read_text()
-    # Protonate the N-terminus by hand: a third hydrogen on N of residue 1 makes it NH3+.
-    lines = text.splitlines()
-    n_line = next(line for line in lines if line[12:16].strip() == "N" and line[22:26].strip() == "1")
-    x, y, z = (float(n_line[30 + 8 * k:38 + 8 * k]) for k in range(3))
-    extra = f"ATOM    999  H9  ALA A   1    {x + 0.6:8.3f}{y + 0.6:8.3f}{z + 0.5:8.3f}  1.00  0.00           H  "
-    idx = lines.index(n_line)
-    path = tmp_path / "nh3.pdb"
-    path.write_text("\n".join([*lines[:idx + 1], extra, *lines[idx + 1:]]) + "\n")
+    from tests.test_gmbe_front import _protonated_ala4
+
+    path = _protonated_ala4(tmp_path)  # a third hydrogen on N of residue 1 makes it NH3+
     with pytest.raises(InputError, match=r"A/ALA1 \(its hydrogens suggest \+1\)"):
         GMBEInput.from_pdb(path, max_nbody=1, specification=SPEC)
     inp = GMBEInput.from_pdb(path, max_nbody=1, specification=SPEC, residue_charges={"A/ALA1": 1})

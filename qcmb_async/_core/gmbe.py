@@ -393,6 +393,18 @@ def coefficients(generators: list[int], counts: dict[str, int] | None = None) ->
     return kept
 
 
+def _refuse_cuts(cuts: list[tuple[int, int, int]], owner: dict[int, set[int]], symbols: Sequence[str], what: str,
+                 advice: str) -> None:
+    """Raise :class:`InputError` naming the first of ``cuts`` ((fragment, atom, atom) of bonds a cap cannot replace)."""
+    if not cuts:
+        return
+    k, a, b = cuts[0]
+    inside, outside = (a, b) if k in owner[a] else (b, a)
+    raise InputError(f"the primary fragments cut {len({(a, b) for _, a, b in cuts})} bond(s) to {what}, e.g. "
+                     f"fragment {k} holds atom {inside} ({symbols[inside]}) but not atom {outside} "
+                     f"({symbols[outside]}) bonded to it: a hydrogen cap cannot replace a bond to {what}; {advice}")
+
+
 def gmbe_subsystems(inp: GMBEInput, bonds: list[tuple[int, int]] | None = None,
                     summary: dict[int, dict[str, int]] | None = None) -> list[Subsystem]:
     """Every subsystem with a nonzero net coefficient in GMBE(1..max_nbody), with its caps (blocking).
@@ -414,24 +426,14 @@ def gmbe_subsystems(inp: GMBEInput, bonds: list[tuple[int, int]] | None = None,
     # on it would be a hydrogen on a hydrogen's bond (an H-H pair 0.6 A apart, or a cap where the H atom is).
     hydrogen_cuts = [(k, a, b) for a, b in bonds if "H" in (symbols[a], symbols[b])
                      for k in sorted(owner[a] ^ owner[b])]
-    if hydrogen_cuts:
-        k, a, b = hydrogen_cuts[0]
-        inside, outside = (a, b) if k in owner[a] else (b, a)
-        raise InputError(f"the primary fragments cut {len({(a, b) for _, a, b in hydrogen_cuts})} bond(s) to "
-                         f"hydrogen, e.g. fragment {k} holds atom {inside} ({symbols[inside]}) but not atom {outside} "
-                         f"({symbols[outside]}) bonded to it: a hydrogen cap cannot replace a bond to hydrogen; put "
-                         "each hydrogen in exactly the fragments that hold the atom it is bonded to")
+    _refuse_cuts(hydrogen_cuts, owner, symbols, "hydrogen", "put each hydrogen in exactly the fragments that hold "
+                 "the atom it is bonded to")
     # The same for bonds to metals: a hydrogen cap stands in for a covalent single bond, not a coordination bond
     # (a Zn-O or Fe-N "capped" by a hydrogen is neither the complex nor the free ligand).
     metal_cuts = [(k, a, b) for a, b in bonds if not (symbols[a] in _NONMETALS and symbols[b] in _NONMETALS)
                   for k in sorted(owner[a] ^ owner[b])]
-    if metal_cuts:
-        k, a, b = metal_cuts[0]
-        inside, outside = (a, b) if k in owner[a] else (b, a)
-        raise InputError(f"the primary fragments cut {len({(a, b) for _, a, b in metal_cuts})} bond(s) to a metal, "
-                         f"e.g. fragment {k} holds atom {inside} ({symbols[inside]}) but not atom {outside} "
-                         f"({symbols[outside]}) bonded to it: a hydrogen cap cannot replace a bond to a metal; keep "
-                         "each metal in exactly the fragments that hold the atoms it is bonded to")
+    _refuse_cuts(metal_cuts, owner, symbols, "a metal", "keep each metal in exactly the fragments that hold the "
+                 "atoms it is bonded to")
     subsystems: dict[int, Subsystem] = {}
     for order in range(1, inp.max_nbody + 1):
         counts: dict[str, int] = {}
