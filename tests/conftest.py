@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import logging
 import os
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,3 +23,20 @@ os.environ.setdefault("QCMB_TEST_SESSION", uuid.uuid4().hex)
 @pytest.fixture(autouse=True, scope="session")
 def _fakes() -> None:
     register_fakes()
+
+
+@pytest.fixture(autouse=True)
+def _restore_qcmb_logger() -> Iterator[None]:
+    """Give every test the package logger as it found it.
+
+    A CLI command invoked in-process (CliRunner) configures the ``qcmb_async`` logger for its run
+    (handlers, ``propagate=False``, a level such as ``--quiet``'s ERROR); left behind, it hid later
+    tests' INFO records from ``caplog`` depending on test order.
+    """
+    logger = logging.getLogger("qcmb_async")
+    saved = (list(logger.handlers), logger.level, logger.propagate, logger.disabled)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+    logger.disabled = saved[3]
