@@ -22,9 +22,11 @@ import getpass
 import importlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -318,6 +320,27 @@ def _program_env(given: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
+def _own_mpi_session_dir(env: dict[str, str]) -> str | None:
+    """Give the program its own Open MPI session directory (sets ``OMPI_MCA_orte_tmpdir_base`` in ``env``).
+
+    Every Open MPI process (a singleton NWChem, or ``mpiexec``) creates and, at exit, removes the
+    top session directory ``<base>/ompi.<host>.<uid>``; two started side by side race on it, and the
+    loser dies in ``orte_init`` ("mkdir ... File exists", seen in CI with two worker processes). A
+    leftover file or a directory of another user at that path stops every run. A directory of the
+    program's own under the base the user chose (or ``TMPDIR``) has neither fault. Returns the
+    directory to remove once the program ended, or None when it could not be made (the program then
+    runs with the shared base, as it would without qcmb_async).
+    """
+    base = env.get("OMPI_MCA_orte_tmpdir_base") or env.get("TMPDIR") or tempfile.gettempdir()
+    try:
+        # Short: Open MPI puts its rendezvous sockets below it, and a Unix socket path has 108 bytes.
+        session = tempfile.mkdtemp(prefix="ompi-", dir=base)
+    except OSError:
+        return None
+    env["OMPI_MCA_orte_tmpdir_base"] = session
+    return session
+
+
 @contextlib.contextmanager
 def _fragment_popen(
     args: list[str],
@@ -336,10 +359,28 @@ def _fragment_popen(
         raise RuntimeError(f"fragment {frag.label} was cancelled before its program started")
     kwargs = dict(popen_kwargs or {})
     kwargs["env"] = _program_env(kwargs.get("env"))
+    session = _own_mpi_session_dir(kwargs["env"])
+    try:
+        with _registered_popen(frag, args, append_prefix, kwargs, pass_output_forward) as ret:
+            yield ret
+    finally:  # also when the program could not start; a killed program leaves its session behind
+        if session is not None:
+            shutil.rmtree(session, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _registered_popen(
+    frag: FragmentContext,
+    args: list[str],
+    append_prefix: bool,
+    kwargs: dict[str, Any],
+    pass_output_forward: bool,
+) -> Iterator[dict[str, Any]]:
+    """QCEngine's popen in the program's own process group, registered with the fragment."""
     # Own session: a timeout or cancellation kills the program with all its children.
     if PROGRAMS_IN_OWN_SESSION:  # program grouping switch (see top of module)
         kwargs.setdefault("start_new_session", True)
-    with original(args, append_prefix, kwargs, pass_output_forward) as ret:
+    with _originals["popen"](args, append_prefix, kwargs, pass_output_forward) as ret:
         own_group = PROGRAMS_IN_OWN_SESSION and kwargs.get("start_new_session")
         if own_group:  # killed with its children if this process dies (guardian.py)
             guardian.guard(ret["proc"].pid)
