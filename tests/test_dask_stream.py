@@ -90,6 +90,8 @@ def test_streamed_batches_match_threads_exactly(tmp_path: Path) -> None:
                     result = await run_manybody(inp, ncores=2, memory=4, executor=exe, store=str(store),
                                                 on_event=events.append)
                     out["streamed"] = seen
+                    out["kept"] = {topic: [msg for _, msg in evs]
+                                   for topic, evs in (await client.get_events()).items() if topic in seen}
             with ResultStore(store, readonly=True) as rs:
                 rows = rs.fragments()
             out[name] = {"result": result, "events": events, "rows": rows}
@@ -98,6 +100,12 @@ def test_streamed_batches_match_threads_exactly(tmp_path: Path) -> None:
     threads, both = anyio.run(main)
     dask = both["dask"]
     assert both["streamed"], "no batch sent outcomes back while it ran"
+    # The scheduler keeps one topic per batch for reruns: the indices sent, never the results a second time.
+    assert set(both["kept"]) == set(both["streamed"])
+    for msgs in both["kept"].values():
+        # (Dask adds the sending worker's address to a dict event.)
+        assert msgs and all(set(m) - {"worker"} == {"batch", "sent"} and all(isinstance(i, int) for i in m["sent"])
+                            for m in msgs)
     for run in (threads, dask):
         assert abs(float(run["result"].return_result) - reference) < 1e-12
     assert float(dask["result"].return_result) == float(threads["result"].return_result)

@@ -157,8 +157,9 @@ def _run_batch_on_worker(payload: bytes, keys: list[str], batch: str, gated: boo
     ``stream`` (a Dask event topic the client subscribes to): outcomes are also sent back while the batch runs,
     whenever ``interval`` seconds passed since the last send (so a fragment that takes that long is sent as soon
     as it is done), as one event ``{"batch": batch, "outcomes": pickled [(index, JobOutcome), ...]}`` on the
-    topics ``stream`` and ``batch``. The scheduler keeps the latter: when this worker dies and Dask runs the task
-    again elsewhere, the new run reads which fragments were already sent and skips them. The returned list holds
+    topic ``stream``, and ``{"batch": batch, "sent": [index, ...]}`` on the topic ``batch``. The scheduler keeps
+    the latter: when this worker dies and Dask runs the task again elsewhere, the new run reads which fragments
+    were already sent and skips them. The returned list holds
     ``None`` at the index of every fragment sent (or skipped) that way.
     """
     jobs: list[FragmentJob] = pickle.loads(payload)
@@ -188,8 +189,12 @@ def _send(stream: str, batch: str, outcomes: list[tuple[int, JobOutcome]]) -> No
     """Publish finished outcomes of ``batch`` (see :func:`_run_batch_on_worker`); never waits for the network."""
     from distributed import get_worker
 
-    msg = {"batch": batch, "outcomes": pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)}
-    get_worker().log_event([stream, batch], msg)
+    worker = get_worker()
+    worker.log_event(stream, {"batch": batch, "outcomes": pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)})
+    # The scheduler keeps every topic's events (up to ``distributed.admin.low-level-log-length`` each) and
+    # there is one topic per batch: it gets only the indices a rerun must skip, not the results again
+    # (a run of 679,000 fragments would have left every streamed result in the scheduler's memory).
+    worker.log_event(batch, {"batch": batch, "sent": [i for i, _ in outcomes]})
 
 
 def _sent_before(batch: str) -> set[int]:
@@ -202,7 +207,7 @@ def _sent_before(batch: str) -> set[int]:
     sent: set[int] = set()
     for _, msg in events:
         if isinstance(msg, dict) and msg.get("batch") == batch:
-            sent.update(i for i, _ in pickle.loads(msg["outcomes"]))
+            sent.update(int(i) for i in msg.get("sent", ()))
     return sent
 
 
