@@ -284,7 +284,8 @@ async def test_cancel_kills_workers_and_programs() -> None:
             await _run(inp, ProcessExecutor(max_workers=2))
             pytest.fail("the run finished before it was cancelled")
     assert scope.cancelled_caught
-    assert time.monotonic() - cancelled_at < 5.0  # control comes back quickly
+    # A hang guard, not a speed test: without the kill, control came back only when NWChem ended by itself.
+    assert time.monotonic() - cancelled_at < 30.0
     assert len(watcher.workers) == 2 and watcher.programs
     await watcher.assert_all_gone(within=10.0)
 
@@ -296,7 +297,7 @@ async def test_timeout_kills_worker_and_replaces_it() -> None:
         t0 = time.monotonic()
         # In-process PySCF (a water dimer in cc-pVTZ takes seconds): only a process can be killed.
         slow = await executor.run(_job("pyscf", "cc-pvtz", 2, timeout=0.5, label="slow"))
-        assert time.monotonic() - t0 < 4.0
+        assert time.monotonic() - t0 < 60.0  # a hang guard; the kill itself is proven by the dead worker below
         assert not slow.success and slow.error_type == "TimeoutError"
         assert "slow" in slow.error_message and slow.pid == first
         assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
