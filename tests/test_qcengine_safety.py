@@ -149,6 +149,12 @@ def test_cached_task_config_equals_qcengines_own(monkeypatch: pytest.MonkeyPatch
     assert seams._cached_get_config(task_config=dict(tc)).scratch_messy is True
     monkeypatch.delenv("QCENGINE_SCRATCH_MESSY")
     assert seams._cached_get_config(task_config=dict(tc)).scratch_messy is False
+    # QCEngine's settings read the variables in any case; so does the cache's key.
+    monkeypatch.setenv("qcengine_scratch_messy", "true")
+    assert qcng_config.get_config(task_config=dict(tc)).scratch_messy is True
+    assert seams._cached_get_config(task_config=dict(tc)).scratch_messy is True
+    monkeypatch.delenv("qcengine_scratch_messy")
+    assert seams._cached_get_config(task_config=dict(tc)).scratch_messy is False
     # Values QCEngine expands from the environment are never cached.
     monkeypatch.setenv("QCMB_TEST_SCRATCH", "/tmp/a")
     tc = {"ncores": 1, "memory": 1.0, "retries": 0, "scratch_directory": "$QCMB_TEST_SCRATCH"}
