@@ -324,3 +324,27 @@ def test_residue_charge_sits_with_the_residues_ca_not_its_first_listed_atom(tmp_
         assert sum(inp.atom_charges[i] for i in frag) == (1 if nh3 in frag else 0), frag
     for sub in plan_manybody(inp).subsystems:
         assert sum(inp.atom_charges[i] for i in sub.atoms) == (1 if nh3 in sub.atoms else 0), sorted(sub.atoms)
+
+
+def test_pdb_charge_column_gives_a_residues_charge_once(tmp_path):
+    """"1+" in columns 79-80 of residue 1's N (the NH3+): read, not asked for, not added twice when also given."""
+    require_module("gemmi")
+    from tests.test_gmbe_front import _protonated_ala4
+
+    lines = _protonated_ala4(tmp_path).read_text().splitlines()
+    n1 = next(k for k, line in enumerate(lines) if line[12:16].strip() == "N" and line[22:26].strip() == "1")
+    lines[n1] = lines[n1].ljust(78)[:78] + "1+"
+    path = tmp_path / "column.pdb"
+    path.write_text("\n".join(lines) + "\n")
+    atoms = [line for line in lines if line.startswith(("ATOM", "HETATM"))]
+    serials = sorted(int(line[6:11]) for line in atoms)  # atoms are read in serial order
+    nh3 = serials.index(int(lines[n1][6:11]))
+    for given in (None, {"A/ALA1": 1}):
+        inp = GMBEInput.from_pdb(path, residues_per_fragment=1, max_nbody=1, specification=SPEC,
+                                 residue_charges=given)
+        # Hand count: +1 in the fragment holding residue 1's N, 0 elsewhere, +1 in all.
+        assert [sum(inp.atom_charges[i] for i in f) for f in inp.fragments] == [
+            1 if nh3 in f else 0 for f in inp.fragments]
+        assert sum(inp.atom_charges) == 1
+    with pytest.raises(InputError, match=r"A/ALA1: its charge column \(columns 79-80\) says \+1.*says -1"):
+        GMBEInput.from_pdb(path, max_nbody=1, specification=SPEC, residue_charges={"A/ALA1": -1})

@@ -252,12 +252,18 @@ def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, 
             # by default (a Zn bound to a carbonyl was computed as Zn(0)).
             need.append(f"{rid} (not an amino acid: a ligand, ion or cofactor; its charge is yours to give)")
             continue
+        in_file = [formal[i] for i in atoms.values() if formal[i] is not None]
         if rid in given:
             value = given[rid]
             if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
                 raise InputError(f"{source}: residue_charges[{rid!r}] = {value!r} is not a whole number")
-            charges[anchor] += int(value)
-        elif any(formal[i] is not None for i in atoms.values()):
+            if in_file and sum(in_file) != int(value):
+                raise InputError(f"{source}: residue {rid}: its charge column (columns 79-80) says {sum(in_file):+d}, "
+                                 f"residue_charges/--charge says {int(value):+d}: make them agree, or blank the "
+                                 "column of that residue's atoms")
+            if not in_file:  # the file's per-atom charges already give it; adding would count it twice
+                charges[anchor] += int(value)
+        elif in_file:
             continue  # the file's charge column says it
         elif suggestion is not None and (resname in _IONISABLE or suggestion != 0):
             need.append(f"{rid} (its hydrogens suggest {suggestion:+d})")
