@@ -348,3 +348,32 @@ def test_pdb_charge_column_gives_a_residues_charge_once(tmp_path):
         assert sum(inp.atom_charges) == 1
     with pytest.raises(InputError, match=r"A/ALA1: its charge column \(columns 79-80\) says \+1.*says -1"):
         GMBEInput.from_pdb(path, max_nbody=1, specification=SPEC, residue_charges={"A/ALA1": -1})
+
+
+def test_gmbe_json_without_schema_name_is_read_as_a_gmbe(tmp_path, pyscf):
+    """A GMBE file that leaves out schema_name (its top-level "fragments" says what it is) runs as a GMBE: the
+    textbook GMBE(1) sum; a broken one is named as a GMBEInput with the field to add, not a ManyBodyInput."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from qcmb_async.cli import app
+
+    mol = _molecule(HEXANE)
+    data = {"molecule": json.loads(mol.model_dump_json()), "fragments": OVERLAPPING, "max_nbody": 1,
+            "specification": SPEC}
+    path = tmp_path / "gmbe.json"
+    path.write_text(json.dumps(data))
+    xyz = np.asarray(mol.geometry).reshape(-1, 3)
+    expected = ref.gmbe_energy([a[0] for a in HEXANE], xyz, HEXANE_BONDS, OVERLAPPING, 1,
+                               ref.pyscf_energy("hf", "sto-3g"))
+    assert run(path, store=None).properties.return_energy == pytest.approx(expected, abs=1e-9)
+    assert run(dict(data), store=None).properties.return_energy == pytest.approx(expected, abs=1e-9)
+    res = CliRunner().invoke(app, ["plan", str(path), "--no-store"])
+    assert res.exit_code == 0, res.output
+    assert "GMBE" in res.stdout or "generalized" in res.stdout, res.stdout
+    del data["max_nbody"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"read as a GMBEInput for its top-level 'fragments'.*schema_name.*"
+                                         r"max_nbody"):
+        plan_manybody(path)
