@@ -136,7 +136,8 @@ class ManyBodyCalculator(Calculator):
         fragment, bsse_type, max_nbody, an ``mbe_input`` run() would refuse); at the first calculation
         whatever run()'s input checks refuse (multiplicities against electrons, naming the fragment; atoms on
         top of each other; basis sets the program lacks); periodic Atoms; Atoms whose elements differ from
-        those of the first calculation.
+        those of the first calculation; non-zero ``atoms.get_initial_charges()`` that contradict the input's
+        charges (per fragment sum; per atom for a GMBEInput's ``atom_charges``): charges come from the input.
     """
 
     implemented_properties = ("energy", "forces")
@@ -177,6 +178,7 @@ class ManyBodyCalculator(Calculator):
     def _start(self, atoms: Any) -> None:
         if self._session is not None:
             return
+        self._check_initial_charges(atoms)  # first: a contradiction would otherwise surface as another error
         self._inp = prepare(self._input_for(atoms), "gradient")
         self._session = _Session(self._inp, self._options)
         # Garbage collection closes the pool too; the finalizer must not hold the calculator.
@@ -245,6 +247,47 @@ class ManyBodyCalculator(Calculator):
         revalidate_molecule(inp.molecule, source)
         return inp
 
+    def _check_initial_charges(self, atoms: Any) -> None:
+        """Refuse Atoms whose ``get_initial_charges()`` contradict the charges the calculation uses (InputError).
+
+        The charges come from the input (``fragment_charges=``, a ManyBodyInput's molecule, a GMBEInput's
+        ``atom_charges``), never from the Atoms; all-zero initial charges (ASE's default) say nothing. Non-zero
+        ones must match: per atom for a GMBEInput (its subsystems sum ``atom_charges`` over their atoms, so where a
+        charge sits matters), per fragment sum for an ordinary MBE.
+        """
+        given = np.asarray(atoms.get_initial_charges(), dtype=float)
+        if not np.any(given):
+            return
+        inp = self._given
+        if isinstance(inp, GMBEInput):
+            used = [float(q) for q in (inp.atom_charges or [0] * len(given))]
+            if len(used) != len(given):
+                return  # other atoms than the input's: _input_for says so
+            bad = [i for i in range(len(given)) if abs(given[i] - used[i]) > 1e-6]
+            if bad:
+                raise InputError(f"the Atoms' initial charges differ from the GMBEInput's atom_charges at atom(s) "
+                                 f"{bad[:10]} (Atoms {[float(given[i]) for i in bad[:10]]}, GMBEInput "
+                                 f"{[used[i] for i in bad[:10]]}): the calculation takes its charges from "
+                                 "atom_charges. Give them there (GMBEInput(atom_charges=[...])), or zero the Atoms' "
+                                 "initial charges (atoms.set_initial_charges(None))")
+            return
+        if inp is not None:
+            frags = [list(f) for f in inp.molecule.fragments]
+            used = [float(q) for q in inp.molecule.fragment_charges]
+        else:
+            frags = self._spec["fragments"]
+            used = [float(q) for q in (self._spec["fragment_charges"] or [0.0] * len(frags))]
+        if any(i >= len(given) for f in frags for i in f):
+            return  # other atoms than the fragments name: _input_for says so
+        sums = [float(sum(given[i] for i in f)) for f in frags]
+        bad = [k for k, (a, b) in enumerate(zip(sums, used, strict=True)) if abs(a - b) > 1e-6]
+        if bad:
+            raise InputError(f"the Atoms' initial charges add up to {[round(sums[k], 6) for k in bad[:10]]} on "
+                             f"fragment(s) {bad[:10]}, whose charges are {[used[k] for k in bad[:10]]}: the "
+                             "calculation takes fragment charges from fragment_charges= (or the mbe_input's "
+                             "molecule), not from the Atoms. Give them there, or zero the Atoms' initial charges "
+                             "(atoms.set_initial_charges(None))")
+
     # -- ASE's entry point --------------------------------------------------------------
 
     def calculate(self, atoms: Any = None, properties: Any = ("energy",), system_changes: Any = all_changes) -> None:
@@ -259,6 +302,7 @@ class ManyBodyCalculator(Calculator):
             raise InputError(f"the Atoms are {symbols}, the calculator was started with "
                              f"{list(self._inp.molecule.symbols)}: its fragments and specification are for those "
                              "atoms; make a new ManyBodyCalculator for other atoms")
+        self._check_initial_charges(self.atoms)  # they may have been set since the last step
         coords = np.asarray(self.atoms.get_positions(), dtype=float) / Bohr
         assert self._session is not None
         result, record = self._session.run(self._inp, coords, len(self.history) + 1)

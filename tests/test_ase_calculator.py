@@ -186,3 +186,46 @@ def test_garbage_collection_stops_the_pool() -> None:
     while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
         assert time.time() < deadline, "worker processes still running after the calculator was collected"
         time.sleep(0.1)
+
+
+def test_initial_charges_must_agree_with_the_inputs_charges() -> None:
+    """Atoms' initial charges are never silently ignored: matching ones compute (water + Li+, HF/STO-3G, equal to
+    PySCF's own RHF of the charged supersystem: a full NoCP expansion is exact); contradicting ones, for an MBE
+    or a GMBEInput, are an InputError before anything runs."""
+    require_module("ase")
+    require_program("pyscf")
+    from ase import Atoms
+    from ase.units import Hartree
+    from pyscf import gto, scf
+
+    from qcmb_async import GMBEInput, InputError
+    from qcmb_async.ase import ManyBodyCalculator
+
+    positions = [(0.0, 0.0, 0.0), (0.757, 0.586, 0.0), (-0.757, 0.586, 0.0), (0.0, -2.0, 0.0)]
+    atoms = Atoms("OH2Li", positions=positions)
+    atoms.set_initial_charges([0, 0, 0, 1])
+    kw: dict[str, Any] = {"program": "pyscf", "model": {"method": "hf", "basis": "sto-3g"}, "keywords": TIGHT,
+                          "executor": "threads", "store": None}
+    with ManyBodyCalculator([[0, 1, 2], [3]], fragment_charges=[0, 1], **kw) as calc:
+        atoms.calc = calc
+        energy = atoms.get_potential_energy()
+    mf = scf.RHF(gto.M(atom=list(zip(["O", "H", "H", "Li"], positions, strict=True)),
+                       unit="Angstrom", basis="sto-3g", charge=1, verbose=0))
+    mf.conv_tol = TIGHT["conv_tol"]
+    assert energy == pytest.approx(mf.kernel() * Hartree, abs=1e-6)
+    with ManyBodyCalculator([[0, 1, 2], [3]], **kw) as calc:  # fragment charges left at 0: the Atoms say +1
+        atoms.calc = calc
+        with pytest.raises(InputError, match=r"initial charges add up to \[1\.0\] on fragment\(s\) \[1\]"):
+            atoms.get_potential_energy()
+    # A GMBEInput: per atom, against atom_charges (none given: all 0).
+    from tests.test_gmbe import _ethane
+
+    mol, frags = _ethane()
+    gmbe = GMBEInput(molecule=mol, fragments=frags, max_nbody=1,
+                     specification={"program": "pyscf", "model": {"method": "hf", "basis": "sto-3g"}})
+    ethane = Atoms(list(mol.symbols), positions=np.asarray(mol.geometry).reshape(-1, 3) * 0.52917721067)
+    ethane.set_initial_charges([1, 0, 0, 0, 0, 0, 0, -1])
+    with ManyBodyCalculator(mbe_input=gmbe, executor="threads", store=None) as calc:
+        ethane.calc = calc
+        with pytest.raises(InputError, match=r"differ from the GMBEInput's atom_charges at atom\(s\) \[0, 7\]"):
+            ethane.get_potential_energy()

@@ -260,3 +260,20 @@ def test_alternative_conformations_keep_conformer_a_in_every_residue(tmp_path):
     path.write_text("\n".join(rows) + "\nEND\n")
     atoms, _residues, _charges, _ids = read_pdb_atoms(path)
     assert [a[1] for a in atoms] == [0.0, 1.5, 2.0, 4.0, 5.0]  # the A positions of both residues
+
+
+def test_pdb_charge_column_on_one_atom_leaves_the_blank_ones_unsaid(tmp_path):
+    """Column 79-80 "1+" on the Na only: read as +1; a Mg with a blank column is asked for, not taken as Mg(0)."""
+    lines = _salt_water().splitlines()
+    na = next(k for k, line in enumerate(lines) if line[17:20] == " NA")
+    cl = next(k for k, line in enumerate(lines) if line[17:20] == " CL")
+    lines[na] = lines[na][:78] + "1+"
+    lines[cl] = lines[cl][:12] + "MG    MG" + lines[cl][20:76] + "MG  "
+    path = tmp_path / "na-mg.pdb"
+    path.write_text("\n".join(lines) + "\n")
+    kw = {"method": "hf", "basis": "sto-3g", "program": "pyscf", "bsse": ["nocp"], "max_nbody": 2}
+    with pytest.raises(InputError) as err:
+        read_pdb(path, **kw)
+    text = str(err.value)
+    assert "fragment 4 (Mg" in text and "fragment 3 " not in text, text
+    assert list(read_pdb(path, charges={"MG": 2}, **kw).molecule.fragment_charges) == [0, 0, 1, 2]

@@ -234,25 +234,90 @@ def test_api_run_of_mopac_cp_raises_input_error_before_computing(monkeypatch: py
         run(mbe_input("mopac", "pm7", None, bsse="cp", max_nbody=2), executor="threads", store=None)
 
 
-@pytest.mark.parametrize(("program", "method"), [("mopac", "pm7"), ("xtb", "gfn2-xtb")])
-def test_cli_default_bsse_with_a_ghostless_program_exits_2(tmp_path: Path, program: str, method: str) -> None:
-    """`qcmb-async run trimer.xyz --program mopac --method pm7` (the CLI's default is cp): exit 2, say --bsse nocp."""
-    require_program(program)
-    from tests.helpers import trimer as _trimer
+@pytest.mark.parametrize("program", sorted(HARNESS_CODE))
+def test_default_bsse_follows_the_programs_ghost_atoms(tmp_path: Path, program: str) -> None:
+    """No BSSE given: cp where the harness places ghosts, nocp (with a warning naming why) where it cannot."""
+    from qcmb_async import read_xyz
+    from qcmb_async.errors import QCMBAsyncWarning
 
-    mol = _trimer()
-    lines = []
-    for frag in mol.fragments:
-        lines += [f"{mol.symbols[i]} {' '.join(str(c * 0.52917721067) for c in mol.geometry[i])}" for i in frag]
-        lines.append("--")
-    (tmp_path / "trimer.xyz").write_text(f"{len(mol.symbols)}\ntrimer\n" + "\n".join(lines[:-1]) + "\n")
+    (tmp_path / "dimer.xyz").write_text(_DIMER_XYZ)
+    places, _ = HARNESS_CODE[program]
+    if places:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", QCMBAsyncWarning)
+            inp = read_xyz(tmp_path / "dimer.xyz", method="hf", program=program)
+        assert [b.value for b in inp.specification.keywords.bsse_type] == ["cp"]
+        return
+    with pytest.warns(QCMBAsyncWarning, match=f"given: nocp, because {program} cannot place ghost atoms"):
+        inp = read_xyz(tmp_path / "dimer.xyz", method="hf", program=program)
+    assert [b.value for b in inp.specification.keywords.bsse_type] == ["nocp"]
+    # What the user chose is kept, and a cp they chose is still refused before anything runs.
+    chosen = read_xyz(tmp_path / "dimer.xyz", method="hf", program=program, bsse=["cp"])
+    with pytest.raises(InputError, match=f"{program} cannot place them"):
+        from qcmb_async._core.checks import check_ghost_atoms, used_specs
+
+        check_ghost_atoms(chosen, used_specs(chosen))
+
+
+_DIMER_XYZ = """6
+water dimer, 3 A apart
+O 0.000 0.000 0.000
+H 0.757 0.586 0.000
+H -0.757 0.586 0.000
+--
+O 0.000 0.000 3.000
+H 0.757 0.586 3.000
+H -0.757 0.586 3.000
+"""
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "QCMB_ASYNC_STORE": "none", "COLUMNS": "160"}
-    proc = subprocess.run([sys.executable, "-m", "qcmb_async", "run", "trimer.xyz", "--program", program,
-                           "--method", method], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert proc.stderr.startswith("error: bsse_type cp needs ghost atoms") and "--bsse nocp" in proc.stderr
-    assert "Traceback" not in proc.stderr and "interaction energy" not in proc.stdout
-    ok = subprocess.run([sys.executable, "-m", "qcmb_async", "plan", "trimer.xyz", "--program", program,
-                         "--method", method, "--bsse", "nocp"], cwd=tmp_path, env=env, capture_output=True,
-                        text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
+    return subprocess.run([sys.executable, "-m", "qcmb_async", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize(("program", "method"), [("tblite", "gfn2-xtb"), ("mopac", "pm7"), ("xtb", "gfn2-xtb")])
+def test_cli_plan_without_bsse_uses_nocp_for_a_ghostless_program(tmp_path: Path, program: str, method: str) -> None:
+    """`qcmb-async plan dimer.xyz --program tblite` plans nocp and says so; `--bsse cp` stays exit 2."""
+    require_program(program)
+    (tmp_path / "dimer.xyz").write_text(_DIMER_XYZ)
+    proc = _cli(tmp_path, "plan", "dimer.xyz", "--program", program, "--method", method)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "BSSE nocp;" in proc.stdout
+    assert f"note: no BSSE treatment given: nocp, because {program} cannot place ghost atoms" in proc.stderr
+    chosen = _cli(tmp_path, "plan", "dimer.xyz", "--program", program, "--method", method, "--bsse", "cp")
+    assert chosen.returncode == 2, (chosen.stdout, chosen.stderr)
+    assert chosen.stderr.startswith("error: bsse_type cp needs ghost atoms") and "--bsse nocp" in chosen.stderr
+    assert "Traceback" not in chosen.stderr
+
+
+def test_cli_run_without_bsse_with_tblite_is_the_nocp_interaction_energy(tmp_path: Path) -> None:
+    """`qcmb-async run dimer.xyz --program tblite --method gfn2-xtb`: exit 0, E(AB) - E(A) - E(B) from tblite."""
+    require_program("tblite")
+    import json
+
+    import numpy as np
+    from qcelemental import constants
+    from tblite.interface import Calculator
+
+    (tmp_path / "dimer.xyz").write_text(_DIMER_XYZ)
+    proc = _cli(tmp_path, "run", "dimer.xyz", "--program", "tblite", "--method", "gfn2-xtb", "-o", "out.json")
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "note: no BSSE treatment given: nocp, because tblite cannot place ghost atoms" in proc.stderr
+    assert "uncorrected (nocp)" in proc.stdout and "counterpoise" not in proc.stdout
+    props = json.loads((tmp_path / "out.json").read_text())["properties"]
+    rows = [line.split() for line in _DIMER_XYZ.splitlines()[2:] if line != "--"]
+    numbers = np.array([{"O": 8, "H": 1}[r[0]] for r in rows])
+    xyz = np.array([[float(v) for v in r[1:]] for r in rows]) / constants.bohr2angstroms
+
+    def energy(idx: list[int]) -> float:  # tblite's own API, as a user would call it
+        calc = Calculator("GFN2-xTB", numbers[idx], xyz[idx])
+        calc.set("verbosity", 0)
+        return float(calc.singlepoint().get("energy"))
+
+    expected = energy([0, 1, 2, 3, 4, 5]) - energy([0, 1, 2]) - energy([3, 4, 5])
+    assert props["nocp_corrected_interaction_energy_through_2_body"] == pytest.approx(expected, abs=1e-8)
+    assert props.get("cp_corrected_interaction_energy_through_2_body") is None

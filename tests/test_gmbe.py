@@ -290,3 +290,90 @@ def test_screened_orders_keep_every_atom_and_charges_must_be_placed():
     split_h = [[0, 1, 6, 7, 9, 10, 2, 11, 12, 3, 13, 14, 4, 15, 16, 5, 17, 18], [8, 19]]
     with pytest.raises(InputError, match="bond\\(s\\) to hydrogen"):
         plan_manybody(GMBEInput(molecule=mol, fragments=split_h, max_nbody=1, specification=SPEC))
+
+
+def _ala4_carbonyl_first(tmp_path: Path) -> tuple[Path, list[tuple[str, int]]]:
+    """The protonated ala4 (NH3+ on residue 1) with residue 1's C and O listed before its N and CA, serials
+    renumbered in file order; also ``(atom name, residue number)`` per atom in that order."""
+    from tests.test_gmbe_front import _protonated_ala4
+
+    lines = [line for line in _protonated_ala4(tmp_path).read_text().splitlines() if line.startswith("ATOM")]
+    res1 = [line for line in lines if line[22:26].strip() == "1"]
+    first = [line for line in res1 if line[12:16].strip() in ("C", "O")]
+    lines = first + [line for line in lines if line not in first]
+    out = [f"{line[:6]}{k + 1:5d}{line[11:]}" for k, line in enumerate(lines)]
+    path = tmp_path / "carbonyl_first.pdb"
+    path.write_text("\n".join(out) + "\nEND\n")
+    return path, [(line[12:16].strip(), int(line[22:26])) for line in out]
+
+
+def test_residue_charge_sits_with_the_residues_ca_not_its_first_listed_atom(tmp_path):
+    """Residue 1's C (listed first) travels with residue 2's piece; its +1 (the NH3+) must stay with its CA."""
+    require_module("gemmi")
+    path, atoms = _ala4_carbonyl_first(tmp_path)
+    assert atoms[0] == ("C", 1)  # the premise: the first listed atom is not in residue 1's piece
+    nh3 = next(k for k, a in enumerate(atoms) if a == ("N", 1))
+    carbonyl = next(k for k, a in enumerate(atoms) if a == ("C", 1))
+    inp = GMBEInput.from_pdb(path, residues_per_fragment=2, overlap=1, max_nbody=2, specification=SPEC,
+                             residue_charges={"A/ALA1": 1})
+    assert len(inp.fragments) == 3
+    # The premise again: residue 1's C is in a primary fragment that does not hold its N (cut at CA-C).
+    assert any(carbonyl in f and nh3 not in f for f in inp.fragments)
+    # Hand count: the one charge (NH3+) belongs to every piece holding residue 1's N, nothing else is charged.
+    for frag in inp.fragments:
+        assert sum(inp.atom_charges[i] for i in frag) == (1 if nh3 in frag else 0), frag
+    for sub in plan_manybody(inp).subsystems:
+        assert sum(inp.atom_charges[i] for i in sub.atoms) == (1 if nh3 in sub.atoms else 0), sorted(sub.atoms)
+
+
+def test_pdb_charge_column_gives_a_residues_charge_once(tmp_path):
+    """"1+" in columns 79-80 of residue 1's N (the NH3+): read, not asked for, not added twice when also given."""
+    require_module("gemmi")
+    from tests.test_gmbe_front import _protonated_ala4
+
+    lines = _protonated_ala4(tmp_path).read_text().splitlines()
+    n1 = next(k for k, line in enumerate(lines) if line[12:16].strip() == "N" and line[22:26].strip() == "1")
+    lines[n1] = lines[n1].ljust(78)[:78] + "1+"
+    path = tmp_path / "column.pdb"
+    path.write_text("\n".join(lines) + "\n")
+    atoms = [line for line in lines if line.startswith(("ATOM", "HETATM"))]
+    serials = sorted(int(line[6:11]) for line in atoms)  # atoms are read in serial order
+    nh3 = serials.index(int(lines[n1][6:11]))
+    for given in (None, {"A/ALA1": 1}):
+        inp = GMBEInput.from_pdb(path, residues_per_fragment=1, max_nbody=1, specification=SPEC,
+                                 residue_charges=given)
+        # Hand count: +1 in the fragment holding residue 1's N, 0 elsewhere, +1 in all.
+        assert [sum(inp.atom_charges[i] for i in f) for f in inp.fragments] == [
+            1 if nh3 in f else 0 for f in inp.fragments]
+        assert sum(inp.atom_charges) == 1
+    with pytest.raises(InputError, match=r"A/ALA1: its charge column \(columns 79-80\) says \+1.*says -1"):
+        GMBEInput.from_pdb(path, max_nbody=1, specification=SPEC, residue_charges={"A/ALA1": -1})
+
+
+def test_gmbe_json_without_schema_name_is_read_as_a_gmbe(tmp_path, pyscf):
+    """A GMBE file that leaves out schema_name (its top-level "fragments" says what it is) runs as a GMBE: the
+    textbook GMBE(1) sum; a broken one is named as a GMBEInput with the field to add, not a ManyBodyInput."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from qcmb_async.cli import app
+
+    mol = _molecule(HEXANE)
+    data = {"molecule": json.loads(mol.model_dump_json()), "fragments": OVERLAPPING, "max_nbody": 1,
+            "specification": SPEC}
+    path = tmp_path / "gmbe.json"
+    path.write_text(json.dumps(data))
+    xyz = np.asarray(mol.geometry).reshape(-1, 3)
+    expected = ref.gmbe_energy([a[0] for a in HEXANE], xyz, HEXANE_BONDS, OVERLAPPING, 1,
+                               ref.pyscf_energy("hf", "sto-3g"))
+    assert run(path, store=None).properties.return_energy == pytest.approx(expected, abs=1e-9)
+    assert run(dict(data), store=None).properties.return_energy == pytest.approx(expected, abs=1e-9)
+    res = CliRunner().invoke(app, ["plan", str(path), "--no-store"])
+    assert res.exit_code == 0, res.output
+    assert "GMBE" in res.stdout or "generalized" in res.stdout, res.stdout
+    del data["max_nbody"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"read as a GMBEInput for its top-level 'fragments'.*schema_name.*"
+                                         r"max_nbody"):
+        plan_manybody(path)

@@ -367,5 +367,5 @@ def check_ghost_atoms(inp: ManyBodyInput, specs: dict[str, Any]) -> None:
             f"{'its' if len(names) == 1 else 'their'} QCEngine harness does not honour ghost atoms (real=False): it "
             "computes them as real atoms (or fails), so those fragments would not be a BSSE correction. "
             "NoCP is what such a program can do: "
-            "use bsse_type ['nocp'] (CLI: --bsse nocp; the CLI's default is cp), or a program that places ghost "
-            "atoms (pyscf, psi4, nwchem) for cp/vmfc")
+            "use bsse_type ['nocp'] (CLI: --bsse nocp, its default for such a program), or a program that places "
+            "ghost atoms (pyscf, psi4, nwchem) for cp/vmfc")

@@ -179,7 +179,7 @@ def pdb_fragments(path: Any, residues_per_fragment: int, overlap: int,
             hydrogens[a] += 1
         if symbols[a] == "H":
             hydrogens[b] += 1
-    charges = _residue_charges(source, order, by_res, formal, residue_charges or {}, hydrogens)
+    charges = _residue_charges(source, order, by_res, formal, residue_charges or {}, hydrogens, symbols)
     molecule = gmbe_molecule(source, symbols, geometry, molecular_charge=float(sum(charges)))
     return molecule, fragments, charges
 
@@ -218,8 +218,13 @@ def _atom_names(path: Path) -> list[str]:
 
 
 def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, int]], formal: list[int | None],
-                     given: dict[str, int], hydrogens: list[int]) -> list[int]:
-    """Charge per atom: on one atom of each charged residue (the total is what matters for a subsystem)."""
+                     given: dict[str, int], hydrogens: list[int], symbols: Sequence[str]) -> list[int]:
+    """Charge per atom: a given residue charge sits on the residue's CA (else its first heavy atom).
+
+    The CA decides which piece (and so which primary fragments) a residue belongs to; its carbonyl C and O
+    travel with the next residue's piece, so an atom listed first (which may be that C) could put the charge
+    in another fragment than the residue's when fragments are cut or overlap.
+    """
     natom = len(formal)
     charges = [int(c or 0) for c in formal]
     given = _resolve_residues(source, order, given)
@@ -232,7 +237,7 @@ def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, 
     for k, rid in enumerate(order):
         atoms = by_res[rid]
         resname = rid.split("/")[-1].rstrip("0123456789-")
-        anchor = next(iter(atoms.values()))
+        anchor = atoms.get("CA", next((i for i in atoms.values() if symbols[i] != "H"), next(iter(atoms.values()))))
         suggestion = None
         if resname in _IONISABLE:
             hs, present, absent = _IONISABLE[resname]
@@ -247,12 +252,18 @@ def _residue_charges(source: str, order: list[str], by_res: dict[str, dict[str, 
             # by default (a Zn bound to a carbonyl was computed as Zn(0)).
             need.append(f"{rid} (not an amino acid: a ligand, ion or cofactor; its charge is yours to give)")
             continue
+        in_file = [formal[i] for i in atoms.values() if formal[i] is not None]
         if rid in given:
             value = given[rid]
             if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
                 raise InputError(f"{source}: residue_charges[{rid!r}] = {value!r} is not a whole number")
-            charges[anchor] += int(value)
-        elif any(formal[i] is not None for i in atoms.values()):
+            if in_file and sum(in_file) != int(value):
+                raise InputError(f"{source}: residue {rid}: its charge column (columns 79-80) says {sum(in_file):+d}, "
+                                 f"residue_charges/--charge says {int(value):+d}: make them agree, or blank the "
+                                 "column of that residue's atoms")
+            if not in_file:  # the file's per-atom charges already give it; adding would count it twice
+                charges[anchor] += int(value)
+        elif in_file:
             continue  # the file's charge column says it
         elif suggestion is not None and (resname in _IONISABLE or suggestion != 0):
             need.append(f"{rid} (its hydrogens suggest {suggestion:+d})")

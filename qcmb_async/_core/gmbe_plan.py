@@ -133,23 +133,53 @@ def plan_gmbe(inp: GMBEInput) -> GMBEPlan:
                     by_label=by_label)
 
 
+#: Top-level keys a GMBEInput has and a ManyBodyInput never has (its fragments sit in the molecule, its
+#: max_nbody in specification.keywords). A dict without schema_name is read as a GMBEInput when it has a top-level
+#: ``fragments`` (a GMBEInput cannot do without it; a misplaced max_nbody alone is left to the ManyBodyInput checks).
+GMBE_ONLY_KEYS = ("fragments", "max_nbody", "atom_charges", "bonds", "distance_cutoffs")
+
+
+def _is_gmbe_dict(data: Any) -> bool:
+    """A GMBEInput dict: its schema name, or no schema name and top-level primary ``fragments``."""
+    if not isinstance(data, dict):
+        return False
+    if "schema_name" in data:
+        return data["schema_name"] == "qcmb_async_gmbe_input"
+    return "fragments" in data
+
+
+def _source(data: dict[str, Any], source: str) -> str:
+    """Say how a GMBEInput without schema_name was recognised, so a message about it is not a puzzle."""
+    if "schema_name" in data:
+        return source
+    keys = ", ".join(repr(k) for k in GMBE_ONLY_KEYS if k in data)
+    return (f"{source} (read as a GMBEInput for its top-level {keys}; add \"schema_name\": "
+            "\"qcmb_async_gmbe_input\" to say so)")
+
+
 def as_gmbe_input(obj: Any) -> GMBEInput | None:
-    """``obj`` as a GMBEInput when it is one (model, dict or JSON with its schema name), else ``None``."""
+    """``obj`` as a GMBEInput when it is one (model, dict or JSON/YAML with its schema name, or without one but with
+    a key only a GMBEInput has, :data:`GMBE_ONLY_KEYS`), else ``None``."""
     if isinstance(obj, GMBEInput):
         return obj
-    if isinstance(obj, dict) and obj.get("schema_name") == "qcmb_async_gmbe_input":
-        return _validated(obj)
-    if isinstance(obj, str) and obj.lstrip().startswith("{") and '"qcmb_async_gmbe_input"' in obj:
+    if _is_gmbe_dict(obj):
+        return _validated(obj, _source(obj, "the GMBE input"))
+    if isinstance(obj, str) and obj.lstrip().startswith("{"):
         import json
 
-        return _validated(json.loads(obj))
+        try:
+            data = json.loads(obj)
+        except ValueError:
+            return None  # not JSON: load_input says why
+        return _validated(data, _source(data, "the GMBE input")) if _is_gmbe_dict(data) else None
     if isinstance(obj, str) and len(obj) < 4096 and "\n" not in obj and "\0" not in obj:
         obj = Path(obj)  # a file name, as load_input takes one: a GMBEInput file is read below
     if isinstance(obj, Path) and obj.suffix.lower() in (".json", ".yaml", ".yml") and _is_file(obj):
         from .inputs import read_text_file
 
         text = read_text_file(obj)
-        if "qcmb_async_gmbe_input" not in text:
+        named = "qcmb_async_gmbe_input" in text
+        if not named and "fragments" not in text:
             return None  # an ordinary ManyBodyInput file: load_input reads it
         import json
 
@@ -158,9 +188,11 @@ def as_gmbe_input(obj: Any) -> GMBEInput | None:
         try:
             data = _yaml_load(text) if obj.suffix.lower() != ".json" else json.loads(text)
         except Exception as exc:
+            if not named:
+                return None  # load_input says what is wrong with the file
             raise InputError(f"input file {str(obj)!r} is not valid: {exc}") from None
-        if isinstance(data, dict) and data.get("schema_name") == "qcmb_async_gmbe_input":
-            return _validated(data, f"GMBE input file {str(obj)!r}")
+        if _is_gmbe_dict(data):
+            return _validated(data, _source(data, f"GMBE input file {str(obj)!r}"))
     return None
 
 

@@ -47,7 +47,8 @@ def read_pdb_atoms(path: str | Path) -> tuple[list[tuple[str, float, float, floa
                                                list[str]]:
     """``(atoms, residue names, formal charges, residue ids)`` of the first model of a PDB/mmCIF file.
 
-    ``atoms`` are ``(element, x, y, z)`` in Å in file order; a charge is ``None`` where the file gives none.
+    ``atoms`` are ``(element, x, y, z)`` in Å in file order; a charge is ``None`` where the file gives none (a blank
+    charge column, columns 79-80; gemmi reads "0" the same way), per atom.
     Raises :class:`InputError` for unreadable files, no atoms, unknown elements or a file without hydrogens.
     """
     from .inputs import read_text_file
@@ -70,7 +71,6 @@ def read_pdb_atoms(path: str | Path) -> tuple[list[tuple[str, float, float, floa
     residues: list[str] = []
     charges: list[int | None] = []
     ids: list[str] = []
-    has_charge = False
     # gemmi groups atoms by residue; a file may interleave residues: keep the file's order (serial numbers).
     # Ties (repeated serial numbers) keep gemmi's order, as _atom_names does: the two lists must stay aligned.
     ordered = sorted(((atom.serial, k, chain, res, atom) for k, (chain, res, atom) in enumerate(
@@ -88,14 +88,15 @@ def read_pdb_atoms(path: str | Path) -> tuple[list[tuple[str, float, float, floa
         atoms.append((element.capitalize(), atom.pos.x, atom.pos.y, atom.pos.z))
         residues.append(res.name)
         ids.append(f"{chain.name}/{res.name}{res.seqid}")
-        has_charge = has_charge or atom.charge != 0
-        charges.append(int(atom.charge))
+        # Per atom: a blank column (gemmi reads it, and "0", as 0) says nothing, so a residue or molecule whose
+        # atoms are all blank is asked for, never taken as neutral because another atom of the file has a charge.
+        charges.append(int(atom.charge) if atom.charge else None)
     if not atoms:
         raise InputError(f"{source} has no atoms")
     if not any(a[0] == "H" for a in atoms):
         raise InputError(f"{source} has no hydrogen atoms (as most crystal structures): a many-body expansion needs "
                          "them; add hydrogens first (e.g. pdbfixer, reduce or 'obabel -h') and read the result")
-    return atoms, residues, (charges if has_charge else [None] * len(atoms)), ids
+    return atoms, residues, charges, ids
 
 
 def pdb_molecule(path: str | Path, *, charges: list[int] | Mapping[str, int] | None = None,

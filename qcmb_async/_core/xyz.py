@@ -213,7 +213,8 @@ def format_xyz(molecule: Any, comment: str = "") -> str:
 
 
 def parse_bsse(values: list[str] | None) -> list[str]:
-    """``["cp,nocp", "vmfc"]`` -> ``["cp", "nocp", "vmfc"]``, each checked; ``None`` -> ``["cp"]``.
+    """``["cp,nocp", "vmfc"]`` -> ``["cp", "nocp", "vmfc"]``, each checked; ``None`` -> ``["cp"]``
+    (:func:`mbe_input` asks :func:`default_bsse` instead, which knows the program).
 
     An empty list (``--bsse ""``) raises :class:`InputError`: it is a mistake, not a request for the default.
     """
@@ -235,6 +236,36 @@ def parse_bsse(values: list[str] | None) -> list[str]:
         raise InputError(f"the BSSE list is empty (got {values!r}): give one or more of {', '.join(BSSE_TYPES)}, "
                          "comma separated (leave --bsse out for cp)")
     return out
+
+
+def default_bsse(program: str) -> list[str]:
+    """The BSSE treatment when none is given: ``["cp"]``, or ``["nocp"]`` for a program that cannot place ghost
+    atoms (``ProgramTraits.ghost_atoms`` False: tblite, xtb, mopac, ...), said as a warning.
+
+    cp would be refused for such a program (:func:`qcmb_async._core.checks.check_ghost_atoms`); a default the
+    user did not choose should not be what stops the run. A ``--bsse cp`` the user gave is still refused.
+    The command line, which ignores these warnings, prints :func:`nocp_default_notice` once the run is through.
+    """
+    import warnings
+
+    from ..errors import QCMBAsyncWarning
+
+    notice = nocp_default_notice(program)
+    if notice is None:
+        return ["cp"]
+    warnings.warn(notice, QCMBAsyncWarning, stacklevel=4)
+    return ["nocp"]
+
+
+def nocp_default_notice(program: str) -> str | None:
+    """What to say when no BSSE treatment was given and ``program`` made it nocp; ``None``: the default is cp."""
+    from ..programs import traits
+
+    if traits(str(program)).ghost_atoms:
+        return None
+    return (f"no BSSE treatment given: nocp, because {program} cannot place ghost atoms (the default cp needs "
+            "them); give --bsse nocp (bsse=['nocp']) to say so, or a program with ghost atoms (pyscf, psi4, "
+            "nwchem) for cp/vmfc")
 
 
 def parse_keywords(text: str | None) -> dict[str, Any]:
@@ -323,7 +354,7 @@ def mbe_input(molecule: Any, *, source: str, method: str, program: str, basis: s
     from .inputs import _pydantic_message
 
     _check_common(driver, max_nbody)
-    mb_keywords: dict[str, Any] = {"bsse_type": parse_bsse(bsse)}
+    mb_keywords: dict[str, Any] = {"bsse_type": parse_bsse(bsse) if bsse is not None else default_bsse(program)}
     if max_nbody is not None:
         mb_keywords["max_nbody"] = max_nbody
     try:

@@ -80,6 +80,19 @@ def _load(path: Path, xyz: XyzOptions) -> Any:
     return path
 
 
+def bsse_notice(xyz: XyzOptions) -> str | None:
+    """``note: ...`` when an XYZ/PDB input gave no --bsse and its program made the default nocp (no ghost atoms).
+
+    Printed by plan/run once they are through, so an error found later stays the only paragraph on stderr.
+    """
+    if xyz.bsse is not None or xyz.gmbe is not None or not xyz.program:
+        return None  # chosen, a GMBE (always nocp) or a JSON input (its own bsse_type)
+    from .._core.xyz import nocp_default_notice
+
+    notice = nocp_default_notice(str(xyz.program))
+    return None if notice is None else f"note: {notice}"
+
+
 def _same_file(a: Path, b: Path) -> bool:
     """``a`` and ``b`` name one file: the same path once symlinks resolve, or the same inode (hard links)."""
     ra, rb = a.expanduser().resolve(), b.expanduser().resolve()

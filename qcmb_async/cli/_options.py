@@ -45,7 +45,10 @@ ProgramOpt = Annotated[str | None, _opt("--program", metavar="PROGRAM", help="XY
                                                                               "mopac, psi4, nwchem.")]
 BsseOpt = Annotated[list[str] | None, _opt("--bsse", metavar="cp,nocp,vmfc", help="XYZ input: BSSE treatment(s); "
                                                                                    "repeat or comma separate. "
-                                                                                   "Default cp.")]
+                                                                                   "Default cp; nocp for a "
+                                                                                   "program that cannot place "
+                                                                                   "ghost atoms (tblite, xtb, "
+                                                                                   "mopac).")]
 MaxNbodyOpt = Annotated[int | None, _opt("--max-nbody", metavar="N", help="XYZ input: highest n-body level.")]
 KeywordsOpt = Annotated[str | None, _opt("--keywords", metavar="JSON", help="XYZ input: program keywords, a JSON "
                                                                              "object.")]

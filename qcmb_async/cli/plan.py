@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ._app import app
-from ._console import _stdout, with_log_options
-from ._inputs import _load, _store_arg
+from ._console import _stderr, _stdout, with_log_options
+from ._inputs import _load, _store_arg, bsse_notice
 from ._options import (
     InputArg,
     LogOptions,
@@ -67,6 +67,9 @@ def plan(
                         title="screened expansion (planned before the run)")
     where = None if no_store else (str(store_file) if store_file else "default")
     _print_prediction(console, the_plan, cores, where)
+    notice = bsse_notice(xyz)
+    if notice is not None:
+        _stderr().print(notice, markup=False, soft_wrap=True)
 
 
 def _print_found(console: Any, molecule: Any, listed: int = 30) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import RunFailed
 from ._console import Usage, _stderr, _stdout
-from ._inputs import _load, _store_arg, write_output
+from ._inputs import _load, _store_arg, bsse_notice, write_output
 from ._moving import check_outputs, expansion_command, run_options
 from ._options import (
     BarrierOpt,
@@ -68,6 +68,14 @@ def run(
         # --quiet: only the final lines; advisories (e.g. MOPAC and ghost atoms) stay out of it.
         logging.getLogger("qcmb_async").setLevel(logging.ERROR)
     _run(mbe, options, output=outputs.output, timeline=outputs.timeline, quiet=quiet, json_logs=logs.json)
+    notice = bsse_notice(xyz)
+    if notice is not None and not quiet:  # after the run: an error found on the way stays the only paragraph
+        if logs.json:
+            from .._logs import get_logger
+
+            get_logger().warning(notice)
+        else:
+            _stderr().print(notice, markup=False, soft_wrap=True)
 
 
 def _dask_target(scheduler: str | None, scheduler_file: Path | None, cluster: Any, **jobs: Any) -> dict[str, Any]:
