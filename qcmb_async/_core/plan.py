@@ -283,14 +283,29 @@ def _fast_path_agrees(parent: Any, real: list[int], ghost: list[int], updates: d
 
 
 def _key(program: str, atomic: Any, version: str | None = None) -> str:
+    """SHA-256 of ``json.dumps({"v": KEY_VERSION, "program": ..., "version": ..., "input": ...}, sort_keys=True)``.
+
+    ``input`` is ``json.loads(atomic.model_dump_json(exclude={"id", "provenance"}))``: the recipe every store's
+    keys were made with. This computes the same string with less work: ``model_dump(mode="json")`` is that
+    dict without writing and parsing the JSON text, and the outer object's members after ``"input"`` (sorted:
+    ``program``, ``v``, ``version``) are formatted once per program and version.
+    """
     from .versions import program_version
 
-    canonical = atomic.model_dump_json(exclude={"id", "provenance"})
+    data = atomic.model_dump(mode="json", exclude={"id", "provenance"})
     # The program's version is part of the key: a result of another version (an upgrade) is never reused.
-    payload = json.dumps({"v": KEY_VERSION, "program": program.lower(),
-                          "version": program_version(program) if version is None else version,
-                          "input": json.loads(canonical)}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    tail = _key_tail(program.lower(), program_version(program) if version is None else version)
+    digest = hashlib.sha256(b'{"input": ')
+    digest.update(json.dumps(data, sort_keys=True).encode())
+    digest.update(tail)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _key_tail(program: str, version: str) -> bytes:
+    """What ``json.dumps(..., sort_keys=True)`` of the key's object writes after its ``"input"`` member."""
+    return (', "program": ' + json.dumps(program) + ', "v": ' + json.dumps(KEY_VERSION)
+            + ', "version": ' + json.dumps(version) + "}").encode()
 
 
 def input_hash(inp: ManyBodyInput) -> str:
