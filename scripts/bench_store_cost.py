@@ -5,7 +5,9 @@
 
 ``--roots``: source trees to compare (each is put first on PYTHONPATH of its runs), e.g. a copy of the
 previous commit made with ``git archive``; runs of the trees alternate, so a change in the machine's load
-reaches all of them alike. Prints one line per run and, per tree and size, the median wall times, the
+reaches all of them alike. ``--micro N``: instead, the coordinator's CPU per fragment for the store key and
+for committing rounds of 1, 2 and 8 results of N real tetramers (thread CPU, best of the repeats), per tree.
+Prints one line per run and, per tree and size, the median wall times, the
 store's cost per fragment (median on - median off) in wall and in CPU time of the process (steadier than wall
 when the machine is shared) and the on/off ratio.
 """
@@ -48,6 +50,67 @@ print(json.dumps({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime - cpu0,
 """
 
 
+MICRO = r"""
+import json, sys, tempfile, time
+from pathlib import Path
+from types import SimpleNamespace
+import qcengine
+from qcelemental.models.v2 import Molecule
+from qcmanybody.models.v2 import ManyBodyInput
+from qcmb_async._core import scheduler
+from qcmb_async._core.outcome import FragmentRecord
+from qcmb_async._core.plan import make_plan
+from qcmb_async._core.store import ResultStore
+mol = Molecule.from_file(sys.argv[1])
+n, count, repeats = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+sub = Molecule(symbols=mol.symbols[:3 * n], geometry=mol.geometry.reshape(-1, 3)[:3 * n],
+               fragments=[list(range(3 * i, 3 * i + 3)) for i in range(n)], fix_com=True, fix_orientation=True)
+inp = ManyBodyInput(molecule=sub, specification={
+    "driver": "energy", "keywords": {"bsse_type": ["nocp"], "max_nbody": 4, "supersystem_ie_only": False},
+    "specification": {"program": "tblite", "driver": "energy", "model": {"method": "gfn2-xtb", "basis": None}}})
+plan = make_plan(inp)
+frags = [f for f in plan.fragments if f.level == 4][:count]
+out = {}
+best = float("inf")
+for _ in range(repeats):  # the key of freshly built jobs (what the feeder does), CPU of this thread
+    jobs = [plan.materialise(f) for f in frags]
+    t = time.thread_time()
+    keys = [j.key for j in jobs]
+    best = min(best, (time.thread_time() - t) / len(jobs))
+out["key_ms"] = best * 1e3
+results = [qcengine.compute(j.atomic_input, "tblite", return_version=2) for j in jobs]
+def items(tag):
+    made = []
+    for i, (f, k, r) in enumerate(zip(frags, keys, results)):
+        rec = FragmentRecord(f.label, f.level, f.program, 1, 1.0, status="ok", attempts=1)
+        rec.history.append({"attempt": 1, "start": 1.7e9 + i, "end": 1.7e9 + i + 0.0013, "worker": "thread",
+                            "host": "h", "error_type": None, "error_message": None})
+        made.append(SimpleNamespace(frag=f, key=k + tag, result=r, rec=rec))
+    return made
+for size in (1, 2, 8):
+    cpu_best = wall_best = float("inf")
+    for rep in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp, ResultStore(Path(tmp) / "s.sqlite") as rs:
+            todo = items(str(rep))
+            t, c = time.perf_counter(), time.thread_time()
+            for i in range(0, len(todo), size):
+                assert scheduler._store_put_many(rs, todo[i:i + size], "run") == [None] * len(todo[i:i + size])
+            wall_best = min(wall_best, (time.perf_counter() - t) / len(todo))
+            cpu_best = min(cpu_best, (time.thread_time() - c) / len(todo))
+    out[f"put_round{size}_cpu_ms"] = cpu_best * 1e3
+    out[f"put_round{size}_wall_ms"] = wall_best * 1e3
+print(json.dumps(out))
+"""
+
+
+def micro(root: Path, waters: int, count: int, repeats: int) -> dict[str, float]:
+    """CPU per fragment of the key and of committing rounds of 1, 2 and 8 results (best of ``repeats``)."""
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", MICRO, str(ROOT / "scripts/data/water64.xyz"), str(waters),
+                          str(count), str(repeats)], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def one(root: Path, waters: int, store: bool, executor: str) -> dict[str, float]:
     """One run in a fresh process (OMP_NUM_THREADS=1, as the benchmarks of tblite use)."""
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
@@ -64,8 +127,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--roots", nargs="+", default=[str(ROOT)])
     parser.add_argument("--executor", default="auto")
+    parser.add_argument("--micro", type=int, default=0, metavar="N",
+                        help="instead of whole runs: CPU of the key and of store rounds for N tetramers")
     args = parser.parse_args()
     roots = [Path(r).resolve() for r in args.roots]
+    if args.micro:
+        for root in roots:
+            res = micro(root, args.waters[0], args.micro, args.repeats)
+            print(root, " ".join(f"{k}={v:.4f}" for k, v in res.items()), flush=True)
+        return
     walls: dict[tuple[str, int, bool], list[float]] = {}
     cpus: dict[tuple[str, int, bool], list[float]] = {}
     counts: dict[int, int] = {}
