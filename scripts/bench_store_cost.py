@@ -6,7 +6,8 @@
 ``--roots``: source trees to compare (each is put first on PYTHONPATH of its runs), e.g. a copy of the
 previous commit made with ``git archive``; runs of the trees alternate, so a change in the machine's load
 reaches all of them alike. ``--micro N``: instead, the coordinator's CPU per fragment for the store key and
-for committing rounds of 1, 2 and 8 results of N real tetramers (thread CPU, best of the repeats), per tree.
+for committing rounds of 1, 2 and 8 results of N real tetramers (thread CPU, best of the repeats), the way
+before the store path was trimmed and now, alternated in one process of the first tree.
 Prints one line per run and, per tree and size, the median wall times, the
 store's cost per fragment (median on - median off) in wall and in CPU time of the process (steadier than wall
 when the machine is shared) and the on/off ratio.
@@ -51,16 +52,17 @@ print(json.dumps({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime - cpu0,
 
 
 MICRO = r"""
-import json, sys, tempfile, time
+import hashlib, json, sys, tempfile, time
 from pathlib import Path
 from types import SimpleNamespace
 import qcengine
 from qcelemental.models.v2 import Molecule
 from qcmanybody.models.v2 import ManyBodyInput
 from qcmb_async._core import scheduler
-from qcmb_async._core.outcome import FragmentRecord
+from qcmb_async._core.outcome import FragmentRecord, _store_put, _store_put_batch
 from qcmb_async._core.plan import make_plan
 from qcmb_async._core.store import ResultStore
+from qcmb_async._core.versions import program_version
 mol = Molecule.from_file(sys.argv[1])
 n, count, repeats = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 sub = Molecule(symbols=mol.symbols[:3 * n], geometry=mol.geometry.reshape(-1, 3)[:3 * n],
@@ -70,14 +72,31 @@ inp = ManyBodyInput(molecule=sub, specification={
     "specification": {"program": "tblite", "driver": "energy", "model": {"method": "gfn2-xtb", "basis": None}}})
 plan = make_plan(inp)
 frags = [f for f in plan.fragments if f.level == 4][:count]
-out = {}
-best = float("inf")
-for _ in range(repeats):  # the key of freshly built jobs (what the feeder does), CPU of this thread
-    jobs = [plan.materialise(f) for f in frags]
-    t = time.thread_time()
-    keys = [j.key for j in jobs]
-    best = min(best, (time.thread_time() - t) / len(jobs))
-out["key_ms"] = best * 1e3
+
+
+def old_key(program, atomic):  # the key as computed before (docs/store.md's recipe, literally)
+    payload = json.dumps({"v": 2, "program": program.lower(), "version": program_version(program),
+                          "input": json.loads(atomic.model_dump_json(exclude={"id", "provenance"}))}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class Unchecked:  # put_many as before: every row's JSON parsed again
+    def __init__(self, rs):
+        self.put_many, self.put = rs.put_many, rs.put
+
+
+def old_rounds(store, batch, run_id):  # rounds as before: one put (own checks) for a round of one
+    if len(batch) == 1:
+        return [_store_put(store, p.frag, p.key, p.result, p.rec, run_id) for p in batch]
+    return _store_put_batch(Unchecked(store), [(p.frag, p.key, p.result, p.rec) for p in batch], run_id)
+
+
+best = {}
+def note(name, seconds, n):
+    best[name] = min(best.get(name, float("inf")), seconds / n * 1e3)
+jobs = [plan.materialise(f) for f in frags]
+keys = [j.key for j in jobs]
+assert keys == [old_key(j._program, j.atomic_input) for j in jobs]
 results = [qcengine.compute(j.atomic_input, "tblite", return_version=2) for j in jobs]
 def items(tag):
     made = []
@@ -87,24 +106,30 @@ def items(tag):
                             "host": "h", "error_type": None, "error_message": None})
         made.append(SimpleNamespace(frag=f, key=k + tag, result=r, rec=rec))
     return made
-for size in (1, 2, 8):
-    cpu_best = wall_best = float("inf")
-    for rep in range(repeats):
-        with tempfile.TemporaryDirectory() as tmp, ResultStore(Path(tmp) / "s.sqlite") as rs:
-            todo = items(str(rep))
-            t, c = time.perf_counter(), time.thread_time()
-            for i in range(0, len(todo), size):
-                assert scheduler._store_put_many(rs, todo[i:i + size], "run") == [None] * len(todo[i:i + size])
-            wall_best = min(wall_best, (time.perf_counter() - t) / len(todo))
-            cpu_best = min(cpu_best, (time.thread_time() - c) / len(todo))
-    out[f"put_round{size}_cpu_ms"] = cpu_best * 1e3
-    out[f"put_round{size}_wall_ms"] = wall_best * 1e3
-print(json.dumps(out))
+for rep in range(repeats):  # before and after alternate, so a change of the machine's load reaches both
+    jobs = [plan.materialise(f) for f in frags]
+    t = time.thread_time()
+    [old_key(j._program, j.atomic_input) for j in jobs]
+    note("key_before", time.thread_time() - t, len(jobs))
+    t = time.thread_time()
+    [j.key for j in jobs]
+    note("key_after", time.thread_time() - t, len(jobs))
+    for size in (1, 2, 8):
+        for name, rounds in (("before", old_rounds), ("after", scheduler._store_put_many)):
+            with tempfile.TemporaryDirectory() as tmp, ResultStore(Path(tmp) / "s.sqlite") as rs:
+                todo = items(str(rep))
+                t = time.thread_time()
+                for i in range(0, len(todo), size):
+                    assert rounds(rs, todo[i:i + size], "run") == [None] * len(todo[i:i + size])
+                note(f"put_round{size}_{name}", time.thread_time() - t, len(todo))
+print(json.dumps(best))
 """
 
 
 def micro(root: Path, waters: int, count: int, repeats: int) -> dict[str, float]:
-    """CPU per fragment of the key and of committing rounds of 1, 2 and 8 results (best of ``repeats``)."""
+    """Coordinator CPU (ms) per fragment of the key and of committing rounds of 1, 2 and 8 results, the way
+    before this change (the documented key recipe written out, one ``put`` per round of one, ``put_many``
+    parsing every row's JSON) and now, alternated in one process (best of ``repeats``)."""
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", MICRO, str(ROOT / "scripts/data/water64.xyz"), str(waters),
                           str(count), str(repeats)], env=env, capture_output=True, text=True, check=True)
@@ -132,9 +157,10 @@ def main() -> None:
     args = parser.parse_args()
     roots = [Path(r).resolve() for r in args.roots]
     if args.micro:
-        for root in roots:
-            res = micro(root, args.waters[0], args.micro, args.repeats)
-            print(root, " ".join(f"{k}={v:.4f}" for k, v in res.items()), flush=True)
+        res = micro(roots[0], args.waters[0], args.micro, args.repeats)
+        for what in ("key", "put_round1", "put_round2", "put_round8"):
+            before, after = res[f"{what}_before"], res[f"{what}_after"]
+            print(f"{what}: {before:.4f} -> {after:.4f} ms CPU per fragment ({after / before:.2f}x)", flush=True)
         return
     walls: dict[tuple[str, int, bool], list[float]] = {}
     cpus: dict[tuple[str, int, bool], list[float]] = {}
