@@ -89,3 +89,66 @@ def test_each_fragment_is_committed_before_it_is_announced(tmp_path: Path, monke
     assert sum(rounds) == nfrag and max(rounds) > 1, rounds  # some rounds committed several results at once
     with ResultStore(path, readonly=True) as rs:
         assert sorted(r["label"] for r in rs.fragments()) == sorted(finished)
+
+
+def _items(n_waters: int = 4) -> list[Any]:
+    """Finished fragments as the scheduler hands them to the store: fragment, key, AtomicResult, record."""
+    from types import SimpleNamespace
+
+    from qcmb_async._core.outcome import FragmentRecord
+    from qcmb_async._core.plan import make_plan
+    from tests.fakes import _result
+
+    register_fakes()
+    plan = make_plan(mbe_input("qcmb-fake-sleep", "fake", "none", bsse="nocp", max_nbody=2,
+                               molecule=waters(n_waters), keywords={"sleep": 0}))
+    items = []
+    for i, frag in enumerate(plan.fragments):
+        job = plan.materialise(frag)
+        rec = FragmentRecord(frag.label, frag.level, frag.program, 1, 1.0, status="ok", attempts=1)
+        rec.history.append({"attempt": 1, "start": 100.0 + i, "end": 100.5 + i, "worker": "thread", "host": "h",
+                            "error_type": None, "error_message": None})
+        items.append(SimpleNamespace(frag=frag, key=job.key, rec=rec,
+                                     result=_result(job.atomic_input, -76.0 - i / 7)))
+    return items
+
+
+def test_rounds_write_the_rows_per_row_commits_wrote(tmp_path: Path) -> None:
+    """Rounds of one row and of many (``put_many``, no re-parse of the JSON) write the very rows that one
+    ``put`` per fragment wrote (every column but ``created_at``, and the stored result)."""
+    from qcmb_async._core.outcome import _store_put
+
+    items = _items()
+    with ResultStore(tmp_path / "rows.sqlite") as rs:
+        assert all(_store_put(rs, p.frag, p.key, p.result, p.rec, "run") is None for p in items)
+    with ResultStore(tmp_path / "ones.sqlite") as rs:
+        assert all(scheduler._store_put_many(rs, [p], "run") == [None] for p in items)
+    with ResultStore(tmp_path / "round.sqlite") as rs:
+        assert scheduler._store_put_many(rs, items, "run") == [None] * len(items)
+    per_row = _rows(tmp_path / "rows.sqlite")
+    assert len(per_row) == len(items) == 4 + 6
+    assert sorted(per_row) == sorted(_rows(tmp_path / "ones.sqlite")) == sorted(_rows(tmp_path / "round.sqlite"))
+    assert {r[-1]["return_result"] for r in per_row} == {p.result.return_result for p in items}
+
+
+def test_a_store_of_per_row_commits_is_reused_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store written one ``put`` per fragment (how rounds of one were committed before) serves a later
+    run completely: every fragment is read back, none computed, same energy."""
+    from qcmb_async._core.outcome import _store_put
+
+    register_fakes()
+
+    def per_row(store: Any, batch: list[Any], run_id: str) -> list[str | None]:
+        return [_store_put(store, p.frag, p.key, p.result, p.rec, run_id) for p in batch]
+
+    path = tmp_path / "s.sqlite"
+    inp = mbe_input("qcmb-fake-sleep", "fake", "none", bsse="nocp", max_nbody=3, molecule=waters(5),
+                    keywords={"sleep": 0})
+    with monkeypatch.context() as m:
+        m.setattr(scheduler, "_store_put_many", per_row)
+        first = run(inp, executor="threads", ncores=2, store=str(path))
+    second = run(inp, executor="threads", ncores=2, store=str(path))
+    records = second.extras["qcmb_async"]["fragments"]
+    assert len(records) == 5 + 10 + 10
+    assert {r["status"] for r in records} == {"cached"}
+    assert second.properties.return_energy == first.properties.return_energy is not None

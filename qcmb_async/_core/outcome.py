@@ -14,6 +14,7 @@ from .compact import CompactResult
 from .contract import is_transient
 from .plan import Fragment, Job, Plan
 from .resources import Usage
+from .store import ResultStore
 from .versions import program_version
 
 log = get_logger()
@@ -175,7 +176,12 @@ def _store_put_batch(store: Any, items: list[tuple[Fragment, str, Any, FragmentR
         where.append(i)
     if rows:
         try:
-            store.put_many(rows)
+            # Each text is an AtomicResult's own JSON of a successful outcome (the scheduler stores nothing
+            # else), so the store need not parse it again; a store without that option checks as usual.
+            if isinstance(store, ResultStore):
+                store.put_many(rows, checked=True)
+            else:
+                store.put_many(rows)
         except StoreError as exc:
             for i in where:
                 problems[i] = f"fragment {items[i][0].label}: {exc}"

@@ -57,13 +57,17 @@ class Fragment:
 class Job:
     """A materialised fragment: what the worker runs and what the result store is keyed by."""
 
-    __slots__ = ("_key", "_program", "atomic_input")
+    __slots__ = ("_key", "_program", "_spec_json", "atomic_input")
 
-    def __init__(self, atomic_input: Any, key: str | None = None, *, program: str = "") -> None:
+    def __init__(self, atomic_input: Any, key: str | None = None, *, program: str = "",
+                 spec_json: str | None = None) -> None:
         self.atomic_input = atomic_input
         """QCSchema v2 ``AtomicInput`` (the model), exactly what QCManyBody's own loop would run."""
         self._key = key
         self._program = program
+        # The key's sorted JSON of the specification when the plan made it once for every fragment of a
+        # model chemistry (equal content); None: the key serialises this job's own.
+        self._spec_json = spec_json
 
     @property
     def key(self) -> str:
@@ -73,7 +77,7 @@ class Job:
         a result store never needs it.
         """
         if self._key is None:
-            self._key = _key(self._program, self.atomic_input)
+            self._key = _key(self._program, self.atomic_input, spec_json=self._spec_json)
         return self._key
 
 
@@ -102,6 +106,8 @@ class Plan:
     _arrays: _ParentArrays | None = field(default=None, repr=False)
     _spec_models: dict[str, Any] = field(default_factory=dict, repr=False)
     """Per model chemistry: its validated ``AtomicSpecification`` (or ``None``: validate a copy per fragment)."""
+    _spec_jsons: dict[str, str] = field(default_factory=dict, repr=False)
+    """Per model chemistry: the sorted JSON of its shared specification, as the store key writes it."""
 
     @property
     def input_hash(self) -> str:
@@ -159,6 +165,9 @@ class Plan:
         else:
             spec = copy.deepcopy(self.specs[frag.mc]["specification"])
         atomic = AtomicInput(molecule=mol, specification=spec)
+        spec_json = self._spec_jsons.get(frag.mc) if shared is not None else None
+        if shared is not None and spec_json is None:
+            spec_json = self._spec_jsons[frag.mc] = json.dumps(shared.model_dump(mode="json"), sort_keys=True)
         # QCManyBody's own loop: Psi4 takes the charges as external_potentials. Our PySCF harness reads them where
         # QCManyBody put them, the molecule's extras (part of the store key either way); check_embedding refuses
         # every other program before anything runs.
@@ -168,7 +177,8 @@ class Plan:
             fkw = atomic.specification.keywords.get("function_kwargs", {})
             fkw.update({"external_potentials": mol.extras["embedding_charges"]})
             atomic.specification.keywords["function_kwargs"] = fkw
-        return Job(atomic, program=frag.program)
+            spec_json = None  # this fragment's keywords differ from its model chemistry's
+        return Job(atomic, program=frag.program, spec_json=spec_json)
 
     def _spec_model(self, mc: str) -> Any:
         """``mc``'s ``AtomicSpecification``, validated once; ``None`` when it holds mutable data beyond
@@ -282,15 +292,38 @@ def _fast_path_agrees(parent: Any, real: list[int], ghost: list[int], updates: d
         return False
 
 
-def _key(program: str, atomic: Any, version: str | None = None) -> str:
+def _key(program: str, atomic: Any, version: str | None = None, *, spec_json: str | None = None) -> str:
+    """SHA-256 of ``json.dumps({"v": KEY_VERSION, "program": ..., "version": ..., "input": ...}, sort_keys=True)``.
+
+    ``input`` is ``json.loads(atomic.model_dump_json(exclude={"id", "provenance"}))``: the recipe every store's
+    keys were made with. This computes the same string with less work: ``model_dump(mode="json")`` is that
+    dict without writing and parsing the JSON text, and the outer object's members after ``"input"`` (sorted:
+    ``program``, ``v``, ``version``) are formatted once per program and version. ``spec_json``: the
+    ``json.dumps(..., sort_keys=True)`` of ``atomic.specification`` made once per model chemistry (the plan's).
+    """
     from .versions import program_version
 
-    canonical = atomic.model_dump_json(exclude={"id", "provenance"})
     # The program's version is part of the key: a result of another version (an upgrade) is never reused.
-    payload = json.dumps({"v": KEY_VERSION, "program": program.lower(),
-                          "version": program_version(program) if version is None else version,
-                          "input": json.loads(canonical)}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    tail = _key_tail(program.lower(), program_version(program) if version is None else version)
+    text = None
+    if spec_json is not None:
+        data = atomic.model_dump(mode="json", exclude={"id", "provenance", "specification"})
+        if all(k < "specification" for k in data):  # sort_keys puts it last: append it to the rest
+            head = json.dumps(data, sort_keys=True)[:-1] + (", " if data else "")
+            text = head + '"specification": ' + spec_json + "}"
+    if text is None:
+        text = json.dumps(atomic.model_dump(mode="json", exclude={"id", "provenance"}), sort_keys=True)
+    digest = hashlib.sha256(b'{"input": ')
+    digest.update(text.encode())
+    digest.update(tail)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _key_tail(program: str, version: str) -> bytes:
+    """What ``json.dumps(..., sort_keys=True)`` of the key's object writes after its ``"input"`` member."""
+    return (', "program": ' + json.dumps(program) + ', "v": ' + json.dumps(KEY_VERSION)
+            + ', "version": ' + json.dumps(version) + "}").encode()
 
 
 def input_hash(inp: ManyBodyInput) -> str:

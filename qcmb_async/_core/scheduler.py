@@ -524,8 +524,11 @@ class _Put:
 
 
 def _store_put_many(store: FragmentStore, batch: list[_Put], run_id: str) -> list[str | None]:
-    """Commit a round of results in one transaction where the store can (``put_many``), else one by one."""
-    if len(batch) == 1 or getattr(store, "put_many", None) is None:
+    """Commit a round of results in one transaction where the store can (``put_many``), else one by one.
+
+    A round of one row goes through ``put_many`` too: the same row and one commit, without ``put``'s own checks.
+    """
+    if getattr(store, "put_many", None) is None:
         return [_store_put(store, p.frag, p.key, p.result, p.rec, run_id) for p in batch]
     return _store_put_batch(store, [(p.frag, p.key, p.result, p.rec) for p in batch], run_id)
 
