@@ -158,8 +158,8 @@ async def run_manybody(
         if cluster is not None:
             executor = _cluster_executor(cluster, executor, scheduler)
         exe = await _checked_executor(inp, options, executor, scheduler)
-        plan, outcome, extras = await _execute(inp, options, exe, store, given, planner=_plan)
-        return await _result(plan, outcome, extras)
+        # No local keeps (plan, outcome, extras): _result lets go of the plan and the results once assembled.
+        return await _result(*await _execute(inp, options, exe, store, given, planner=_plan))
 
 
 def _checked_arguments(mbe_input: Any, store: Any, given: dict[str, Any], *, remote: bool = False
@@ -199,11 +199,39 @@ def _sized_to_executor(options: Any, exe: Executor, given: dict[str, Any]) -> An
 
 
 async def _result(plan: Plan, outcome: ScheduleOutcome, extras: dict[str, Any]) -> ManyBodyResult:
-    """QCManyBody's assembled result, or :class:`RunFailed` with what could be assembled (off the loop)."""
+    """QCManyBody's assembled result, or :class:`RunFailed` with what could be assembled (off the loop).
+
+    ``extras["fragments"]`` (empty until now) receives the run's records after assembly, as the plan and the results
+    are let go: at 679,120 fragments (an unscreened (H2O)64 MBE(4)) the plan, the results and the records' dicts
+    are each hundreds of MB, and only the dicts are part of the result. ``outcome``'s results and records are
+    consumed.
+    """
     if outcome.failures:
+        move_records(outcome, extras["fragments"])
         report = await anyio.to_thread.run_sync(_failure_report, plan, outcome, extras)
         raise RunFailed(report)
-    return await anyio.to_thread.run_sync(assemble, plan, outcome.results, extras)
+    box = {"plan": plan, "results": outcome.results, "extras": extras}
+    del plan
+    outcome.results = {}
+    result = await anyio.to_thread.run_sync(_assemble_consuming, box)
+    move_records(outcome, result.extras["qcmb_async"]["fragments"])
+    return result
+
+
+def _assemble_consuming(box: dict[str, Any]) -> ManyBodyResult:
+    """:func:`assemble` of the plan and results in ``box``, emptied first: once the result is built nothing holds
+    them (not even the worker thread that ran this, whose last call's arguments stay referenced until its next)."""
+    plan, results, extras = box.pop("plan"), box.pop("results"), box.pop("extras")
+    return assemble(plan, results, extras)
+
+
+def move_records(outcome: ScheduleOutcome, into: list[dict[str, Any]]) -> None:
+    """Append each of ``outcome.records`` to ``into`` as its dict (:meth:`FragmentRecord.as_dict`), in order, and
+    drop the records as it goes (``outcome.records`` ends empty): the records and their dicts never all coexist."""
+    records, outcome.records = outcome.records, []
+    records.reverse()
+    while records:
+        into.append(records.pop().as_dict())
 
 
 def _unsized(given: dict[str, Any]) -> dict[str, Any]:
@@ -317,7 +345,8 @@ async def _execute(inp: Any, options: Any, exe: Executor, store: Any, given: dic
 
     The result store is open around both, and the run is recorded in it before any worker starts (an
     interrupted run is in ``report``); its row says how the run ended, whatever ended it. ``given``: the
-    options as passed, for sizing from a cluster's workers once they are known.
+    options as passed, for sizing from a cluster's workers once they are known. ``extras["fragments"]`` is empty:
+    the caller moves the records in (:func:`move_records`), after assembly when it can.
     """
     from ._core.scheduler import STORE_FAILURES, StoreFailures
 
@@ -491,7 +520,8 @@ def _extras(run_id: str, executor: str, options: Any, outcome: ScheduleOutcome) 
         "peak_cores": outcome.usage.peak_cores,
         "peak_memory": outcome.usage.peak_memory,
         "not_stored": outcome.not_stored,
-        "fragments": [rec.as_dict() for rec in outcome.records],
+        # Filled with the records' dicts once the result is assembled (move_records): key and place kept here.
+        "fragments": [],
     }
 
 
@@ -532,6 +562,7 @@ async def _run_gmbe(inp: GMBEInput, *, ncores: int | None = None, memory: float 
     exe = resolve_executor(executor, {program}, options, scheduler)
     # Planned above (bad subsystems are input errors before any worker starts): the run takes that plan.
     plan, outcome, extras = await _execute(inp, options, exe, store, given, planner=lambda *_: plan)
+    move_records(outcome, extras["fragments"])
     if outcome.failures:
         raise RunFailed(FailureReport(failed=list(outcome.failures), complete_levels=[]))
     return await anyio.to_thread.run_sync(assemble_gmbe, plan, outcome.results, extras)

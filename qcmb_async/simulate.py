@@ -385,11 +385,7 @@ def simulate(
     elapsed = time.perf_counter() - t0
     records = outcome.records
     for rec in records:  # virtual seconds from the scheduler's start
-        rec.start = rec.start - outcome.started if rec.start is not None else None
-        rec.end = rec.end - outcome.started if rec.end is not None else None
-        for h in rec.history:
-            h["start"] -= outcome.started
-            h["end"] -= outcome.started
+        rec.shift_times(-outcome.started)
     return SimulationResult(
         ncores=options.ncores, order=order, level_barrier=level_barrier, fragments=len(work.fragments),
         makespan=outcome.finished - outcome.started,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
@@ -53,34 +53,98 @@ class RetryPolicy:
         return min(self.cap, self.base * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
 
 
-@dataclass
 class FragmentRecord:
-    """What happened to one fragment (for tests, reports and the timeline)."""
+    """What happened to one fragment (for tests, reports and the timeline).
 
-    label: str
-    level: int
-    """QCManyBody's n-body level: the number of real fragments."""
-    program: str
-    cores: int
-    memory: float
-    """GiB."""
-    status: str = "pending"
-    """``ok``, ``failed``, or ``cached`` (read from the result store)."""
-    attempts: int = 0
-    start: float | None = None
-    """Start of the last attempt, s (the executor's clock: wall-clock ``time.time()``)."""
-    end: float | None = None
-    host: str = ""
-    worker: str = ""
-    pid: int = 0
-    error_type: str | None = None
-    error_message: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    """One entry per attempt: start, end, worker, host, error_type, error_message."""
+    One per fragment of a run, 679,120 in an unscreened (H2O)64 MBE(4): so slots, no ``__dict__``, and
+    :attr:`history` made on demand. Only attempts before the last (retries) are kept as entries; the last
+    attempt's entry is the record's own fields (``start``, ``end``, ``worker``, ``host``) and its error.
+    """
+
+    __slots__ = ("_attempt", "_earlier", "_error", "_message", "attempts", "cores", "end", "error_message",
+                 "error_type", "host", "label", "level", "memory", "pid", "program", "start", "status", "worker")
+
+    #: The keys of :meth:`as_dict`, in its order (the public shape of ``extras["qcmb_async"]["fragments"]``).
+    FIELDS = ("label", "level", "program", "cores", "memory", "status", "attempts", "start", "end", "host", "worker",
+              "pid", "error_type", "error_message")
+
+    def __init__(self, label: str, level: int, program: str, cores: int, memory: float, status: str = "pending",
+                 attempts: int = 0, start: float | None = None, end: float | None = None, host: str = "",
+                 worker: str = "", pid: int = 0, error_type: str | None = None,
+                 error_message: str | None = None) -> None:
+        self.label = label
+        self.level = level
+        """QCManyBody's n-body level: the number of real fragments."""
+        self.program = program
+        self.cores = cores
+        self.memory = memory
+        """GiB."""
+        self.status = status
+        """``pending``, ``ok``, ``failed``, or ``cached`` (read from the result store)."""
+        self.attempts = attempts
+        self.start = start
+        """Start of the last attempt, s (the executor's clock: wall-clock ``time.time()``)."""
+        self.end = end
+        self.host = host
+        self.worker = worker
+        self.pid = pid
+        self.error_type = error_type
+        """Why the fragment failed for good (set with ``status="failed"``)."""
+        self.error_message = error_message
+        self._attempt = 0
+        """Number of the last recorded attempt (0: none recorded)."""
+        self._error: str | None = None
+        self._message: str | None = None
+        """The last recorded attempt's error type and message."""
+        self._earlier: list[dict[str, Any]] | None = None
+        """History entries of the attempts before the last (``None`` for a fragment never retried)."""
+
+    def add_attempt(self, attempt: int, start: float | None, end: float | None, worker: str, host: str,
+                    pid: int, error_type: str | None = None, error_message: str | None = None) -> None:
+        """Note one finished attempt: it becomes the last entry of :attr:`history` and sets start, end, host..."""
+        if self._attempt:
+            if self._earlier is None:
+                self._earlier = []
+            self._earlier.append(self._last_entry())
+        self._attempt, self._error, self._message = attempt, error_type, error_message
+        self.start, self.end, self.worker, self.host, self.pid = start, end, worker, host, pid
+
+    def _last_entry(self) -> dict[str, Any]:
+        return {"attempt": self._attempt, "start": self.start, "end": self.end, "worker": self.worker,
+                "host": self.host, "error_type": self._error, "error_message": self._message}
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One entry per attempt: attempt, start, end, worker, host, error_type, error_message (a new list)."""
+        out = list(self._earlier) if self._earlier else []
+        if self._attempt:
+            out.append(self._last_entry())
+        return out
+
+    def shift_times(self, offset: float) -> None:
+        """Add ``offset`` s to every start and end, the record's and each attempt's (the simulator's clock)."""
+        self.start = self.start + offset if self.start is not None else None
+        self.end = self.end + offset if self.end is not None else None
+        for h in self._earlier or ():
+            h["start"] = h["start"] + offset if h["start"] is not None else None
+            h["end"] = h["end"] + offset if h["end"] is not None else None
 
     def as_dict(self) -> dict[str, Any]:
-        """A plain dict (shallow on purpose: ``dataclasses.asdict`` deep-copies every history entry)."""
-        return {**self.__dict__, "history": [dict(h) for h in self.history]}
+        """A plain dict: the keys of :attr:`FIELDS` in that order, then ``history`` (its entries copied)."""
+        return {"label": self.label, "level": self.level, "program": self.program, "cores": self.cores,
+                "memory": self.memory, "status": self.status, "attempts": self.attempts, "start": self.start,
+                "end": self.end, "host": self.host, "worker": self.worker, "pid": self.pid,
+                "error_type": self.error_type, "error_message": self.error_message,
+                "history": [dict(h) for h in self._earlier or ()] + ([self._last_entry()] if self._attempt else [])}
+
+    def __eq__(self, other: object) -> bool:
+        return self.as_dict() == other.as_dict() if isinstance(other, FragmentRecord) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value (as the dataclass it was)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.FIELDS)
+        return f"FragmentRecord({fields}, history={self.history!r})"
 
 
 @dataclass

@@ -114,6 +114,10 @@ class Scheduler:
         self.results: dict[str, Any] = {}
         self.failures: list[FragmentError] = []
         self.records: dict[str, FragmentRecord] = {}
+        self._shared: dict[tuple[str, Any], Any] = {}
+        """One copy of each worker name, host name and pid the records hold (see :meth:`_record_attempt`)."""
+        self._needs: dict[int, tuple[int, float]] = {}
+        """:meth:`needs` per core count (one shared ``(cores, memory)`` for all fragments of a size)."""
         self.remaining = Counter(f.level for f in plan.fragments)
         self.screen = plan.screen if plan.screen is not None and plan.screen.spec.energy else None
         """Energy screening: fragments are released as decisions land (the ready queue grows)."""
@@ -173,8 +177,12 @@ class Scheduler:
         await ev.emit(on_event, ev.RunFinished(self.run_id, len(self.results), len(self.failures),
                                                finished - started))
         ordered = [self.records[f.label] for f in self.plan.fragments if f.label in self.records]
-        return ScheduleOutcome(self.results, ordered, self.failures, self.pool.usage, started, finished,
-                               not_stored=self.unstored)
+        outcome = ScheduleOutcome(self.results, ordered, self.failures, self.pool.usage, started, finished,
+                                  not_stored=self.unstored)
+        # The outcome owns them now. A scheduler kept alive by a reference cycle until the next garbage collection
+        # must not keep the run's records and results alive with it (hundreds of MB at 679,120 fragments).
+        self.records, self.results = {}, {}
+        return outcome
 
     def needs(self, frag: Fragment) -> tuple[int, float]:
         """``(cores, memory GiB)`` ``frag`` runs with."""
@@ -182,11 +190,14 @@ class Scheduler:
         if not options.auto_cores:
             return options.fragment_ncores, options.fragment_memory
         cores = self.multi.get(frag.label, 1)
-        per_core = options.fragment_memory / options.fragment_ncores
-        memory = cores * per_core if options.auto_memory else options.fragment_memory
-        if options.max_fragment_memory is not None:
-            memory = min(memory, options.max_fragment_memory)
-        return cores, min(memory, options.memory)
+        sized = self._needs.get(cores)
+        if sized is None:
+            per_core = options.fragment_memory / options.fragment_ncores
+            memory = cores * per_core if options.auto_memory else options.fragment_memory
+            if options.max_fragment_memory is not None:
+                memory = min(memory, options.max_fragment_memory)
+            sized = self._needs[cores] = (cores, min(memory, options.memory))
+        return sized
 
     async def _feed(self, send: Any) -> None:
         """Build fragments best first, a little ahead of dispatch, and look them up in the store."""
@@ -359,14 +370,16 @@ class Scheduler:
         return JobOutcome.failure(fjob, ErrorType.INVARIANCE, problem, start=outcome.start, end=outcome.end,
                                   host=outcome.host, worker=outcome.worker, pid=outcome.pid)
 
-    @staticmethod
-    def _record_attempt(rec: FragmentRecord, attempt: int, outcome: JobOutcome) -> None:
-        """Note one attempt in the fragment's record."""
-        rec.history.append({"attempt": attempt, "start": outcome.start, "end": outcome.end,
-                            "worker": outcome.worker, "host": outcome.host,
-                            "error_type": outcome.error_type, "error_message": outcome.error_message})
-        rec.start, rec.end = outcome.start, outcome.end
-        rec.host, rec.worker, rec.pid = outcome.host, outcome.worker, outcome.pid
+    def _record_attempt(self, rec: FragmentRecord, attempt: int, outcome: JobOutcome) -> None:
+        """Note one attempt in the fragment's record.
+
+        Worker, host and pid repeat across hundreds of thousands of records, but arrive as new objects from each
+        worker process's outcome: each record refers to one shared copy (``_shared``).
+        """
+        shared = self._shared
+        rec.add_attempt(attempt, outcome.start, outcome.end, shared.setdefault(("w", outcome.worker), outcome.worker),
+                        shared.setdefault(("h", outcome.host), outcome.host),
+                        shared.setdefault(("p", outcome.pid), outcome.pid), outcome.error_type, outcome.error_message)
 
     async def _succeed(self, frag: Fragment, job: Job, cores: int, outcome: JobOutcome) -> None:
         """Commit a result to the store, keep it, calibrate the cost model, tell listeners."""
