@@ -117,11 +117,11 @@ for rep in range(repeats):  # before and after alternate, so a change of the mac
     for size in (1, 2, 8):
         for name, rounds in (("before", old_rounds), ("after", scheduler._store_put_many)):
             with tempfile.TemporaryDirectory() as tmp, ResultStore(Path(tmp) / "s.sqlite") as rs:
-                todo = items(str(rep))
+                rows = items(str(rep))
                 t = time.thread_time()
-                for i in range(0, len(todo), size):
-                    assert rounds(rs, todo[i:i + size], "run") == [None] * len(todo[i:i + size])
-                note(f"put_round{size}_{name}", time.thread_time() - t, len(todo))
+                for i in range(0, len(rows), size):
+                    assert rounds(rs, rows[i:i + size], "run") == [None] * len(rows[i:i + size])
+                note(f"put_round{size}_{name}", time.thread_time() - t, len(rows))
 print(json.dumps(best))
 """
 
