@@ -115,8 +115,8 @@ class FragmentRecord:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """One entry per attempt: attempt, start, end, worker, host, error_type, error_message (a new list)."""
-        out = list(self._earlier) if self._earlier else []
+        """One entry per attempt: attempt, start, end, worker, host, error_type, error_message (new dicts)."""
+        out = [dict(h) for h in self._earlier or ()]
         if self._attempt:
             out.append(self._last_entry())
         return out
@@ -135,7 +135,7 @@ class FragmentRecord:
                 "memory": self.memory, "status": self.status, "attempts": self.attempts, "start": self.start,
                 "end": self.end, "host": self.host, "worker": self.worker, "pid": self.pid,
                 "error_type": self.error_type, "error_message": self.error_message,
-                "history": [dict(h) for h in self._earlier or ()] + ([self._last_entry()] if self._attempt else [])}
+                "history": self.history}
 
     def __eq__(self, other: object) -> bool:
         return self.as_dict() == other.as_dict() if isinstance(other, FragmentRecord) else NotImplemented
