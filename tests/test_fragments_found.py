@@ -7,12 +7,14 @@ public path, and from permutations written in the test; charges from rules writt
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qcmb_async import InputError, read_pdb, read_xyz, run
-from tests.helpers import require_program
+from tests.helpers import require_module, require_program
 from tests.test_cli import cli
 
 # A water trimer (Å), and the same atoms shuffled across molecules.
@@ -277,3 +279,21 @@ def test_pdb_charge_column_on_one_atom_leaves_the_blank_ones_unsaid(tmp_path):
     text = str(err.value)
     assert "fragment 4 (Mg" in text and "fragment 3 " not in text, text
     assert list(read_pdb(path, charges={"MG": 2}, **kw).molecule.fragment_charges) == [0, 0, 1, 2]
+
+
+@pytest.mark.parametrize("column", ["X+", "++", "a1"])
+def test_pdb_charge_column_that_is_not_a_charge_is_refused(tmp_path: Path, column: str) -> None:
+    """gemmi reads junk in columns 79-80 as 0 ("no charge given"): it must be an error naming the line."""
+    require_module("gemmi")
+    from qcmb_async._core.pdb import read_pdb_atoms
+
+    lines = (Path(__file__).resolve().parents[1] / "docs" / "examples" / "peptide.pdb").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(("ATOM  ", "HETATM")))
+    lines[first] = lines[first].ljust(80)[:78] + column
+    bad = tmp_path / "bad.pdb"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"line {first + 1}: formal charge '{re.escape(column)}' \(columns 79-80\)"):
+        read_pdb_atoms(bad)
+    lines[first] = lines[first][:78] + "1+"
+    bad.write_text("\n".join(lines) + "\n")
+    assert read_pdb_atoms(bad)[2][0] == 1  # a real charge still reads

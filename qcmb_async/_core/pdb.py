@@ -14,6 +14,7 @@ counts as given.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,20 @@ def _keep_first_altloc(st: Any) -> None:
     st.remove_alternative_conformations()  # duplicates left within one altloc letter, if any
 
 
+_CHARGE = re.compile(r"^\s*(\d[+-]|[+-]?\d)?\s*$")
+
+
+def _check_charge_columns(text: str, source: str) -> None:
+    """Refuse a formal charge (columns 79-80 of ATOM/HETATM) that is not blank or a number like ``1+``.
+
+    gemmi reads anything else (``X+``, ``++``) as 0, which would silently mean "no charge given".
+    """
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith(("ATOM  ", "HETATM")) and not _CHARGE.match(line[78:80]):
+            raise InputError(f"{source}, line {number}: formal charge {line[78:80]!r} (columns 79-80) is not a "
+                             "charge: give a digit and a sign, e.g. '1+' or '1-', or leave the columns blank")
+
+
 def read_pdb_atoms(path: str | Path) -> tuple[list[tuple[str, float, float, float]], list[str], list[int | None],
                                                list[str]]:
     """``(atoms, residue names, formal charges, residue ids)`` of the first model of a PDB/mmCIF file.
@@ -57,6 +72,8 @@ def read_pdb_atoms(path: str | Path) -> tuple[list[tuple[str, float, float, floa
     path = Path(path)
     text = read_text_file(path, "PDB file")
     source = f"PDB file {str(path)!r}"
+    if path.suffix.lower() not in (".cif", ".mmcif"):
+        _check_charge_columns(text, source)
     try:
         if path.suffix.lower() in (".cif", ".mmcif"):
             st = gemmi.make_structure_from_block(gemmi.cif.read_string(text).sole_block())
